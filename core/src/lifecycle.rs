@@ -1,0 +1,382 @@
+//! The create and teardown sagas.
+//!
+//! Create runs its steps one at a time (rootfs, cgroup, network, init, record). A failed step
+//! rolls back every step already done, and the failed step itself (its effect may have done part
+//! of its work), before the request fails with the cause. Teardown (destroy, rollback, expiry,
+//! reconciliation) runs its steps in a fixed order; a failed step is retried with backoff, so a
+//! container is never left half-removed and never shown as healthy.
+
+use crate::api::ContainerSpec;
+use crate::command::{Reply, RequestId};
+use crate::container::{Container, CreateStep, Durability, Phase, Teardown, TeardownStep};
+use crate::effect::{storable_spec, EffectKind, EffectOutput, InitConfig, NetworkConfig, Outcome};
+use crate::error::Error;
+use crate::handle;
+use crate::machine::{backoff, Core, Pending};
+use crate::network;
+use crate::properties;
+use std::collections::BTreeSet;
+
+impl Core {
+    pub(crate) fn create(&mut self, request: RequestId, spec: ContainerSpec) {
+        match self.admit(request, &spec) {
+            Err(e) => self.reply(request, Err(e)),
+            Ok(container) => {
+                let handle = container.handle.clone();
+                self.containers.insert(handle.clone(), container);
+                // The first step gets the image with its credentials; nothing stores them.
+                self.emit(
+                    EffectKind::PrepareRootfs {
+                        handle: handle.clone(),
+                        image: crate::api::ImageRef {
+                            uri: spec.image_uri().to_string(),
+                            ..spec.image.clone()
+                        },
+                        privileged: spec.privileged,
+                        disk: spec.limits.disk_limits,
+                    },
+                    Pending::CreateStep {
+                        handle,
+                        step: CreateStep::PrepareRootfs,
+                    },
+                );
+            }
+        }
+    }
+
+    /// Checks a create request and takes what it needs (handle, address, ports), or takes nothing.
+    fn admit(&mut self, request: RequestId, spec: &ContainerSpec) -> Result<Container, Error> {
+        let handle = if spec.handle.is_empty() {
+            loop {
+                let generated = self.rng.uuid();
+                if !self.containers.contains_key(&generated) {
+                    break generated;
+                }
+            }
+        } else {
+            spec.handle.clone()
+        };
+        handle::validate(&handle).map_err(|reason| Error::InvalidHandle {
+            handle: handle.clone(),
+            reason,
+        })?;
+        if self.containers.contains_key(&handle) {
+            return Err(Error::HandleInUse { handle });
+        }
+        if self.containers.len() as u64 >= self.max_containers() {
+            return Err(Error::MaxContainersReached);
+        }
+        let grace_time = match spec.grace_time {
+            0 => self.config.default_grace_time,
+            g => u64::try_from(g).map_err(|_| Error::NegativeGraceTime { nanos: g })?,
+        };
+        if let Some(key) = spec.properties.keys().find(|k| properties::is_reserved(k)) {
+            return Err(Error::ReservedProperty { key: key.clone() });
+        }
+        if let Some(bad) = spec.env.iter().find(|e| !e.contains('=')) {
+            return Err(Error::InvalidSpec {
+                reason: format!("environment entry '{bad}' is not KEY=VALUE"),
+            });
+        }
+        for mount in &spec.bind_mounts {
+            if mount.src_path.is_empty() || !mount.dst_path.starts_with('/') {
+                return Err(Error::InvalidSpec {
+                    reason: format!(
+                        "bind mount '{}' -> '{}' needs a source and an absolute destination",
+                        mount.src_path, mount.dst_path
+                    ),
+                });
+            }
+        }
+        if let Some(reason) = spec.netout_rules.iter().find_map(|r| r.validate().err()) {
+            return Err(Error::InvalidNetOutRule { reason });
+        }
+        if let Some(bad) = spec
+            .netin
+            .iter()
+            .find(|n| n.host_port > 65535 || n.container_port > 65535)
+        {
+            return Err(Error::InvalidSpec {
+                reason: format!(
+                    "port mapping {}:{} is out of range",
+                    bad.host_port, bad.container_port
+                ),
+            });
+        }
+
+        let wanted = network::parse(&spec.network)?;
+        let assignment = self.network.allocate(wanted)?;
+        let mut mapped_ports = Vec::new();
+        for netin in &spec.netin {
+            let taken = if netin.host_port == 0 {
+                self.ports.acquire_any()
+            } else {
+                self.ports.acquire(netin.host_port)
+            };
+            match taken {
+                Ok(host_port) => mapped_ports.push(crate::api::PortMapping {
+                    host_port,
+                    container_port: if netin.container_port == 0 {
+                        host_port
+                    } else {
+                        netin.container_port
+                    },
+                }),
+                Err(e) => {
+                    for m in &mapped_ports {
+                        self.ports.release(m.host_port);
+                    }
+                    self.network.release(assignment);
+                    return Err(e.into());
+                }
+            }
+        }
+
+        self.next_incarnation += 1;
+        Ok(Container {
+            handle: handle.clone(),
+            incarnation: self.next_incarnation,
+            spec: ContainerSpec {
+                handle,
+                ..storable_spec(spec)
+            },
+            properties: spec.properties.clone(),
+            grace_time,
+            network: Some(assignment),
+            mapped_ports,
+            held_ports: Vec::new(),
+            netout_rules: spec.netout_rules.clone(),
+            image_env: Vec::new(),
+            created_at: self.now,
+            events: Vec::new(),
+            processes: BTreeSet::new(),
+            phase: Phase::Creating {
+                request,
+                done: Vec::new(),
+            },
+            pauses: 0,
+            expires_at: None,
+            in_flight: 0,
+            durability: Durability::default(),
+        })
+    }
+
+    pub(crate) fn create_step_done(&mut self, handle: &str, step: CreateStep, outcome: Outcome) {
+        let Some(c) = self.containers.get_mut(handle) else {
+            return;
+        };
+        let Phase::Creating { request, done } = &mut c.phase else {
+            return;
+        };
+        let request = *request;
+        match outcome {
+            Err(e) => {
+                let undo: Vec<TeardownStep> =
+                    done.iter().chain([&step]).map(|s| s.undo()).collect();
+                self.begin_teardown(handle, undo, None, Some((request, Error::Host(e))));
+            }
+            Ok(output) => {
+                done.push(step);
+                if let (CreateStep::PrepareRootfs, EffectOutput::Rootfs { image_env }) =
+                    (step, output)
+                {
+                    c.image_env = image_env;
+                }
+                match step.next() {
+                    Some(next) => self.emit_create_step(handle, next),
+                    None => {
+                        let now = self.now;
+                        c.phase = Phase::Active;
+                        c.arm(now);
+                        self.persist_if_needed(handle);
+                        self.reply(
+                            request,
+                            Ok(Reply::Created {
+                                handle: handle.to_string(),
+                            }),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn emit_create_step(&mut self, handle: &str, step: CreateStep) {
+        let c = self.containers.get_mut(handle).expect("caller checked");
+        let handle_owned = handle.to_string();
+        let assignment = c.network.expect("a container being created has a network");
+        let kind = match step {
+            CreateStep::PrepareRootfs => unreachable!("emitted by create"),
+            CreateStep::CreateCgroup => EffectKind::CreateCgroup {
+                handle: handle_owned.clone(),
+                limits: c.spec.limits.clone(),
+            },
+            CreateStep::SetupNetwork => EffectKind::SetupNetwork {
+                handle: handle_owned.clone(),
+                config: NetworkConfig {
+                    assignment,
+                    port_mappings: c.mapped_ports.clone(),
+                    netout_rules: c.netout_rules.clone(),
+                    bandwidth: c.spec.limits.bandwidth_limits,
+                },
+            },
+            CreateStep::StartInit => EffectKind::StartInit {
+                handle: handle_owned.clone(),
+                config: InitConfig {
+                    hostname: handle::hostname(handle),
+                    privileged: c.spec.privileged,
+                    bind_mounts: c.spec.bind_mounts.clone(),
+                    container_ip: Some(assignment.container_ip),
+                },
+            },
+            CreateStep::Persist => {
+                // The record is written as it will be once created: version 1, active.
+                c.durability.version = 1;
+                c.durability.durable = 1;
+                let mut record = c.record();
+                record.state = crate::record::RecordState::Active;
+                EffectKind::PersistRecord {
+                    handle: handle_owned.clone(),
+                    record: Box::new(record),
+                }
+            }
+        };
+        self.emit(
+            kind,
+            Pending::CreateStep {
+                handle: handle_owned,
+                step,
+            },
+        );
+    }
+
+    /// Starts removing `handle`: the container disappears from view at once.
+    pub(crate) fn begin_teardown(
+        &mut self,
+        handle: &str,
+        steps: impl IntoIterator<Item = TeardownStep>,
+        requester: Option<RequestId>,
+        rollback_of: Option<(RequestId, Error)>,
+    ) {
+        let c = self.containers.get_mut(handle).expect("caller checked");
+        c.expires_at = None;
+        c.phase = Phase::Destroying(Teardown {
+            requesters: requester.into_iter().collect(),
+            steps: TeardownStep::ordered(steps),
+            running: false,
+            attempts: 0,
+            retry_at: None,
+            rollback_of,
+        });
+        // Requests waiting for a change to become durable keep waiting: the teardown waits for
+        // the write in flight, and if the server crashes before the container is gone, the
+        // change must have been stored before anyone was told it was made.
+        self.advance_teardown(handle);
+    }
+
+    /// Runs the next teardown step, unless one is running, a retry is pending, or other effects
+    /// on the container are still in flight.
+    pub(crate) fn advance_teardown(&mut self, handle: &str) {
+        let Some(c) = self.containers.get_mut(handle) else {
+            return;
+        };
+        let in_flight = c.in_flight;
+        let network = c.network;
+        let Phase::Destroying(t) = &mut c.phase else {
+            return;
+        };
+        if t.running || t.retry_at.is_some() || in_flight > 0 {
+            return;
+        }
+        let Some(step) = t.steps.front().copied() else {
+            return self.finish_teardown(handle);
+        };
+        t.running = true;
+        let handle_owned = handle.to_string();
+        let kind = match step {
+            TeardownStep::KillContainer => EffectKind::KillContainer {
+                handle: handle_owned.clone(),
+            },
+            TeardownStep::TeardownNetwork => EffectKind::TeardownNetwork {
+                handle: handle_owned.clone(),
+                assignment: network,
+            },
+            TeardownStep::RemoveCgroup => EffectKind::RemoveCgroup {
+                handle: handle_owned.clone(),
+            },
+            TeardownStep::RemoveRootfs => EffectKind::RemoveRootfs {
+                handle: handle_owned.clone(),
+            },
+            TeardownStep::DeleteRecord => EffectKind::DeleteRecord {
+                handle: handle_owned.clone(),
+            },
+        };
+        self.emit(
+            kind,
+            Pending::Teardown {
+                handle: handle_owned,
+            },
+        );
+    }
+
+    pub(crate) fn teardown_step_done(&mut self, handle: &str, outcome: Outcome) {
+        let now = self.now;
+        let Some(c) = self.containers.get_mut(handle) else {
+            return;
+        };
+        let Phase::Destroying(t) = &mut c.phase else {
+            return;
+        };
+        t.running = false;
+        match outcome {
+            Ok(_) => {
+                t.steps.pop_front();
+                t.attempts = 0;
+                self.advance_teardown(handle);
+            }
+            Err(e) => {
+                t.attempts += 1;
+                t.retry_at = Some(now.plus(backoff(t.attempts)));
+                // Callers hear about the failure now; the retries go on without them.
+                let requesters = std::mem::take(&mut t.requesters);
+                let rollback = t.rollback_of.take();
+                for request in requesters {
+                    self.reply(request, Err(Error::Host(e.clone())));
+                }
+                if let Some((request, cause)) = rollback {
+                    self.reply(request, Err(cause));
+                }
+            }
+        }
+    }
+
+    fn finish_teardown(&mut self, handle: &str) {
+        let c = self.containers.remove(handle).expect("caller checked");
+        if let Some(assignment) = c.network {
+            if !self.config.bugs.leak_ip {
+                self.network.release(assignment);
+            }
+        }
+        for port in c
+            .mapped_ports
+            .iter()
+            .map(|m| m.host_port)
+            .chain(c.held_ports.iter().copied())
+        {
+            self.ports.release(port);
+        }
+        // The container is gone for good: changes still waiting to be stored no longer matter.
+        for w in c.durability.waiters {
+            self.reply(w.request, Ok(w.reply));
+        }
+        let Phase::Destroying(t) = c.phase else {
+            unreachable!("finishing a teardown")
+        };
+        for request in t.requesters {
+            self.reply(request, Ok(Reply::Done));
+        }
+        if let Some((request, cause)) = t.rollback_of {
+            self.reply(request, Err(cause));
+        }
+    }
+}

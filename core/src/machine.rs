@@ -1,0 +1,1120 @@
+//! The state machine: dispatch of inputs, the per-request commands, timers, and a read-only view
+//! for checkers. Creation and teardown sagas live in `lifecycle`, restart in `reconcile`.
+
+use crate::api::{Capacity, ContainerInfo, Metrics, NetInResponse, NetOutRule, PortMapping};
+use crate::command::{Command, Input, LeaseId, Output, Reply, RequestId};
+use crate::container::{Container, DurableWaiter, Phase};
+use crate::effect::{Effect, EffectId, EffectKind, EffectOutput, Observation, Outcome};
+use crate::error::Error;
+use crate::handle;
+use crate::network::{NetworkAllocator, NetworkAssignment};
+use crate::ports::PortAllocator;
+use crate::properties::{self, Properties};
+use crate::rng::Rng;
+use crate::{Config, Time, SECOND};
+use std::collections::BTreeMap;
+
+/// Persist failures before waiting requests are told their change is not durable.
+const PERSIST_FAILURES_BEFORE_ERROR: u32 = 3;
+
+/// What an effect in flight is for.
+#[derive(Debug)]
+pub(crate) enum Pending {
+    CreateStep {
+        handle: String,
+        step: crate::container::CreateStep,
+    },
+    Teardown {
+        handle: String,
+    },
+    Persist {
+        handle: String,
+        version: u64,
+    },
+    Spawn {
+        request: RequestId,
+        handle: String,
+        process_id: String,
+    },
+    Stop {
+        request: RequestId,
+        handle: String,
+    },
+    MapPort {
+        request: RequestId,
+        handle: String,
+        mapping: PortMapping,
+    },
+    NetOut {
+        request: RequestId,
+        handle: String,
+        rules: Vec<NetOutRule>,
+    },
+    Metrics {
+        request: RequestId,
+        handle: String,
+    },
+    BulkMetrics {
+        request: RequestId,
+        handle: String,
+    },
+    Capacity {
+        request: RequestId,
+    },
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct BulkGather {
+    pub waiting: usize,
+    pub entries: BTreeMap<String, Result<Metrics, Error>>,
+}
+
+pub struct Core {
+    pub(crate) config: Config,
+    pub(crate) now: Time,
+    pub(crate) rng: Rng,
+    next_effect: u64,
+    next_lease: u64,
+    pub(crate) next_incarnation: u64,
+    pub(crate) containers: BTreeMap<String, Container>,
+    pub(crate) network: NetworkAllocator,
+    pub(crate) ports: PortAllocator,
+    pub(crate) pending: BTreeMap<EffectId, Pending>,
+    /// Lease -> (handle, incarnation): a lease outliving its container must not touch a new
+    /// container that took the same handle.
+    leases: BTreeMap<LeaseId, (String, u64)>,
+    bulk: BTreeMap<RequestId, BulkGather>,
+    out: Vec<Output>,
+}
+
+impl Core {
+    pub fn new(config: Config, now: Time) -> Core {
+        let mut network = NetworkAllocator::new(config.network_pool);
+        if config.bugs.double_alloc {
+            network.inject_double_alloc_bug();
+        }
+        Core {
+            rng: Rng::new(config.seed),
+            ports: PortAllocator::new(config.port_pool_start, config.port_pool_size),
+            network,
+            config,
+            now,
+            next_effect: 1,
+            next_lease: 1,
+            next_incarnation: 1,
+            containers: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            bulk: BTreeMap::new(),
+            out: Vec::new(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Feed one input at time `now` (time never runs backwards: an earlier `now` is ignored).
+    pub fn step(&mut self, now: Time, input: Input) -> Vec<Output> {
+        self.now = self.now.max(now);
+        match input {
+            Input::Tick => {}
+            Input::Command { request, command } => self.command(request, command),
+            Input::Outcome { effect, outcome } => self.outcome(effect, outcome),
+            Input::Observed(observation) => self.observed(observation),
+            Input::Reconcile(host) => self.reconcile(host),
+        }
+        self.fire_timers();
+        std::mem::take(&mut self.out)
+    }
+
+    /// When the core next needs a `Tick`, if ever.
+    pub fn next_deadline(&self) -> Option<Time> {
+        self.containers
+            .values()
+            .flat_map(|c| {
+                let teardown_retry = match &c.phase {
+                    Phase::Destroying(t) if !t.running => t.retry_at,
+                    _ => None,
+                };
+                let expiry = if self.config.bugs.skip_expiry {
+                    None
+                } else {
+                    c.expires_at
+                };
+                [expiry, teardown_retry, c.durability.retry_at]
+            })
+            .flatten()
+            .min()
+    }
+
+    /// When the core next needs a `Tick` for a retry (teardown or persist), ignoring grace
+    /// timers.
+    pub fn next_retry(&self) -> Option<Time> {
+        self.containers
+            .values()
+            .flat_map(|c| {
+                let teardown_retry = match &c.phase {
+                    Phase::Destroying(t) if !t.running => t.retry_at,
+                    _ => None,
+                };
+                [teardown_retry, c.durability.retry_at]
+            })
+            .flatten()
+            .min()
+    }
+
+    /// `garden.state` of a container (`creating`, `created`, `destroying`), if the core has it.
+    pub fn container_state(&self, handle: &str) -> Option<&'static str> {
+        self.containers.get(handle).map(|c| c.phase.garden_state())
+    }
+
+    /// The largest number of containers that may exist at once.
+    pub fn max_containers(&self) -> u64 {
+        let pool = self.network.pool_capacity();
+        match self.config.max_containers {
+            0 => pool,
+            configured => configured.min(pool),
+        }
+    }
+
+    // ----- plumbing -----
+
+    pub(crate) fn emit(&mut self, kind: EffectKind, pending: Pending) -> EffectId {
+        let id = EffectId(self.next_effect);
+        self.next_effect += 1;
+        self.pending.insert(id, pending);
+        self.out.push(Output::Effect(Effect { id, kind }));
+        id
+    }
+
+    pub(crate) fn reply(&mut self, request: RequestId, result: Result<Reply, Error>) {
+        self.out.push(Output::Reply { request, result });
+    }
+
+    /// Replies to a request that paused `handle`'s timer, ending the pause.
+    fn reply_paused(&mut self, handle: &str, request: RequestId, result: Result<Reply, Error>) {
+        let now = self.now;
+        if let Some(c) = self.containers.get_mut(handle) {
+            c.unpause(now);
+        }
+        self.reply(request, result);
+    }
+
+    /// A container that requests may use; mid-create and mid-destroy ones are not found.
+    fn usable(&mut self, handle: &str) -> Result<&mut Container, Error> {
+        match self.containers.get_mut(handle) {
+            Some(c) if c.phase.is_usable() => Ok(c),
+            _ => Err(Error::ContainerNotFound {
+                handle: handle.to_string(),
+            }),
+        }
+    }
+
+    /// A request that finishes at once still counts as activity: the countdown restarts.
+    fn touch(&mut self, handle: &str) {
+        let now = self.now;
+        if let Some(c) = self.containers.get_mut(handle) {
+            if c.pauses == 0 {
+                c.arm(now);
+            }
+        }
+    }
+
+    fn new_lease(&mut self, handle: &str) -> LeaseId {
+        let lease = LeaseId(self.next_lease);
+        self.next_lease += 1;
+        let incarnation = self.containers.get(handle).map_or(0, |c| c.incarnation);
+        self.leases.insert(lease, (handle.to_string(), incarnation));
+        lease
+    }
+
+    // ----- commands -----
+
+    fn command(&mut self, request: RequestId, command: Command) {
+        let result = match command {
+            Command::Create(spec) => return self.create(request, *spec),
+            Command::Destroy { handle } => return self.destroy(request, handle),
+            Command::List { filter } => Ok(Reply::Handles(self.list(&filter))),
+            Command::BulkInfo { handles } => Ok(Reply::BulkInfo(
+                handles
+                    .into_iter()
+                    .map(|h| (h.clone(), self.info_of(&h).map(|i| *i)))
+                    .collect(),
+            )),
+            Command::BulkMetrics { handles } => return self.bulk_metrics(request, handles),
+            Command::Capacity => {
+                self.emit(EffectKind::ReadCapacity, Pending::Capacity { request });
+                return;
+            }
+            Command::Release { lease } => {
+                if let Some((handle, incarnation)) = self.leases.remove(&lease) {
+                    let now = self.now;
+                    if let Some(c) = self
+                        .containers
+                        .get_mut(&handle)
+                        .filter(|c| c.incarnation == incarnation)
+                    {
+                        c.unpause(now);
+                    }
+                }
+                Ok(Reply::Done)
+            }
+            named => return self.container_command(request, named),
+        };
+        self.reply(request, result);
+    }
+
+    /// Commands on one existing container: they pause its grace timer while they run.
+    fn container_command(&mut self, request: RequestId, command: Command) {
+        let handle = command
+            .handle()
+            .expect("container commands name a container")
+            .to_string();
+        if let Err(e) = self.usable(&handle) {
+            return self.reply(request, Err(e));
+        }
+        let result = match command {
+            Command::Info { .. } => self.info_of(&handle).map(Reply::Info),
+            Command::Properties { .. } => Ok(Reply::Properties(self.all_properties(&handle))),
+            Command::Property { key, .. } => self
+                .all_properties(&handle)
+                .remove(&key)
+                .map(Reply::Property)
+                .ok_or(Error::PropertyNotFound { key }),
+            Command::CurrentLimits { .. } => Ok(Reply::Limits(Box::new(
+                self.containers[&handle].spec.limits.clone(),
+            ))),
+            Command::SetProperty { key, value, .. } => {
+                return self.change_property(request, &handle, key, Some(value));
+            }
+            Command::RemoveProperty { key, .. } => {
+                return self.change_property(request, &handle, key, None)
+            }
+            Command::SetGraceTime { grace_time, .. } => {
+                return self.set_grace_time(request, &handle, grace_time)
+            }
+            Command::Stop { kill, .. } => {
+                let c = self.usable(&handle).expect("checked above");
+                c.pause();
+                c.in_flight += 1;
+                self.emit(
+                    EffectKind::StopProcesses {
+                        handle: handle.clone(),
+                        kill,
+                    },
+                    Pending::Stop { request, handle },
+                );
+                return;
+            }
+            Command::Metrics { .. } => {
+                let c = self.usable(&handle).expect("checked above");
+                c.pause();
+                c.in_flight += 1;
+                self.emit(
+                    EffectKind::ReadMetrics {
+                        handle: handle.clone(),
+                    },
+                    Pending::Metrics { request, handle },
+                );
+                return;
+            }
+            Command::NetIn {
+                host_port,
+                container_port,
+                ..
+            } => return self.net_in(request, &handle, host_port, container_port),
+            Command::NetOut { rules, .. } => return self.net_out(request, &handle, rules),
+            Command::Run { spec, .. } => return self.run(request, &handle, *spec),
+            Command::Acquire { .. } => {
+                self.usable(&handle).expect("checked above").pause();
+                Ok(Reply::Leased(self.new_lease(&handle)))
+            }
+            other => unreachable!("not a container command: {other:?}"),
+        };
+        self.touch(&handle);
+        self.reply(request, result);
+    }
+
+    fn destroy(&mut self, request: RequestId, handle: String) {
+        let Some(c) = self.containers.get_mut(&handle) else {
+            return self.reply(request, Err(Error::ContainerNotFound { handle }));
+        };
+        match &mut c.phase {
+            Phase::Creating { .. } => self.reply(request, Err(Error::StillBeingCreated { handle })),
+            Phase::Destroying(teardown) => {
+                // A teardown waiting to retry is retried now, for this caller; one that is
+                // running is not started twice.
+                if teardown.running || teardown.retry_at.is_none() {
+                    self.reply(request, Err(Error::AlreadyBeingDestroyed));
+                } else {
+                    teardown.retry_at = None;
+                    teardown.requesters.push(request);
+                    self.advance_teardown(&handle);
+                }
+            }
+            Phase::Active | Phase::Stopped => self.begin_teardown(
+                &handle,
+                crate::container::TeardownStep::ALL,
+                Some(request),
+                None,
+            ),
+        }
+    }
+
+    pub(crate) fn list(&self, filter: &Properties) -> Vec<String> {
+        self.containers
+            .values()
+            .filter(|c| properties::state_matches(c.phase.garden_state(), filter))
+            .filter(|c| properties::matches(&self.all_properties(&c.handle), filter))
+            .map(|c| c.handle.clone())
+            .collect()
+    }
+
+    /// User properties plus the `garden.*` keys derived from the container's state.
+    pub(crate) fn all_properties(&self, handle: &str) -> Properties {
+        let c = &self.containers[handle];
+        let mut all = c.properties.clone();
+        all.insert(properties::STATE.into(), c.phase.garden_state().into());
+        all.insert(properties::GRACE_TIME.into(), c.grace_time.to_string());
+        if let Some(net) = c.network {
+            all.insert(
+                properties::CONTAINER_IP.into(),
+                net.container_ip.to_string(),
+            );
+            all.insert(properties::HOST_IP.into(), net.gateway_ip().to_string());
+        }
+        if let Some(ip) = self.config.external_ip {
+            all.insert(properties::EXTERNAL_IP.into(), ip.to_string());
+        }
+        let ports: Vec<String> = c
+            .mapped_ports
+            .iter()
+            .map(|m| {
+                format!(
+                    "{{\"HostPort\":{},\"ContainerPort\":{}}}",
+                    m.host_port, m.container_port
+                )
+            })
+            .collect();
+        all.insert(
+            properties::MAPPED_PORTS.into(),
+            format!("[{}]", ports.join(",")),
+        );
+        all
+    }
+
+    fn info_of(&self, handle: &str) -> Result<Box<ContainerInfo>, Error> {
+        let c = match self.containers.get(handle) {
+            Some(c) if c.phase.is_usable() => c,
+            _ => {
+                return Err(Error::ContainerNotFound {
+                    handle: handle.to_string(),
+                })
+            }
+        };
+        Ok(Box::new(ContainerInfo {
+            state: if matches!(c.phase, Phase::Stopped) {
+                "stopped"
+            } else {
+                "active"
+            }
+            .to_string(),
+            events: Some(c.events.clone()),
+            host_ip: c
+                .network
+                .map(|n| n.gateway_ip().to_string())
+                .unwrap_or_default(),
+            container_ip: c
+                .network
+                .map(|n| n.container_ip.to_string())
+                .unwrap_or_default(),
+            container_ipv6: String::new(),
+            external_ip: self
+                .config
+                .external_ip
+                .map(|ip| ip.to_string())
+                .unwrap_or_default(),
+            container_path: format!("{}/{}", self.config.depot.trim_end_matches('/'), handle),
+            process_ids: Some(c.processes.iter().cloned().collect()),
+            properties: Some(self.all_properties(handle)),
+            mapped_ports: Some(c.mapped_ports.clone()),
+        }))
+    }
+
+    fn change_property(
+        &mut self,
+        request: RequestId,
+        handle: &str,
+        key: String,
+        value: Option<String>,
+    ) {
+        if properties::is_reserved(&key) {
+            self.touch(handle);
+            return self.reply(request, Err(Error::ReservedProperty { key }));
+        }
+        let c = self.containers.get_mut(handle).expect("caller checked");
+        match value {
+            Some(value) => {
+                c.properties.insert(key, value);
+            }
+            None => {
+                // Removing a missing key is not an error (guardian does not report one).
+                if c.properties.remove(&key).is_none() {
+                    self.touch(handle);
+                    return self.reply(request, Ok(Reply::Done));
+                }
+            }
+        }
+        self.changed_and_reply(handle, request, Reply::Done);
+    }
+
+    fn set_grace_time(&mut self, request: RequestId, handle: &str, grace_time: i64) {
+        let Ok(grace_time) = u64::try_from(grace_time) else {
+            self.touch(handle);
+            return self.reply(request, Err(Error::NegativeGraceTime { nanos: grace_time }));
+        };
+        let c = self.containers.get_mut(handle).expect("caller checked");
+        c.grace_time = grace_time;
+        self.changed_and_reply_then(handle, request, Reply::Done, grace_time == 0);
+    }
+
+    fn net_in(&mut self, request: RequestId, handle: &str, host_port: u32, container_port: u32) {
+        let result = (|| {
+            if container_port > 65535 {
+                return Err(Error::Port(crate::ports::PortError::OutOfRange {
+                    port: container_port,
+                }));
+            }
+            let assignment = self.containers[handle]
+                .network
+                .expect("usable containers have a network");
+            let host_port = if host_port == 0 {
+                self.ports.acquire_any()?
+            } else {
+                self.ports.acquire(host_port)?
+            };
+            let container_port = if container_port == 0 {
+                host_port
+            } else {
+                container_port
+            };
+            Ok((
+                assignment,
+                PortMapping {
+                    host_port,
+                    container_port,
+                },
+            ))
+        })();
+        match result {
+            Err(e) => {
+                self.touch(handle);
+                self.reply(request, Err(e));
+            }
+            Ok((assignment, mapping)) => {
+                let c = self.containers.get_mut(handle).expect("caller checked");
+                c.pause();
+                c.in_flight += 1;
+                self.emit(
+                    EffectKind::MapPort {
+                        handle: handle.to_string(),
+                        assignment,
+                        mapping,
+                    },
+                    Pending::MapPort {
+                        request,
+                        handle: handle.to_string(),
+                        mapping,
+                    },
+                );
+            }
+        }
+    }
+
+    fn net_out(&mut self, request: RequestId, handle: &str, rules: Vec<NetOutRule>) {
+        if let Some(reason) = rules.iter().find_map(|r| r.validate().err()) {
+            self.touch(handle);
+            return self.reply(request, Err(Error::InvalidNetOutRule { reason }));
+        }
+        if rules.is_empty() {
+            self.touch(handle);
+            return self.reply(request, Ok(Reply::Done));
+        }
+        let c = self.containers.get_mut(handle).expect("caller checked");
+        let assignment = c.network.expect("usable containers have a network");
+        c.pause();
+        c.in_flight += 1;
+        self.emit(
+            EffectKind::AddNetOutRules {
+                handle: handle.to_string(),
+                assignment,
+                rules: rules.clone(),
+            },
+            Pending::NetOut {
+                request,
+                handle: handle.to_string(),
+                rules,
+            },
+        );
+    }
+
+    fn run(&mut self, request: RequestId, handle: &str, spec: crate::api::ProcessSpec) {
+        let checked = (|| {
+            // A stopped container still runs new processes, as with gdn: Stop only ends the
+            // processes that were running.
+            let c = &self.containers[handle];
+            if spec.path.is_empty() {
+                return Err(Error::InvalidProcessSpec {
+                    reason: "no path to run".into(),
+                });
+            }
+            if !spec.bind_mounts.is_empty() && spec.image.uri.is_empty() {
+                return Err(Error::InvalidProcessSpec {
+                    reason: "bind mounts are only supported for processes with their own image"
+                        .into(),
+                });
+            }
+            if let Some(bad) = spec.env.iter().find(|e| !e.contains('=')) {
+                return Err(Error::InvalidProcessSpec {
+                    reason: format!("environment entry '{bad}' is not KEY=VALUE"),
+                });
+            }
+            if spec.id.is_empty() {
+                return Ok(None);
+            }
+            handle::validate(&spec.id).map_err(|reason| Error::InvalidProcessId {
+                process_id: spec.id.clone(),
+                reason,
+            })?;
+            if c.processes.contains(&spec.id) {
+                return Err(Error::ProcessIdInUse {
+                    process_id: spec.id.clone(),
+                });
+            }
+            Ok(Some(spec.id.clone()))
+        })();
+        let process_id = match checked {
+            Err(e) => {
+                self.touch(handle);
+                return self.reply(request, Err(e));
+            }
+            Ok(Some(id)) => id,
+            Ok(None) => loop {
+                let id = self.rng.uuid();
+                if !self.containers[handle].processes.contains(&id) {
+                    break id;
+                }
+            },
+        };
+        let c = self.containers.get_mut(handle).expect("caller checked");
+        c.pause();
+        c.in_flight += 1;
+        c.processes.insert(process_id.clone());
+        let env = c.image_env.iter().chain(&c.spec.env).cloned().collect();
+        self.emit(
+            EffectKind::SpawnProcess {
+                handle: handle.to_string(),
+                process_id: process_id.clone(),
+                spec: Box::new(spec),
+                env,
+            },
+            Pending::Spawn {
+                request,
+                handle: handle.to_string(),
+                process_id,
+            },
+        );
+    }
+
+    fn bulk_metrics(&mut self, request: RequestId, handles: Vec<String>) {
+        let mut gather = BulkGather::default();
+        for handle in handles {
+            if gather.entries.contains_key(&handle) {
+                continue;
+            }
+            match self.usable(&handle) {
+                Err(e) => {
+                    gather.entries.insert(handle, Err(e));
+                }
+                Ok(c) => {
+                    c.in_flight += 1;
+                    gather.waiting += 1;
+                    gather
+                        .entries
+                        .insert(handle.clone(), Ok(Metrics::default()));
+                    self.emit(
+                        EffectKind::ReadMetrics {
+                            handle: handle.clone(),
+                        },
+                        Pending::BulkMetrics { request, handle },
+                    );
+                }
+            }
+        }
+        if gather.waiting == 0 {
+            self.reply(request, Ok(Reply::BulkMetrics(gather.entries)));
+        } else {
+            self.bulk.insert(request, gather);
+        }
+    }
+
+    // ----- durability -----
+
+    /// Records a change to `handle`'s durable state and replies once it is stored.
+    fn changed_and_reply(&mut self, handle: &str, request: RequestId, reply: Reply) {
+        self.changed_and_reply_then(handle, request, reply, false);
+    }
+
+    fn changed_and_reply_then(
+        &mut self,
+        handle: &str,
+        request: RequestId,
+        reply: Reply,
+        expire_if_idle: bool,
+    ) {
+        let version = self.changed(handle);
+        let c = self.containers.get_mut(handle).expect("caller checked");
+        c.pause();
+        c.durability.waiters.push(DurableWaiter {
+            request,
+            version,
+            reply,
+            expire_if_idle,
+        });
+        self.flush_durable_waiters(handle);
+    }
+
+    /// Bumps the container's version and makes sure a write of it is on its way.
+    pub(crate) fn changed(&mut self, handle: &str) -> u64 {
+        let c = self.containers.get_mut(handle).expect("caller checked");
+        c.durability.version += 1;
+        let version = c.durability.version;
+        self.persist_if_needed(handle);
+        version
+    }
+
+    pub(crate) fn persist_if_needed(&mut self, handle: &str) {
+        let now = self.now;
+        let Some(c) = self.containers.get_mut(handle) else {
+            return;
+        };
+        let d = &c.durability;
+        if !c.phase.is_usable()
+            || d.persisting
+            || d.durable >= d.version
+            || d.retry_at.is_some_and(|t| t > now)
+        {
+            return;
+        }
+        c.durability.persisting = true;
+        c.durability.retry_at = None;
+        c.in_flight += 1;
+        let record = Box::new(c.record());
+        let version = record.version;
+        self.emit(
+            EffectKind::PersistRecord {
+                handle: handle.to_string(),
+                record,
+            },
+            Pending::Persist {
+                handle: handle.to_string(),
+                version,
+            },
+        );
+    }
+
+    fn flush_durable_waiters(&mut self, handle: &str) {
+        let Some(c) = self.containers.get_mut(handle) else {
+            return;
+        };
+        let durable = c.durability.durable;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut c.durability.waiters)
+            .into_iter()
+            .partition(|w| w.version <= durable);
+        c.durability.waiters = waiting;
+        for w in ready {
+            self.reply_paused(handle, w.request, Ok(w.reply));
+            let now = self.now;
+            let c = self.containers.get_mut(handle).expect("still present");
+            if w.expire_if_idle && c.pauses == 0 && c.grace_time == 0 {
+                c.expires_at = Some(now);
+            }
+        }
+    }
+
+    fn persist_done(&mut self, handle: &str, version: u64, outcome: Outcome) {
+        let now = self.now;
+        let Some(c) = self.containers.get_mut(handle) else {
+            return;
+        };
+        c.durability.persisting = false;
+        c.in_flight -= 1;
+        match outcome {
+            Ok(_) => {
+                c.durability.durable = c.durability.durable.max(version);
+                c.durability.failures = 0;
+                self.flush_durable_waiters(handle);
+            }
+            Err(e) => {
+                c.durability.failures += 1;
+                c.durability.retry_at = Some(now.plus(backoff(c.durability.failures)));
+                if c.durability.failures >= PERSIST_FAILURES_BEFORE_ERROR {
+                    let waiters = std::mem::take(&mut c.durability.waiters);
+                    for w in waiters {
+                        self.reply_paused(handle, w.request, Err(Error::NotDurable(e.clone())));
+                    }
+                }
+            }
+        }
+        self.persist_if_needed(handle);
+        self.advance_teardown(handle);
+    }
+
+    // ----- outcomes -----
+
+    fn outcome(&mut self, effect: EffectId, outcome: Outcome) {
+        // An outcome for an effect the core no longer waits for (a duplicate, or one from before
+        // a restart) changes nothing.
+        let Some(pending) = self.pending.remove(&effect) else {
+            return;
+        };
+        match pending {
+            Pending::CreateStep { handle, step } => self.create_step_done(&handle, step, outcome),
+            Pending::Teardown { handle } => self.teardown_step_done(&handle, outcome),
+            Pending::Persist { handle, version } => self.persist_done(&handle, version, outcome),
+            Pending::Spawn {
+                request,
+                handle,
+                process_id,
+            } => {
+                self.effect_finished(&handle);
+                match outcome {
+                    Ok(_) => {
+                        // The request's pause becomes the lease's: the process connection
+                        // holds the container until the server releases it.
+                        let lease = self.new_lease(&handle);
+                        self.reply(request, Ok(Reply::ProcessStarted { process_id, lease }));
+                    }
+                    Err(e) => {
+                        if let Some(c) = self.containers.get_mut(&handle) {
+                            c.processes.remove(&process_id);
+                        }
+                        self.reply_paused(&handle, request, Err(Error::Host(e)));
+                    }
+                }
+            }
+            Pending::Stop { request, handle } => {
+                self.effect_finished(&handle);
+                match outcome {
+                    Ok(_) => {
+                        let usable = self
+                            .containers
+                            .get(&handle)
+                            .is_some_and(|c| c.phase.is_usable());
+                        if usable {
+                            self.containers.get_mut(&handle).expect("checked").phase =
+                                Phase::Stopped;
+                            self.unpause_only(&handle);
+                            self.changed_and_reply(&handle, request, Reply::Done);
+                        } else {
+                            self.reply_paused(&handle, request, Ok(Reply::Done));
+                        }
+                    }
+                    Err(e) => self.reply_paused(&handle, request, Err(Error::Host(e))),
+                }
+            }
+            Pending::MapPort {
+                request,
+                handle,
+                mapping,
+            } => {
+                self.effect_finished(&handle);
+                let usable = self
+                    .containers
+                    .get(&handle)
+                    .is_some_and(|c| c.phase.is_usable());
+                match outcome {
+                    Ok(_) if usable => {
+                        self.containers
+                            .get_mut(&handle)
+                            .expect("checked")
+                            .mapped_ports
+                            .push(mapping);
+                        self.unpause_only(&handle);
+                        let reply = Reply::NetIn(NetInResponse {
+                            host_port: mapping.host_port,
+                            container_port: mapping.container_port,
+                        });
+                        self.changed_and_reply(&handle, request, reply);
+                    }
+                    // Destroyed meanwhile, or failed: the host may still forward the port until
+                    // the container's network is torn down, so it stays held until then.
+                    Ok(_) => {
+                        self.hold_port(&handle, mapping.host_port);
+                        self.reply_paused(
+                            &handle,
+                            request,
+                            Err(Error::ContainerNotFound {
+                                handle: handle.clone(),
+                            }),
+                        );
+                    }
+                    Err(e) => {
+                        self.hold_port(&handle, mapping.host_port);
+                        self.reply_paused(&handle, request, Err(Error::Host(e)));
+                    }
+                }
+            }
+            Pending::NetOut {
+                request,
+                handle,
+                rules,
+            } => {
+                self.effect_finished(&handle);
+                let usable = self
+                    .containers
+                    .get(&handle)
+                    .is_some_and(|c| c.phase.is_usable());
+                match outcome {
+                    Ok(_) if usable => {
+                        self.containers
+                            .get_mut(&handle)
+                            .expect("checked")
+                            .netout_rules
+                            .extend(rules);
+                        self.unpause_only(&handle);
+                        self.changed_and_reply(&handle, request, Reply::Done);
+                    }
+                    Ok(_) => self.reply_paused(
+                        &handle,
+                        request,
+                        Err(Error::ContainerNotFound {
+                            handle: handle.clone(),
+                        }),
+                    ),
+                    Err(e) => self.reply_paused(&handle, request, Err(Error::Host(e))),
+                }
+            }
+            Pending::Metrics { request, handle } => {
+                self.effect_finished(&handle);
+                let result = self.metrics_result(&handle, outcome);
+                self.reply_paused(
+                    &handle,
+                    request,
+                    result.map(|m| Reply::Metrics(Box::new(m))),
+                );
+            }
+            Pending::BulkMetrics { request, handle } => {
+                self.effect_finished(&handle);
+                let result = self.metrics_result(&handle, outcome);
+                let gather = self
+                    .bulk
+                    .get_mut(&request)
+                    .expect("a bulk request waits for its metrics");
+                gather.entries.insert(handle, result);
+                gather.waiting -= 1;
+                if gather.waiting == 0 {
+                    let gather = self.bulk.remove(&request).expect("present");
+                    self.reply(request, Ok(Reply::BulkMetrics(gather.entries)));
+                }
+            }
+            Pending::Capacity { request } => {
+                let result = match outcome {
+                    Ok(EffectOutput::Capacity {
+                        memory_in_bytes,
+                        disk_in_bytes,
+                        schedulable_disk_in_bytes,
+                    }) => Ok(Reply::Capacity(Capacity {
+                        memory_in_bytes,
+                        disk_in_bytes,
+                        schedulable_disk_in_bytes,
+                        max_containers: self.max_containers(),
+                    })),
+                    Ok(other) => Err(unexpected_output("read-capacity", other)),
+                    Err(e) => Err(Error::Host(e)),
+                };
+                self.reply(request, result);
+            }
+        }
+    }
+
+    fn metrics_result(&self, handle: &str, outcome: Outcome) -> Result<Metrics, Error> {
+        match outcome {
+            Ok(EffectOutput::Metrics(mut metrics)) => {
+                let c = self
+                    .containers
+                    .get(handle)
+                    .filter(|c| c.phase.is_usable())
+                    .ok_or_else(|| Error::ContainerNotFound {
+                        handle: handle.to_string(),
+                    })?;
+                metrics.age = i64::try_from(self.now.since(c.created_at)).unwrap_or(i64::MAX);
+                Ok(*metrics)
+            }
+            Ok(other) => Err(unexpected_output("read-metrics", other)),
+            Err(e) => Err(Error::Host(e)),
+        }
+    }
+
+    fn hold_port(&mut self, handle: &str, port: u32) {
+        match self.containers.get_mut(handle) {
+            Some(c) => c.held_ports.push(port),
+            None => self.ports.release(port),
+        }
+    }
+
+    /// One of the container's own effects is over; a teardown may have been waiting for it.
+    fn effect_finished(&mut self, handle: &str) {
+        if let Some(c) = self.containers.get_mut(handle) {
+            c.in_flight -= 1;
+        }
+        self.advance_teardown(handle);
+    }
+
+    /// Ends a request's pause without replying (the reply follows once the change is durable,
+    /// under a new pause).
+    fn unpause_only(&mut self, handle: &str) {
+        let now = self.now;
+        if let Some(c) = self.containers.get_mut(handle) {
+            c.unpause(now);
+        }
+    }
+
+    fn observed(&mut self, observation: Observation) {
+        match observation {
+            Observation::ProcessExited { handle, process_id } => {
+                if let Some(c) = self.containers.get_mut(&handle) {
+                    c.processes.remove(&process_id);
+                }
+            }
+            Observation::OutOfMemory { handle } => {
+                let Some(c) = self.containers.get_mut(&handle) else {
+                    return;
+                };
+                if c.events.iter().any(|e| e == OUT_OF_MEMORY) {
+                    return;
+                }
+                c.events.push(OUT_OF_MEMORY.to_string());
+                if c.phase.is_usable() {
+                    self.changed(&handle);
+                }
+            }
+        }
+    }
+
+    // ----- timers -----
+
+    fn fire_timers(&mut self) {
+        let now = self.now;
+        let due: Vec<String> = self
+            .containers
+            .values()
+            .filter(|c| {
+                let expired =
+                    !self.config.bugs.skip_expiry && c.expires_at.is_some_and(|t| t <= now);
+                let retry = match &c.phase {
+                    Phase::Destroying(t) => !t.running && t.retry_at.is_some_and(|r| r <= now),
+                    _ => false,
+                };
+                expired || retry || c.durability.retry_at.is_some_and(|r| r <= now)
+            })
+            .map(|c| c.handle.clone())
+            .collect();
+        for handle in due {
+            let c = self.containers.get_mut(&handle).expect("collected above");
+            if c.durability.retry_at.is_some_and(|r| r <= now) {
+                c.durability.retry_at = None;
+                self.persist_if_needed(&handle);
+            }
+            let c = self.containers.get_mut(&handle).expect("collected above");
+            let expired = !self.config.bugs.skip_expiry && c.expires_at.is_some_and(|t| t <= now);
+            if expired && c.pauses == 0 && c.phase.is_usable() {
+                c.expires_at = None;
+                self.begin_teardown(&handle, crate::container::TeardownStep::ALL, None, None);
+                continue;
+            }
+            if let Phase::Destroying(t) = &mut c.phase {
+                if !t.running && t.retry_at.is_some_and(|r| r <= now) {
+                    t.retry_at = None;
+                    self.advance_teardown(&handle);
+                }
+            }
+        }
+    }
+
+    // ----- inspection -----
+
+    /// A read-only picture of the state, for checkers and debugging.
+    pub fn view(&self) -> CoreView {
+        CoreView {
+            now: self.now,
+            containers: self
+                .containers
+                .values()
+                .map(|c| ContainerView {
+                    handle: c.handle.clone(),
+                    state: c.phase.garden_state(),
+                    stopped: matches!(c.phase, Phase::Stopped),
+                    network: c.network,
+                    mapped_ports: c.mapped_ports.clone(),
+                    held_ports: c.held_ports.clone(),
+                    properties: c.properties.clone(),
+                    grace_time: c.grace_time,
+                    pauses: c.pauses,
+                    expires_at: c.expires_at,
+                    processes: c.processes.iter().cloned().collect(),
+                    durable_version: c.durability.durable,
+                    version: c.durability.version,
+                })
+                .collect(),
+            allocations: self.network.allocations(),
+            ports_taken: self.ports.taken().collect(),
+            effects_in_flight: self.pending.len(),
+            leases: self.leases.len(),
+        }
+    }
+}
+
+/// The event text gdn reports after an OOM kill.
+pub const OUT_OF_MEMORY: &str = "Out of memory";
+
+fn unexpected_output(effect: &str, output: EffectOutput) -> Error {
+    Error::Host(crate::effect::EffectError::new(
+        crate::effect::EffectErrorKind::Host,
+        format!("host answered {effect} with {output:?}"),
+    ))
+}
+
+/// Retry delay after `attempts` failures: 1 s, 2 s, 4 s ... capped at 64 s.
+pub(crate) fn backoff(attempts: u32) -> u64 {
+    SECOND << attempts.saturating_sub(1).min(6)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CoreView {
+    pub now: Time,
+    pub containers: Vec<ContainerView>,
+    pub allocations: Vec<NetworkAssignment>,
+    pub ports_taken: Vec<u32>,
+    pub effects_in_flight: usize,
+    pub leases: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerView {
+    pub handle: String,
+    /// `creating`, `created` or `destroying`.
+    pub state: &'static str,
+    pub stopped: bool,
+    pub network: Option<NetworkAssignment>,
+    pub mapped_ports: Vec<PortMapping>,
+    pub held_ports: Vec<u32>,
+    pub properties: Properties,
+    pub grace_time: u64,
+    pub pauses: u32,
+    pub expires_at: Option<Time>,
+    pub processes: Vec<String>,
+    pub durable_version: u64,
+    pub version: u64,
+}

@@ -1,0 +1,171 @@
+//! Restart: rebuild the core from its records, then reconcile with what the host really has.
+//!
+//! - A recorded container whose pieces are all present keeps running; its grace timer starts a
+//!   fresh countdown.
+//! - A recorded container with a piece missing cannot work: it is torn down (every teardown
+//!   effect tolerates absent pieces) and its address is released.
+//! - Anything on the host that no record explains (a create cut short by the crash, a destroy
+//!   that had deleted the record) is torn down.
+//! - Allocations come from records, plus whatever leftovers still hold on the host until
+//!   their teardown is done; an address a half-created container held is free again after.
+
+use crate::container::{Container, Durability, Phase, TeardownStep};
+use crate::effect::ObservedHost;
+use crate::machine::Core;
+use crate::record::{ContainerRecord, RecordState};
+use crate::{Config, Time};
+use std::collections::BTreeSet;
+
+impl Core {
+    /// A core holding the given records, before reconciliation. A record that clashes with one
+    /// already loaded (an address or port held twice) is loaded without its allocations and torn
+    /// down at reconciliation.
+    pub fn restore(config: Config, now: Time, records: Vec<ContainerRecord>) -> Core {
+        let mut core = Core::new(config, now);
+        for record in records {
+            if core.containers.contains_key(&record.handle) {
+                continue;
+            }
+            let network_ok = core.network.claim(record.network).is_ok();
+            let mut ports_ok = network_ok;
+            let mut claimed = Vec::new();
+            if ports_ok {
+                for m in &record.mapped_ports {
+                    match core.ports.acquire(m.host_port) {
+                        Ok(p) => claimed.push(p),
+                        Err(_) => {
+                            ports_ok = false;
+                            break;
+                        }
+                    }
+                }
+            }
+            if network_ok && !ports_ok {
+                for p in claimed {
+                    core.ports.release(p);
+                }
+                core.network.release(record.network);
+            }
+            let sound = network_ok && ports_ok;
+            core.next_incarnation += 1;
+            let container = Container {
+                handle: record.handle.clone(),
+                incarnation: core.next_incarnation,
+                spec: record.spec,
+                properties: record.properties,
+                grace_time: record.grace_time,
+                network: sound.then_some(record.network),
+                mapped_ports: if sound {
+                    record.mapped_ports
+                } else {
+                    Vec::new()
+                },
+                held_ports: Vec::new(),
+                netout_rules: record.netout_rules,
+                image_env: record.image_env,
+                created_at: record.created_at,
+                events: record.events,
+                processes: BTreeSet::new(),
+                phase: match record.state {
+                    RecordState::Active => Phase::Active,
+                    RecordState::Stopped => Phase::Stopped,
+                },
+                pauses: 0,
+                expires_at: None,
+                in_flight: 0,
+                durability: Durability {
+                    version: record.version,
+                    durable: record.version,
+                    ..Durability::default()
+                },
+            };
+            core.containers.insert(record.handle, container);
+        }
+        core
+    }
+
+    pub(crate) fn reconcile(&mut self, host: ObservedHost) {
+        let now = self.now;
+        let recorded: Vec<String> = self.containers.keys().cloned().collect();
+        for handle in recorded {
+            let observed = host.containers.get(&handle).cloned().unwrap_or_default();
+            let c = self.containers.get_mut(&handle).expect("listed above");
+            // Only freshly restored containers are judged; anything else is already in motion.
+            if !(c.phase.is_usable() && c.in_flight == 0 && c.pauses == 0) {
+                continue;
+            }
+            // A port mapped just before the crash, whose answer was lost, is held so that it is
+            // not handed to anyone else while the host forwards it here.
+            let unrecorded: Vec<_> = observed
+                .ports
+                .iter()
+                .filter(|p| !c.mapped_ports.contains(p))
+                .copied()
+                .collect();
+            for mapping in unrecorded {
+                if self.ports.acquire(mapping.host_port).is_ok() {
+                    self.containers
+                        .get_mut(&handle)
+                        .expect("listed above")
+                        .held_ports
+                        .push(mapping.host_port);
+                }
+            }
+            let c = self.containers.get_mut(&handle).expect("listed above");
+            // A clashing record was loaded without its network.
+            if c.network.is_some() && observed.complete() {
+                c.processes = observed.processes.iter().cloned().collect();
+                c.arm(now);
+            } else {
+                self.begin_teardown(&handle, TeardownStep::ALL, None, None);
+            }
+        }
+        for (handle, observed) in host.containers {
+            if self.containers.contains_key(&handle) || !observed.anything() {
+                continue;
+            }
+            self.next_incarnation += 1;
+            let mut container = leftover(handle.clone(), self.next_incarnation, now);
+            // What the leftover holds on the host stays taken until its teardown is done.
+            if let Some(assignment) = observed.network {
+                if self.network.claim(assignment).is_ok() {
+                    container.network = Some(assignment);
+                }
+            }
+            for mapping in observed.ports {
+                if self.ports.acquire(mapping.host_port).is_ok() {
+                    container.held_ports.push(mapping.host_port);
+                }
+            }
+            self.containers.insert(handle.clone(), container);
+            self.begin_teardown(&handle, TeardownStep::ALL, None, None);
+        }
+    }
+}
+
+/// A container known only from what it left on the host.
+fn leftover(handle: String, incarnation: u64, now: Time) -> Container {
+    Container {
+        incarnation,
+        spec: crate::api::ContainerSpec {
+            handle: handle.clone(),
+            ..Default::default()
+        },
+        handle,
+        properties: Default::default(),
+        grace_time: 0,
+        network: None,
+        mapped_ports: Vec::new(),
+        held_ports: Vec::new(),
+        netout_rules: Vec::new(),
+        image_env: Vec::new(),
+        created_at: now,
+        events: Vec::new(),
+        processes: BTreeSet::new(),
+        phase: Phase::Active,
+        pauses: 0,
+        expires_at: None,
+        in_flight: 0,
+        durability: Durability::default(),
+    }
+}

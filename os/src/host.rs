@@ -1,0 +1,185 @@
+//! The host boundary: one method per kind of effect, plus the byte-stream operations that the
+//! core authorises but does not carry (process stdio, tar streams). Implemented by the Linux
+//! host here and by the simulator's in-memory host.
+//!
+//! Every method is blocking; the server calls them from worker threads. Every create-side
+//! method must be idempotent and every remove-side method must succeed when there is nothing
+//! left to remove: the core retries after failures and crashes.
+
+use std::io::{Read, Write};
+use thiserror::Error;
+use trellis_core::api::{
+    DiskLimits, ImageRef, Limits, Metrics, NetOutRule, PortMapping, ProcessSpec, Signal, WindowSize,
+};
+use trellis_core::effect::{EffectErrorKind, InitConfig, NetworkConfig, Observation, ObservedHost};
+use trellis_core::network::NetworkAssignment;
+use trellis_core::record::ContainerRecord;
+
+#[derive(Debug, Error)]
+pub enum HostError {
+    /// The program to run does not exist (Garden's ExecutableNotFoundError).
+    #[error("{0}")]
+    ExecutableNotFound(String),
+    /// The request cannot work as asked: unknown user, missing bind-mount source, bad image...
+    #[error("{0}")]
+    Invalid(String),
+    /// The container has no such process.
+    #[error("unknown process: {0}")]
+    ProcessNotFound(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Any other failure of the host, described.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl HostError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> HostError {
+        HostError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// How the core should treat this failure.
+    pub fn effect_kind(&self) -> EffectErrorKind {
+        match self {
+            HostError::ExecutableNotFound(_) => EffectErrorKind::ExecutableNotFound,
+            HostError::Invalid(_) | HostError::ProcessNotFound(_) => {
+                EffectErrorKind::InvalidRequest
+            }
+            HostError::Io { .. } | HostError::Failed(_) => EffectErrorKind::Host,
+        }
+    }
+}
+
+impl From<HostError> for trellis_core::EffectError {
+    fn from(e: HostError) -> Self {
+        trellis_core::EffectError::new(e.effect_kind(), e.to_string())
+    }
+}
+
+pub type HostResult<T> = Result<T, HostError>;
+
+/// Where a host reports what it observes on its own.
+pub type ObservationSink = Box<dyn Fn(Observation) + Send + Sync>;
+
+/// What a prepared root filesystem tells the core.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Rootfs {
+    /// `KEY=VALUE` entries from the image's configuration.
+    pub image_env: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HostCapacity {
+    pub memory_in_bytes: u64,
+    pub disk_in_bytes: u64,
+    pub schedulable_disk_in_bytes: u64,
+}
+
+/// A running (or finished) process started by `Host::spawn_process`.
+pub trait Process: Send + Sync {
+    /// Blocks until the process has exited and returns its exit status (128+n when killed by
+    /// signal n). May be called from several threads; each gets the same status.
+    fn wait(&self) -> i32;
+    fn signal(&self, signal: Signal) -> HostResult<()>;
+    /// Resizes the process's terminal; a process without one ignores this.
+    fn resize(&self, size: WindowSize) -> HostResult<()>;
+}
+
+/// The process's standard streams, handed over once at spawn. With a TTY, stderr is merged into
+/// stdout and `stderr` is `None`. Readers reach EOF once every holder of the write end (the
+/// process and any children it passed them to) is gone.
+pub struct Stdio {
+    pub stdin: Box<dyn Write + Send>,
+    pub stdout: Box<dyn Read + Send>,
+    pub stderr: Option<Box<dyn Read + Send>>,
+}
+
+pub struct Spawned {
+    pub process: std::sync::Arc<dyn Process>,
+    pub stdio: Stdio,
+}
+
+/// A request to start a process in a container.
+#[derive(Debug, Clone, Copy)]
+pub struct SpawnRequest<'a> {
+    pub handle: &'a str,
+    pub process_id: &'a str,
+    pub spec: &'a ProcessSpec,
+    /// Image env then container env; the spec's own env goes after it.
+    pub env: &'a [String],
+}
+
+/// Where a tar stream goes in or comes from, and as whom.
+#[derive(Debug, Clone, Copy)]
+pub struct FilePath<'a> {
+    pub handle: &'a str,
+    /// Inside the container; relative paths are relative to the user's home.
+    pub path: &'a str,
+    /// Empty means root.
+    pub user: &'a str,
+}
+
+pub trait Host: Send + Sync + 'static {
+    // --- create ---
+    fn prepare_rootfs(
+        &self,
+        handle: &str,
+        image: &ImageRef,
+        privileged: bool,
+        disk: &DiskLimits,
+    ) -> HostResult<Rootfs>;
+    fn create_cgroup(&self, handle: &str, limits: &Limits) -> HostResult<()>;
+    fn setup_network(&self, handle: &str, config: &NetworkConfig) -> HostResult<()>;
+    fn start_init(&self, handle: &str, config: &InitConfig) -> HostResult<()>;
+    fn persist_record(&self, record: &ContainerRecord) -> HostResult<()>;
+
+    // --- teardown ---
+    fn kill_container(&self, handle: &str) -> HostResult<()>;
+    fn teardown_network(
+        &self,
+        handle: &str,
+        assignment: Option<&NetworkAssignment>,
+    ) -> HostResult<()>;
+    fn remove_cgroup(&self, handle: &str) -> HostResult<()>;
+    fn remove_rootfs(&self, handle: &str) -> HostResult<()>;
+    fn delete_record(&self, handle: &str) -> HostResult<()>;
+
+    // --- running containers ---
+    fn spawn_process(&self, request: SpawnRequest<'_>) -> HostResult<Spawned>;
+    fn stop_processes(&self, handle: &str, kill: bool) -> HostResult<()>;
+    fn map_port(
+        &self,
+        handle: &str,
+        assignment: &NetworkAssignment,
+        mapping: &PortMapping,
+    ) -> HostResult<()>;
+    fn add_netout_rules(
+        &self,
+        handle: &str,
+        assignment: &NetworkAssignment,
+        rules: &[NetOutRule],
+    ) -> HostResult<()>;
+    fn read_metrics(&self, handle: &str) -> HostResult<Metrics>;
+    fn read_capacity(&self) -> HostResult<HostCapacity>;
+    /// Starts reporting unsolicited events (OOM kills) to `sink`, from a thread of the host's
+    /// own. Called once at server start.
+    fn watch_events(&self, _sink: ObservationSink) {}
+
+    // --- files ---
+    /// Unpacks a tar stream at `to.path`, as `to.user`, confined to the container.
+    fn stream_in(&self, to: FilePath<'_>, tar: &mut dyn Read) -> HostResult<()>;
+    /// Writes a tar of `from.path`, read as `from.user`, confined to the container.
+    fn stream_out(&self, from: FilePath<'_>, tar: &mut dyn Write) -> HostResult<()>;
+
+    // --- restart ---
+    fn load_records(&self) -> HostResult<Vec<ContainerRecord>>;
+    /// Everything that exists on the host, by handle.
+    fn observe(&self) -> HostResult<ObservedHost>;
+}

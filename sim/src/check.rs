@@ -1,0 +1,488 @@
+//! The invariants, and the model of what clients were told that they are checked against.
+//!
+//! The model is built only from replies (and from what the simulated clients sent), never from
+//! the core's internals, except where a crash leaves an outcome genuinely unknown; then the
+//! model adopts what the core says and marks nothing it cannot know as certain.
+
+use crate::fake_os::FakeOs;
+use crate::sim::RequestInfo;
+use std::collections::{BTreeMap, BTreeSet};
+use trellis_core::network::NetworkAssignment;
+use trellis_core::properties::{self, Properties};
+use trellis_core::{Command, Core, CoreView, Error, Reply, Time};
+
+#[derive(Debug, Default)]
+pub struct Model {
+    pub containers: BTreeMap<String, ModelContainer>,
+    last_id: u64,
+}
+
+impl Model {
+    pub fn next_id(&mut self) -> u64 {
+        self.last_id += 1;
+        self.last_id
+    }
+
+    /// A request was in flight when the server crashed: its effect is now unknown.
+    pub(crate) fn lost_in_crash(&mut self, info: &RequestInfo) {
+        let Some(handle) = info.command.handle() else {
+            return;
+        };
+        let Some(m) = self
+            .containers
+            .get_mut(handle)
+            .filter(|m| Some(m.id) == info.target)
+        else {
+            return;
+        };
+        match &info.command {
+            Command::Destroy { .. } => m.destroy_requested = true,
+            Command::SetProperty { key, .. } | Command::RemoveProperty { key, .. }
+                if info.paused =>
+            {
+                m.uncertain.insert(key.clone());
+            }
+            Command::SetGraceTime { .. } if info.paused => m.grace_uncertain = true,
+            _ => {}
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct ModelContainer {
+    pub id: u64,
+    /// User properties as acknowledged.
+    pub props: Properties,
+    /// Keys with changes in flight: how many, and the last value sent (`None` = removed).
+    pub changing: BTreeMap<String, (u32, Option<String>)>,
+    /// Keys whose value a crash or a non-durable answer has made unknowable.
+    pub uncertain: BTreeSet<String>,
+    pub grace: u64,
+    pending_grace: (u32, u64),
+    pub grace_uncertain: bool,
+    /// Requests and leases holding the grace timer, as the clients count them.
+    pub pauses: u32,
+    pub last_end: Time,
+    pub destroy_requested: bool,
+    pub expired: bool,
+    /// SetGraceTime(0) was answered with nothing holding the container.
+    pub expect_expiry_now: bool,
+}
+
+impl ModelContainer {
+    pub fn new(id: u64, props: Properties, grace: u64, now: Time) -> ModelContainer {
+        ModelContainer {
+            id,
+            props,
+            changing: BTreeMap::new(),
+            uncertain: BTreeSet::new(),
+            grace,
+            pending_grace: (0, 0),
+            grace_uncertain: false,
+            pauses: 0,
+            last_end: now,
+            destroy_requested: false,
+            expired: false,
+            expect_expiry_now: false,
+        }
+    }
+
+    pub fn gone(&self) -> bool {
+        self.expired || self.destroy_requested
+    }
+
+    /// A command reached a usable container.
+    pub fn note_sent(&mut self, command: &Command) {
+        match command {
+            Command::SetProperty { key, value, .. } if !properties::is_reserved(key) => {
+                let entry = self.changing.entry(key.clone()).or_insert((0, None));
+                entry.0 += 1;
+                entry.1 = Some(value.clone());
+            }
+            Command::RemoveProperty { key, .. } if !properties::is_reserved(key) => {
+                let entry = self.changing.entry(key.clone()).or_insert((0, None));
+                entry.0 += 1;
+                entry.1 = None;
+            }
+            Command::SetGraceTime { grace_time, .. } if *grace_time >= 0 => {
+                self.pending_grace.0 += 1;
+                self.pending_grace.1 = *grace_time as u64;
+            }
+            Command::Destroy { .. } => self.destroy_requested = true,
+            _ => {}
+        }
+    }
+
+    /// A request that held the timer was answered (its pause already ended).
+    pub fn note_answered(&mut self, command: &Command, result: &Result<Reply, Error>, _now: Time) {
+        let not_durable = matches!(result, Err(Error::NotDurable(_)));
+        match command {
+            Command::SetProperty { key, .. } | Command::RemoveProperty { key, .. } => {
+                let Some(entry) = self.changing.get_mut(key) else {
+                    return;
+                };
+                entry.0 -= 1;
+                if entry.0 == 0 {
+                    let (_, value) = self.changing.remove(key).expect("present");
+                    match value {
+                        Some(v) => self.props.insert(key.clone(), v),
+                        None => self.props.remove(key),
+                    };
+                    if not_durable {
+                        self.uncertain.insert(key.clone());
+                    } else {
+                        self.uncertain.remove(key);
+                    }
+                }
+            }
+            Command::SetGraceTime { grace_time, .. } if *grace_time >= 0 => {
+                self.pending_grace.0 -= 1;
+                if self.pending_grace.0 == 0 {
+                    self.grace = self.pending_grace.1;
+                    self.grace_uncertain = not_durable;
+                    if self.grace == 0 && self.pauses == 0 {
+                        self.expect_expiry_now = true;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn known(&self, key: &str) -> Option<Option<&String>> {
+        if self.uncertain.contains(key) || self.changing.contains_key(key) {
+            None
+        } else {
+            Some(self.props.get(key))
+        }
+    }
+
+    fn due(&self, now: Time) -> bool {
+        self.pauses == 0
+            && (self.expect_expiry_now || (self.grace > 0 && now >= self.last_end.plus(self.grace)))
+    }
+}
+
+/// Which commands hold a container's grace timer while they run (when it exists and is usable).
+pub fn pauses_timer(command: &Command) -> bool {
+    !matches!(
+        command,
+        Command::Create(_)
+            | Command::Destroy { .. }
+            | Command::List { .. }
+            | Command::BulkInfo { .. }
+            | Command::BulkMetrics { .. }
+            | Command::Release { .. }
+            | Command::Capacity
+    )
+}
+
+/// Expiry happens exactly when due: never while held or before the grace time has passed since
+/// the last request ended, and never later than the first moment after that.
+pub fn grace(model: &mut Model, core: &Core, now: Time) -> Result<u64, String> {
+    let mut expired = 0;
+    for (handle, m) in model.containers.iter_mut().filter(|(_, m)| !m.gone()) {
+        let usable = core.container_state(handle) == Some(properties::STATE_CREATED);
+        if !usable {
+            if !m.due(now) {
+                return Err(format!(
+                    "{handle} expired at {} although not due (pauses {}, grace {}ns, last request ended at {})",
+                    now.0, m.pauses, m.grace, m.last_end.0
+                ));
+            }
+            m.expired = true;
+            expired += 1;
+        } else if m.due(now) && !m.grace_uncertain {
+            return Err(format!(
+                "{handle} should have expired by {} (grace {}ns, last request ended at {}) but is still there",
+                now.0, m.grace, m.last_end.0
+            ));
+        }
+        m.expect_expiry_now = false;
+    }
+    model
+        .containers
+        .retain(|handle, m| !(m.gone() && core.container_state(handle).is_none()));
+    Ok(expired)
+}
+
+/// No address is held twice, and the allocator holds exactly the addresses of live containers.
+pub fn allocations(view: &CoreView) -> Result<(), String> {
+    let mut held: Vec<NetworkAssignment> =
+        view.containers.iter().filter_map(|c| c.network).collect();
+    held.sort_by_key(|a| (a.subnet, a.container_ip));
+    if let Some(pair) = held
+        .windows(2)
+        .find(|w| w[0].container_ip == w[1].container_ip)
+    {
+        return Err(format!("two live containers hold {}", pair[0].container_ip));
+    }
+    let mut allocated = view.allocations.clone();
+    allocated.sort_by_key(|a| (a.subnet, a.container_ip));
+    if held != allocated {
+        let leaked: Vec<_> = allocated.iter().filter(|a| !held.contains(a)).collect();
+        let missing: Vec<_> = held.iter().filter(|a| !allocated.contains(a)).collect();
+        return Err(format!("allocator disagrees with containers: held for no container {leaked:?}, unaccounted {missing:?}"));
+    }
+    Ok(())
+}
+
+/// Nothing exists on the host that the core does not know, and the host saw no effect it could
+/// not have carried out.
+pub fn host(os: &FakeOs, core: &Core) -> Result<(), String> {
+    if let Some(v) = os.violations.first() {
+        return Err(format!("host received an impossible effect: {v}"));
+    }
+    for handle in os.containers.keys().chain(os.records.keys()) {
+        if core.container_state(handle).is_none() {
+            return Err(format!(
+                "host holds {handle} ({:?}), which the core does not know",
+                os.containers.get(handle)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The core's pause count agrees with what clients hold.
+pub fn pauses(model: &Model, view: &CoreView) -> Result<(), String> {
+    for c in view
+        .containers
+        .iter()
+        .filter(|c| c.state == properties::STATE_CREATED)
+    {
+        if let Some(m) = model.containers.get(&c.handle).filter(|m| !m.gone()) {
+            if m.pauses != c.pauses {
+                return Err(format!(
+                    "{} is held by {} requests/leases but the core counts {}",
+                    c.handle, m.pauses, c.pauses
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// List returns every container that certainly matches and none that certainly does not.
+pub fn list(
+    model: &Model,
+    core: &Core,
+    filter: &Properties,
+    handles: &[String],
+) -> Result<(), String> {
+    let listed: BTreeSet<&String> = handles.iter().collect();
+    if listed.len() != handles.len() {
+        return Err(format!("List returned a handle twice: {handles:?}"));
+    }
+    let state_filter = filter.get(properties::STATE).map(String::as_str);
+    for handle in &listed {
+        let known = model.containers.get(*handle).is_some_and(|m| !m.gone());
+        let state = core.container_state(handle);
+        if state_filter != Some(properties::STATE_ALL) && state != Some(properties::STATE_CREATED) {
+            return Err(format!(
+                "List showed {handle} in state {state:?} under filter {filter:?}"
+            ));
+        }
+        if !known && state == Some(properties::STATE_CREATED) {
+            return Err(format!(
+                "List showed {handle}, which no client was told exists"
+            ));
+        }
+    }
+    for (handle, m) in model.containers.iter().filter(|(_, m)| !m.gone()) {
+        let state_ok = matches!(
+            state_filter,
+            None | Some(properties::STATE_ALL) | Some(properties::STATE_CREATED)
+        );
+        let mut verdict = Some(state_ok);
+        for (key, wanted) in filter
+            .iter()
+            .filter(|(k, _)| k.as_str() != properties::STATE)
+        {
+            match m.known(key) {
+                None => verdict = verdict.filter(|v| !v),
+                Some(actual) => {
+                    if !actual.map_or(wanted.is_empty(), |a| a == wanted) {
+                        verdict = Some(false);
+                    }
+                }
+            }
+        }
+        match verdict {
+            Some(true) if !listed.contains(handle) => {
+                return Err(format!(
+                    "List under {filter:?} left out {handle} (properties {:?})",
+                    m.props
+                ))
+            }
+            Some(false) if listed.contains(handle) => {
+                return Err(format!(
+                    "List under {filter:?} included {handle} (properties {:?})",
+                    m.props
+                ))
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+pub fn property(
+    model: &Model,
+    handle: &str,
+    key: &str,
+    result: &Result<Reply, Error>,
+) -> Result<(), String> {
+    let Some(m) = model.containers.get(handle).filter(|m| !m.gone()) else {
+        return Ok(());
+    };
+    if properties::is_reserved(key) {
+        return Ok(());
+    }
+    let Some(expected) = m.known(key) else {
+        return Ok(());
+    };
+    match (expected, result) {
+        (Some(v), Ok(Reply::Property(got))) if got == v => Ok(()),
+        (None, Err(Error::PropertyNotFound { .. })) => Ok(()),
+        (_, Err(Error::ContainerNotFound { .. })) => Ok(()),
+        (expected, got) => Err(format!(
+            "Property {key} of {handle}: expected {expected:?}, got {got:?}"
+        )),
+    }
+}
+
+/// After a restart every acknowledged container is back with its acknowledged properties.
+pub fn after_restart(model: &mut Model, core: &Core, now: Time) -> Result<(), String> {
+    let view = core.view();
+    let by_handle: BTreeMap<&str, &trellis_core::ContainerView> = view
+        .containers
+        .iter()
+        .map(|c| (c.handle.as_str(), c))
+        .collect();
+    let mut dropped = Vec::new();
+    for (handle, m) in model.containers.iter_mut() {
+        m.pauses = 0;
+        m.last_end = now;
+        m.expect_expiry_now = false;
+        let alive = by_handle
+            .get(handle.as_str())
+            .filter(|c| c.state == properties::STATE_CREATED);
+        let Some(c) = alive else {
+            if m.gone() {
+                dropped.push(handle.clone());
+                continue;
+            }
+            return Err(format!(
+                "{handle} was acknowledged but did not survive the restart"
+            ));
+        };
+        if m.gone() {
+            // Its destroy was lost in the crash; the container lives on.
+            m.destroy_requested = false;
+            m.expired = false;
+        }
+        for key in m
+            .props
+            .keys()
+            .chain(c.properties.keys())
+            .collect::<BTreeSet<_>>()
+        {
+            if m.uncertain.contains(key) || m.changing.contains_key(key) {
+                continue;
+            }
+            if m.props.get(key) != c.properties.get(key) {
+                return Err(format!(
+                    "property {key} of {handle} was acknowledged as {:?} but came back as {:?}",
+                    m.props.get(key),
+                    c.properties.get(key)
+                ));
+            }
+        }
+        m.props = c.properties.clone();
+        m.uncertain.clear();
+        m.changing.clear();
+        m.pending_grace = (0, 0);
+        if m.grace_uncertain {
+            m.grace = c.grace_time;
+            m.grace_uncertain = false;
+        } else if m.grace != c.grace_time {
+            return Err(format!(
+                "grace time of {handle} was acknowledged as {} but came back as {}",
+                m.grace, c.grace_time
+            ));
+        }
+    }
+    for handle in dropped {
+        model.containers.remove(&handle);
+    }
+    // Creates in flight at the crash may have finished: adopt what the core has.
+    for c in view
+        .containers
+        .iter()
+        .filter(|c| c.state == properties::STATE_CREATED)
+    {
+        if !model.containers.contains_key(&c.handle) {
+            let id = model.next_id();
+            model.containers.insert(
+                c.handle.clone(),
+                ModelContainer::new(id, c.properties.clone(), c.grace_time, now),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Once nothing is in flight: every request answered, nothing stuck half-way, and the host
+/// holds exactly the live containers, complete.
+pub fn at_rest(core: &Core, os: &FakeOs, unanswered: usize) -> Result<(), String> {
+    if unanswered > 0 {
+        return Err(format!("{unanswered} requests were never answered"));
+    }
+    let view = core.view();
+    if view.effects_in_flight > 0 {
+        return Err(format!(
+            "{} effects still in flight at rest",
+            view.effects_in_flight
+        ));
+    }
+    allocations(&view)?;
+    host(os, core)?;
+    let mut mapped = BTreeSet::new();
+    for c in &view.containers {
+        if c.state != properties::STATE_CREATED {
+            return Err(format!("{} is stuck in state {}", c.handle, c.state));
+        }
+        let Some(on_host) = os.containers.get(&c.handle) else {
+            return Err(format!(
+                "{} is live but the host has nothing for it",
+                c.handle
+            ));
+        };
+        if !(on_host.rootfs && on_host.cgroup && on_host.network.is_some() && on_host.init) {
+            return Err(format!(
+                "{} is live but incomplete on the host: {on_host:?}",
+                c.handle
+            ));
+        }
+        if !os.records.contains_key(&c.handle) {
+            return Err(format!("{} is live but has no record", c.handle));
+        }
+        let running: Vec<String> = on_host.processes.iter().cloned().collect();
+        if running != c.processes {
+            return Err(format!(
+                "{}: the host runs {running:?} but the core lists {:?}",
+                c.handle, c.processes
+            ));
+        }
+        mapped.extend(c.mapped_ports.iter().map(|m| m.host_port));
+        mapped.extend(c.held_ports.iter().copied());
+    }
+    let taken: BTreeSet<u32> = view.ports_taken.iter().copied().collect();
+    if taken != mapped {
+        return Err(format!(
+            "ports held {taken:?} differ from ports mapped {mapped:?}"
+        ));
+    }
+    Ok(())
+}

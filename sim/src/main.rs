@@ -1,0 +1,122 @@
+//! `trellis-sim --seed S --steps N` / `--seeds A..B`: run the simulation and report.
+
+use std::process::ExitCode;
+use std::time::Instant;
+use trellis_core::InjectedBugs;
+use trellis_sim::{Sim, SimOptions};
+
+const USAGE: &str = "usage: trellis-sim [--seed S | --seeds A..B] [--steps N] [--inject-bug leak-ip|double-alloc|skip-expiry] [--verbose]";
+
+struct Args {
+    seeds: std::ops::Range<u64>,
+    steps: u64,
+    bugs: InjectedBugs,
+    verbose: bool,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut args = Args {
+        seeds: 0..1,
+        steps: 10_000,
+        bugs: InjectedBugs::default(),
+        verbose: false,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--seed" => {
+                let seed: u64 = value()?.parse().map_err(|e| format!("--seed: {e}"))?;
+                args.seeds = seed..seed + 1;
+            }
+            "--seeds" => {
+                let v = value()?;
+                let (a, b) = v.split_once("..").ok_or("--seeds takes A..B")?;
+                let a: u64 = a.parse().map_err(|e| format!("--seeds: {e}"))?;
+                let b: u64 = b.parse().map_err(|e| format!("--seeds: {e}"))?;
+                args.seeds = a..b;
+            }
+            "--steps" => args.steps = value()?.parse().map_err(|e| format!("--steps: {e}"))?,
+            "--inject-bug" => match value()?.as_str() {
+                "leak-ip" => args.bugs.leak_ip = true,
+                "double-alloc" => args.bugs.double_alloc = true,
+                "skip-expiry" => args.bugs.skip_expiry = true,
+                other => return Err(format!("unknown bug {other}")),
+            },
+            "--verbose" => args.verbose = true,
+            "--help" | "-h" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    if args.seeds.is_empty() {
+        return Err("empty seed range".into());
+    }
+    Ok(args)
+}
+
+fn main() -> ExitCode {
+    let args = match parse() {
+        Ok(args) => args,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("{e}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let started = Instant::now();
+    let mut total_steps = 0;
+    let mut failed = 0;
+    let single = args.seeds.end - args.seeds.start == 1;
+    let mut last = None;
+    for seed in args.seeds.clone() {
+        let report = Sim::new(SimOptions {
+            seed,
+            steps: args.steps,
+            bugs: args.bugs,
+            verbose: args.verbose,
+        })
+        .run();
+        total_steps += report.steps;
+        if let Some(f) = &report.failure {
+            failed += 1;
+            println!("seed {seed} FAILED at step {}: {}", f.step, f.message);
+            let mut replay = format!(
+                "cargo run --release -p trellis-sim -- --seed {seed} --steps {}",
+                args.steps
+            );
+            for (on, name) in [
+                (args.bugs.leak_ip, "leak-ip"),
+                (args.bugs.double_alloc, "double-alloc"),
+                (args.bugs.skip_expiry, "skip-expiry"),
+            ] {
+                if on {
+                    replay += &format!(" --inject-bug {name}");
+                }
+            }
+            println!("  replay: {replay} --verbose");
+        } else if single {
+            let s = &report.stats;
+            println!(
+                "seed {seed}: ok, {} steps, {} commands, {} effects ({} faulted), {} creates, {} destroys, {} expiries, {} crashes",
+                report.steps, s.commands, s.effects, s.faults, s.creates, s.destroys, s.expiries, s.crashes
+            );
+        }
+        last = Some(report);
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let count = args.seeds.end - args.seeds.start;
+    if !single {
+        println!("{} of {count} seeds passed", count - failed);
+    }
+    println!("{:.0} steps/s", total_steps as f64 / seconds.max(1e-9));
+    if let (true, Some(report)) = (single, last) {
+        println!("trace {:016x}", report.trace);
+    }
+    if failed > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,1 @@
+//! Black-box tests over HTTP against a real trellis server.
