@@ -4,12 +4,17 @@
 //! to its method and its result back to an outcome for the core. The Linux implementation lives
 //! here; the simulator provides an in-memory one.
 
+pub mod helper;
 pub mod host;
+pub mod layout;
+pub mod linux;
 
 pub use host::{
     FilePath, Host, HostCapacity, HostError, HostResult, ObservationSink, Process, Rootfs,
     SpawnRequest, Spawned, Stdio,
 };
+pub use layout::Layout;
+pub use linux::{LinuxConfig, LinuxHost};
 
 use trellis_core::effect::{EffectError, EffectErrorKind, EffectKind, EffectOutput, Outcome};
 

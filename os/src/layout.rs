@@ -1,0 +1,80 @@
+//! Where the Linux host keeps things on disk. Every path a component uses comes from here, so
+//! that reconciliation can find everything a container left behind by its handle.
+
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    /// Per-container directories: `<depot>/<handle>/` (Garden's `ContainerPath`).
+    pub depot: PathBuf,
+    /// Server state outside the depot: records, image cache.
+    pub state: PathBuf,
+    /// Runtime files that need not survive a reboot (sockets, bind-mounted namespaces).
+    pub run: PathBuf,
+}
+
+impl Layout {
+    pub fn new(
+        depot: impl Into<PathBuf>,
+        state: impl Into<PathBuf>,
+        run: impl Into<PathBuf>,
+    ) -> Layout {
+        Layout {
+            depot: depot.into(),
+            state: state.into(),
+            run: run.into(),
+        }
+    }
+
+    /// `<depot>/<handle>`: the container's directory on the host.
+    pub fn container_dir(&self, handle: &str) -> PathBuf {
+        self.depot.join(handle)
+    }
+
+    /// The container's root filesystem mount point.
+    pub fn rootfs_dir(&self, handle: &str) -> PathBuf {
+        self.container_dir(handle).join("rootfs")
+    }
+
+    /// The container's own copy-on-write layer (overlay upper and work dirs live under it).
+    pub fn scratch_dir(&self, handle: &str) -> PathBuf {
+        self.container_dir(handle).join("scratch")
+    }
+
+    /// Bind-mounted over the container's /etc/hosts and /etc/resolv.conf.
+    pub fn hosts_file(&self, handle: &str) -> PathBuf {
+        self.container_dir(handle).join("hosts")
+    }
+
+    pub fn resolv_conf_file(&self, handle: &str) -> PathBuf {
+        self.container_dir(handle).join("resolv.conf")
+    }
+
+    /// The container's network namespace, bind-mounted so it outlives any process in it.
+    pub fn netns_file(&self, handle: &str) -> PathBuf {
+        self.run.join("netns").join(handle)
+    }
+
+    /// The pid of the container's init, as seen from the host.
+    pub fn init_pid_file(&self, handle: &str) -> PathBuf {
+        self.container_dir(handle).join("init.pid")
+    }
+
+    /// Durable container records, one file per handle.
+    pub fn records_dir(&self) -> PathBuf {
+        self.state.join("records")
+    }
+
+    pub fn record_file(&self, handle: &str) -> PathBuf {
+        self.records_dir().join(format!("{handle}.json"))
+    }
+
+    /// Unpacked images, shared read-only by every container made from them.
+    pub fn images_dir(&self) -> PathBuf {
+        self.state.join("images")
+    }
+
+    pub fn depot(&self) -> &Path {
+        &self.depot
+    }
+}

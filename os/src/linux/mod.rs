@@ -1,0 +1,186 @@
+//! The Linux host: carries out effects with namespaces, mounts, cgroups, netlink and nftables.
+//!
+//! Each seam is its own component, the shape of guardian's: `rootfs` (the volumizer),
+//! `cgroup`, `network` (the networker), `runtime` (init, processes, files: the containerizer)
+//! and `depot` (durable records). `LinuxHost` only routes effects to them.
+
+pub mod cgroup;
+pub mod depot;
+pub mod network;
+pub mod rootfs;
+pub mod runtime;
+
+use crate::host::*;
+use crate::layout::Layout;
+use std::io::{Read, Write};
+use trellis_core::api::{DiskLimits, ImageRef, Limits, Metrics, NetOutRule, PortMapping};
+use trellis_core::effect::{InitConfig, NetworkConfig, ObservedContainer, ObservedHost};
+use trellis_core::network::NetworkAssignment;
+use trellis_core::record::ContainerRecord;
+
+/// Server-wide settings the Linux host needs.
+#[derive(Debug, Clone)]
+pub struct LinuxConfig {
+    pub layout: Layout,
+    /// The image used when a create names none.
+    pub default_rootfs: String,
+}
+
+pub struct LinuxHost {
+    pub layout: Layout,
+    pub depot: depot::Depot,
+    pub rootfs: rootfs::RootfsManager,
+    pub cgroups: cgroup::Cgroups,
+    pub network: network::Networker,
+    pub runtime: runtime::Runtime,
+}
+
+impl LinuxHost {
+    pub fn new(config: LinuxConfig) -> HostResult<LinuxHost> {
+        let layout = config.layout.clone();
+        Ok(LinuxHost {
+            depot: depot::Depot::new(layout.records_dir())?,
+            rootfs: rootfs::RootfsManager::new(&config)?,
+            cgroups: cgroup::Cgroups::new(&config)?,
+            network: network::Networker::new(&config)?,
+            runtime: runtime::Runtime::new(&config)?,
+            layout,
+        })
+    }
+}
+
+impl Host for LinuxHost {
+    fn prepare_rootfs(
+        &self,
+        handle: &str,
+        image: &ImageRef,
+        privileged: bool,
+        disk: &DiskLimits,
+    ) -> HostResult<Rootfs> {
+        self.rootfs.prepare(handle, image, privileged, disk)
+    }
+
+    fn create_cgroup(&self, handle: &str, limits: &Limits) -> HostResult<()> {
+        self.cgroups.create(handle, limits)
+    }
+
+    fn setup_network(&self, handle: &str, config: &NetworkConfig) -> HostResult<()> {
+        self.network.setup(handle, config)
+    }
+
+    fn start_init(&self, handle: &str, config: &InitConfig) -> HostResult<()> {
+        self.runtime.start_init(handle, config, &self.cgroups)
+    }
+
+    fn persist_record(&self, record: &ContainerRecord) -> HostResult<()> {
+        self.depot.persist(record)
+    }
+
+    fn kill_container(&self, handle: &str) -> HostResult<()> {
+        self.runtime.kill_container(handle, &self.cgroups)
+    }
+
+    fn teardown_network(
+        &self,
+        handle: &str,
+        assignment: Option<&NetworkAssignment>,
+    ) -> HostResult<()> {
+        self.network.teardown(handle, assignment)
+    }
+
+    fn remove_cgroup(&self, handle: &str) -> HostResult<()> {
+        self.cgroups.remove(handle)
+    }
+
+    fn remove_rootfs(&self, handle: &str) -> HostResult<()> {
+        self.rootfs.remove(handle)
+    }
+
+    fn delete_record(&self, handle: &str) -> HostResult<()> {
+        self.depot.delete(handle)
+    }
+
+    fn spawn_process(&self, request: SpawnRequest<'_>) -> HostResult<Spawned> {
+        self.runtime.spawn(request, &self.cgroups)
+    }
+
+    fn stop_processes(&self, handle: &str, kill: bool) -> HostResult<()> {
+        self.runtime.stop_processes(handle, kill, &self.cgroups)
+    }
+
+    fn map_port(
+        &self,
+        handle: &str,
+        assignment: &NetworkAssignment,
+        mapping: &PortMapping,
+    ) -> HostResult<()> {
+        self.network.map_port(handle, assignment, mapping)
+    }
+
+    fn add_netout_rules(
+        &self,
+        handle: &str,
+        assignment: &NetworkAssignment,
+        rules: &[NetOutRule],
+    ) -> HostResult<()> {
+        self.network.add_netout_rules(handle, assignment, rules)
+    }
+
+    fn read_metrics(&self, handle: &str) -> HostResult<Metrics> {
+        let mut metrics = self.cgroups.metrics(handle)?;
+        metrics.disk_stat = self.rootfs.disk_usage(handle)?;
+        metrics.network_stat = self.network.stats(handle)?;
+        Ok(metrics)
+    }
+
+    fn read_capacity(&self) -> HostResult<HostCapacity> {
+        let mut capacity = self.cgroups.capacity()?;
+        let disk = self.rootfs.capacity()?;
+        capacity.disk_in_bytes = disk.disk_in_bytes;
+        capacity.schedulable_disk_in_bytes = disk.schedulable_disk_in_bytes;
+        Ok(capacity)
+    }
+
+    fn stream_in(&self, to: FilePath<'_>, tar: &mut dyn Read) -> HostResult<()> {
+        self.runtime.stream_in(to, tar)
+    }
+
+    fn stream_out(&self, from: FilePath<'_>, tar: &mut dyn Write) -> HostResult<()> {
+        self.runtime.stream_out(from, tar)
+    }
+
+    fn watch_events(&self, sink: ObservationSink) {
+        self.cgroups.watch_oom(sink)
+    }
+
+    fn load_records(&self) -> HostResult<Vec<ContainerRecord>> {
+        self.depot.load_all()
+    }
+
+    fn observe(&self) -> HostResult<ObservedHost> {
+        let mut handles = std::collections::BTreeSet::new();
+        handles.extend(self.rootfs.handles()?);
+        handles.extend(self.cgroups.handles()?);
+        handles.extend(self.network.handles()?);
+        handles.extend(self.runtime.handles()?);
+        let mut host = ObservedHost::default();
+        for handle in handles {
+            let (network, ports) = match self.network.observe(&handle)? {
+                Some((assignment, ports)) => (Some(assignment), ports),
+                None => (None, Vec::new()),
+            };
+            host.containers.insert(
+                handle.clone(),
+                ObservedContainer {
+                    rootfs: self.rootfs.exists(&handle),
+                    cgroup: self.cgroups.exists(&handle),
+                    network,
+                    ports,
+                    init: self.runtime.init_running(&handle),
+                    processes: self.runtime.processes(&handle),
+                },
+            );
+        }
+        Ok(host)
+    }
+}
