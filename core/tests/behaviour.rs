@@ -1,0 +1,417 @@
+//! Focused behaviours of the core that clients rely on.
+
+use trellis_core::api::{BindMount, ContainerSpec, ProcessSpec};
+use trellis_core::effect::{EffectError, EffectErrorKind, EffectKind, EffectOutput};
+use trellis_core::{
+    Command, Config, Core, Effect, Error, Input, Output, Reply, RequestId, Time, SECOND,
+};
+
+struct Driver {
+    core: Core,
+    now: Time,
+    next: u64,
+    effects: Vec<Effect>,
+    replies: Vec<(RequestId, Result<Reply, Error>)>,
+}
+
+impl Driver {
+    fn new(config: Config) -> Driver {
+        Driver {
+            core: Core::new(config, Time(SECOND)),
+            now: Time(SECOND),
+            next: 1,
+            effects: vec![],
+            replies: vec![],
+        }
+    }
+
+    fn absorb(&mut self, outputs: Vec<Output>) {
+        for o in outputs {
+            match o {
+                Output::Effect(e) => self.effects.push(e),
+                Output::Reply { request, result } => self.replies.push((request, result)),
+            }
+        }
+    }
+
+    fn send(&mut self, command: Command) -> RequestId {
+        let request = RequestId(self.next);
+        self.next += 1;
+        let out = self
+            .core
+            .step(self.now, Input::Command { request, command });
+        self.absorb(out);
+        request
+    }
+
+    fn reply(&mut self, request: RequestId) -> Option<Result<Reply, Error>> {
+        let at = self.replies.iter().position(|(r, _)| *r == request)?;
+        Some(self.replies.remove(at).1)
+    }
+
+    fn answer(&mut self, fail: impl Fn(&EffectKind) -> bool) {
+        while !self.effects.is_empty() {
+            let e = self.effects.remove(0);
+            let outcome = if fail(&e.kind) {
+                Err(EffectError::new(EffectErrorKind::Host, "broken"))
+            } else if matches!(e.kind, EffectKind::PrepareRootfs { .. }) {
+                Ok(EffectOutput::Rootfs { image_env: vec![] })
+            } else if matches!(e.kind, EffectKind::ReadMetrics { .. }) {
+                Ok(EffectOutput::Metrics(Box::default()))
+            } else {
+                Ok(EffectOutput::Done)
+            };
+            let out = self.core.step(
+                self.now,
+                Input::Outcome {
+                    effect: e.id,
+                    outcome,
+                },
+            );
+            self.absorb(out);
+        }
+    }
+
+    fn create(&mut self, handle: &str) {
+        let r = self.send(Command::Create(Box::new(ContainerSpec {
+            handle: handle.into(),
+            ..Default::default()
+        })));
+        self.answer(|_| false);
+        assert!(matches!(self.reply(r), Some(Ok(Reply::Created { .. }))));
+    }
+}
+
+#[test]
+fn max_containers_holds_under_concurrent_creates() {
+    let mut d = Driver::new(Config {
+        max_containers: 3,
+        ..Config::default()
+    });
+    let requests: Vec<_> = (0..5)
+        .map(|i| {
+            d.send(Command::Create(Box::new(ContainerSpec {
+                handle: format!("c{i}"),
+                ..Default::default()
+            })))
+        })
+        .collect();
+    // Nothing has finished, yet the last two are refused at once.
+    for r in &requests[3..] {
+        assert_eq!(d.reply(*r), Some(Err(Error::MaxContainersReached)));
+    }
+    d.answer(|_| false);
+    for r in &requests[..3] {
+        assert!(matches!(d.reply(*r), Some(Ok(Reply::Created { .. }))));
+    }
+}
+
+#[test]
+fn duplicate_handle_names_the_handle() {
+    let mut d = Driver::new(Config::default());
+    d.create("web");
+    let r = d.send(Command::Create(Box::new(ContainerSpec {
+        handle: "web".into(),
+        ..Default::default()
+    })));
+    let err = d.reply(r).unwrap().unwrap_err();
+    assert_eq!(err.to_string(), "Handle 'web' already in use");
+}
+
+#[test]
+fn generated_handles_are_unique_uuids() {
+    let mut d = Driver::new(Config::default());
+    let mut handles = std::collections::BTreeSet::new();
+    for _ in 0..20 {
+        let r = d.send(Command::Create(Box::default()));
+        d.answer(|_| false);
+        let Some(Ok(Reply::Created { handle })) = d.reply(r) else {
+            panic!("create failed")
+        };
+        assert_eq!(handle.len(), 36);
+        assert!(handles.insert(handle));
+    }
+}
+
+#[test]
+fn requests_mid_create_and_mid_destroy_get_defined_answers() {
+    let mut d = Driver::new(Config::default());
+    let create = d.send(Command::Create(Box::new(ContainerSpec {
+        handle: "web".into(),
+        ..Default::default()
+    })));
+    let destroy = d.send(Command::Destroy {
+        handle: "web".into(),
+    });
+    assert!(matches!(
+        d.reply(destroy),
+        Some(Err(Error::StillBeingCreated { .. }))
+    ));
+    let info = d.send(Command::Info {
+        handle: "web".into(),
+    });
+    assert!(matches!(
+        d.reply(info),
+        Some(Err(Error::ContainerNotFound { .. }))
+    ));
+    d.answer(|_| false);
+    assert!(d.reply(create).is_some());
+
+    let first = d.send(Command::Destroy {
+        handle: "web".into(),
+    });
+    let second = d.send(Command::Destroy {
+        handle: "web".into(),
+    });
+    assert_eq!(d.reply(second), Some(Err(Error::AlreadyBeingDestroyed)));
+    assert_eq!(d.core.container_state("web"), Some("destroying"));
+    let list = d.send(Command::List {
+        filter: Default::default(),
+    });
+    assert_eq!(d.reply(list), Some(Ok(Reply::Handles(vec![]))));
+    d.answer(|_| false);
+    assert_eq!(d.reply(first), Some(Ok(Reply::Done)));
+}
+
+#[test]
+fn a_failed_destroy_is_retried_and_can_be_retried_by_the_caller() {
+    let mut d = Driver::new(Config::default());
+    d.create("web");
+    let destroy = d.send(Command::Destroy {
+        handle: "web".into(),
+    });
+    d.answer(|k| matches!(k, EffectKind::RemoveCgroup { .. }));
+    assert!(matches!(d.reply(destroy), Some(Err(Error::Host(_)))));
+    assert_eq!(
+        d.core.container_state("web"),
+        Some("destroying"),
+        "never listed as healthy again"
+    );
+    let retry_at = d.core.next_deadline().expect("a retry is scheduled");
+    assert_eq!(retry_at, d.now.plus(SECOND));
+    // The caller retries before the timer: it runs now, and succeeds.
+    let again = d.send(Command::Destroy {
+        handle: "web".into(),
+    });
+    d.answer(|_| false);
+    assert_eq!(d.reply(again), Some(Ok(Reply::Done)));
+    assert_eq!(d.core.container_state("web"), None);
+    assert!(d.core.view().allocations.is_empty());
+}
+
+#[test]
+fn teardown_retries_on_its_own_with_backoff() {
+    let mut d = Driver::new(Config::default());
+    d.create("web");
+    let destroy = d.send(Command::Destroy {
+        handle: "web".into(),
+    });
+    d.answer(|k| matches!(k, EffectKind::RemoveRootfs { .. }));
+    assert!(d.reply(destroy).unwrap().is_err());
+    d.now = d.now.plus(SECOND);
+    let out = d.core.step(d.now, Input::Tick);
+    d.absorb(out);
+    d.answer(|k| matches!(k, EffectKind::RemoveRootfs { .. }));
+    assert_eq!(
+        d.core.next_deadline(),
+        Some(d.now.plus(2 * SECOND)),
+        "backoff doubles"
+    );
+    d.now = d.now.plus(2 * SECOND);
+    let out = d.core.step(d.now, Input::Tick);
+    d.absorb(out);
+    d.answer(|_| false);
+    assert_eq!(d.core.container_state("web"), None);
+}
+
+#[test]
+fn properties_reserved_missing_and_removed() {
+    let mut d = Driver::new(Config::default());
+    d.create("web");
+    let r = d.send(Command::SetProperty {
+        handle: "web".into(),
+        key: "garden.state".into(),
+        value: "x".into(),
+    });
+    assert!(matches!(
+        d.reply(r),
+        Some(Err(Error::ReservedProperty { .. }))
+    ));
+    let r = d.send(Command::Property {
+        handle: "web".into(),
+        key: "nope".into(),
+    });
+    assert_eq!(
+        d.reply(r).unwrap().unwrap_err().to_string(),
+        "property does not exist: nope"
+    );
+    let r = d.send(Command::RemoveProperty {
+        handle: "web".into(),
+        key: "nope".into(),
+    });
+    assert_eq!(d.reply(r), Some(Ok(Reply::Done)));
+    let r = d.send(Command::SetProperty {
+        handle: "web".into(),
+        key: "k".into(),
+        value: "v".into(),
+    });
+    assert_eq!(d.reply(r), None, "answered only once stored");
+    d.answer(|_| false);
+    assert_eq!(d.reply(r), Some(Ok(Reply::Done)));
+}
+
+#[test]
+fn a_change_that_cannot_be_stored_is_reported() {
+    let mut d = Driver::new(Config::default());
+    d.create("web");
+    let r = d.send(Command::SetProperty {
+        handle: "web".into(),
+        key: "k".into(),
+        value: "v".into(),
+    });
+    for _ in 0..3 {
+        d.answer(|k| matches!(k, EffectKind::PersistRecord { .. }));
+        if d.replies.is_empty() {
+            d.now = d.core.next_deadline().expect("persist retry");
+            let out = d.core.step(d.now, Input::Tick);
+            d.absorb(out);
+        }
+    }
+    assert!(matches!(d.reply(r), Some(Err(Error::NotDurable(_)))));
+}
+
+#[test]
+fn process_ids_are_unique_while_running_and_bind_mounts_need_an_image() {
+    let mut d = Driver::new(Config::default());
+    d.create("web");
+    let spec = |id: &str| {
+        Box::new(ProcessSpec {
+            id: id.into(),
+            path: "sleep".into(),
+            ..Default::default()
+        })
+    };
+    let first = d.send(Command::Run {
+        handle: "web".into(),
+        spec: spec("same-id"),
+    });
+    let second = d.send(Command::Run {
+        handle: "web".into(),
+        spec: spec("same-id"),
+    });
+    let err = d.reply(second).unwrap().unwrap_err();
+    assert_eq!(err.to_string(), "process ID 'same-id' already in use");
+    d.answer(|_| false);
+    assert!(matches!(
+        d.reply(first),
+        Some(Ok(Reply::ProcessStarted { .. }))
+    ));
+    let mounts = Box::new(ProcessSpec {
+        path: "ls".into(),
+        bind_mounts: vec![BindMount {
+            src_path: "/a".into(),
+            dst_path: "/b".into(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let r = d.send(Command::Run {
+        handle: "web".into(),
+        spec: mounts,
+    });
+    assert!(matches!(
+        d.reply(r),
+        Some(Err(Error::InvalidProcessSpec { .. }))
+    ));
+    let out = d.core.step(
+        d.now,
+        Input::Observed(trellis_core::effect::Observation::ProcessExited {
+            handle: "web".into(),
+            process_id: "same-id".into(),
+        }),
+    );
+    d.absorb(out);
+    let third = d.send(Command::Run {
+        handle: "web".into(),
+        spec: spec("same-id"),
+    });
+    d.answer(|_| false);
+    assert!(
+        matches!(d.reply(third), Some(Ok(Reply::ProcessStarted { .. }))),
+        "an exited process's id is free again"
+    );
+}
+
+#[test]
+fn executable_not_found_travels_as_its_garden_type() {
+    let mut d = Driver::new(Config::default());
+    d.create("web");
+    let r = d.send(Command::Run {
+        handle: "web".into(),
+        spec: Box::new(ProcessSpec {
+            path: "nope".into(),
+            ..Default::default()
+        }),
+    });
+    let e = d.effects.remove(0);
+    let outcome = Err(EffectError::new(
+        EffectErrorKind::ExecutableNotFound,
+        "exec: \"nope\": executable file not found in $PATH",
+    ));
+    let out = d.core.step(
+        d.now,
+        Input::Outcome {
+            effect: e.id,
+            outcome,
+        },
+    );
+    d.absorb(out);
+    let err = d.reply(r).unwrap().unwrap_err();
+    assert_eq!(err.to_body().kind, "ExecutableNotFoundError");
+}
+
+#[test]
+fn bulk_metrics_reports_unknown_handles_per_entry() {
+    let mut d = Driver::new(Config::default());
+    d.create("web");
+    d.now = d.now.plus(3 * SECOND);
+    let r = d.send(Command::BulkMetrics {
+        handles: vec!["web".into(), "ghost".into()],
+    });
+    d.answer(|_| false);
+    let Some(Ok(Reply::BulkMetrics(entries))) = d.reply(r) else {
+        panic!("no bulk reply")
+    };
+    assert_eq!(entries["web"].as_ref().unwrap().age, (3 * SECOND) as i64);
+    assert!(matches!(
+        entries["ghost"],
+        Err(Error::ContainerNotFound { .. })
+    ));
+}
+
+#[test]
+fn capacity_is_bounded_by_the_pool() {
+    let mut d = Driver::new(Config {
+        network_pool: "10.254.0.0/28".parse().unwrap(),
+        max_containers: 100,
+        ..Config::default()
+    });
+    let r = d.send(Command::Capacity);
+    let e = d.effects.remove(0);
+    let out = d.core.step(
+        d.now,
+        Input::Outcome {
+            effect: e.id,
+            outcome: Ok(EffectOutput::Capacity {
+                memory_in_bytes: 1,
+                disk_in_bytes: 2,
+                schedulable_disk_in_bytes: 3,
+            }),
+        },
+    );
+    d.absorb(out);
+    let Some(Ok(Reply::Capacity(c))) = d.reply(r) else {
+        panic!("no capacity")
+    };
+    assert_eq!(c.max_containers, 4);
+}
