@@ -77,4 +77,17 @@ impl Layout {
     pub fn depot(&self) -> &Path {
         &self.depot
     }
+
+    /// The name of our parent cgroup (`/sys/fs/cgroup/<ctrl>/<name>/<handle>` on v1,
+    /// `/sys/fs/cgroup/<name>/<handle>` on v2). It is derived from the depot so that servers
+    /// with different depots (and their tests) never adopt or remove each other's containers.
+    pub fn cgroup_parent(&self) -> String {
+        // FNV-1a: stable across builds and platforms, unlike std's hasher.
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in self.depot.as_os_str().as_encoded_bytes() {
+            hash ^= u64::from(*byte);
+            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        format!("trellis-{:08x}", hash as u32)
+    }
 }

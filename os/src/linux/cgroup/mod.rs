@@ -1,0 +1,391 @@
+//! Cgroups (v1 and v2): one cgroup per container under a parent of ours, limits, metrics, OOM
+//! events, and the machine's memory capacity.
+//!
+//! The mode is detected at start: a cgroup2 filesystem on `/sys/fs/cgroup` means the unified
+//! hierarchy (v2); anything else means the v1 hierarchies mounted under it (a hybrid host's
+//! empty `unified` mount is ignored). Each backend works on the cgroup files directly rather
+//! than through cgroups-rs: metrics for hundreds of containers per BulkMetrics call must read
+//! only the handful of files they need (cgroups-rs reads a dozen or more per controller and
+//! panics on unexpected file contents), and stop/destroy need recursive pid listing and the
+//! freezer/`cgroup.kill`, which it does not offer.
+
+mod files;
+mod oom;
+pub mod stats;
+pub mod v1;
+pub mod v2;
+
+use super::LinuxConfig;
+use crate::host::{HostCapacity, HostError, HostResult, ObservationSink};
+use oom::OomWatcher;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use trellis_core::api::{CpuLimits, Limits, Metrics};
+
+/// Which cgroup interface the host offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    V1,
+    V2,
+}
+
+/// Where the cgroups live. `Cgroups::new` derives it from the server's layout; tests and
+/// tools name their own parent so that they never touch a server's containers.
+#[derive(Debug, Clone)]
+pub struct CgroupOptions {
+    /// The directory name of our parent cgroup, directly under each hierarchy's root.
+    pub parent: String,
+    /// The cgroup mode; `None` detects it.
+    pub mode: Option<Mode>,
+    /// The cgroup2 mount to use in v2 mode (normally `/sys/fs/cgroup`).
+    pub v2_root: PathBuf,
+}
+
+impl CgroupOptions {
+    pub fn new(parent: impl Into<String>) -> CgroupOptions {
+        CgroupOptions {
+            parent: parent.into(),
+            mode: None,
+            v2_root: PathBuf::from(CGROUP_ROOT),
+        }
+    }
+}
+
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// The container's cgroup: what a backend does with it.
+pub(crate) trait Backend: Send + Sync {
+    fn mode(&self) -> Mode;
+    /// Makes the container's cgroup (idempotently) and writes its limits.
+    fn create(&self, handle: &str, limits: &Limits) -> HostResult<()>;
+    fn add_process(&self, handle: &str, pid: u32) -> HostResult<()>;
+    /// Every pid in the container's cgroup and its descendants.
+    fn pids(&self, handle: &str) -> HostResult<Vec<u32>>;
+    /// Sends SIGKILL to every process in the cgroup, so that nothing escapes by forking.
+    fn kill_all(&self, handle: &str) -> HostResult<()>;
+    /// Removes the cgroup and its descendants; `Ok(false)` when some are still busy.
+    fn remove_dirs(&self, handle: &str) -> HostResult<bool>;
+    fn exists(&self, handle: &str) -> bool;
+    fn handles(&self) -> HostResult<Vec<String>>;
+    /// Removes our parent cgroup if no container is left in it.
+    fn remove_parent(&self) -> HostResult<()>;
+    /// Memory, CPU and pid figures; `cpu_entitlement` carries the CPU shares for the caller.
+    fn metrics(&self, handle: &str) -> HostResult<Metrics>;
+    /// What the OOM watcher must open to hear about the container's OOM kills.
+    fn oom_source(&self, handle: &str) -> oom::Source;
+}
+
+pub struct Cgroups {
+    backend: Box<dyn Backend>,
+    oom: Arc<OomWatcher>,
+    machine: Machine,
+}
+
+/// Facts about the machine that the CPU entitlement depends on.
+#[derive(Debug, Clone, Copy)]
+struct Machine {
+    cpus: u64,
+    memory_in_bytes: u64,
+}
+
+impl Cgroups {
+    pub fn new(config: &LinuxConfig) -> HostResult<Cgroups> {
+        Cgroups::with_options(CgroupOptions::new(config.layout.cgroup_parent()))
+    }
+
+    pub fn with_options(options: CgroupOptions) -> HostResult<Cgroups> {
+        validate_name(&options.parent)?;
+        let mode = match options.mode {
+            Some(mode) => mode,
+            None => detect_mode()?,
+        };
+        let backend: Box<dyn Backend> = match mode {
+            Mode::V1 => Box::new(v1::V1::discover(&options.parent)?),
+            Mode::V2 => Box::new(v2::V2::new(&options.v2_root, &options.parent)?),
+        };
+        let machine = Machine {
+            cpus: std::thread::available_parallelism()
+                .map(|n| n.get() as u64)
+                .unwrap_or(1),
+            memory_in_bytes: mem_total()?,
+        };
+        Ok(Cgroups {
+            backend,
+            oom: Arc::new(OomWatcher::new()?),
+            machine,
+        })
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.backend.mode()
+    }
+
+    /// Creates the container's cgroup with its limits. Idempotent: an existing cgroup gets the
+    /// limits written again.
+    pub fn create(&self, handle: &str, limits: &Limits) -> HostResult<()> {
+        validate_name(handle)?;
+        if let Err(e) = self.backend.create(handle, limits) {
+            // Leave nothing half-made behind; the core retries or tears down.
+            let _ = self.backend.remove_dirs(handle);
+            return Err(e);
+        }
+        self.oom.watch(handle, self.backend.oom_source(handle));
+        Ok(())
+    }
+
+    /// Moves `pid` (its whole thread group) into the container's cgroup: one write per
+    /// hierarchy.
+    pub fn add_process(&self, handle: &str, pid: u32) -> HostResult<()> {
+        validate_name(handle)?;
+        self.backend.add_process(handle, pid)
+    }
+
+    /// Every pid in the container's cgroup, nested cgroups included. Empty when the cgroup
+    /// does not exist.
+    pub fn pids(&self, handle: &str) -> HostResult<Vec<u32>> {
+        validate_name(handle)?;
+        self.backend.pids(handle)
+    }
+
+    /// Kills whatever still runs in the cgroup and removes it. Succeeds when it is already
+    /// gone; fails (for the core to retry) if processes refuse to die within a few seconds.
+    pub fn remove(&self, handle: &str) -> HostResult<()> {
+        validate_name(handle)?;
+        self.oom.unwatch(handle);
+        let deadline = Instant::now() + REMOVE_TIMEOUT;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            if !self.backend.exists(handle) {
+                return Ok(());
+            }
+            if self.backend.remove_dirs(handle)? {
+                return Ok(());
+            }
+            self.backend.kill_all(handle)?;
+            if Instant::now() >= deadline {
+                let pids = self.backend.pids(handle).unwrap_or_default();
+                return Err(HostError::Failed(format!(
+                    "remove cgroup {handle}: still busy after {REMOVE_TIMEOUT:?} (pids {pids:?})"
+                )));
+            }
+            // Killed processes leave the cgroup asynchronously.
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(50));
+        }
+    }
+
+    pub fn exists(&self, handle: &str) -> bool {
+        validate_name(handle).is_ok() && self.backend.exists(handle)
+    }
+
+    /// Every container cgroup under our parent.
+    pub fn handles(&self) -> HostResult<Vec<String>> {
+        self.backend.handles()
+    }
+
+    /// Removes our (empty) parent cgroup, e.g. when a test or an uninstall is done with it.
+    pub fn remove_parent(&self) -> HostResult<()> {
+        self.backend.remove_parent()
+    }
+
+    /// Memory, CPU and pid figures. `cpu_entitlement` holds the container's entitlement per
+    /// second of age (ns of CPU time); the core scales it by the container's age.
+    pub fn metrics(&self, handle: &str) -> HostResult<Metrics> {
+        validate_name(handle)?;
+        let mut metrics = self.backend.metrics(handle)?;
+        let shares = metrics.cpu_entitlement;
+        metrics.cpu_entitlement =
+            entitlement_per_second(shares, self.machine.cpus, self.machine.memory_in_bytes);
+        Ok(metrics)
+    }
+
+    /// The machine's memory; the disk figures come from the depot's filesystem elsewhere.
+    pub fn capacity(&self) -> HostResult<HostCapacity> {
+        Ok(HostCapacity {
+            memory_in_bytes: mem_total()?,
+            ..HostCapacity::default()
+        })
+    }
+
+    /// Reports `Observation::OutOfMemory` for every OOM kill in a container's cgroup, from a
+    /// thread of its own. Containers that already exist are watched from now on.
+    pub fn watch_oom(&self, sink: ObservationSink) {
+        if let Ok(handles) = self.backend.handles() {
+            for handle in handles {
+                self.oom.watch(&handle, self.backend.oom_source(&handle));
+            }
+        }
+        OomWatcher::start(&self.oom, sink);
+    }
+}
+
+impl Drop for Cgroups {
+    fn drop(&mut self) {
+        self.oom.stop();
+    }
+}
+
+/// How long `remove` keeps killing before it reports failure.
+const REMOVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Cgroup directory names come from handles; refuse anything that could leave our parent.
+fn validate_name(name: &str) -> HostResult<()> {
+    if name.is_empty()
+        || name == "."
+        || name == ".."
+        || name.contains('/')
+        || name.contains('\0')
+        || name.len() > 255
+    {
+        return Err(HostError::Invalid(format!("{name:?} cannot name a cgroup")));
+    }
+    Ok(())
+}
+
+/// A cgroup2 filesystem on `/sys/fs/cgroup` means the unified hierarchy.
+pub fn detect_mode() -> HostResult<Mode> {
+    let fs = nix::sys::statfs::statfs(CGROUP_ROOT)
+        .map_err(|e| HostError::io(format!("statfs {CGROUP_ROOT}"), std::io::Error::from(e)))?;
+    Ok(
+        if fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC {
+            Mode::V2
+        } else {
+            Mode::V1
+        },
+    )
+}
+
+/// `MemTotal` from /proc/meminfo, in bytes.
+pub fn mem_total() -> HostResult<u64> {
+    let meminfo = files::read("/proc/meminfo")?;
+    meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|kb| kb.trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| HostError::Failed("/proc/meminfo has no MemTotal".into()))
+}
+
+/// The CPU shares a spec asks for: `weight`, else the deprecated `limit_in_shares`; 0 = unset.
+pub fn requested_shares(cpu: &CpuLimits) -> u64 {
+    if cpu.weight > 0 {
+        cpu.weight
+    } else {
+        cpu.limit_in_shares
+    }
+}
+
+/// Converts v1 CPU shares to a v2 `cpu.weight` the way runc does (guardian reports this value
+/// on v2): 0 stays unset, and the curve maps 2 → 1, 1024 → 100 and 262144 → 10000.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    match shares {
+        0 => 0,
+        s if s <= 2 => 1,
+        s if s >= 262_144 => 10_000,
+        s => {
+            let l = (s as f64).log2();
+            let exponent = (l * l + 125.0 * l) / 612.0 - 7.0 / 34.0;
+            10f64.powf(exponent).ceil() as u64
+        }
+    }
+}
+
+/// The inverse of [`shares_to_weight`] (guardian uses it for the v2 CPU entitlement).
+pub fn weight_to_shares(weight: u64) -> u64 {
+    match weight {
+        0 => 0,
+        1 => 2,
+        w if w >= 10_000 => 262_144,
+        w => {
+            let w = w as f64;
+            let c = 612.0 * (((w - 1.0) * w).sqrt().log10() + 7.0 / 34.0);
+            let l = (-125.0 + (125.0f64 * 125.0 + 4.0 * c).sqrt()) / 2.0;
+            2f64.powf(l).round() as u64
+        }
+    }
+}
+
+/// Guardian's CPU entitlement, per second of age: shares × (per-share % of one core) / 100,
+/// where the per-share percentage defaults to (cpus × 100) / (memory in MiB). In ns of CPU per
+/// second of wall time.
+pub fn entitlement_per_second(shares: u64, cpus: u64, memory_in_bytes: u64) -> u64 {
+    let memory_mib = memory_in_bytes / (1024 * 1024);
+    if memory_mib == 0 {
+        return 0;
+    }
+    let rate = u128::from(shares) * u128::from(cpus) * 1_000_000_000 / u128::from(memory_mib);
+    u64::try_from(rate).unwrap_or(u64::MAX)
+}
+
+pub(crate) fn child(root: &Path, parent: &str, handle: &str) -> PathBuf {
+    root.join(parent).join(handle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_convert_to_weights_as_runc_does() {
+        assert_eq!(shares_to_weight(0), 0);
+        assert_eq!(shares_to_weight(2), 1);
+        assert_eq!(shares_to_weight(1024), 100);
+        assert_eq!(shares_to_weight(1028), 101);
+        assert_eq!(shares_to_weight(280), 37);
+        assert_eq!(shares_to_weight(262_144), 10_000);
+        assert_eq!(shares_to_weight(u64::MAX), 10_000);
+    }
+
+    #[test]
+    fn weights_convert_back_to_shares() {
+        assert_eq!(weight_to_shares(0), 0);
+        assert_eq!(weight_to_shares(1), 2);
+        // Guardian solves for the geometric mean of w−1 and w, so weight 100 (shares 1024)
+        // comes back as 1017, which still converts to weight 100.
+        assert_eq!(weight_to_shares(100), 1017);
+        assert_eq!(weight_to_shares(10_000), 262_144);
+        for shares in [2u64, 50, 280, 1024, 1028, 5000, 100_000] {
+            let weight = shares_to_weight(shares);
+            // The weight is rounded up, so the round trip lands at or above the shares that
+            // give that weight, and maps back to the same weight.
+            assert_eq!(
+                shares_to_weight(weight_to_shares(weight)),
+                weight,
+                "{shares}"
+            );
+        }
+    }
+
+    #[test]
+    fn entitlement_follows_guardians_formula() {
+        // 4 cores, 16 GiB: 0.0244 % of a core per share, so 1024 shares is 0.25 core.
+        let rate = entitlement_per_second(1024, 4, 16 * 1024 * 1024 * 1024);
+        assert_eq!(rate, 250_000_000);
+        assert_eq!(entitlement_per_second(0, 4, 1 << 34), 0);
+        assert_eq!(entitlement_per_second(1024, 4, 0), 0);
+    }
+
+    #[test]
+    fn requested_shares_prefer_weight() {
+        let both = CpuLimits {
+            weight: 7,
+            limit_in_shares: 9,
+        };
+        assert_eq!(requested_shares(&both), 7);
+        let legacy = CpuLimits {
+            weight: 0,
+            limit_in_shares: 9,
+        };
+        assert_eq!(requested_shares(&legacy), 9);
+    }
+
+    #[test]
+    fn names_that_escape_the_parent_are_refused() {
+        for bad in ["", ".", "..", "a/b", "../x", "a\0b"] {
+            assert!(validate_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_name("handle-1").is_ok());
+    }
+}

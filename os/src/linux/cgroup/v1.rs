@@ -1,0 +1,416 @@
+//! cgroup v1: a directory `<parent>/<handle>` in every mounted hierarchy.
+
+use super::files::{self, parse_u64_or_max};
+use super::oom::Source;
+use super::stats;
+use super::{requested_shares, Backend, Mode};
+use crate::host::{HostError, HostResult};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use trellis_core::api::{Limits, Metrics, PidStat};
+
+/// One mounted v1 hierarchy: its mount point and the controllers bound to it (a named
+/// hierarchy such as `name=systemd` has none).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hierarchy {
+    pub mount: PathBuf,
+    pub controllers: Vec<String>,
+    /// Mount options that identify it (`memory`, `cpu,cpuacct`, `name=systemd`).
+    pub key: String,
+}
+
+pub struct V1 {
+    parent: String,
+    hierarchies: Vec<Hierarchy>,
+    /// Where the controllers we read or write live (`None` when not mounted).
+    memory: Option<PathBuf>,
+    cpu: Option<PathBuf>,
+    cpuacct: Option<PathBuf>,
+    pids: Option<PathBuf>,
+    freezer: Option<PathBuf>,
+    cpuset: Option<PathBuf>,
+    devices: Option<PathBuf>,
+    /// The hierarchy whose `cgroup.procs` lists the container's processes.
+    primary: PathBuf,
+    parent_ready: AtomicBool,
+}
+
+/// runc's default device rules for containers (guardian sets none of its own): mknod anything,
+/// use only the standard nodes, terminals and tun.
+const DEVICE_RULES: &[&str] = &[
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 5:0 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 136:* rwm",
+    "c 5:2 rwm",
+    "c 10:200 rwm",
+];
+
+impl V1 {
+    /// Finds the v1 hierarchies from /proc/self/mountinfo.
+    pub fn discover(parent: &str) -> HostResult<V1> {
+        let mountinfo = files::read("/proc/self/mountinfo")?;
+        let known = files::read("/proc/cgroups")?;
+        let controllers: BTreeSet<&str> = known
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .filter_map(|l| l.split_whitespace().next())
+            .collect();
+        V1::with_hierarchies(parent, parse_mountinfo(&mountinfo, &controllers))
+    }
+
+    pub fn with_hierarchies(parent: &str, hierarchies: Vec<Hierarchy>) -> HostResult<V1> {
+        let find = |name: &str| {
+            hierarchies
+                .iter()
+                .find(|h| h.controllers.iter().any(|c| c == name))
+                .map(|h| h.mount.clone())
+        };
+        let pids = find("pids");
+        let memory = find("memory");
+        let freezer = find("freezer");
+        let primary = pids
+            .clone()
+            .or_else(|| memory.clone())
+            .or_else(|| freezer.clone())
+            .or_else(|| hierarchies.first().map(|h| h.mount.clone()))
+            .ok_or_else(|| HostError::Failed("no cgroup v1 hierarchy is mounted".into()))?;
+        Ok(V1 {
+            parent: parent.to_string(),
+            memory,
+            cpu: find("cpu"),
+            cpuacct: find("cpuacct"),
+            pids,
+            freezer,
+            cpuset: find("cpuset"),
+            devices: find("devices"),
+            primary,
+            hierarchies,
+            parent_ready: AtomicBool::new(false),
+        })
+    }
+
+    pub fn hierarchies(&self) -> &[Hierarchy] {
+        &self.hierarchies
+    }
+
+    fn dir(&self, mount: &Path, handle: &str) -> PathBuf {
+        super::child(mount, &self.parent, handle)
+    }
+
+    /// Our parent cgroup in every hierarchy, set up as guardian sets up `garden`: cpusets
+    /// copied from the root (a cpuset cgroup without cpus cannot take processes) and
+    /// inherited by children, and the container device rules.
+    fn ensure_parent(&self) -> HostResult<()> {
+        if self.parent_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        for h in &self.hierarchies {
+            let dir = h.mount.join(&self.parent);
+            let created = files::mkdir(&dir)?;
+            if Some(&h.mount) == self.cpuset.as_ref() {
+                copy_cpuset(&h.mount, &dir)?;
+                files::write(dir.join("cgroup.clone_children"), "1")?;
+            }
+            if created && Some(&h.mount) == self.devices.as_ref() {
+                files::write(dir.join("devices.deny"), "a")?;
+                for rule in DEVICE_RULES {
+                    files::write(dir.join("devices.allow"), rule)?;
+                }
+            }
+        }
+        self.parent_ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn apply_limits(&self, handle: &str, limits: &Limits) -> HostResult<()> {
+        let memory = limits.memory_limits.limit_in_bytes.min(i64::MAX as u64);
+        if memory > 0 {
+            let dir = self.need(&self.memory, "memory", handle)?;
+            files::write(dir.join("memory.limit_in_bytes"), &memory.to_string())?;
+            // Memory and swap are capped alike: no swap beyond the limit. Absent when the
+            // kernel does not account swap.
+            let memsw = dir.join("memory.memsw.limit_in_bytes");
+            if memsw.exists() {
+                files::write(memsw, &memory.to_string())?;
+            }
+        }
+        let shares = requested_shares(&limits.cpu_limits);
+        if shares > 0 {
+            let dir = self.need(&self.cpu, "cpu", handle)?;
+            files::write(dir.join("cpu.shares"), &shares.to_string())?;
+        }
+        if limits.pid_limits.max > 0 {
+            let dir = self.need(&self.pids, "pids", handle)?;
+            files::write(dir.join("pids.max"), &limits.pid_limits.max.to_string())?;
+        }
+        Ok(())
+    }
+
+    fn need(&self, mount: &Option<PathBuf>, controller: &str, handle: &str) -> HostResult<PathBuf> {
+        mount.as_ref().map(|m| self.dir(m, handle)).ok_or_else(|| {
+            HostError::Failed(format!(
+                "the {controller} cgroup controller is not mounted, so its limit cannot be applied"
+            ))
+        })
+    }
+}
+
+impl Backend for V1 {
+    fn mode(&self) -> Mode {
+        Mode::V1
+    }
+
+    fn create(&self, handle: &str, limits: &Limits) -> HostResult<()> {
+        self.ensure_parent()?;
+        for h in &self.hierarchies {
+            let dir = self.dir(&h.mount, handle);
+            if let Err(e) = files::mkdir(&dir) {
+                // Someone removed our parent; set it up again once.
+                self.parent_ready.store(false, Ordering::Release);
+                self.ensure_parent().map_err(|_| e)?;
+                files::mkdir(&dir)?;
+            }
+            if Some(&h.mount) == self.cpuset.as_ref() {
+                copy_cpuset(&h.mount.join(&self.parent), &dir)?;
+            }
+        }
+        self.apply_limits(handle, limits)
+    }
+
+    fn add_process(&self, handle: &str, pid: u32) -> HostResult<()> {
+        let pid = pid.to_string();
+        for h in &self.hierarchies {
+            files::write(self.dir(&h.mount, handle).join("cgroup.procs"), &pid)?;
+        }
+        Ok(())
+    }
+
+    fn pids(&self, handle: &str) -> HostResult<Vec<u32>> {
+        let mut pids = Vec::new();
+        files::pids_recursive(&self.dir(&self.primary, handle), &mut pids)?;
+        Ok(pids)
+    }
+
+    fn kill_all(&self, handle: &str) -> HostResult<()> {
+        // Frozen processes cannot fork while we signal them; SIGKILL lands once thawed.
+        let freezer = self.freezer.as_ref().map(|m| self.dir(m, handle));
+        if let Some(dir) = freezer.as_ref().filter(|d| d.exists()) {
+            let _ = files::write(dir.join("freezer.state"), "FROZEN");
+            let deadline = Instant::now() + Duration::from_millis(200);
+            while Instant::now() < deadline {
+                match files::read_optional(dir.join("freezer.state"))? {
+                    Some(state) if state.trim() != "FREEZING" => break,
+                    None => break,
+                    _ => std::thread::sleep(Duration::from_millis(1)),
+                }
+            }
+        }
+        for pid in self.pids(handle)? {
+            kill_pid(pid);
+        }
+        if let Some(dir) = freezer.as_ref().filter(|d| d.exists()) {
+            let _ = files::write(dir.join("freezer.state"), "THAWED");
+        }
+        Ok(())
+    }
+
+    fn remove_dirs(&self, handle: &str) -> HostResult<bool> {
+        let mut all = true;
+        for h in &self.hierarchies {
+            all &= files::remove_tree(&self.dir(&h.mount, handle))?;
+        }
+        Ok(all)
+    }
+
+    fn exists(&self, handle: &str) -> bool {
+        self.hierarchies
+            .iter()
+            .any(|h| self.dir(&h.mount, handle).exists())
+    }
+
+    fn handles(&self) -> HostResult<Vec<String>> {
+        let mut handles = BTreeSet::new();
+        for h in &self.hierarchies {
+            handles.extend(files::subdirs(&h.mount.join(&self.parent))?);
+        }
+        Ok(handles.into_iter().collect())
+    }
+
+    fn remove_parent(&self) -> HostResult<()> {
+        self.parent_ready.store(false, Ordering::Release);
+        for h in &self.hierarchies {
+            let dir = h.mount.join(&self.parent);
+            if !files::subdirs(&dir)?.is_empty() || !files::remove_tree(&dir)? {
+                return Err(HostError::Failed(format!(
+                    "{} still has containers",
+                    dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    fn metrics(&self, handle: &str) -> HostResult<Metrics> {
+        let mut metrics = Metrics::default();
+        if let Some(mount) = &self.memory {
+            let dir = self.dir(mount, handle);
+            metrics.memory_stat = stats::memory_stat(&files::read(dir.join("memory.stat"))?);
+            metrics.memory_stat.total_usage_toward_limit =
+                stats::usage_toward_limit_v1(&metrics.memory_stat);
+        }
+        if let Some(mount) = &self.cpuacct {
+            let dir = self.dir(mount, handle);
+            metrics.cpu_stat.usage = files::read(dir.join("cpuacct.usage"))?
+                .trim()
+                .parse()
+                .unwrap_or(0);
+            let (user, system) = stats::cpuacct_stat_v1(&files::read(dir.join("cpuacct.stat"))?);
+            metrics.cpu_stat.user = user;
+            metrics.cpu_stat.system = system;
+        }
+        if let Some(mount) = &self.pids {
+            let dir = self.dir(mount, handle);
+            metrics.pid_stat = PidStat {
+                current: parse_u64_or_max(&files::read(dir.join("pids.current"))?).unwrap_or(0),
+                max: parse_u64_or_max(&files::read(dir.join("pids.max"))?).unwrap_or(0),
+            };
+        }
+        if let Some(mount) = &self.cpu {
+            let shares = files::read(self.dir(mount, handle).join("cpu.shares"))?;
+            metrics.cpu_entitlement = shares.trim().parse().unwrap_or(0);
+        }
+        Ok(metrics)
+    }
+
+    fn oom_source(&self, handle: &str) -> Source {
+        match &self.memory {
+            Some(mount) => Source::V1 {
+                dir: self.dir(mount, handle),
+            },
+            None => Source::None,
+        }
+    }
+}
+
+fn kill_pid(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        // ESRCH: it is already gone.
+        let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+}
+
+/// Gives `dir` its parent's cpus and mems when it has none.
+fn copy_cpuset(from: &Path, dir: &Path) -> HostResult<()> {
+    for file in ["cpuset.cpus", "cpuset.mems"] {
+        let current = files::read(dir.join(file))?;
+        if current.trim().is_empty() {
+            let value = files::read(from.join(file))?;
+            files::write(dir.join(file), value.trim())?;
+        }
+    }
+    Ok(())
+}
+
+/// The v1 cgroup mounts in /proc/self/mountinfo, one per hierarchy (the first mount point
+/// seen for each).
+pub fn parse_mountinfo(mountinfo: &str, known: &BTreeSet<&str>) -> Vec<Hierarchy> {
+    let mut hierarchies: Vec<Hierarchy> = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((before, after)) = line.split_once(" - ") else {
+            continue;
+        };
+        let mut after = after.split_whitespace();
+        if after.next() != Some("cgroup") {
+            continue;
+        }
+        let _source = after.next();
+        let Some(super_options) = after.next() else {
+            continue;
+        };
+        let Some(mount) = before.split_whitespace().nth(4) else {
+            continue;
+        };
+        let mut controllers = Vec::new();
+        let mut key = Vec::new();
+        for option in super_options.split(',') {
+            if known.contains(option) {
+                controllers.push(option.to_string());
+                key.push(option);
+            } else if option.starts_with("name=") {
+                key.push(option);
+            }
+        }
+        if key.is_empty() {
+            continue;
+        }
+        let key = key.join(",");
+        if hierarchies.iter().any(|h| h.key == key) {
+            continue;
+        }
+        hierarchies.push(Hierarchy {
+            mount: PathBuf::from(mount),
+            controllers,
+            key,
+        });
+    }
+    hierarchies
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+25 30 0:23 / /sys/fs/cgroup rw,relatime shared:9 - tmpfs tmpfs rw,mode=755
+26 25 0:24 / /sys/fs/cgroup/cpu,cpuacct rw,relatime shared:10 - cgroup cgroup rw,cpu,cpuacct
+27 25 0:25 / /sys/fs/cgroup/memory rw,relatime shared:11 - cgroup cgroup rw,memory
+28 25 0:26 / /sys/fs/cgroup/systemd rw,relatime shared:12 - cgroup cgroup rw,xattr,name=systemd
+29 25 0:27 / /sys/fs/cgroup/unified rw,relatime shared:13 - cgroup2 cgroup2 rw
+30 40 0:25 / /mnt/again rw,relatime shared:11 - cgroup cgroup rw,memory
+";
+
+    #[test]
+    fn mountinfo_gives_one_entry_per_hierarchy() {
+        let known: BTreeSet<&str> = ["cpu", "cpuacct", "memory", "pids"].into_iter().collect();
+        let found = parse_mountinfo(MOUNTINFO, &known);
+        assert_eq!(
+            found,
+            vec![
+                Hierarchy {
+                    mount: "/sys/fs/cgroup/cpu,cpuacct".into(),
+                    controllers: vec!["cpu".into(), "cpuacct".into()],
+                    key: "cpu,cpuacct".into(),
+                },
+                Hierarchy {
+                    mount: "/sys/fs/cgroup/memory".into(),
+                    controllers: vec!["memory".into()],
+                    key: "memory".into(),
+                },
+                Hierarchy {
+                    mount: "/sys/fs/cgroup/systemd".into(),
+                    controllers: vec![],
+                    key: "name=systemd".into(),
+                },
+            ]
+        );
+        let v1 = V1::with_hierarchies("trellis", found).expect("has hierarchies");
+        assert_eq!(v1.primary, PathBuf::from("/sys/fs/cgroup/memory"));
+        assert_eq!(v1.cpu, v1.cpuacct);
+        assert!(v1.pids.is_none());
+    }
+
+    #[test]
+    fn no_hierarchy_is_an_error() {
+        assert!(V1::with_hierarchies("trellis", Vec::new()).is_err());
+    }
+}

@@ -1,0 +1,209 @@
+//! cgroup v2: `<root>/<parent>/<handle>` in the unified hierarchy.
+
+use super::files::{self, parse_u64_or_max};
+use super::oom::Source;
+use super::stats;
+use super::{requested_shares, shares_to_weight, weight_to_shares, Backend, Mode};
+use crate::host::{HostError, HostResult};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use trellis_core::api::{Limits, Metrics, PidStat};
+
+/// The controllers containers get, when the kernel offers them.
+const WANTED: &[&str] = &["cpu", "cpuset", "io", "memory", "pids", "hugetlb"];
+
+pub struct V2 {
+    root: PathBuf,
+    parent: String,
+    parent_ready: AtomicBool,
+}
+
+impl V2 {
+    pub fn new(root: &Path, parent: &str) -> HostResult<V2> {
+        if !root.join("cgroup.procs").exists() {
+            return Err(HostError::Failed(format!(
+                "{} is not a cgroup2 mount",
+                root.display()
+            )));
+        }
+        Ok(V2 {
+            root: root.to_path_buf(),
+            parent: parent.to_string(),
+            parent_ready: AtomicBool::new(false),
+        })
+    }
+
+    fn dir(&self, handle: &str) -> PathBuf {
+        super::child(&self.root, &self.parent, handle)
+    }
+
+    /// Makes our parent and hands it (and through it, each container) every wanted controller
+    /// the root offers.
+    fn ensure_parent(&self) -> HostResult<()> {
+        if self.parent_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let parent = self.root.join(&self.parent);
+        files::mkdir(&parent)?;
+        let available = files::read(self.root.join("cgroup.controllers"))?;
+        for controller in WANTED
+            .iter()
+            .filter(|c| available.split_whitespace().any(|a| a == **c))
+        {
+            for dir in [&self.root, &parent] {
+                let enabled = files::read(dir.join("cgroup.subtree_control"))?;
+                if !enabled.split_whitespace().any(|e| e == *controller) {
+                    files::write(
+                        dir.join("cgroup.subtree_control"),
+                        &format!("+{controller}"),
+                    )?;
+                }
+            }
+        }
+        self.parent_ready.store(true, Ordering::Release);
+        Ok(())
+    }
+
+    fn apply_limits(&self, dir: &Path, limits: &Limits) -> HostResult<()> {
+        let memory = limits.memory_limits.limit_in_bytes.min(i64::MAX as u64);
+        if memory > 0 {
+            files::write(need(dir, "memory.max", "memory")?, &memory.to_string())?;
+            // Memory and swap are capped alike: guardian's swap limit of L − L = 0.
+            let swap = dir.join("memory.swap.max");
+            if swap.exists() {
+                files::write(swap, "0")?;
+            }
+        }
+        let weight = shares_to_weight(requested_shares(&limits.cpu_limits));
+        if weight > 0 {
+            files::write(need(dir, "cpu.weight", "cpu")?, &weight.to_string())?;
+        }
+        if limits.pid_limits.max > 0 {
+            files::write(
+                need(dir, "pids.max", "pids")?,
+                &limits.pid_limits.max.to_string(),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The control file, or an error saying which controller is missing.
+fn need(dir: &Path, file: &str, controller: &str) -> HostResult<PathBuf> {
+    let path = dir.join(file);
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(HostError::Failed(format!(
+            "the {controller} cgroup controller is not available, so its limit cannot be applied"
+        )))
+    }
+}
+
+impl Backend for V2 {
+    fn mode(&self) -> Mode {
+        Mode::V2
+    }
+
+    fn create(&self, handle: &str, limits: &Limits) -> HostResult<()> {
+        self.ensure_parent()?;
+        let dir = self.dir(handle);
+        if let Err(e) = files::mkdir(&dir) {
+            // Someone removed our parent; set it up again once.
+            self.parent_ready.store(false, Ordering::Release);
+            self.ensure_parent().map_err(|_| e)?;
+            files::mkdir(&dir)?;
+        }
+        self.apply_limits(&dir, limits)
+    }
+
+    fn add_process(&self, handle: &str, pid: u32) -> HostResult<()> {
+        files::write(self.dir(handle).join("cgroup.procs"), &pid.to_string())
+    }
+
+    fn pids(&self, handle: &str) -> HostResult<Vec<u32>> {
+        let mut pids = Vec::new();
+        files::pids_recursive(&self.dir(handle), &mut pids)?;
+        Ok(pids)
+    }
+
+    fn kill_all(&self, handle: &str) -> HostResult<()> {
+        let dir = self.dir(handle);
+        let kill_file = dir.join("cgroup.kill");
+        if kill_file.exists() {
+            // The kernel kills every process in the subtree, forks included.
+            return match files::write(&kill_file, "1") {
+                Ok(()) => Ok(()),
+                Err(_) if !dir.exists() => Ok(()),
+                Err(e) => Err(e),
+            };
+        }
+        for pid in self.pids(handle)? {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_dirs(&self, handle: &str) -> HostResult<bool> {
+        files::remove_tree(&self.dir(handle))
+    }
+
+    fn exists(&self, handle: &str) -> bool {
+        self.dir(handle).exists()
+    }
+
+    fn handles(&self) -> HostResult<Vec<String>> {
+        files::subdirs(&self.root.join(&self.parent))
+    }
+
+    fn remove_parent(&self) -> HostResult<()> {
+        self.parent_ready.store(false, Ordering::Release);
+        let dir = self.root.join(&self.parent);
+        if !files::subdirs(&dir)?.is_empty() || !files::remove_tree(&dir)? {
+            return Err(HostError::Failed(format!(
+                "{} still has containers",
+                dir.display()
+            )));
+        }
+        Ok(())
+    }
+
+    fn metrics(&self, handle: &str) -> HostResult<Metrics> {
+        let dir = self.dir(handle);
+        let mut metrics = Metrics {
+            // cpu.stat is there with or without the cpu controller.
+            cpu_stat: stats::cpu_stat_v2(&files::read(dir.join("cpu.stat"))?),
+            ..Metrics::default()
+        };
+        if let Some(text) = files::read_optional(dir.join("memory.stat"))? {
+            metrics.memory_stat = stats::memory_stat(&text);
+            metrics.memory_stat.total_usage_toward_limit =
+                stats::usage_toward_limit_v2(&metrics.memory_stat);
+        }
+        if let Some(current) = files::read_optional(dir.join("pids.current"))? {
+            metrics.pid_stat = PidStat {
+                current: parse_u64_or_max(&current).unwrap_or(0),
+                max: files::read_optional(dir.join("pids.max"))?
+                    .and_then(|max| parse_u64_or_max(&max))
+                    .unwrap_or(0),
+            };
+        }
+        if let Some(weight) = files::read_optional(dir.join("cpu.weight"))? {
+            metrics.cpu_entitlement = weight_to_shares(weight.trim().parse().unwrap_or(0));
+        }
+        Ok(metrics)
+    }
+
+    fn oom_source(&self, handle: &str) -> Source {
+        let events = self.dir(handle).join("memory.events");
+        if events.exists() {
+            Source::V2 { events }
+        } else {
+            Source::None
+        }
+    }
+}

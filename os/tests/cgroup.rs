@@ -1,0 +1,287 @@
+//! The cgroup component against the host's real cgroups (its own mode: v1 on the CI machine),
+//! as root. Each test uses a parent cgroup of its own and removes it.
+
+mod common;
+
+use common::*;
+use std::sync::mpsc;
+use std::time::Duration;
+use trellis_core::api::{CpuLimits, Limits, MemoryLimits, PidLimits};
+use trellis_core::effect::Observation;
+use trellis_os::linux::cgroup::{CgroupOptions, Cgroups, Mode};
+
+fn cgroups(test: &str) -> Cgroups {
+    Cgroups::with_options(CgroupOptions::new(unique_parent(test))).expect("cgroups")
+}
+
+/// The cgroup paths a process is in, from /proc/<pid>/cgroup.
+fn cgroup_lines(pid: u32) -> Vec<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .expect("read /proc/pid/cgroup")
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn memory_limits(bytes: u64) -> Limits {
+    Limits {
+        memory_limits: MemoryLimits {
+            limit_in_bytes: bytes,
+        },
+        ..Limits::default()
+    }
+}
+
+#[test]
+fn create_place_list_and_remove() {
+    let cg = cgroups("lifecycle");
+    let _guard = ParentGuard(&cg);
+    let handle = "lifecycle-1";
+    assert!(!cg.exists(handle));
+    cg.create(handle, &Limits::default()).expect("create");
+    cg.create(handle, &Limits::default())
+        .expect("create again is fine");
+    assert!(cg.exists(handle));
+    assert_eq!(cg.handles().expect("handles"), vec![handle.to_string()]);
+    assert!(cg.pids(handle).expect("pids").is_empty());
+
+    // A process and a grandchild in a nested cgroup (as peas would be) are both listed.
+    let mut child = spawn_in(&cg, handle, &["sh", "-c", "sleep 1000 & sleep 1000"]);
+    let lines = cgroup_lines(child.id());
+    let suffix = format!("/{handle}");
+    let placed: Vec<_> = lines.iter().filter(|l| l.ends_with(&suffix)).collect();
+    match cg.mode() {
+        Mode::V1 => {
+            for controller in ["memory", "cpu", "cpuacct", "pids", "devices", "freezer"] {
+                assert!(
+                    placed.iter().any(|l| l
+                        .split(':')
+                        .nth(1)
+                        .is_some_and(|c| c.split(',').any(|c| c == controller))),
+                    "not in the {controller} cgroup: {lines:?}"
+                );
+            }
+        }
+        Mode::V2 => assert_eq!(placed.len(), 1, "{lines:?}"),
+    }
+    wait_for("both sleeps", Duration::from_secs(5), || {
+        cg.pids(handle).expect("pids").len() >= 3
+    });
+    let pids = cg.pids(handle).expect("pids");
+    assert!(pids.contains(&child.id()), "{pids:?}");
+
+    // Remove kills everything inside, then the cgroup goes from every hierarchy.
+    cg.remove(handle).expect("remove");
+    let status = child.wait().expect("reap");
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(9)
+    );
+    assert!(!cg.exists(handle));
+    assert!(cg.handles().expect("handles").is_empty());
+    cg.remove(handle).expect("removing again is fine");
+    assert!(cg
+        .pids(handle)
+        .expect("pids of a missing cgroup")
+        .is_empty());
+}
+
+#[test]
+fn remove_stops_a_fork_loop() {
+    let cg = cgroups("forkloop");
+    let _guard = ParentGuard(&cg);
+    let handle = "forkloop-1";
+    cg.create(
+        handle,
+        &Limits {
+            pid_limits: PidLimits { max: 200 },
+            ..Limits::default()
+        },
+    )
+    .expect("create");
+    let mut child = spawn_in(&cg, handle, &["sh", "-c", "while :; do sleep 100 & done"]);
+    wait_for("the loop to fork", Duration::from_secs(5), || {
+        cg.pids(handle).expect("pids").len() > 20
+    });
+    cg.remove(handle).expect("remove");
+    child.wait().expect("reap");
+    assert!(!cg.exists(handle));
+}
+
+#[test]
+fn bad_handles_are_refused() {
+    let cg = cgroups("names");
+    let _guard = ParentGuard(&cg);
+    assert!(cg.create("../escape", &Limits::default()).is_err());
+    assert!(cg.create("", &Limits::default()).is_err());
+    assert!(cg.metrics("nope").is_err(), "no cgroup, no metrics");
+}
+
+#[test]
+fn memory_limit_is_enforced_with_swap_capped_and_reported_as_oom() {
+    let cg = cgroups("memory");
+    let _guard = ParentGuard(&cg);
+    let (tx, rx) = mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    cg.watch_oom(Box::new(move |o| {
+        let _ = tx.lock().expect("sender").send(o);
+    }));
+    let handle = "memory-1";
+    cg.create(handle, &memory_limits(64 << 20)).expect("create");
+
+    // Within the limit: 58 MiB of tmpfs pages are charged and fit.
+    let fits = TempPath(format!("/dev/shm/{}-fits", unique_parent("shm")).into());
+    let (code, _, err) = run_in(
+        &cg,
+        handle,
+        &[
+            "dd",
+            "if=/dev/zero",
+            &format!("of={}", fits.0.display()),
+            "bs=1M",
+            "count=58",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let metrics = cg.metrics(handle).expect("metrics");
+    assert!(
+        metrics.memory_stat.total_usage_toward_limit >= 58 << 20,
+        "tmpfs pages count: {:?}",
+        metrics.memory_stat
+    );
+    if cg.mode() == Mode::V1 {
+        assert_eq!(metrics.memory_stat.hierarchical_memory_limit, 64 << 20);
+        assert_eq!(metrics.memory_stat.hierarchical_memsw_limit, 64 << 20);
+    }
+    assert!(rx.try_recv().is_err(), "no OOM yet");
+    drop(fits);
+
+    // Beyond it: the writer is killed (swap cannot absorb it) and the OOM is reported.
+    let over = TempPath(format!("/dev/shm/{}-over", unique_parent("shm")).into());
+    let (code, _, _) = run_in(
+        &cg,
+        handle,
+        &[
+            "dd",
+            "if=/dev/zero",
+            &format!("of={}", over.0.display()),
+            "bs=1M",
+            "count=65",
+        ],
+    );
+    assert_ne!(code, Some(0), "65 MiB must not fit in 64 MiB");
+    let observation = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("an OOM observation");
+    assert_eq!(
+        observation,
+        Observation::OutOfMemory {
+            handle: handle.to_string()
+        }
+    );
+    drop(over);
+    cg.remove(handle).expect("remove");
+}
+
+#[test]
+fn pid_limit_stops_forks_and_shows_in_metrics() {
+    let cg = cgroups("pids");
+    let _guard = ParentGuard(&cg);
+    let handle = "pids-1";
+    cg.create(
+        handle,
+        &Limits {
+            pid_limits: PidLimits { max: 10 },
+            ..Limits::default()
+        },
+    )
+    .expect("create");
+    let metrics = cg.metrics(handle).expect("metrics");
+    assert_eq!(metrics.pid_stat.max, 10);
+    let (code, _, err) = run_in(
+        &cg,
+        handle,
+        &[
+            "sh",
+            "-c",
+            "for i in $(seq 1 20); do sleep 5 & done; kill $(jobs -p); wait",
+        ],
+    );
+    assert_ne!(code, Some(0));
+    assert!(
+        err.contains("fork") || err.contains("Resource temporarily unavailable"),
+        "{err}"
+    );
+
+    // No limit: Max reads 0 and forks succeed.
+    let free = "pids-2";
+    cg.create(free, &Limits::default()).expect("create");
+    let mut sleeper = spawn_in(&cg, free, &["sh", "-c", "sleep 1000 & sleep 1000 & wait"]);
+    wait_for("three processes", Duration::from_secs(5), || {
+        cg.metrics(free).expect("metrics").pid_stat.current == 3
+    });
+    assert_eq!(cg.metrics(free).expect("metrics").pid_stat.max, 0);
+    cg.remove(free).expect("remove");
+    sleeper.wait().expect("reap");
+    cg.remove(handle).expect("remove");
+}
+
+#[test]
+fn cpu_shares_are_written_and_usage_moves() {
+    let cg = cgroups("cpu");
+    let _guard = ParentGuard(&cg);
+    let handle = "cpu-1";
+    let limits = Limits {
+        cpu_limits: CpuLimits {
+            weight: 512,
+            limit_in_shares: 0,
+        },
+        ..Limits::default()
+    };
+    cg.create(handle, &limits).expect("create");
+    let before = cg.metrics(handle).expect("metrics");
+    assert_eq!(before.cpu_stat.usage, 0);
+    let expected_rate = trellis_os::linux::cgroup::entitlement_per_second(
+        match cg.mode() {
+            Mode::V1 => 512,
+            // What guardian computes back from cpu.weight.
+            Mode::V2 => trellis_os::linux::cgroup::weight_to_shares(
+                trellis_os::linux::cgroup::shares_to_weight(512),
+            ),
+        },
+        std::thread::available_parallelism().expect("cpus").get() as u64,
+        trellis_os::linux::cgroup::mem_total().expect("memory"),
+    );
+    assert_eq!(before.cpu_entitlement, expected_rate);
+
+    let (code, _, err) = run_in(
+        &cg,
+        handle,
+        &[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let after = cg.metrics(handle).expect("metrics");
+    assert!(after.cpu_stat.usage > 10_000_000, "{:?}", after.cpu_stat);
+    assert!(
+        after.cpu_stat.user + after.cpu_stat.system > 0,
+        "{:?}",
+        after.cpu_stat
+    );
+    assert!(after.memory_stat.pgfault > 0, "{:?}", after.memory_stat);
+    cg.remove(handle).expect("remove");
+}
+
+#[test]
+fn capacity_reports_the_machines_memory() {
+    let cg = cgroups("capacity");
+    let capacity = cg.capacity().expect("capacity");
+    assert_eq!(
+        capacity.memory_in_bytes,
+        trellis_os::linux::cgroup::mem_total().expect("memory")
+    );
+    assert!(capacity.memory_in_bytes > 256 << 20);
+}
