@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use trellis_core::api::{Limits, Metrics, PidStat};
 
-/// The controllers containers get, when the kernel offers them.
-const WANTED: &[&str] = &["cpu", "cpuset", "io", "memory", "pids", "hugetlb"];
+/// The controllers containers get, when the kernel offers them: those their limits and
+/// metrics use.
+const WANTED: &[&str] = &["cpu", "io", "memory", "pids"];
 
 pub struct V2 {
     root: PathBuf,
@@ -205,5 +206,105 @@ impl Backend for V2 {
         } else {
             Source::None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_core::api::{CpuLimits, MemoryLimits, PidLimits};
+
+    /// A directory tree shaped like a cgroup2 mount whose container cgroup already has the
+    /// controller files, so that the values written can be read back without the kernel.
+    fn fake_tree(controllers: &str) -> (tempfile::TempDir, V2) {
+        let root = tempfile::tempdir().expect("tempdir");
+        let container = root.path().join("trellis-x").join("c1");
+        std::fs::create_dir_all(&container).expect("mkdir");
+        for dir in [root.path(), &root.path().join("trellis-x")] {
+            std::fs::write(dir.join("cgroup.controllers"), controllers).expect("write");
+            std::fs::write(dir.join("cgroup.subtree_control"), "").expect("write");
+        }
+        std::fs::write(root.path().join("cgroup.procs"), "").expect("write");
+        for file in ["memory.max", "memory.swap.max", "cpu.weight", "pids.max"] {
+            std::fs::write(container.join(file), "").expect("write");
+        }
+        let v2 = V2::new(root.path(), "trellis-x").expect("v2");
+        (root, v2)
+    }
+
+    fn read(root: &tempfile::TempDir, file: &str) -> String {
+        std::fs::read_to_string(root.path().join("trellis-x/c1").join(file)).expect("read")
+    }
+
+    #[test]
+    fn limits_are_written_as_guardian_writes_them() {
+        let (root, v2) = fake_tree("cpu memory pids");
+        let limits = Limits {
+            memory_limits: MemoryLimits {
+                limit_in_bytes: 64 << 20,
+            },
+            cpu_limits: CpuLimits {
+                weight: 1028,
+                limit_in_shares: 0,
+            },
+            pid_limits: PidLimits { max: 50 },
+            ..Limits::default()
+        };
+        v2.create("c1", &limits).expect("create");
+        assert_eq!(read(&root, "memory.max"), (64u64 << 20).to_string());
+        assert_eq!(read(&root, "memory.swap.max"), "0");
+        assert_eq!(read(&root, "cpu.weight"), "101");
+        assert_eq!(read(&root, "pids.max"), "50");
+    }
+
+    #[test]
+    fn a_limit_without_its_controller_is_a_clear_error() {
+        let (root, v2) = fake_tree("");
+        std::fs::remove_file(root.path().join("trellis-x/c1/memory.max")).expect("rm");
+        let err = v2
+            .create(
+                "c1",
+                &Limits {
+                    memory_limits: MemoryLimits {
+                        limit_in_bytes: 1 << 20,
+                    },
+                    ..Limits::default()
+                },
+            )
+            .expect_err("no memory controller");
+        assert!(
+            err.to_string().contains("memory cgroup controller"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn metrics_come_from_the_v2_files() {
+        let (root, v2) = fake_tree("cpu memory pids");
+        let dir = root.path().join("trellis-x/c1");
+        std::fs::write(
+            dir.join("cpu.stat"),
+            "usage_usec 300\nuser_usec 200\nsystem_usec 100\n",
+        )
+        .expect("write");
+        std::fs::write(
+            dir.join("memory.stat"),
+            "anon 4096\nfile 8192\ninactive_file 1024\nswapcached 0\n",
+        )
+        .expect("write");
+        std::fs::write(dir.join("pids.current"), "3\n").expect("write");
+        std::fs::write(dir.join("cpu.weight"), "100\n").expect("write");
+        let m = v2.metrics("c1").expect("metrics");
+        assert_eq!(
+            (m.cpu_stat.usage, m.cpu_stat.user, m.cpu_stat.system),
+            (300_000, 200_000, 100_000)
+        );
+        assert_eq!(m.memory_stat.anon, 4096);
+        assert_eq!(m.memory_stat.total_usage_toward_limit, 4096 + 8192 - 1024);
+        assert_eq!((m.pid_stat.current, m.pid_stat.max), (3, 0));
+        assert_eq!(
+            m.cpu_entitlement, 1017,
+            "shares computed back from the weight"
+        );
     }
 }
