@@ -949,7 +949,10 @@ impl Core {
                     .ok_or_else(|| Error::ContainerNotFound {
                         handle: handle.to_string(),
                     })?;
-                metrics.age = i64::try_from(self.now.since(c.created_at)).unwrap_or(i64::MAX);
+                let age = self.now.since(c.created_at);
+                metrics.age = i64::try_from(age).unwrap_or(i64::MAX);
+                metrics.cpu_entitlement =
+                    crate::api::entitlement_over(metrics.cpu_entitlement, age);
                 Ok(*metrics)
             }
             Ok(other) => Err(unexpected_output("read-metrics", other)),

@@ -415,3 +415,35 @@ fn capacity_is_bounded_by_the_pool() {
     };
     assert_eq!(c.max_containers, 4);
 }
+
+#[test]
+fn metrics_scale_the_hosts_entitlement_rate_by_age() {
+    let mut d = Driver::new(Config::default());
+    d.create("web");
+    d.now = d.now.plus(4 * SECOND);
+    let r = d.send(Command::Metrics {
+        handle: "web".into(),
+    });
+    let e = d.effects.remove(0);
+    assert!(matches!(e.kind, EffectKind::ReadMetrics { .. }));
+    // The host reports 0.25 core per second of age.
+    let outcome = Ok(EffectOutput::Metrics(Box::new(
+        trellis_core::api::Metrics {
+            cpu_entitlement: 250_000_000,
+            ..Default::default()
+        },
+    )));
+    let out = d.core.step(
+        d.now,
+        Input::Outcome {
+            effect: e.id,
+            outcome,
+        },
+    );
+    d.absorb(out);
+    let Some(Ok(Reply::Metrics(metrics))) = d.reply(r) else {
+        panic!("no metrics reply")
+    };
+    assert_eq!(metrics.age, (4 * SECOND) as i64);
+    assert_eq!(metrics.cpu_entitlement, SECOND);
+}

@@ -57,8 +57,17 @@ pub struct Metrics {
     /// Nanoseconds since the container was created.
     #[serde(rename = "Age", deserialize_with = "nullable")]
     pub age: i64,
+    /// Nanoseconds of CPU time the container is entitled to over its age. In a `ReadMetrics`
+    /// outcome the host reports the entitlement per second of age instead, and the core
+    /// scales it by `Age` ([`entitlement_over`]): the host has no notion of the core's clock.
     #[serde(rename = "CPUEntitlement", deserialize_with = "nullable")]
     pub cpu_entitlement: u64,
+}
+
+/// The CPU entitlement (ns) over `age_ns`, from the entitlement per second of age.
+pub fn entitlement_over(per_second: u64, age_ns: u64) -> u64 {
+    let total = u128::from(per_second) * u128::from(age_ns) / 1_000_000_000;
+    u64::try_from(total).unwrap_or(u64::MAX)
 }
 
 /// Every key is always present; the names mix cgroup-v1 style and Go style exactly as Garden does.

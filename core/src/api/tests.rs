@@ -149,3 +149,11 @@ fn netout_rule_validation() {
     .unwrap();
     assert!(ok.validate().is_ok());
 }
+
+#[test]
+fn entitlement_scales_with_age() {
+    use super::entitlement_over;
+    assert_eq!(entitlement_over(250_000_000, 4_000_000_000), 1_000_000_000);
+    assert_eq!(entitlement_over(0, 4_000_000_000), 0);
+    assert_eq!(entitlement_over(u64::MAX, u64::MAX), u64::MAX);
+}
