@@ -1,13 +1,20 @@
 //! Hidden helper subcommands of the `trellis` binary.
 //!
 //! Namespace work must not fork from the multi-threaded server, so the server re-executes its
-//! own binary with a hidden subcommand (for example the container's init) to do it in a small
+//! own binary (from a sealed in-memory copy) with a hidden subcommand to do it in a small
 //! single-threaded process. The binary's `main` calls [`run_if_helper`] first.
+//!
+//! - `__trellis-container-init`: starts a container's init (see `linux::runtime::init`).
+//!   Processes and file streams are then started by that init, not by further helpers.
 
 use std::process::ExitCode;
 
 /// Runs the helper named by the command line, if it names one, and returns its exit code.
 pub fn run_if_helper(args: &[String]) -> Option<ExitCode> {
-    let _ = args;
-    None
+    match args.get(1).map(String::as_str) {
+        Some(crate::linux::runtime::init::SUBCOMMAND) => {
+            Some(crate::linux::runtime::init::helper_main())
+        }
+        _ => None,
+    }
 }

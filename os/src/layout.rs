@@ -41,6 +41,21 @@ impl Layout {
         self.container_dir(handle).join("scratch")
     }
 
+    /// The overlay's upper and work directories (inside the scratch dir, which a disk quota
+    /// may make a size-limited filesystem of its own).
+    pub fn overlay_upper_dir(&self, handle: &str) -> PathBuf {
+        self.scratch_dir(handle).join("upper")
+    }
+
+    pub fn overlay_work_dir(&self, handle: &str) -> PathBuf {
+        self.scratch_dir(handle).join("work")
+    }
+
+    /// The control socket of the container's init: the server asks it to start processes.
+    pub fn init_socket(&self, handle: &str) -> PathBuf {
+        self.container_dir(handle).join("init.sock")
+    }
+
     /// Bind-mounted over the container's /etc/hosts and /etc/resolv.conf.
     pub fn hosts_file(&self, handle: &str) -> PathBuf {
         self.container_dir(handle).join("hosts")
@@ -72,6 +87,29 @@ impl Layout {
     /// Unpacked images, shared read-only by every container made from them.
     pub fn images_dir(&self) -> PathBuf {
         self.state.join("images")
+    }
+
+    /// One unpacked tar rootfs, by a key derived from its path, size and mtime.
+    pub fn tar_image_dir(&self, key: &str) -> PathBuf {
+        self.images_dir().join("tar").join(key)
+    }
+
+    /// Image layers from registries and OCI layouts, unpacked one directory per layer digest
+    /// (whiteouts in overlay form), shared by every image that uses them.
+    pub fn layer_dir(&self, digest_hex: &str) -> PathBuf {
+        self.images_dir().join("layers").join(digest_hex)
+    }
+
+    /// Resolved image manifests (layer list and env), by a key derived from the reference.
+    pub fn manifest_file(&self, key: &str) -> PathBuf {
+        self.images_dir()
+            .join("manifests")
+            .join(format!("{key}.json"))
+    }
+
+    /// Where images are unpacked before they are renamed into place.
+    pub fn images_tmp_dir(&self) -> PathBuf {
+        self.images_dir().join("tmp")
     }
 
     pub fn depot(&self) -> &Path {

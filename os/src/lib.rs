@@ -8,6 +8,7 @@ pub mod helper;
 pub mod host;
 pub mod layout;
 pub mod linux;
+pub mod users;
 
 pub use host::{
     FilePath, Host, HostCapacity, HostError, HostResult, ObservationSink, Process, Rootfs,

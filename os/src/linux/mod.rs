@@ -6,7 +6,9 @@
 
 pub mod cgroup;
 pub mod depot;
+pub mod image;
 pub mod network;
+pub mod registry;
 pub mod rootfs;
 pub mod runtime;
 
@@ -24,6 +26,9 @@ pub struct LinuxConfig {
     pub layout: Layout,
     /// The image used when a create names none.
     pub default_rootfs: String,
+    /// The binary whose hidden helper subcommands run container inits; `None` means this
+    /// executable (the `trellis` server). Tests of this crate point it at `trellis-os-helper`.
+    pub helper_binary: Option<std::path::PathBuf>,
 }
 
 pub struct LinuxHost {

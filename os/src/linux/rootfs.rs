@@ -1,50 +1,196 @@
 //! Root filesystems (the volumizer): images unpacked once into a shared read-only cache, and a
-//! copy-on-write overlay per container. To be built by the "real Linux containers" work.
+//! copy-on-write overlay per container (lower = the image, upper and work in the container's
+//! scratch directory). The source is never written; destroy removes the upper.
+//!
+//! Image URIs: empty (the server's default rootfs), a directory (`/path` or `raw:///path`),
+//! a tar file (`/path/rootfs.tar`, unpacked once), `docker://[host[:port]]/repo[#tag]` and
+//! `oci:///path[#tag]` (see `image`).
 
+use super::image::{self, ResolvedImage};
 use super::LinuxConfig;
 use crate::host::{HostCapacity, HostError, HostResult, Rootfs};
+use crate::layout::Layout;
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+use std::collections::HashMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use trellis_core::api::{DiskLimits, DiskStat, ImageRef};
 
-pub struct RootfsManager {}
+const OVERLAYFS_MAGIC: i64 = 0x794c7630;
 
-fn unavailable(what: &str) -> HostError {
-    HostError::Failed(format!(
-        "{what}: root filesystems are not implemented on this host yet"
-    ))
+pub struct RootfsManager {
+    layout: Layout,
+    default_rootfs: String,
+    /// One lock per image being unpacked, so concurrent creates unpack it once.
+    unpacking: Arc<Mutex<HashMap<String, Arc<Mutex<()>>>>>,
 }
 
 impl RootfsManager {
-    pub fn new(_config: &LinuxConfig) -> HostResult<RootfsManager> {
-        Ok(RootfsManager {})
+    pub fn new(config: &LinuxConfig) -> HostResult<RootfsManager> {
+        Ok(RootfsManager {
+            layout: config.layout.clone(),
+            default_rootfs: config.default_rootfs.clone(),
+            unpacking: Arc::default(),
+        })
     }
 
     pub fn prepare(
         &self,
-        _handle: &str,
-        _image: &ImageRef,
+        handle: &str,
+        image: &ImageRef,
         _privileged: bool,
         _disk: &DiskLimits,
     ) -> HostResult<Rootfs> {
-        Err(unavailable("prepare rootfs"))
+        let uri = if image.uri.is_empty() {
+            self.default_rootfs.as_str()
+        } else {
+            image.uri.as_str()
+        };
+        if uri.is_empty() {
+            return Err(HostError::Invalid(
+                "no image given and the server has no default rootfs".into(),
+            ));
+        }
+        let resolved = self.resolve(uri, image)?;
+        let rootfs = self.layout.rootfs_dir(handle);
+        if is_overlay(&rootfs) {
+            return Ok(Rootfs {
+                image_env: resolved.env,
+            });
+        }
+        // TODO(disk quotas): the cgroup engineer's disk.rs makes the scratch dir a size-limited
+        // filesystem here, before the upper and work dirs are made inside it.
+        let upper = self.layout.overlay_upper_dir(handle);
+        let work = self.layout.overlay_work_dir(handle);
+        for dir in [&upper, &work, &rootfs] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| HostError::io(format!("creating {}", dir.display()), e))?;
+        }
+        let lowers: Vec<String> = resolved
+            .lowers
+            .iter()
+            .map(|p| escape_overlay_path(p))
+            .collect();
+        let options = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowers.join(":"),
+            escape_overlay_path(&upper),
+            escape_overlay_path(&work)
+        );
+        mount(
+            Some("overlay"),
+            &rootfs,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(options.as_str()),
+        )
+        .map_err(|e| HostError::io(format!("mounting the overlay of {handle}"), e.into()))?;
+        Ok(Rootfs {
+            image_env: resolved.env,
+        })
     }
 
-    pub fn remove(&self, _handle: &str) -> HostResult<()> {
-        Ok(())
+    fn resolve(&self, uri: &str, image: &ImageRef) -> HostResult<ResolvedImage> {
+        if uri.starts_with("docker://") || uri.starts_with("oci://") {
+            return image::resolve(&self.layout, uri, image, &self.unpacking);
+        }
+        let path = uri.strip_prefix("raw://").unwrap_or(uri);
+        let path = Path::new(path);
+        if !path.is_absolute() {
+            return Err(HostError::Invalid(format!(
+                "unsupported rootfs {uri:?}: expected an absolute path, docker:// or oci://"
+            )));
+        }
+        let meta = std::fs::metadata(path)
+            .map_err(|e| HostError::Invalid(format!("rootfs {uri}: {e}")))?;
+        if meta.is_dir() {
+            return Ok(ResolvedImage {
+                lowers: vec![path.to_path_buf()],
+                env: Vec::new(),
+            });
+        }
+        let dir = image::unpack_tar_image(&self.layout, path, &meta, &self.unpacking)?;
+        Ok(ResolvedImage {
+            lowers: vec![dir],
+            env: Vec::new(),
+        })
     }
 
-    pub fn exists(&self, _handle: &str) -> bool {
-        false
+    /// Unmounts the overlay and removes the container's directory (upper dir included).
+    pub fn remove(&self, handle: &str) -> HostResult<()> {
+        let rootfs = self.layout.rootfs_dir(handle);
+        for _ in 0..16 {
+            match umount2(&rootfs, MntFlags::MNT_DETACH) {
+                Ok(()) => continue,
+                Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => break,
+                Err(e) => {
+                    return Err(HostError::io(
+                        format!("unmounting {}", rootfs.display()),
+                        e.into(),
+                    ))
+                }
+            }
+        }
+        let dir = self.layout.container_dir(handle);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(HostError::io(format!("removing {}", dir.display()), e)),
+        }
     }
 
+    pub fn exists(&self, handle: &str) -> bool {
+        self.layout.container_dir(handle).exists()
+    }
+
+    /// Every container directory in the depot.
     pub fn handles(&self) -> HostResult<Vec<String>> {
-        Ok(Vec::new())
+        match std::fs::read_dir(self.layout.depot()) {
+            Ok(entries) => Ok(entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .filter_map(|e| e.file_name().to_str().map(str::to_string))
+                .collect()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(HostError::io("reading the depot", e)),
+        }
     }
 
     pub fn disk_usage(&self, _handle: &str) -> HostResult<DiskStat> {
         Ok(DiskStat::default())
     }
 
+    /// The size of the filesystem holding the depot.
     pub fn capacity(&self) -> HostResult<HostCapacity> {
-        Err(unavailable("disk capacity"))
+        std::fs::create_dir_all(self.layout.depot())
+            .map_err(|e| HostError::io("creating the depot", e))?;
+        let stat = nix::sys::statvfs::statvfs(self.layout.depot())
+            .map_err(|e| HostError::io("statfs of the depot", e.into()))?;
+        let total = stat.blocks() as u64 * stat.fragment_size() as u64;
+        Ok(HostCapacity {
+            memory_in_bytes: 0,
+            disk_in_bytes: total,
+            schedulable_disk_in_bytes: total,
+        })
     }
+}
+
+fn is_overlay(path: &Path) -> bool {
+    nix::sys::statfs::statfs(path)
+        .map(|s| s.filesystem_type().0 as i64 == OVERLAYFS_MAGIC)
+        .unwrap_or(false)
+}
+
+/// Overlay options separate with `,` and `:`; both are escaped with a backslash.
+fn escape_overlay_path(path: &PathBuf) -> String {
+    let s = path.to_string_lossy();
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, ',' | ':' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }

@@ -1,0 +1,631 @@
+//! The container runtime (the containerizer): init, processes, and files in and out.
+//!
+//! The server never forks for namespace work. `start_init` runs a single-threaded helper (the
+//! binary itself, re-executed from a sealed in-memory copy with a hidden subcommand), which
+//! forks the container's init inside fresh namespaces. From then on the server talks to init
+//! over a unix socket in the container's directory: init forks every process and file stream
+//! of the container, so they share all its namespaces and its cgroup, and hands back their
+//! stdio and a pidfd. Init outlives the server; a new server finds it by its pid file.
+//!
+//! - `init`: the helper and init's request loop; `mounts`: the container's filesystem view;
+//!   `child`: what a forked child does before it execs; `files`: tar streams;
+//!   `protocol`: the messages.
+
+mod child;
+mod files;
+pub mod init;
+pub mod mounts;
+mod protocol;
+
+use super::cgroup::Cgroups;
+use super::LinuxConfig;
+use crate::host::{FilePath, HostError, HostResult, Process, SpawnRequest, Spawned, Stdio};
+use crate::layout::Layout;
+use mounts::InitSpec;
+use nix::fcntl::OFlag;
+use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
+use protocol::{FailureKind, Reply, Request};
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use trellis_core::api::{BindMountOrigin, Signal, WindowSize};
+use trellis_core::effect::InitConfig;
+
+pub struct Runtime {
+    layout: Layout,
+    /// The helper executable: a sealed memfd copy of the binary, run as `/proc/self/fd/N`.
+    helper: File,
+}
+
+/// How long a stop keeps sending SIGTERM (once a second) before it turns to SIGKILL.
+const TERM_ROUNDS: u32 = 10;
+
+impl Runtime {
+    pub fn new(config: &LinuxConfig) -> HostResult<Runtime> {
+        let source = config
+            .helper_binary
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/proc/self/exe"));
+        let helper = sealed_copy(&source).map_err(|e| {
+            HostError::io(format!("copying {} to a sealed memfd", source.display()), e)
+        })?;
+        // A container's init is orphaned when its helper exits; as the subreaper we reap it
+        // when it dies instead of leaving a zombie to a PID 1 that may not reap.
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        Ok(Runtime {
+            layout: config.layout.clone(),
+            helper,
+        })
+    }
+
+    fn helper_path(&self) -> String {
+        format!("/proc/self/fd/{}", self.helper.as_raw_fd())
+    }
+
+    pub fn start_init(
+        &self,
+        handle: &str,
+        config: &InitConfig,
+        cgroups: &Cgroups,
+    ) -> HostResult<()> {
+        if self.init_running(handle) {
+            return Ok(());
+        }
+        let rootfs = self.layout.rootfs_dir(handle);
+        if !rootfs.is_dir() {
+            return Err(HostError::Failed(format!(
+                "start init: the root filesystem of {handle} is not prepared"
+            )));
+        }
+        for bind in config
+            .bind_mounts
+            .iter()
+            .filter(|b| b.origin == BindMountOrigin::Host)
+        {
+            if !Path::new(&bind.src_path).is_absolute()
+                || std::fs::metadata(&bind.src_path).is_err()
+            {
+                return Err(HostError::Invalid(format!(
+                    "bind mount source {:?} does not exist on the host",
+                    bind.src_path
+                )));
+            }
+        }
+        let existing = |p: PathBuf| p.exists().then_some(p);
+        let spec = InitSpec {
+            container_dir: self.layout.container_dir(handle),
+            rootfs,
+            netns: existing(self.layout.netns_file(handle)),
+            hosts_file: existing(self.layout.hosts_file(handle)),
+            resolv_conf_file: existing(self.layout.resolv_conf_file(handle)),
+            hostname: config.hostname.clone(),
+            bind_mounts: config.bind_mounts.clone(),
+            pid_file: self.layout.init_pid_file(handle),
+        };
+        let body = serde_json::to_vec(&spec).map_err(|e| HostError::Failed(e.to_string()))?;
+        let mut helper = std::process::Command::new(self.helper_path())
+            .arg(init::SUBCOMMAND)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .map_err(|e| HostError::io("starting the init helper", e))?;
+        // Into the container's cgroup before it forks, so init and everything after is in it.
+        let joined = if cgroups.exists(handle) {
+            cgroups.add_process(handle, helper.id())
+        } else {
+            Ok(())
+        };
+        if let Err(e) = joined {
+            let _ = helper.kill();
+            let _ = helper.wait();
+            return Err(e);
+        }
+        let mut stdin = helper.stdin.take().expect("piped stdin");
+        let written = stdin.write_all(&body);
+        drop(stdin);
+        let output = helper
+            .wait_with_output()
+            .map_err(|e| HostError::io("waiting for the init helper", e))?;
+        written.map_err(|e| HostError::io("sending the init spec", e))?;
+        if !output.status.success() {
+            let message = String::from_utf8_lossy(&output.stderr).trim().to_string();
+            let message = if message.is_empty() {
+                format!("container init failed: {}", output.status)
+            } else {
+                message
+            };
+            return Err(if message.starts_with("bind mount source") {
+                HostError::Invalid(message)
+            } else {
+                HostError::Failed(format!("start init: {message}"))
+            });
+        }
+        Ok(())
+    }
+
+    /// Kills init (and with it the whole PID namespace) and waits until it is gone.
+    pub fn kill_container(&self, handle: &str, cgroups: &Cgroups) -> HostResult<()> {
+        if let Some(init) = self.init_pidfd(handle) {
+            let _ = pidfd_send_signal(init.as_fd(), libc::SIGKILL);
+            wait_gone(init.as_fd(), Duration::from_secs(30)).map_err(|_| {
+                HostError::Failed(format!("the init of {handle} did not die after SIGKILL"))
+            })?;
+            reap(init.as_fd());
+        }
+        // Anything of the container outside its PID namespace (nothing, normally).
+        if let Ok(pids) = cgroups.pids(handle) {
+            for pid in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+        for path in [
+            self.layout.init_pid_file(handle),
+            self.layout.init_socket(handle),
+        ] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(HostError::io(format!("removing {}", path.display()), e)),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn spawn(&self, request: SpawnRequest<'_>, _cgroups: &Cgroups) -> HostResult<Spawned> {
+        let conn = self.connect(request.handle)?;
+        protocol::send(
+            conn.as_raw_fd(),
+            &Request::Spawn {
+                id: request.process_id.to_string(),
+                spec: Box::new(request.spec.clone()),
+                env: request.env.to_vec(),
+            },
+            &[],
+        )
+        .map_err(|e| HostError::io("asking init to start the process", e))?;
+        let (reply, mut fds) = receive(&conn)?;
+        match reply {
+            Reply::Spawned => {}
+            other => return Err(unexpected(other)),
+        }
+        if fds.is_empty() {
+            return Err(HostError::Failed("init sent no process descriptors".into()));
+        }
+        let pidfd = fds.remove(0);
+        let (stdio, tty) = match (request.spec.tty.is_some(), fds.len()) {
+            (true, 1) => {
+                let master = fds.remove(0);
+                let stdin = File::from(dup(&master)?);
+                let resize = dup(&master)?;
+                (
+                    Stdio {
+                        stdin: Box::new(stdin),
+                        stdout: Box::new(PtyReader(File::from(master))),
+                        stderr: None,
+                    },
+                    Some(resize),
+                )
+            }
+            (false, 3) => {
+                let stderr = fds.pop().expect("three fds");
+                let stdout = fds.pop().expect("three fds");
+                let stdin = fds.pop().expect("three fds");
+                (
+                    Stdio {
+                        stdin: Box::new(File::from(stdin)),
+                        stdout: Box::new(File::from(stdout)),
+                        stderr: Some(Box::new(File::from(stderr))),
+                    },
+                    None,
+                )
+            }
+            _ => {
+                return Err(HostError::Failed(
+                    "init sent the wrong process descriptors".into(),
+                ))
+            }
+        };
+        Ok(Spawned {
+            process: Arc::new(LinuxProcess {
+                pidfd,
+                tty,
+                exit: Mutex::new(ExitState {
+                    status: None,
+                    conn: Some(conn),
+                }),
+            }),
+            stdio,
+        })
+    }
+
+    /// SIGTERM to every process but init, re-sent each second for up to 10 s, then SIGKILL
+    /// (SIGKILL at once with `kill`); returns when none remain.
+    pub fn stop_processes(&self, handle: &str, kill: bool, _cgroups: &Cgroups) -> HostResult<()> {
+        if !self.init_running(handle) {
+            return Ok(());
+        }
+        let phases: &[(i32, u32)] = if kill {
+            &[(libc::SIGKILL, TERM_ROUNDS)]
+        } else {
+            &[(libc::SIGTERM, TERM_ROUNDS), (libc::SIGKILL, TERM_ROUNDS)]
+        };
+        for &(signal, rounds) in phases {
+            for _ in 0..rounds {
+                if self.signal_all(handle, signal)? == 0 {
+                    return Ok(());
+                }
+                let deadline = Instant::now() + Duration::from_secs(1);
+                while Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                    if self.signal_all(handle, 0)? == 0 {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn signal_all(&self, handle: &str, signal: i32) -> HostResult<usize> {
+        match self.request(handle, &Request::SignalAll { signal }, &[])? {
+            Reply::Remaining { count } => Ok(count),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn stream_in(&self, to: FilePath<'_>, tar: &mut dyn Read) -> HostResult<()> {
+        let conn = self.connect(to.handle)?;
+        let (data_r, data_w) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| HostError::io("pipe", e.into()))?;
+        let _ = nix::fcntl::fcntl(&data_w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+        protocol::send(
+            conn.as_raw_fd(),
+            &Request::StreamIn {
+                path: to.path.to_string(),
+                user: to.user.to_string(),
+            },
+            &[data_r.as_raw_fd()],
+        )
+        .map_err(|e| HostError::io("asking init to stream in", e))?;
+        drop(data_r);
+        let mut sink = File::from(data_w);
+        let copied = io::copy(tar, &mut sink);
+        drop(sink);
+        let (reply, _) = receive(&conn)?;
+        match reply {
+            Reply::Done => match copied {
+                Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+                    Err(HostError::io("error streaming in", e))
+                }
+                _ => Ok(()),
+            },
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn stream_out(&self, from: FilePath<'_>, tar: &mut dyn Write) -> HostResult<()> {
+        let conn = self.connect(from.handle)?;
+        let (data_r, data_w) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| HostError::io("pipe", e.into()))?;
+        let _ = nix::fcntl::fcntl(&data_w, nix::fcntl::FcntlArg::F_SETPIPE_SZ(1 << 20));
+        protocol::send(
+            conn.as_raw_fd(),
+            &Request::StreamOut {
+                path: from.path.to_string(),
+                user: from.user.to_string(),
+            },
+            &[data_w.as_raw_fd()],
+        )
+        .map_err(|e| HostError::io("asking init to stream out", e))?;
+        drop(data_w);
+        let mut source = File::from(data_r);
+        let copied = io::copy(&mut source, tar);
+        drop(source);
+        let (reply, _) = receive(&conn)?;
+        match reply {
+            Reply::Done => copied
+                .map(drop)
+                .map_err(|e| HostError::io("error streaming out", e)),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// The container's init is alive (not a zombie) and is the process its pid file names.
+    pub fn init_running(&self, handle: &str) -> bool {
+        self.init_pid(handle).is_some_and(|pid| !is_zombie(pid))
+    }
+
+    /// Ids of the container's processes that are still running.
+    pub fn processes(&self, handle: &str) -> Vec<String> {
+        if !self.init_running(handle) {
+            return Vec::new();
+        }
+        match self.request(handle, &Request::List, &[]) {
+            Ok(Reply::Ids(ids)) => ids,
+            _ => Vec::new(),
+        }
+    }
+
+    /// Every container that has an init pid file.
+    pub fn handles(&self) -> HostResult<Vec<String>> {
+        let entries = match std::fs::read_dir(self.layout.depot()) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(HostError::io("reading the depot", e)),
+        };
+        Ok(entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().map(str::to_string))
+            .filter(|h| self.layout.init_pid_file(h).exists())
+            .collect())
+    }
+
+    /// The pid from the pid file, if that process still has the recorded start time.
+    fn init_pid(&self, handle: &str) -> Option<i32> {
+        let text = std::fs::read_to_string(self.layout.init_pid_file(handle)).ok()?;
+        let mut parts = text.split_whitespace();
+        let pid: i32 = parts.next()?.parse().ok()?;
+        let start: u64 = parts.next()?.parse().ok()?;
+        (process_start_time(pid) == Some(start)).then_some(pid)
+    }
+
+    /// A pidfd for init, checked against the pid file's start time after opening (so a reused
+    /// pid is never signalled).
+    fn init_pidfd(&self, handle: &str) -> Option<OwnedFd> {
+        let pid = self.init_pid(handle)?;
+        let fd = pidfd_open(pid).ok()?;
+        self.init_pid(handle).filter(|p| *p == pid).map(|_| fd)
+    }
+
+    fn connect(&self, handle: &str) -> HostResult<OwnedFd> {
+        let not_running =
+            || HostError::Failed(format!("the init of container {handle} is not running"));
+        let sock = socket::socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(|e| HostError::io("socket", e.into()))?;
+        let path = self.layout.init_socket(handle);
+        // Socket paths are limited to 108 bytes; long depots or handles go through a
+        // descriptor of the container directory.
+        let dir;
+        let addr_path = if path.as_os_str().len() < 100 {
+            path.clone()
+        } else {
+            dir = File::open(self.layout.container_dir(handle)).map_err(|_| not_running())?;
+            PathBuf::from(format!("/proc/self/fd/{}/init.sock", dir.as_raw_fd()))
+        };
+        let addr =
+            UnixAddr::new(&addr_path).map_err(|e| HostError::io("socket address", e.into()))?;
+        socket::connect(sock.as_raw_fd(), &addr).map_err(|_| not_running())?;
+        Ok(sock)
+    }
+
+    fn request(&self, handle: &str, request: &Request, fds: &[RawFd]) -> HostResult<Reply> {
+        let conn = self.connect(handle)?;
+        protocol::send(conn.as_raw_fd(), request, fds)
+            .map_err(|e| HostError::io("talking to the container's init", e))?;
+        receive(&conn).map(|(reply, _)| reply)
+    }
+}
+
+fn receive(conn: &OwnedFd) -> HostResult<(Reply, Vec<OwnedFd>)> {
+    let mut buf = Vec::new();
+    match protocol::recv::<Reply>(conn.as_raw_fd(), &mut buf) {
+        Ok(Some(r)) => Ok(r),
+        Ok(None) => Err(HostError::Failed(
+            "the container's init closed the connection (is the container being destroyed?)".into(),
+        )),
+        Err(e) => Err(HostError::io("reading from the container's init", e)),
+    }
+}
+
+fn unexpected(reply: Reply) -> HostError {
+    match reply {
+        Reply::Failed { kind, message } => match kind {
+            FailureKind::ExecutableNotFound => HostError::ExecutableNotFound(message),
+            FailureKind::Invalid => HostError::Invalid(message),
+            FailureKind::Failed => HostError::Failed(message),
+        },
+        other => HostError::Failed(format!("unexpected answer from init: {other:?}")),
+    }
+}
+
+fn dup(fd: &OwnedFd) -> HostResult<OwnedFd> {
+    fd.try_clone().map_err(|e| HostError::io("dup", e))
+}
+
+struct ExitState {
+    status: Option<i32>,
+    /// The spawn connection, on which init reports the exit.
+    conn: Option<OwnedFd>,
+}
+
+struct LinuxProcess {
+    pidfd: OwnedFd,
+    tty: Option<OwnedFd>,
+    exit: Mutex<ExitState>,
+}
+
+impl Process for LinuxProcess {
+    fn wait(&self) -> i32 {
+        let mut exit = self.exit.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(status) = exit.status {
+            return status;
+        }
+        let status = match exit.conn.take() {
+            Some(conn) => match receive(&conn) {
+                Ok((Reply::Exited { status }, _)) => status,
+                // Init is gone: the container was killed, and the process with it.
+                _ => 128 + libc::SIGKILL,
+            },
+            None => 128 + libc::SIGKILL,
+        };
+        exit.status = Some(status);
+        status
+    }
+
+    fn signal(&self, signal: Signal) -> HostResult<()> {
+        let sig = match signal {
+            Signal::Terminate => libc::SIGTERM,
+            Signal::Kill => libc::SIGKILL,
+        };
+        match pidfd_send_signal(self.pidfd.as_fd(), sig) {
+            Ok(()) => Ok(()),
+            // Already exited: nothing left to signal.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            Err(e) => Err(HostError::io("signalling the process", e)),
+        }
+    }
+
+    fn resize(&self, size: WindowSize) -> HostResult<()> {
+        match &self.tty {
+            Some(master) => set_window_size(master.as_fd(), size.columns, size.rows)
+                .map_err(|e| HostError::io("resizing the terminal", e)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A pty master read as a stream: EIO (every slave closed) is the end of output.
+struct PtyReader(File);
+
+impl Read for PtyReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.0.read(buf) {
+            Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(0),
+            other => other,
+        }
+    }
+}
+
+/// TIOCSWINSZ; a zero dimension takes the default (80 columns, 24 rows).
+pub(crate) fn set_window_size(fd: BorrowedFd<'_>, columns: u16, rows: u16) -> io::Result<()> {
+    let size = libc::winsize {
+        ws_row: if rows == 0 { 24 } else { rows },
+        ws_col: if columns == 0 { 80 } else { columns },
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize we own.
+    if unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCSWINSZ, &size) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Field 22 of /proc/<pid>/stat: when the process started, in clock ticks since boot.
+pub(crate) fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+        })
+        .unwrap_or(true)
+}
+
+pub(crate) fn write_pid_file(path: &Path, pid: i32, start: u64) -> io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{pid} {start}\n"))?;
+    std::fs::rename(&tmp, path)
+}
+
+fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the result is a new descriptor.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptor from the kernel.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+fn pidfd_send_signal(pidfd: BorrowedFd<'_>, signal: i32) -> io::Result<()> {
+    // SAFETY: plain syscall on a pidfd we hold.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Waits until the process behind `pidfd` has exited.
+fn wait_gone(pidfd: BorrowedFd<'_>, timeout: Duration) -> io::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::Error::from(io::ErrorKind::TimedOut));
+        }
+        let mut fds = [PollFd::new(pidfd, PollFlags::POLLIN)];
+        let ms =
+            PollTimeout::try_from(left.as_millis().min(60_000) as i32).unwrap_or(PollTimeout::MAX);
+        match poll(&mut fds, ms) {
+            Ok(n) if n > 0 => return Ok(()),
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Reaps the process if it is our child (it is once its helper has exited, as we are the
+/// subreaper); otherwise its parent does.
+fn reap(pidfd: BorrowedFd<'_>) {
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    // SAFETY: waitid on a pidfd with a zeroed siginfo we own.
+    unsafe {
+        libc::waitid(
+            libc::P_PIDFD,
+            pidfd.as_raw_fd() as libc::id_t,
+            &mut info,
+            libc::WEXITED | libc::WNOHANG,
+        )
+    };
+}
+
+/// A copy of `source` in a sealed memfd: the helper runs from it, so nothing a container does
+/// (even through /proc/<init>/exe) can change the binary the server runs.
+fn sealed_copy(source: &Path) -> io::Result<File> {
+    let name = c"trellis-helper";
+    // SAFETY: memfd_create with a valid C string.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fresh descriptor.
+    let mut memfd = unsafe { File::from_raw_fd(fd) };
+    io::copy(&mut File::open(source)?, &mut memfd)?;
+    let seals = libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+    // SAFETY: fcntl on our own fd.
+    if unsafe { libc::fcntl(memfd.as_raw_fd(), libc::F_ADD_SEALS, seals) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(memfd)
+}

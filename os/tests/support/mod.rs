@@ -1,0 +1,170 @@
+//! Shared setup for the Linux host's integration tests (run as root): a busybox rootfs built
+//! by `scripts/build-rootfs`, and a `LinuxHost` over a fresh depot.
+
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+use trellis_core::api::{ImageRef, Limits, ProcessSpec};
+use trellis_core::effect::InitConfig;
+use trellis_os::{Host, Layout, LinuxConfig, LinuxHost, SpawnRequest};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The busybox rootfs, built once per test binary.
+pub fn rootfs() -> &'static Path {
+    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    ROOTFS.get_or_init(|| {
+        let dir =
+            std::env::temp_dir().join(format!("trellis-os-test-rootfs-{}", std::process::id()));
+        let status = std::process::Command::new(repo_root().join("scripts/build-rootfs"))
+            .arg(&dir)
+            .arg("--tar")
+            .arg(dir.with_extension("tar"))
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("running scripts/build-rootfs");
+        assert!(status.success(), "scripts/build-rootfs failed");
+        dir
+    })
+}
+
+pub fn rootfs_tar() -> PathBuf {
+    rootfs().with_extension("tar")
+}
+
+pub struct TestHost {
+    pub host: LinuxHost,
+    pub base: PathBuf,
+}
+
+impl Drop for TestHost {
+    fn drop(&mut self) {
+        for handle in self.host.rootfs.handles().unwrap_or_default() {
+            let _ = self.host.kill_container(&handle);
+            let _ = self.host.remove_rootfs(&handle);
+        }
+        let _ = std::fs::remove_dir_all(&self.base);
+    }
+}
+
+pub fn host(name: &str) -> TestHost {
+    let base = std::env::temp_dir().join(format!("trellis-os-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let layout = Layout::new(base.join("depot"), base.join("state"), base.join("run"));
+    let host = LinuxHost::new(LinuxConfig {
+        layout,
+        default_rootfs: rootfs().to_string_lossy().into_owned(),
+        helper_binary: Some(PathBuf::from(env!("CARGO_BIN_EXE_trellis-os-helper"))),
+    })
+    .expect("LinuxHost::new");
+    TestHost { host, base }
+}
+
+impl TestHost {
+    /// Prepares a rootfs and starts init, the way the core's create would (minus cgroup and
+    /// network, which other components own).
+    pub fn create(&self, handle: &str) {
+        self.create_with(handle, "", vec![]);
+    }
+
+    pub fn create_with(&self, handle: &str, uri: &str, binds: Vec<trellis_core::api::BindMount>) {
+        self.host
+            .prepare_rootfs(
+                handle,
+                &ImageRef {
+                    uri: uri.into(),
+                    ..Default::default()
+                },
+                false,
+                &Limits::default().disk_limits,
+            )
+            .expect("prepare rootfs");
+        self.host
+            .start_init(handle, &init_config(handle, binds))
+            .expect("start init");
+    }
+
+    pub fn destroy(&self, handle: &str) {
+        self.host.kill_container(handle).expect("kill container");
+        self.host.remove_rootfs(handle).expect("remove rootfs");
+    }
+
+    /// Runs a process to completion: (exit status, stdout, stderr).
+    pub fn run(&self, handle: &str, spec: ProcessSpec) -> (i32, String, String) {
+        self.run_with_env(handle, spec, &[])
+    }
+
+    pub fn run_with_env(
+        &self,
+        handle: &str,
+        spec: ProcessSpec,
+        env: &[String],
+    ) -> (i32, String, String) {
+        let spawned = self
+            .host
+            .spawn_process(SpawnRequest {
+                handle,
+                process_id: "p",
+                spec: &spec,
+                env,
+            })
+            .expect("spawn");
+        let mut stdio = spawned.stdio;
+        drop(stdio.stdin);
+        let err_reader = stdio.stderr.take().map(|mut e| {
+            std::thread::spawn(move || {
+                let mut s = String::new();
+                e.read_to_string(&mut s).unwrap();
+                s
+            })
+        });
+        let mut out = String::new();
+        stdio.stdout.read_to_string(&mut out).unwrap();
+        let err = err_reader.map(|h| h.join().unwrap()).unwrap_or_default();
+        (spawned.process.wait(), out, err)
+    }
+}
+
+pub fn init_config(handle: &str, bind_mounts: Vec<trellis_core::api::BindMount>) -> InitConfig {
+    InitConfig {
+        hostname: trellis_core::handle::hostname(handle),
+        privileged: false,
+        bind_mounts,
+        container_ip: None,
+    }
+}
+
+pub fn sh(script: &str) -> ProcessSpec {
+    ProcessSpec {
+        path: "sh".into(),
+        args: vec!["-c".into(), script.into()],
+        ..Default::default()
+    }
+}
+
+pub fn sh_as(user: &str, script: &str) -> ProcessSpec {
+    ProcessSpec {
+        user: user.into(),
+        ..sh(script)
+    }
+}
+
+/// Waits for `cond` with a deadline (no fixed sleeps).
+pub fn eventually(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::yield_now();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+pub type Shared<T> = Arc<T>;
