@@ -49,8 +49,10 @@ impl Drop for TestHost {
     fn drop(&mut self) {
         for handle in self.host.rootfs.handles().unwrap_or_default() {
             let _ = self.host.kill_container(&handle);
+            let _ = self.host.remove_cgroup(&handle);
             let _ = self.host.remove_rootfs(&handle);
         }
+        let _ = self.host.cgroups.remove_parent();
         let _ = std::fs::remove_dir_all(&self.base);
     }
 }
@@ -88,12 +90,16 @@ impl TestHost {
             )
             .expect("prepare rootfs");
         self.host
+            .create_cgroup(handle, &Limits::default())
+            .expect("create cgroup");
+        self.host
             .start_init(handle, &init_config(handle, binds))
             .expect("start init");
     }
 
     pub fn destroy(&self, handle: &str) {
         self.host.kill_container(handle).expect("kill container");
+        self.host.remove_cgroup(handle).expect("remove cgroup");
         self.host.remove_rootfs(handle).expect("remove rootfs");
     }
 
@@ -130,6 +136,29 @@ impl TestHost {
         stdio.stdout.read_to_string(&mut out).unwrap();
         let err = err_reader.map(|h| h.join().unwrap()).unwrap_or_default();
         (spawned.process.wait(), out, err)
+    }
+}
+
+impl TestHost {
+    pub fn spawn(
+        &self,
+        handle: &str,
+        spec: ProcessSpec,
+        env: &[String],
+    ) -> trellis_os::HostResult<trellis_os::Spawned> {
+        self.host.spawn_process(SpawnRequest {
+            handle,
+            process_id: "p",
+            spec: &spec,
+            env,
+        })
+    }
+
+    /// Runs `script` as root and asserts it succeeds; returns its stdout.
+    pub fn ok(&self, handle: &str, script: &str) -> String {
+        let (code, out, err) = self.run(handle, sh(script));
+        assert_eq!(code, 0, "{script:?} failed: {out}{err}");
+        out
     }
 }
 

@@ -242,7 +242,7 @@ pub fn build(spec: &InitSpec) -> Result<(), String> {
         Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
     )?;
     mount_fs(
-        "shm",
+        "tmpfs",
         "/dev/shm",
         "tmpfs",
         nosuid_noexec_nodev,
