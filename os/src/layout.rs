@@ -116,6 +116,16 @@ impl Layout {
         &self.depot
     }
 
+    /// The sparse filesystem image that holds a disk-limited container's scratch dir.
+    pub fn scratch_image(&self, handle: &str) -> PathBuf {
+        self.container_dir(handle).join("scratch.img")
+    }
+
+    /// What the disk component recorded about the scratch dir (image size, baselines).
+    pub fn scratch_record(&self, handle: &str) -> PathBuf {
+        self.container_dir(handle).join("scratch.state")
+    }
+
     /// The name of our parent cgroup (`/sys/fs/cgroup/<ctrl>/<name>/<handle>` on v1,
     /// `/sys/fs/cgroup/<name>/<handle>` on v2). It is derived from the depot so that servers
     /// with different depots (and their tests) never adopt or remove each other's containers.

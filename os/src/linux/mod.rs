@@ -6,6 +6,7 @@
 
 pub mod cgroup;
 pub mod depot;
+pub mod disk;
 pub mod image;
 pub mod network;
 pub mod registry;
