@@ -6,6 +6,7 @@
 //! a tar file (`/path/rootfs.tar`, unpacked once), `docker://[host[:port]]/repo[#tag]` and
 //! `oci:///path[#tag]` (see `image`).
 
+use super::disk::DiskQuotas;
 use super::image::{self, ResolvedImage};
 use super::LinuxConfig;
 use crate::host::{HostCapacity, HostError, HostResult, Rootfs};
@@ -24,6 +25,8 @@ pub struct RootfsManager {
     default_rootfs: String,
     /// One lock per image being unpacked, so concurrent creates unpack it once.
     unpacking: Arc<Mutex<HashMap<String, Arc<Mutex<()>>>>>,
+    /// Makes the scratch dir (a size-limited filesystem when the spec limits disk).
+    disk: DiskQuotas,
 }
 
 impl RootfsManager {
@@ -32,6 +35,7 @@ impl RootfsManager {
             layout: config.layout.clone(),
             default_rootfs: config.default_rootfs.clone(),
             unpacking: Arc::default(),
+            disk: DiskQuotas::new(&config.layout),
         })
     }
 
@@ -40,7 +44,7 @@ impl RootfsManager {
         handle: &str,
         image: &ImageRef,
         _privileged: bool,
-        _disk: &DiskLimits,
+        disk: &DiskLimits,
     ) -> HostResult<Rootfs> {
         let uri = if image.uri.is_empty() {
             self.default_rootfs.as_str()
@@ -59,8 +63,8 @@ impl RootfsManager {
                 image_env: resolved.env,
             });
         }
-        // TODO(disk quotas): the cgroup engineer's disk.rs makes the scratch dir a size-limited
-        // filesystem here, before the upper and work dirs are made inside it.
+        let image_usage = self.disk.image_usage(&resolved.lowers)?;
+        self.disk.prepare_scratch(handle, disk, image_usage)?;
         let upper = self.layout.overlay_upper_dir(handle);
         let work = self.layout.overlay_work_dir(handle);
         for dir in [&upper, &work, &rootfs] {
@@ -132,6 +136,9 @@ impl RootfsManager {
                 }
             }
         }
+        // The scratch filesystem (if the container had a disk limit) goes before its mount
+        // point does.
+        self.disk.release_scratch(handle)?;
         let dir = self.layout.container_dir(handle);
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
@@ -157,22 +164,14 @@ impl RootfsManager {
         }
     }
 
-    pub fn disk_usage(&self, _handle: &str) -> HostResult<DiskStat> {
-        Ok(DiskStat::default())
+    /// Bytes and inodes of the writable layer (exclusive) and with the image (total).
+    pub fn disk_usage(&self, handle: &str) -> HostResult<DiskStat> {
+        self.disk.usage(handle)
     }
 
-    /// The size of the filesystem holding the depot.
+    /// The size of the filesystem holding the depot, and what containers may grow into.
     pub fn capacity(&self) -> HostResult<HostCapacity> {
-        std::fs::create_dir_all(self.layout.depot())
-            .map_err(|e| HostError::io("creating the depot", e))?;
-        let stat = nix::sys::statvfs::statvfs(self.layout.depot())
-            .map_err(|e| HostError::io("statfs of the depot", e.into()))?;
-        let total = stat.blocks() as u64 * stat.fragment_size() as u64;
-        Ok(HostCapacity {
-            memory_in_bytes: 0,
-            disk_in_bytes: total,
-            schedulable_disk_in_bytes: total,
-        })
+        self.disk.capacity()
     }
 }
 
