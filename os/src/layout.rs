@@ -67,7 +67,24 @@ impl Layout {
 
     /// The container's network namespace, bind-mounted so it outlives any process in it.
     pub fn netns_file(&self, handle: &str) -> PathBuf {
-        self.run.join("netns").join(handle)
+        self.netns_dir().join(handle)
+    }
+
+    /// Per-container network state files (`<run>/network/state/<handle>`): what a container's
+    /// network holds, so that teardown and a restarted server find it by handle.
+    pub fn network_state_dir(&self) -> PathBuf {
+        self.run.join("network").join("state")
+    }
+
+    /// Lock files serialising the creation and deletion of each subnet's bridge. Bridge names
+    /// are host-wide, so their locks are too: every server (and test) on the host shares them.
+    pub fn network_locks_dir(&self) -> PathBuf {
+        PathBuf::from("/run/trellis-network-locks")
+    }
+
+    /// Where the network namespaces of all containers are bound.
+    pub fn netns_dir(&self) -> PathBuf {
+        self.run.join("netns")
     }
 
     /// The pid of the container's init, as seen from the host.

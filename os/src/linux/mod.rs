@@ -30,6 +30,8 @@ pub struct LinuxConfig {
     /// The binary whose hidden helper subcommands run container inits; `None` means this
     /// executable (the `trellis` server). Tests of this crate point it at `trellis-os-helper`.
     pub helper_binary: Option<std::path::PathBuf>,
+    /// Container networking: MTU, DNS, firewall flags.
+    pub network: network::NetworkSettings,
 }
 
 pub struct LinuxHost {

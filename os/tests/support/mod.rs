@@ -65,6 +65,7 @@ pub fn host(name: &str) -> TestHost {
         layout,
         default_rootfs: rootfs().to_string_lossy().into_owned(),
         helper_binary: Some(PathBuf::from(env!("CARGO_BIN_EXE_trellis-os-helper"))),
+        network: Default::default(),
     })
     .expect("LinuxHost::new");
     TestHost { host, base }

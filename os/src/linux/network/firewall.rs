@@ -1,0 +1,661 @@
+//! NAT and filtering with nftables, in a table of our own (`ip trellis`).
+//!
+//! Layout. Global base chains dispatch container traffic through maps, so per-container work
+//! is a map element plus a chain of its own, found and removed by name, never by scanning, and
+//! adding a rule costs the same however many containers exist:
+//! - `forward_filter` (hook forward): established/related and published-port (DNAT) traffic
+//!   passes; traffic from our bridges to a `--deny-network` destination is rejected; the rest
+//!   from our bridges jumps through the `egress` verdict map, keyed by bridge and source
+//!   address, to the container's chain `c-<id>`; a source no container owns is dropped.
+//! - `c-<id>`: the container's NetOut rules (accept, or log and accept), its own subnet, then
+//!   a reject: egress is default-deny.
+//! - `input_filter` (hook input): containers reach the host only with `--allow-host-access`
+//!   (replies to the host's own connections always pass).
+//! - `nat_prerouting`/`nat_output`: TCP to any local address on a mapped host port is DNATed
+//!   through the `netin` map (host port -> container address and port), so a published port
+//!   answers on the external IP, on loopback, and from other containers.
+//! - `nat_postrouting`: traffic leaving through a non-container interface is masqueraded;
+//!   DNATed traffic from loopback or from a container (the `containers` set: the input
+//!   interface is not known there when the bridge calls netfilter) is masqueraded so replies
+//!   come back through the host (hairpin).
+//!
+//! Every change is one `nft -f` transaction: it applies whole or not at all.
+
+use super::naming::log_prefix;
+use crate::host::{HostError, HostResult};
+use ipnetwork::Ipv4Network;
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+use trellis_core::api::{NetOutRule, PortMapping, Protocol};
+
+/// Runs an nft script as one transaction. The seam that keeps the rest testable.
+pub trait NftRunner: Send + Sync {
+    fn run(&self, script: &str) -> Result<(), String>;
+}
+
+/// Runs scripts with the `nft` command (`nft -f -`).
+pub struct NftCommand;
+
+impl NftRunner for NftCommand {
+    fn run(&self, script: &str) -> Result<(), String> {
+        use std::io::Write;
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("run nft: {e}"))?;
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        let written = stdin.write_all(script.as_bytes());
+        drop(stdin);
+        let output = child
+            .wait_with_output()
+            .map_err(|e| format!("wait for nft: {e}"))?;
+        written.map_err(|e| format!("write to nft: {e}"))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+        }
+    }
+}
+
+/// Operator settings for the firewall.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FirewallSettings {
+    /// `--deny-network`: destinations no container may reach, whatever its NetOut rules say.
+    pub deny_networks: Vec<Ipv4Network>,
+    /// `--allow-host-access`: containers may open connections to the host's own addresses.
+    pub allow_host_access: bool,
+}
+
+/// What the firewall needs to know about one container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerRules<'a> {
+    pub handle: &'a str,
+    pub chain: &'a str,
+    pub bridge: &'a str,
+    pub subnet: Ipv4Network,
+    pub ip: Ipv4Addr,
+}
+
+pub struct Firewall {
+    runner: Box<dyn NftRunner>,
+    ruleset: Ruleset,
+}
+
+/// Names the objects of one server: `ip trellis<tag>`, bridges `trbr<tag>-*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Ruleset {
+    /// `ip trellis<tag>`
+    pub table: String,
+    /// `trbr<tag>-`
+    pub bridge_prefix: String,
+}
+
+impl Ruleset {
+    fn declarations(&self, script: &mut String) {
+        let t = &self.table;
+        let _ = writeln!(script, "add table {t}");
+        let _ = writeln!(
+            script,
+            "add map {t} egress {{ type ifname . ipv4_addr : verdict; }}"
+        );
+        let _ = writeln!(
+            script,
+            "add map {t} netin {{ type inet_service : ipv4_addr . inet_service; }}"
+        );
+        let _ = writeln!(
+            script,
+            "add set {t} denied {{ type ipv4_addr; flags interval; }}"
+        );
+        let _ = writeln!(script, "add set {t} containers {{ type ipv4_addr; }}");
+        for (chain, hook) in [
+            ("forward_filter", "type filter hook forward priority filter"),
+            ("input_filter", "type filter hook input priority filter"),
+            ("nat_prerouting", "type nat hook prerouting priority dstnat"),
+            ("nat_output", "type nat hook output priority -100"),
+            (
+                "nat_postrouting",
+                "type nat hook postrouting priority srcnat",
+            ),
+        ] {
+            let _ = writeln!(script, "add chain {t} {chain} {{ {hook}; policy accept; }}");
+        }
+    }
+
+    /// The whole global part of the table, rebuilt in place (containers' chains and map elements
+    /// are kept, so running containers keep their networking across a server restart).
+    pub fn globals_script(&self, settings: &FirewallSettings) -> String {
+        let t = &self.table;
+        let bridges = format!("\"{}*\"", self.bridge_prefix);
+        let mut s = String::new();
+        self.declarations(&mut s);
+        for chain in [
+            "forward_filter",
+            "input_filter",
+            "nat_prerouting",
+            "nat_output",
+            "nat_postrouting",
+        ] {
+            let _ = writeln!(s, "flush chain {t} {chain}");
+        }
+        let _ = writeln!(s, "flush set {t} denied");
+        if !settings.deny_networks.is_empty() {
+            let list: Vec<String> = settings
+                .deny_networks
+                .iter()
+                .map(|n| n.to_string())
+                .collect();
+            let _ = writeln!(s, "add element {t} denied {{ {} }}", list.join(", "));
+        }
+        let rules = [
+            (
+                "forward_filter",
+                "ct state established,related accept".to_string(),
+            ),
+            ("forward_filter", "ct status dnat accept".to_string()),
+            (
+                "forward_filter",
+                format!(
+                    "iifname {bridges} ip daddr @denied reject with icmp type admin-prohibited"
+                ),
+            ),
+            (
+                "forward_filter",
+                format!("iifname {bridges} iifname . ip saddr vmap @egress"),
+            ),
+            ("forward_filter", format!("iifname {bridges} drop")),
+            (
+                "input_filter",
+                format!("iifname {bridges} ct state established,related accept"),
+            ),
+            (
+                "input_filter",
+                if settings.allow_host_access {
+                    format!("iifname {bridges} accept")
+                } else {
+                    format!("iifname {bridges} reject with icmp type host-prohibited")
+                },
+            ),
+            (
+                "nat_prerouting",
+                "fib daddr type local dnat ip to tcp dport map @netin".to_string(),
+            ),
+            (
+                "nat_output",
+                "fib daddr type local dnat ip to tcp dport map @netin".to_string(),
+            ),
+            (
+                "nat_postrouting",
+                format!("iifname {bridges} oifname != {bridges} masquerade"),
+            ),
+            (
+                "nat_postrouting",
+                format!("ct status dnat oifname {bridges} ip saddr 127.0.0.0/8 masquerade"),
+            ),
+            (
+                "nat_postrouting",
+                format!("ct status dnat oifname {bridges} ip saddr @containers masquerade"),
+            ),
+        ];
+        for (chain, rule) in rules {
+            let _ = writeln!(s, "add rule {t} {chain} {rule}");
+        }
+        s
+    }
+
+    fn egress_key(c: &ContainerRules<'_>) -> String {
+        format!("\"{}\" . {}", c.bridge, c.ip)
+    }
+
+    /// (Re)builds a container's chain with its create-time rules and publishes its dispatch entry
+    /// and port mappings.
+    pub fn container_script(
+        &self,
+        c: &ContainerRules<'_>,
+        netout: &[NetOutRule],
+        ports: &[PortMapping],
+    ) -> HostResult<String> {
+        let t = &self.table;
+        let chain = c.chain;
+        let mut s = String::new();
+        self.declarations(&mut s);
+        let _ = writeln!(s, "add chain {t} {chain}");
+        let _ = writeln!(s, "flush chain {t} {chain}");
+        let _ = writeln!(s, "add rule {t} {chain} ip daddr {} accept", c.subnet);
+        let _ = writeln!(
+            s,
+            "add rule {t} {chain} reject with icmp type admin-prohibited"
+        );
+        s.push_str(&self.netout_script(c, netout)?);
+        let _ = writeln!(
+            s,
+            "add element {t} egress {{ {} : jump {chain} }}",
+            Self::egress_key(c)
+        );
+        let _ = writeln!(s, "add element {t} containers {{ {} }}", c.ip);
+        for mapping in ports {
+            s.push_str(&self.port_script(c, mapping)?);
+        }
+        Ok(s)
+    }
+
+    /// Inserts NetOut rules at the head of the container's chain (ahead of its final reject).
+    pub fn netout_script(
+        &self,
+        c: &ContainerRules<'_>,
+        rules: &[NetOutRule],
+    ) -> HostResult<String> {
+        let mut s = String::new();
+        for rule in rules {
+            let _ = writeln!(
+                s,
+                "insert rule {} {} {}",
+                self.table,
+                c.chain,
+                netout_rule(rule, c.handle)?
+            );
+        }
+        Ok(s)
+    }
+
+    pub fn port_script(&self, c: &ContainerRules<'_>, mapping: &PortMapping) -> HostResult<String> {
+        let host = port_number(mapping.host_port, "host")?;
+        let container = port_number(mapping.container_port, "container")?;
+        Ok(format!(
+            "add element {} netin {{ {host} : {} . {container} }}\n",
+            self.table, c.ip
+        ))
+    }
+}
+
+fn port_number(port: u32, which: &str) -> HostResult<u16> {
+    match u16::try_from(port) {
+        Ok(p) if p != 0 => Ok(p),
+        _ => Err(HostError::Invalid(format!("invalid {which} port {port}"))),
+    }
+}
+
+/// Removes everything of the container. Each element is added before it is deleted, so the
+/// transaction succeeds whether or not it is still there.
+impl Ruleset {
+    pub fn removal_script(&self, c: &ContainerRules<'_>, ports: &[PortMapping]) -> String {
+        let t = &self.table;
+        let chain = c.chain;
+        let mut s = String::new();
+        self.declarations(&mut s);
+        let _ = writeln!(s, "add chain {t} {chain}");
+        let key = Self::egress_key(c);
+        let _ = writeln!(s, "add element {t} egress {{ {key} : jump {chain} }}");
+        let _ = writeln!(s, "delete element {t} egress {{ {key} }}");
+        let _ = writeln!(s, "add element {t} containers {{ {} }}", c.ip);
+        let _ = writeln!(s, "delete element {t} containers {{ {} }}", c.ip);
+        for mapping in ports {
+            if let Ok(p) = self.port_script(c, mapping) {
+                s.push_str(&p);
+                let _ = writeln!(s, "delete element {t} netin {{ {} }}", mapping.host_port);
+            }
+        }
+        let _ = writeln!(s, "flush chain {t} {chain}");
+        let _ = writeln!(s, "delete chain {t} {chain}");
+        s
+    }
+
+    fn removal_port_only(&self, c: &ContainerRules<'_>, mapping: &PortMapping) -> String {
+        let mut s = String::new();
+        self.declarations(&mut s);
+        if let Ok(p) = self.port_script(c, mapping) {
+            s.push_str(&p);
+            let _ = writeln!(
+                s,
+                "delete element {} netin {{ {} }}",
+                self.table, mapping.host_port
+            );
+        }
+        s
+    }
+}
+
+/// One NetOut rule as one nft rule: every network and port range of the rule goes into one
+/// anonymous set, so a rule is one insertion however many ranges it has.
+pub fn netout_rule(rule: &NetOutRule, handle: &str) -> HostResult<String> {
+    let invalid = |m: String| HostError::Invalid(m);
+    let mut out = String::new();
+    let (proto, port_keyword) = match rule.protocol {
+        Protocol::All => (None, None),
+        Protocol::Tcp => (Some("tcp"), Some("tcp dport")),
+        Protocol::Udp => (Some("udp"), Some("udp dport")),
+        Protocol::Icmp => (Some("icmp"), None),
+        Protocol::IcmpV6 => return Err(invalid("invalid protocol: 4".into())),
+    };
+    if !rule.ports.is_empty() && port_keyword.is_none() {
+        let name = match rule.protocol {
+            Protocol::All => "ALL",
+            _ => "ICMP",
+        };
+        return Err(invalid(format!(
+            "Ports cannot be specified for Protocol {name}"
+        )));
+    }
+    if rule.icmps.is_some() && rule.protocol != Protocol::Icmp {
+        return Err(invalid(
+            "ICMP type and code can only be given for protocol ICMP".into(),
+        ));
+    }
+    if let Some(proto) = proto {
+        let _ = write!(out, "meta l4proto {proto} ");
+    }
+    if !rule.networks.is_empty() {
+        let mut ranges = Vec::new();
+        for range in &rule.networks {
+            let ip = |a: Option<IpAddr>| -> HostResult<Option<u32>> {
+                match a {
+                    None => Ok(None),
+                    Some(IpAddr::V4(v4)) => Ok(Some(u32::from(v4))),
+                    Some(IpAddr::V6(v6)) => Err(invalid(format!(
+                        "IPv6 destinations are not supported: {v6}"
+                    ))),
+                }
+            };
+            let (start, end) = match (ip(range.start)?, ip(range.end)?) {
+                (Some(a), Some(b)) => (a.min(b), a.max(b)),
+                (Some(a), None) | (None, Some(a)) => (a, a),
+                (None, None) => return Err(invalid("a network range needs an address".into())),
+            };
+            ranges.push((start, end));
+        }
+        let set = merged(ranges)
+            .into_iter()
+            .map(|(a, b)| {
+                if a == b {
+                    Ipv4Addr::from(a).to_string()
+                } else {
+                    format!("{}-{}", Ipv4Addr::from(a), Ipv4Addr::from(b))
+                }
+            })
+            .collect::<Vec<_>>();
+        let _ = write!(out, "ip daddr {{ {} }} ", set.join(", "));
+    }
+    if let Some(keyword) = port_keyword {
+        if !rule.ports.is_empty() {
+            let ranges = rule
+                .ports
+                .iter()
+                .map(|p| {
+                    let end = if p.end == 0 { p.start } else { p.end };
+                    (u32::from(p.start.min(end)), u32::from(p.start.max(end)))
+                })
+                .collect();
+            let set = merged(ranges)
+                .into_iter()
+                .map(|(a, b)| {
+                    if a == b {
+                        a.to_string()
+                    } else {
+                        format!("{a}-{b}")
+                    }
+                })
+                .collect::<Vec<_>>();
+            let _ = write!(out, "{keyword} {{ {} }} ", set.join(", "));
+        }
+    }
+    if let Some(icmp) = rule.icmps {
+        let _ = write!(out, "icmp type {} ", icmp.kind);
+        if let Some(code) = icmp.code {
+            let _ = write!(out, "icmp code {code} ");
+        }
+    }
+    if rule.log {
+        let _ = write!(out, "log prefix \"{} \" ", log_prefix(handle));
+    }
+    out.push_str("accept");
+    Ok(out)
+}
+
+/// Sorted, with overlapping and touching ranges joined (nft refuses overlapping intervals).
+fn merged(mut ranges: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
+    ranges.sort();
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for (start, end) in ranges {
+        match out.last_mut() {
+            Some(last) if start <= last.1.saturating_add(1) => last.1 = last.1.max(end),
+            _ => out.push((start, end)),
+        }
+    }
+    out
+}
+
+impl Firewall {
+    pub fn new(runner: Box<dyn NftRunner>, ruleset: Ruleset) -> Firewall {
+        Firewall { runner, ruleset }
+    }
+
+    fn run(&self, what: &str, script: &str) -> HostResult<()> {
+        self.runner
+            .run(script)
+            .map_err(|e| HostError::Failed(format!("{what}: nft: {e}")))
+    }
+
+    pub fn install_globals(&self, settings: &FirewallSettings) -> HostResult<()> {
+        self.run("install firewall", &self.ruleset.globals_script(settings))
+    }
+
+    pub fn add_container(
+        &self,
+        c: &ContainerRules<'_>,
+        netout: &[NetOutRule],
+        ports: &[PortMapping],
+    ) -> HostResult<()> {
+        let script = self.ruleset.container_script(c, netout, ports)?;
+        self.runner.run(&script).map_err(|e| {
+            if e.contains("File exists") && !ports.is_empty() {
+                HostError::Invalid(format!(
+                    "a host port of {:?} is already mapped to another container",
+                    ports.iter().map(|p| p.host_port).collect::<Vec<_>>()
+                ))
+            } else {
+                HostError::Failed(format!("set up firewall for {}: nft: {e}", c.handle))
+            }
+        })
+    }
+
+    pub fn add_netout(&self, c: &ContainerRules<'_>, rules: &[NetOutRule]) -> HostResult<()> {
+        let script = self.ruleset.netout_script(c, rules)?;
+        if script.is_empty() {
+            return Ok(());
+        }
+        self.run(&format!("add net-out rules for {}", c.handle), &script)
+    }
+
+    pub fn map_port(&self, c: &ContainerRules<'_>, mapping: &PortMapping) -> HostResult<()> {
+        let script = self.ruleset.port_script(c, mapping)?;
+        self.runner.run(&script).map_err(|e| {
+            if e.contains("File exists") {
+                HostError::Invalid(format!(
+                    "host port {} is already mapped to another container",
+                    mapping.host_port
+                ))
+            } else {
+                HostError::Failed(format!("map port for {}: nft: {e}", c.handle))
+            }
+        })
+    }
+
+    pub fn remove_container(
+        &self,
+        c: &ContainerRules<'_>,
+        ports: &[PortMapping],
+    ) -> HostResult<()> {
+        if self
+            .runner
+            .run(&self.ruleset.removal_script(c, ports))
+            .is_ok()
+        {
+            return Ok(());
+        }
+        // A recorded host port may since have gone to another container (its element then
+        // differs and cannot be re-added): remove what is ours without the ports, then each
+        // port on its own, leaving others' alone.
+        self.run(
+            &format!("remove firewall of {}", c.handle),
+            &self.ruleset.removal_script(c, &[]),
+        )?;
+        for mapping in ports {
+            let _ = self.runner.run(&self.ruleset.removal_port_only(c, mapping));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_core::api::{IcmpControl, IpRange, PortRange};
+
+    fn ip(s: &str) -> Option<IpAddr> {
+        Some(s.parse().unwrap())
+    }
+
+    #[test]
+    fn a_tcp_rule_with_ranges_is_one_nft_rule() {
+        let rule = NetOutRule {
+            protocol: Protocol::Tcp,
+            networks: vec![
+                IpRange {
+                    start: ip("10.1.0.0"),
+                    end: ip("10.1.0.255"),
+                },
+                IpRange {
+                    start: ip("10.0.0.1"),
+                    end: ip("10.0.0.5"),
+                },
+                IpRange {
+                    start: ip("10.0.0.3"),
+                    end: None,
+                },
+            ],
+            ports: vec![
+                PortRange {
+                    start: 8080,
+                    end: 8090,
+                },
+                PortRange { start: 80, end: 0 },
+                PortRange {
+                    start: 8085,
+                    end: 9000,
+                },
+            ],
+            icmps: None,
+            log: true,
+        };
+        assert_eq!(
+            netout_rule(&rule, "my app").unwrap(),
+            "meta l4proto tcp ip daddr { 10.0.0.1-10.0.0.5, 10.1.0.0-10.1.0.255 } \
+             tcp dport { 80, 8080-9000 } log prefix \"my_app \" accept"
+        );
+    }
+
+    #[test]
+    fn all_and_icmp_rules() {
+        assert_eq!(netout_rule(&NetOutRule::default(), "h").unwrap(), "accept");
+        let icmp = NetOutRule {
+            protocol: Protocol::Icmp,
+            icmps: Some(IcmpControl {
+                kind: 8,
+                code: Some(0),
+            }),
+            networks: vec![IpRange {
+                start: ip("10.2.0.1"),
+                end: None,
+            }],
+            ..Default::default()
+        };
+        assert_eq!(
+            netout_rule(&icmp, "h").unwrap(),
+            "meta l4proto icmp ip daddr { 10.2.0.1 } icmp type 8 icmp code 0 accept"
+        );
+    }
+
+    #[test]
+    fn invalid_rules_are_refused_with_gdns_messages() {
+        let ports_on_all = NetOutRule {
+            ports: vec![PortRange { start: 1, end: 2 }],
+            ..Default::default()
+        };
+        assert!(matches!(
+            netout_rule(&ports_on_all, "h"),
+            Err(HostError::Invalid(m)) if m == "Ports cannot be specified for Protocol ALL"
+        ));
+        let v6 = NetOutRule {
+            protocol: Protocol::IcmpV6,
+            ..Default::default()
+        };
+        assert!(
+            matches!(netout_rule(&v6, "h"), Err(HostError::Invalid(m)) if m == "invalid protocol: 4")
+        );
+        let v6_net = NetOutRule {
+            networks: vec![IpRange {
+                start: ip("::1"),
+                end: None,
+            }],
+            ..Default::default()
+        };
+        assert!(matches!(
+            netout_rule(&v6_net, "h"),
+            Err(HostError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn ranges_merge() {
+        assert_eq!(
+            merged(vec![(5, 9), (1, 3), (4, 4), (20, 30)]),
+            vec![(1, 9), (20, 30)]
+        );
+        assert_eq!(merged(vec![(0, u32::MAX), (7, 8)]), vec![(0, u32::MAX)]);
+    }
+
+    fn ruleset() -> Ruleset {
+        Ruleset {
+            table: "ip trellis".into(),
+            bridge_prefix: "trbr-".into(),
+        }
+    }
+
+    fn container() -> ContainerRules<'static> {
+        ContainerRules {
+            handle: "h",
+            chain: "c-0123456789",
+            bridge: "trbr-0afe0000",
+            subnet: "10.254.0.0/30".parse().unwrap(),
+            ip: Ipv4Addr::new(10, 254, 0, 1),
+        }
+    }
+
+    #[test]
+    fn removal_deletes_only_the_containers_own_objects() {
+        let script = ruleset().removal_script(
+            &container(),
+            &[PortMapping {
+                host_port: 61001,
+                container_port: 8080,
+            }],
+        );
+        assert!(
+            script.contains("delete element ip trellis egress { \"trbr-0afe0000\" . 10.254.0.1 }")
+        );
+        assert!(script.contains("add element ip trellis netin { 61001 : 10.254.0.1 . 8080 }"));
+        assert!(script.contains("delete element ip trellis netin { 61001 }"));
+        assert!(script.ends_with("delete chain ip trellis c-0123456789\n"));
+        assert!(!script.contains("flush chain ip trellis forward_filter"));
+    }
+
+    #[test]
+    fn container_chain_ends_in_a_reject() {
+        let script = ruleset().container_script(&container(), &[], &[]).unwrap();
+        assert!(script.contains("add rule ip trellis c-0123456789 ip daddr 10.254.0.0/30 accept\nadd rule ip trellis c-0123456789 reject"));
+    }
+}

@@ -1,0 +1,460 @@
+//! Container networking (the networker): a network namespace per container, a veth pair from
+//! it to a bridge per subnet (which holds the gateway address), NAT, port mappings, a
+//! default-deny egress firewall, bandwidth limits, and the container's hosts and resolv.conf.
+//!
+//! One file per concern: `netns` (namespaces), `netlink` (links, addresses, routes),
+//! `firewall` (nftables), `bandwidth` (tc), `dns` (hosts and resolv.conf), `naming` (interface
+//! and chain names), `state` (what each container holds, by handle).
+//!
+//! Setup writes the container's state file first, then creates; teardown finds everything
+//! from that file and removes it, and succeeds when there is nothing left. A failed setup
+//! tears down what it made.
+
+pub mod bandwidth;
+pub mod dns;
+pub mod firewall;
+pub mod naming;
+pub mod netlink;
+pub mod netns;
+pub mod state;
+
+use super::LinuxConfig;
+use crate::host::{HostError, HostResult};
+use crate::layout::Layout;
+use firewall::{ContainerRules, Firewall, FirewallSettings, NftCommand, NftRunner, Ruleset};
+use naming::LinkNames;
+use nix::fcntl::{Flock, FlockArg};
+use state::{NetworkState, StateStore};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use trellis_core::api::{NetOutRule, NetworkStat, PortMapping};
+use trellis_core::effect::NetworkConfig;
+use trellis_core::network::NetworkAssignment;
+
+pub use dns::DnsSettings;
+
+/// Operator settings for container networking (the server's networking flags).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSettings {
+    /// `--mtu`: of the container's interface, its host end and the bridge.
+    pub mtu: u32,
+    pub dns: DnsSettings,
+    pub firewall: FirewallSettings,
+    /// The host's resolver configuration, the source of containers' resolv.conf.
+    pub host_resolv_conf: PathBuf,
+    /// `--tag`: up to 2 letters or digits in the names of our bridges and nftables table, so
+    /// that two servers (or tests) on one host leave each other alone.
+    pub tag: String,
+}
+
+impl Default for NetworkSettings {
+    fn default() -> Self {
+        NetworkSettings {
+            mtu: 1500,
+            dns: DnsSettings::default(),
+            firewall: FirewallSettings::default(),
+            host_resolv_conf: PathBuf::from("/etc/resolv.conf"),
+            tag: String::new(),
+        }
+    }
+}
+
+pub struct Networker {
+    layout: Layout,
+    bridge_prefix: String,
+    settings: NetworkSettings,
+    states: StateStore,
+    firewall: Firewall,
+}
+
+/// The host's address as others see it: the first IPv4 address of the interface holding the
+/// default route. Read from the kernel's tables; no packet is sent. `None` without a default
+/// route.
+pub fn detect_external_ip() -> HostResult<Option<Ipv4Addr>> {
+    netlink::with_netlink(None, |nl| nl.default_route_address())
+}
+
+fn write_sysctl(path: &str, value: &str) -> HostResult<()> {
+    std::fs::write(path, value).map_err(|e| HostError::io(format!("write {path}"), e))
+}
+
+impl Networker {
+    pub fn new(config: &LinuxConfig) -> HostResult<Networker> {
+        Networker::with_runner(config, Box::new(NftCommand))
+    }
+
+    pub fn with_runner(config: &LinuxConfig, runner: Box<dyn NftRunner>) -> HostResult<Networker> {
+        let layout = config.layout.clone();
+        let settings = config.network.clone();
+        if settings.mtu < 68 || settings.mtu > 65535 {
+            return Err(HostError::Invalid(format!(
+                "invalid MTU {}: must be between 68 and 65535",
+                settings.mtu
+            )));
+        }
+        if !naming::is_valid_tag(&settings.tag) {
+            return Err(HostError::Invalid(format!(
+                "invalid tag '{}': at most 2 letters or digits",
+                settings.tag
+            )));
+        }
+        let bridge_prefix = naming::bridge_prefix(&settings.tag);
+        let ruleset = Ruleset {
+            table: format!("ip trellis{}", settings.tag),
+            bridge_prefix: bridge_prefix.clone(),
+        };
+        let states = StateStore::new(layout.network_state_dir())?;
+        for dir in [layout.network_locks_dir(), layout.netns_dir()] {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| HostError::io(format!("create {}", dir.display()), e))?;
+        }
+        write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+        let firewall = Firewall::new(runner, ruleset);
+        firewall.install_globals(&settings.firewall)?;
+        let networker = Networker {
+            layout,
+            bridge_prefix,
+            settings,
+            states,
+            firewall,
+        };
+        networker.remove_orphan_bridges()?;
+        Ok(networker)
+    }
+
+    /// Bridges of ours with no container attached (left by a crash or an older server).
+    fn remove_orphan_bridges(&self) -> HostResult<()> {
+        let bridges: Vec<String> = netlink::with_netlink(None, |nl| {
+            let links = nl.links()?;
+            Ok(links
+                .iter()
+                .filter(|l| l.name.starts_with(&self.bridge_prefix))
+                .filter(|b| !links.iter().any(|l| l.controller == Some(b.index)))
+                .map(|b| b.name.clone())
+                .collect())
+        })?;
+        for bridge in bridges {
+            let _lock = self.lock_bridge(&bridge)?;
+            netlink::with_netlink(None, |nl| delete_bridge_if_unused(nl, &bridge))?;
+        }
+        Ok(())
+    }
+
+    /// Serialises creating and deleting a subnet's bridge across threads and processes.
+    fn lock_bridge(&self, bridge: &str) -> HostResult<Flock<std::fs::File>> {
+        let path = self.layout.network_locks_dir().join(bridge);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| HostError::io(format!("open {}", path.display()), e))?;
+        Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, e)| HostError::Failed(format!("lock {}: {e}", path.display())))
+    }
+
+    fn rules<'a>(
+        state: &'a NetworkState,
+        names: &'a LinkNames,
+        bridge: &'a str,
+    ) -> ContainerRules<'a> {
+        ContainerRules {
+            handle: &state.handle,
+            chain: &names.chain,
+            bridge,
+            subnet: state.assignment.subnet,
+            ip: state.assignment.container_ip,
+        }
+    }
+
+    pub fn setup(&self, handle: &str, config: &NetworkConfig) -> HostResult<()> {
+        let result = self.try_setup(handle, config);
+        if result.is_err() {
+            // Undo whatever part was made; the original error is what the caller needs.
+            let _ = self.teardown(handle, Some(&config.assignment));
+        }
+        result
+    }
+
+    fn try_setup(&self, handle: &str, config: &NetworkConfig) -> HostResult<()> {
+        let assignment = config.assignment;
+        let state = match self.states.load(handle)? {
+            Some(existing) if existing.assignment == assignment => existing,
+            Some(_) => {
+                self.teardown(handle, None)?;
+                self.new_state(handle, assignment)?
+            }
+            None => self.new_state(handle, assignment)?,
+        };
+        let state = NetworkState {
+            port_mappings: config.port_mappings.clone(),
+            bandwidth: config.bandwidth,
+            ..state
+        };
+        for mapping in &state.port_mappings {
+            check_host_port_free(mapping.host_port)?;
+        }
+        self.states.save(&state)?;
+
+        let netns_path = self.layout.netns_file(handle);
+        netns::create(&netns_path)?;
+        let netns_file = std::fs::File::open(&netns_path)
+            .map_err(|e| HostError::io(format!("open {}", netns_path.display()), e))?;
+        let names = LinkNames::for_id(&state.id);
+        let bridge = naming::bridge_name(&self.bridge_prefix, assignment.subnet);
+        let mtu = self.settings.mtu;
+        let gateway = assignment.gateway_ip();
+        let prefix = assignment.subnet.prefix();
+        {
+            let _lock = self.lock_bridge(&bridge)?;
+            netlink::with_netlink(None, |nl| {
+                let mac = naming::random_mac().map_err(|e| HostError::io("read random MAC", e))?;
+                let bridge_index = nl.ensure_bridge(&bridge, mac, mtu)?;
+                nl.ensure_address(bridge_index, gateway, prefix)?;
+                nl.set_up(bridge_index, None)?;
+                // Lets host-local clients (127.0.0.1) reach published ports: their DNATed
+                // packets leave through the bridge before being masqueraded.
+                write_sysctl(
+                    &format!("/proc/sys/net/ipv4/conf/{bridge}/route_localnet"),
+                    "1",
+                )?;
+                if nl.link(&names.host_veth)?.is_none() {
+                    nl.create_veth(&names.host_veth, &names.container_veth, mtu, &netns_file)?;
+                }
+                let host_end = nl.link(&names.host_veth)?.ok_or_else(|| {
+                    HostError::Failed(format!("veth {} vanished after creation", names.host_veth))
+                })?;
+                nl.attach_to_bridge(host_end.index, bridge_index, handle)
+            })?;
+        }
+        netlink::with_netlink(Some(&netns_path), |nl| {
+            let lo = nl.link("lo")?.ok_or_else(|| {
+                HostError::Failed("no loopback in the container namespace".into())
+            })?;
+            nl.set_up(lo.index, None)?;
+            let link = nl.link(&names.container_veth)?.ok_or_else(|| {
+                HostError::Failed(format!(
+                    "{} is missing from the container's namespace",
+                    names.container_veth
+                ))
+            })?;
+            nl.ensure_address(link.index, assignment.container_ip, prefix)?;
+            nl.set_up(link.index, Some(mtu))?;
+            nl.ensure_default_route(gateway)
+        })?;
+
+        self.write_dns_files(handle, &assignment)?;
+        self.firewall.add_container(
+            &Self::rules(&state, &names, &bridge),
+            &config.netout_rules,
+            &state.port_mappings,
+        )?;
+        if state.bandwidth.rate > 0 {
+            netlink::with_netlink(None, |nl| nl.create_ifb(&names.ifb))?;
+            bandwidth::run_tc_batch(&bandwidth::tc_batch(
+                &names.host_veth,
+                &names.ifb,
+                &state.bandwidth,
+                mtu,
+            ))?;
+        }
+        Ok(())
+    }
+
+    fn new_state(&self, handle: &str, assignment: NetworkAssignment) -> HostResult<NetworkState> {
+        Ok(NetworkState {
+            handle: handle.to_string(),
+            id: naming::new_id().map_err(|e| HostError::io("read random id", e))?,
+            assignment,
+            port_mappings: Vec::new(),
+            bandwidth: Default::default(),
+        })
+    }
+
+    fn write_dns_files(&self, handle: &str, assignment: &NetworkAssignment) -> HostResult<()> {
+        let hostname = trellis_core::handle::hostname(handle);
+        let hosts = dns::hosts_file(assignment.container_ip, &hostname, &self.settings.dns);
+        let host_resolv = match std::fs::read_to_string(&self.settings.host_resolv_conf) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => {
+                return Err(HostError::io(
+                    format!("read {}", self.settings.host_resolv_conf.display()),
+                    e,
+                ))
+            }
+        };
+        let resolv = dns::resolv_conf(&host_resolv, assignment.gateway_ip(), &self.settings.dns);
+        for (path, text) in [
+            (self.layout.hosts_file(handle), hosts),
+            (self.layout.resolv_conf_file(handle), resolv),
+        ] {
+            write_public_file(&path, &text)?;
+        }
+        Ok(())
+    }
+
+    pub fn teardown(&self, handle: &str, assignment: Option<&NetworkAssignment>) -> HostResult<()> {
+        let state = self.states.load(handle)?;
+        if let Some(state) = &state {
+            let names = LinkNames::for_id(&state.id);
+            let bridge = naming::bridge_name(&self.bridge_prefix, state.assignment.subnet);
+            self.firewall
+                .remove_container(&Self::rules(state, &names, &bridge), &state.port_mappings)?;
+            let _lock = self.lock_bridge(&bridge)?;
+            netlink::with_netlink(None, |nl| {
+                nl.delete_link(&names.host_veth)?;
+                nl.delete_link(&names.ifb)?;
+                delete_bridge_if_unused(nl, &bridge)
+            })?;
+        } else if let Some(assignment) = assignment {
+            // Nothing of the container was made (its state comes first), but its subnet's
+            // bridge may have been left empty by a crash.
+            let bridge = naming::bridge_name(&self.bridge_prefix, assignment.subnet);
+            let _lock = self.lock_bridge(&bridge)?;
+            netlink::with_netlink(None, |nl| delete_bridge_if_unused(nl, &bridge))?;
+        }
+        netns::remove(&self.layout.netns_file(handle))?;
+        state::remove_file_if_exists(&self.layout.hosts_file(handle))?;
+        state::remove_file_if_exists(&self.layout.resolv_conf_file(handle))?;
+        self.states.delete(handle)
+    }
+
+    fn require_state(&self, handle: &str) -> HostResult<NetworkState> {
+        self.states
+            .load(handle)?
+            .ok_or_else(|| HostError::Failed(format!("container {handle} has no network set up")))
+    }
+
+    pub fn map_port(
+        &self,
+        handle: &str,
+        _assignment: &NetworkAssignment,
+        mapping: &PortMapping,
+    ) -> HostResult<()> {
+        let mut state = self.require_state(handle)?;
+        if state.port_mappings.contains(mapping) {
+            return Ok(());
+        }
+        check_host_port_free(mapping.host_port)?;
+        let names = LinkNames::for_id(&state.id);
+        let bridge = naming::bridge_name(&self.bridge_prefix, state.assignment.subnet);
+        self.firewall
+            .map_port(&Self::rules(&state, &names, &bridge), mapping)?;
+        state.port_mappings.push(*mapping);
+        self.states.save(&state)
+    }
+
+    pub fn add_netout_rules(
+        &self,
+        handle: &str,
+        _assignment: &NetworkAssignment,
+        rules: &[NetOutRule],
+    ) -> HostResult<()> {
+        let state = self.require_state(handle)?;
+        let names = LinkNames::for_id(&state.id);
+        let bridge = naming::bridge_name(&self.bridge_prefix, state.assignment.subnet);
+        self.firewall
+            .add_netout(&Self::rules(&state, &names, &bridge), rules)
+    }
+
+    /// The address and port mappings the host has in place for `handle`.
+    pub fn observe(
+        &self,
+        handle: &str,
+    ) -> HostResult<Option<(NetworkAssignment, Vec<PortMapping>)>> {
+        Ok(self
+            .states
+            .load(handle)?
+            .map(|s| (s.assignment, s.port_mappings)))
+    }
+
+    /// Every handle with a network resource: a state file or a bound namespace.
+    pub fn handles(&self) -> HostResult<Vec<String>> {
+        let mut handles = self.states.handles()?;
+        handles.extend(state::list_names(&self.layout.netns_dir())?);
+        handles.sort();
+        handles.dedup();
+        Ok(handles)
+    }
+
+    /// Bytes the container received and sent, counted on the host end of its veth (what the
+    /// host end sends, the container receives).
+    pub fn stats(&self, handle: &str) -> HostResult<Option<NetworkStat>> {
+        let Some(state) = self.states.load(handle)? else {
+            return Ok(None);
+        };
+        let names = LinkNames::for_id(&state.id);
+        let link = netlink::with_netlink(None, |nl| nl.link(&names.host_veth))?;
+        Ok(link.map(|l| NetworkStat {
+            rx_bytes: l.tx_bytes,
+            tx_bytes: l.rx_bytes,
+        }))
+    }
+
+    pub fn settings(&self) -> &NetworkSettings {
+        &self.settings
+    }
+}
+
+fn delete_bridge_if_unused(nl: &netlink::Netlink, bridge: &str) -> HostResult<()> {
+    let Some(link) = nl.link(bridge)? else {
+        return Ok(());
+    };
+    let in_use = nl.links()?.iter().any(|l| l.controller == Some(link.index));
+    if in_use {
+        Ok(())
+    } else {
+        nl.delete_link(bridge)
+    }
+}
+
+/// Readable by everyone in the container, writable by its owner (container root, once the
+/// runtime gives it the container's root uid).
+fn write_public_file(path: &std::path::Path, text: &str) -> HostResult<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| HostError::io(format!("create {}", dir.display()), e))?;
+    }
+    std::fs::write(path, text)
+        .map_err(|e| HostError::io(format!("write {}", path.display()), e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| HostError::io(format!("chmod {}", path.display()), e))
+}
+
+/// A host port with a listening TCP socket on the host cannot also be published: the DNAT
+/// would silently hide the listener.
+fn check_host_port_free(port: u32) -> HostResult<()> {
+    if listening_tcp_ports()?.contains(&port) {
+        return Err(HostError::Invalid(format!(
+            "host port {port} is already in use"
+        )));
+    }
+    Ok(())
+}
+
+fn listening_tcp_ports() -> HostResult<Vec<u32>> {
+    const LISTEN: &str = "0A";
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = match std::fs::read_to_string(table) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(HostError::io(format!("read {table}"), e)),
+        };
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            if fields.len() > 3 && fields[3] == LISTEN {
+                if let Some(port) = fields[1]
+                    .rsplit(':')
+                    .next()
+                    .and_then(|hex| u32::from_str_radix(hex, 16).ok())
+                {
+                    ports.push(port);
+                }
+            }
+        }
+    }
+    Ok(ports)
+}

@@ -1,0 +1,97 @@
+//! A small file per container recording what its network holds, written before anything is
+//! created, so that teardown and a restarted server find every resource by handle.
+
+use crate::host::{HostError, HostResult};
+use serde::{Deserialize, Serialize};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use trellis_core::api::{BandwidthLimits, PortMapping};
+use trellis_core::network::NetworkAssignment;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NetworkState {
+    pub handle: String,
+    /// The short id naming the container's interfaces and firewall chain.
+    pub id: String,
+    pub assignment: NetworkAssignment,
+    pub port_mappings: Vec<PortMapping>,
+    pub bandwidth: BandwidthLimits,
+}
+
+/// The directory of state files, one per handle (the file name is the handle).
+#[derive(Debug, Clone)]
+pub struct StateStore {
+    dir: PathBuf,
+}
+
+impl StateStore {
+    pub fn new(dir: PathBuf) -> HostResult<StateStore> {
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| HostError::io(format!("create {}", dir.display()), e))?;
+        Ok(StateStore { dir })
+    }
+
+    fn path(&self, handle: &str) -> PathBuf {
+        self.dir.join(handle)
+    }
+
+    pub fn load(&self, handle: &str) -> HostResult<Option<NetworkState>> {
+        let path = self.path(handle);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                HostError::Failed(format!("corrupt network state {}: {e}", path.display()))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(HostError::io(format!("read {}", path.display()), e)),
+        }
+    }
+
+    /// Atomically replaces the handle's state (write to a temporary file, fsync, rename).
+    pub fn save(&self, state: &NetworkState) -> HostResult<()> {
+        let path = self.path(&state.handle);
+        let tmp = self.dir.join(format!(".{}.tmp", state.id));
+        let bytes = serde_json::to_vec(state).expect("network state serialises");
+        let write = || -> std::io::Result<()> {
+            let mut file = std::fs::File::create(&tmp)?;
+            file.write_all(&bytes)?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        };
+        write().map_err(|e| HostError::io(format!("write {}", path.display()), e))
+    }
+
+    pub fn delete(&self, handle: &str) -> HostResult<()> {
+        remove_file_if_exists(&self.path(handle))
+    }
+
+    pub fn handles(&self) -> HostResult<Vec<String>> {
+        list_names(&self.dir)
+    }
+}
+
+pub fn remove_file_if_exists(path: &Path) -> HostResult<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(HostError::io(format!("remove {}", path.display()), e)),
+    }
+}
+
+/// The names in `dir` (missing means empty), skipping hidden temporary files.
+pub fn list_names(dir: &Path) -> HostResult<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(HostError::io(format!("list {}", dir.display()), e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| HostError::io(format!("list {}", dir.display()), e))?;
+        if let Some(name) = entry.file_name().to_str() {
+            if !name.starts_with('.') {
+                names.push(name.to_string());
+            }
+        }
+    }
+    Ok(names)
+}
