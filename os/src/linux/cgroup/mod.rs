@@ -18,8 +18,9 @@ pub mod v2;
 use super::LinuxConfig;
 use crate::host::{HostCapacity, HostError, HostResult, ObservationSink};
 use oom::OomWatcher;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use trellis_core::api::{CpuLimits, Limits, Metrics};
 
@@ -70,16 +71,29 @@ pub(crate) trait Backend: Send + Sync {
     fn handles(&self) -> HostResult<Vec<String>>;
     /// Removes our parent cgroup if no container is left in it.
     fn remove_parent(&self) -> HostResult<()>;
-    /// Memory, CPU and pid figures; `cpu_entitlement` carries the CPU shares for the caller.
+    /// The figures that change: memory, CPU time, current pids.
     fn metrics(&self, handle: &str) -> HostResult<Metrics>;
+    /// The figures only a create changes (read once per container, then cached).
+    fn settings(&self, handle: &str) -> HostResult<Settings>;
     /// What the OOM watcher must open to hear about the container's OOM kills.
     fn oom_source(&self, handle: &str) -> oom::Source;
+}
+
+/// A container's pid limit and CPU shares, as the kernel has them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Settings {
+    /// 0 = unlimited.
+    pub pid_max: u64,
+    /// v1 `cpu.shares`; on v2 computed back from `cpu.weight`.
+    pub shares: u64,
 }
 
 pub struct Cgroups {
     backend: Box<dyn Backend>,
     oom: Arc<OomWatcher>,
     machine: Machine,
+    /// Per container, so that metrics read only the files that change.
+    settings: Mutex<HashMap<String, Settings>>,
 }
 
 /// Facts about the machine that the CPU entitlement depends on.
@@ -114,6 +128,7 @@ impl Cgroups {
             backend,
             oom: Arc::new(OomWatcher::new()?),
             machine,
+            settings: Mutex::new(HashMap::new()),
         })
     }
 
@@ -125,13 +140,22 @@ impl Cgroups {
     /// limits written again.
     pub fn create(&self, handle: &str, limits: &Limits) -> HostResult<()> {
         validate_name(handle)?;
-        if let Err(e) = self.backend.create(handle, limits) {
-            // Leave nothing half-made behind; the core retries or tears down.
-            let _ = self.backend.remove_dirs(handle);
-            return Err(e);
+        let created = self
+            .backend
+            .create(handle, limits)
+            .and_then(|()| self.backend.settings(handle));
+        match created {
+            Ok(settings) => {
+                self.lock_settings().insert(handle.to_string(), settings);
+                self.oom.watch(handle, self.backend.oom_source(handle));
+                Ok(())
+            }
+            Err(e) => {
+                // Leave nothing half-made behind; the core retries or tears down.
+                let _ = self.backend.remove_dirs(handle);
+                Err(e)
+            }
         }
-        self.oom.watch(handle, self.backend.oom_source(handle));
-        Ok(())
     }
 
     /// Moves `pid` (its whole thread group) into the container's cgroup: one write per
@@ -153,6 +177,7 @@ impl Cgroups {
     pub fn remove(&self, handle: &str) -> HostResult<()> {
         validate_name(handle)?;
         self.oom.unwatch(handle);
+        self.lock_settings().remove(handle);
         let deadline = Instant::now() + REMOVE_TIMEOUT;
         let mut pause = Duration::from_millis(1);
         loop {
@@ -194,10 +219,27 @@ impl Cgroups {
     pub fn metrics(&self, handle: &str) -> HostResult<Metrics> {
         validate_name(handle)?;
         let mut metrics = self.backend.metrics(handle)?;
-        let shares = metrics.cpu_entitlement;
-        metrics.cpu_entitlement =
-            entitlement_per_second(shares, self.machine.cpus, self.machine.memory_in_bytes);
+        let cached = self.lock_settings().get(handle).copied();
+        let settings = match cached {
+            Some(settings) => settings,
+            None => {
+                // A container from before a restart.
+                let settings = self.backend.settings(handle)?;
+                self.lock_settings().insert(handle.to_string(), settings);
+                settings
+            }
+        };
+        metrics.pid_stat.max = settings.pid_max;
+        metrics.cpu_entitlement = entitlement_per_second(
+            settings.shares,
+            self.machine.cpus,
+            self.machine.memory_in_bytes,
+        );
         Ok(metrics)
+    }
+
+    fn lock_settings(&self) -> std::sync::MutexGuard<'_, HashMap<String, Settings>> {
+        self.settings.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The machine's memory; the disk figures come from the depot's filesystem elsewhere.

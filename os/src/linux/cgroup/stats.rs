@@ -69,6 +69,21 @@ pub fn cpu_stat_v2(text: &str) -> CpuStat {
     cpu
 }
 
+/// v1 `cpuacct.usage_all`: per-CPU user and system nanoseconds; usage is their sum (what
+/// `cpuacct.usage` reports), so one file gives all three figures.
+pub fn cpuacct_usage_all_v1(text: &str) -> CpuStat {
+    let mut cpu = CpuStat::default();
+    for line in text.lines().skip(1) {
+        let mut fields = line.split_ascii_whitespace().skip(1);
+        let user: u64 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
+        let system: u64 = fields.next().and_then(|f| f.parse().ok()).unwrap_or(0);
+        cpu.user = cpu.user.saturating_add(user);
+        cpu.system = cpu.system.saturating_add(system);
+    }
+    cpu.usage = cpu.user.saturating_add(cpu.system);
+    cpu
+}
+
 /// v1 `cpuacct.stat` is in clock ticks (USER_HZ, 100 on Linux).
 pub fn cpuacct_stat_v1(text: &str) -> (u64, u64) {
     const NANOS_PER_TICK: u64 = 1_000_000_000 / 100;
@@ -135,6 +150,8 @@ mod tests {
             (cpu.usage, cpu.user, cpu.system),
             (1_500_000, 1_000_000, 500_000)
         );
+        let all = cpuacct_usage_all_v1("cpu user system\n0 100 20\n1 50 5\n");
+        assert_eq!((all.usage, all.user, all.system), (175, 150, 25));
         assert_eq!(
             cpuacct_stat_v1("user 3\nsystem 2\n"),
             (30_000_000, 20_000_000)

@@ -3,7 +3,7 @@
 use super::files::{self, parse_u64_or_max};
 use super::oom::Source;
 use super::stats;
-use super::{requested_shares, Backend, Mode};
+use super::{requested_shares, Backend, Mode, Settings};
 use crate::host::{HostError, HostResult};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -11,7 +11,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use trellis_core::api::{Limits, Metrics, PidStat};
+use trellis_core::api::{Limits, Metrics};
 
 /// One mounted v1 hierarchy: its mount point and the controllers bound to it (a named
 /// hierarchy such as `name=systemd` has none).
@@ -270,26 +270,28 @@ impl Backend for V1 {
         }
         if let Some(mount) = &self.cpuacct {
             let dir = self.dir(mount, handle);
-            metrics.cpu_stat.usage = files::read(dir.join("cpuacct.usage"))?
-                .trim()
-                .parse()
-                .unwrap_or(0);
-            let (user, system) = stats::cpuacct_stat_v1(&files::read(dir.join("cpuacct.stat"))?);
-            metrics.cpu_stat.user = user;
-            metrics.cpu_stat.system = system;
+            metrics.cpu_stat =
+                stats::cpuacct_usage_all_v1(&files::read(dir.join("cpuacct.usage_all"))?);
         }
         if let Some(mount) = &self.pids {
             let dir = self.dir(mount, handle);
-            metrics.pid_stat = PidStat {
-                current: parse_u64_or_max(&files::read(dir.join("pids.current"))?).unwrap_or(0),
-                max: parse_u64_or_max(&files::read(dir.join("pids.max"))?).unwrap_or(0),
-            };
+            metrics.pid_stat.current =
+                parse_u64_or_max(&files::read(dir.join("pids.current"))?).unwrap_or(0);
+        }
+        Ok(metrics)
+    }
+
+    fn settings(&self, handle: &str) -> HostResult<Settings> {
+        let mut settings = Settings::default();
+        if let Some(mount) = &self.pids {
+            let max = files::read(self.dir(mount, handle).join("pids.max"))?;
+            settings.pid_max = parse_u64_or_max(&max).unwrap_or(0);
         }
         if let Some(mount) = &self.cpu {
             let shares = files::read(self.dir(mount, handle).join("cpu.shares"))?;
-            metrics.cpu_entitlement = shares.trim().parse().unwrap_or(0);
+            settings.shares = shares.trim().parse().unwrap_or(0);
         }
-        Ok(metrics)
+        Ok(settings)
     }
 
     fn oom_source(&self, handle: &str) -> Source {

@@ -3,13 +3,13 @@
 use super::files::{self, parse_u64_or_max};
 use super::oom::Source;
 use super::stats;
-use super::{requested_shares, shares_to_weight, weight_to_shares, Backend, Mode};
+use super::{requested_shares, shares_to_weight, weight_to_shares, Backend, Mode, Settings};
 use crate::host::{HostError, HostResult};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use trellis_core::api::{Limits, Metrics, PidStat};
+use trellis_core::api::{Limits, Metrics};
 
 /// The controllers containers get, when the kernel offers them: those their limits and
 /// metrics use.
@@ -186,17 +186,22 @@ impl Backend for V2 {
                 stats::usage_toward_limit_v2(&metrics.memory_stat);
         }
         if let Some(current) = files::read_optional(dir.join("pids.current"))? {
-            metrics.pid_stat = PidStat {
-                current: parse_u64_or_max(&current).unwrap_or(0),
-                max: files::read_optional(dir.join("pids.max"))?
-                    .and_then(|max| parse_u64_or_max(&max))
-                    .unwrap_or(0),
-            };
-        }
-        if let Some(weight) = files::read_optional(dir.join("cpu.weight"))? {
-            metrics.cpu_entitlement = weight_to_shares(weight.trim().parse().unwrap_or(0));
+            metrics.pid_stat.current = parse_u64_or_max(&current).unwrap_or(0);
         }
         Ok(metrics)
+    }
+
+    fn settings(&self, handle: &str) -> HostResult<Settings> {
+        let dir = self.dir(handle);
+        let mut settings = Settings::default();
+        if let Some(max) = files::read_optional(dir.join("pids.max"))? {
+            settings.pid_max = parse_u64_or_max(&max).unwrap_or(0);
+        }
+        if let Some(weight) = files::read_optional(dir.join("cpu.weight"))? {
+            // What guardian does for the entitlement on v2.
+            settings.shares = weight_to_shares(weight.trim().parse().unwrap_or(0));
+        }
+        Ok(settings)
     }
 
     fn oom_source(&self, handle: &str) -> Source {
@@ -301,9 +306,11 @@ mod tests {
         );
         assert_eq!(m.memory_stat.anon, 4096);
         assert_eq!(m.memory_stat.total_usage_toward_limit, 4096 + 8192 - 1024);
-        assert_eq!((m.pid_stat.current, m.pid_stat.max), (3, 0));
+        assert_eq!(m.pid_stat.current, 3);
+        let settings = v2.settings("c1").expect("settings");
+        assert_eq!(settings.pid_max, 0, "unset reads as unlimited");
         assert_eq!(
-            m.cpu_entitlement, 1017,
+            settings.shares, 1017,
             "shares computed back from the weight"
         );
     }
