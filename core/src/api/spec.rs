@@ -207,6 +207,46 @@ pub struct CpuLimits {
     pub limit_in_shares: u64,
 }
 
+impl CpuLimits {
+    /// The CPU shares asked for: `weight`, else the deprecated `limit_in_shares`; 0 = unset.
+    pub fn shares(&self) -> u64 {
+        if self.weight > 0 {
+            self.weight
+        } else {
+            self.limit_in_shares
+        }
+    }
+
+    /// What CurrentCPULimits reports, as gdn does: the shares in `limit_in_shares` (on cgroup
+    /// v2 the `cpu.weight` they convert to), and `weight` always 0.
+    pub fn reported(&self, cgroup_v2: bool) -> CpuLimits {
+        let shares = self.shares();
+        CpuLimits {
+            weight: 0,
+            limit_in_shares: if cgroup_v2 {
+                shares_to_weight(shares)
+            } else {
+                shares
+            },
+        }
+    }
+}
+
+/// Converts cgroup v1 CPU shares to a v2 `cpu.weight` as runc does: 0 stays unset, and the
+/// curve maps 2 → 1, 1024 → 100 and 262144 → 10000.
+pub fn shares_to_weight(shares: u64) -> u64 {
+    match shares {
+        0 => 0,
+        s if s <= 2 => 1,
+        s if s >= 262_144 => 10_000,
+        s => {
+            let l = (s as f64).log2();
+            let exponent = (l * l + 125.0 * l) / 612.0 - 7.0 / 34.0;
+            10f64.powf(exponent).ceil() as u64
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[serde(default)]
 pub struct DiskLimits {

@@ -157,3 +157,48 @@ fn entitlement_scales_with_age() {
     assert_eq!(entitlement_over(0, 4_000_000_000), 0);
     assert_eq!(entitlement_over(u64::MAX, u64::MAX), u64::MAX);
 }
+
+#[test]
+fn cpu_limits_are_reported_as_gdn_reports_them() {
+    use super::{shares_to_weight, CpuLimits};
+    let legacy = CpuLimits {
+        weight: 0,
+        limit_in_shares: 50,
+    };
+    // GATS L2 (v1): {LimitInShares: 50, Weight: 0}.
+    assert_eq!(legacy.reported(false), legacy);
+    let weighted = CpuLimits {
+        weight: 1028,
+        limit_in_shares: 0,
+    };
+    assert_eq!(
+        weighted.reported(false),
+        CpuLimits {
+            weight: 0,
+            limit_in_shares: 1028
+        }
+    );
+    // GATS L3 and LM2 (v2): the converted cpu.weight in LimitInShares.
+    assert_eq!(weighted.reported(true).limit_in_shares, 101);
+    let lm2 = CpuLimits {
+        weight: 280,
+        limit_in_shares: 0,
+    };
+    assert_eq!(
+        lm2.reported(true),
+        CpuLimits {
+            weight: 0,
+            limit_in_shares: 37
+        }
+    );
+    assert_eq!(CpuLimits::default().reported(true), CpuLimits::default());
+    for (shares, weight) in [
+        (0, 0),
+        (2, 1),
+        (1024, 100),
+        (262_144, 10_000),
+        (u64::MAX, 10_000),
+    ] {
+        assert_eq!(shares_to_weight(shares), weight, "{shares}");
+    }
+}

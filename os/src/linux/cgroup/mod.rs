@@ -22,7 +22,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use trellis_core::api::{CpuLimits, Limits, Metrics};
+use trellis_core::api::{Limits, Metrics};
 
 /// Which cgroup interface the host offers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,29 +310,7 @@ pub fn mem_total() -> HostResult<u64> {
         .ok_or_else(|| HostError::Failed("/proc/meminfo has no MemTotal".into()))
 }
 
-/// The CPU shares a spec asks for: `weight`, else the deprecated `limit_in_shares`; 0 = unset.
-pub fn requested_shares(cpu: &CpuLimits) -> u64 {
-    if cpu.weight > 0 {
-        cpu.weight
-    } else {
-        cpu.limit_in_shares
-    }
-}
-
-/// Converts v1 CPU shares to a v2 `cpu.weight` the way runc does (guardian reports this value
-/// on v2): 0 stays unset, and the curve maps 2 → 1, 1024 → 100 and 262144 → 10000.
-pub fn shares_to_weight(shares: u64) -> u64 {
-    match shares {
-        0 => 0,
-        s if s <= 2 => 1,
-        s if s >= 262_144 => 10_000,
-        s => {
-            let l = (s as f64).log2();
-            let exponent = (l * l + 125.0 * l) / 612.0 - 7.0 / 34.0;
-            10f64.powf(exponent).ceil() as u64
-        }
-    }
-}
+pub use trellis_core::api::shares_to_weight;
 
 /// The inverse of [`shares_to_weight`] (guardian uses it for the v2 CPU entitlement).
 pub fn weight_to_shares(weight: u64) -> u64 {
@@ -407,20 +385,6 @@ mod tests {
         assert_eq!(rate, 250_000_000);
         assert_eq!(entitlement_per_second(0, 4, 1 << 34), 0);
         assert_eq!(entitlement_per_second(1024, 4, 0), 0);
-    }
-
-    #[test]
-    fn requested_shares_prefer_weight() {
-        let both = CpuLimits {
-            weight: 7,
-            limit_in_shares: 9,
-        };
-        assert_eq!(requested_shares(&both), 7);
-        let legacy = CpuLimits {
-            weight: 0,
-            limit_in_shares: 9,
-        };
-        assert_eq!(requested_shares(&legacy), 9);
     }
 
     #[test]

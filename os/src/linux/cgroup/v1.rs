@@ -3,7 +3,7 @@
 use super::files::{self, parse_u64_or_max};
 use super::oom::Source;
 use super::stats;
-use super::{requested_shares, Backend, Mode, Settings};
+use super::{Backend, Mode, Settings};
 use crate::host::{HostError, HostResult};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -144,7 +144,7 @@ impl V1 {
                 files::write(memsw, &memory.to_string())?;
             }
         }
-        let shares = requested_shares(&limits.cpu_limits);
+        let shares = limits.cpu_limits.shares();
         if shares > 0 {
             let dir = self.need(&self.cpu, "cpu", handle)?;
             files::write(dir.join("cpu.shares"), &shares.to_string())?;

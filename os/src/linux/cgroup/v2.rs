@@ -3,7 +3,7 @@
 use super::files::{self, parse_u64_or_max};
 use super::oom::Source;
 use super::stats;
-use super::{requested_shares, shares_to_weight, weight_to_shares, Backend, Mode, Settings};
+use super::{shares_to_weight, weight_to_shares, Backend, Mode, Settings};
 use crate::host::{HostError, HostResult};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -77,7 +77,7 @@ impl V2 {
                 files::write(swap, "0")?;
             }
         }
-        let weight = shares_to_weight(requested_shares(&limits.cpu_limits));
+        let weight = shares_to_weight(limits.cpu_limits.shares());
         if weight > 0 {
             files::write(need(dir, "cpu.weight", "cpu")?, &weight.to_string())?;
         }
