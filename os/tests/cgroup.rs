@@ -276,6 +276,28 @@ fn cpu_shares_are_written_and_usage_moves() {
 }
 
 #[test]
+fn out_of_range_limits_mean_no_limit_rather_than_an_error() {
+    let cg = cgroups("huge");
+    let _guard = ParentGuard(&cg);
+    let handle = "huge-1";
+    let limits = Limits {
+        memory_limits: MemoryLimits {
+            limit_in_bytes: u64::MAX,
+        },
+        cpu_limits: CpuLimits {
+            weight: u64::MAX,
+            limit_in_shares: 0,
+        },
+        pid_limits: PidLimits { max: u64::MAX },
+        ..Limits::default()
+    };
+    cg.create(handle, &limits).expect("create");
+    let metrics = cg.metrics(handle).expect("metrics");
+    assert_eq!(metrics.pid_stat.max, 0, "unlimited");
+    cg.remove(handle).expect("remove");
+}
+
+#[test]
 fn capacity_reports_the_machines_memory() {
     let cg = cgroups("capacity");
     let capacity = cg.capacity().expect("capacity");

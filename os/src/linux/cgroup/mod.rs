@@ -312,6 +312,17 @@ pub fn mem_total() -> HostResult<u64> {
 
 pub use trellis_core::api::shares_to_weight;
 
+/// What to write to `pids.max`: the kernel refuses numbers of PID_MAX_LIMIT (4194304) and
+/// above, which cannot be reached anyway, so those mean no limit.
+pub(crate) fn pids_max_value(max: u64) -> String {
+    const PID_MAX_LIMIT: u64 = 4_194_304;
+    if max >= PID_MAX_LIMIT {
+        "max".to_string()
+    } else {
+        max.to_string()
+    }
+}
+
 /// The inverse of [`shares_to_weight`] (guardian uses it for the v2 CPU entitlement).
 pub fn weight_to_shares(weight: u64) -> u64 {
     match weight {
@@ -385,6 +396,14 @@ mod tests {
         assert_eq!(rate, 250_000_000);
         assert_eq!(entitlement_per_second(0, 4, 1 << 34), 0);
         assert_eq!(entitlement_per_second(1024, 4, 0), 0);
+    }
+
+    #[test]
+    fn pid_limits_beyond_the_kernels_range_mean_no_limit() {
+        assert_eq!(pids_max_value(50), "50");
+        assert_eq!(pids_max_value(4_194_303), "4194303");
+        assert_eq!(pids_max_value(4_194_304), "max");
+        assert_eq!(pids_max_value(u64::MAX), "max");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use super::files::{self, parse_u64_or_max};
 use super::oom::Source;
 use super::stats;
-use super::{Backend, Mode, Settings};
+use super::{pids_max_value, Backend, Mode, Settings};
 use crate::host::{HostError, HostResult};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -151,7 +151,7 @@ impl V1 {
         }
         if limits.pid_limits.max > 0 {
             let dir = self.need(&self.pids, "pids", handle)?;
-            files::write(dir.join("pids.max"), &limits.pid_limits.max.to_string())?;
+            files::write(dir.join("pids.max"), &pids_max_value(limits.pid_limits.max))?;
         }
         Ok(())
     }

@@ -3,7 +3,7 @@
 use super::files::{self, parse_u64_or_max};
 use super::oom::Source;
 use super::stats;
-use super::{shares_to_weight, weight_to_shares, Backend, Mode, Settings};
+use super::{pids_max_value, shares_to_weight, weight_to_shares, Backend, Mode, Settings};
 use crate::host::{HostError, HostResult};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
@@ -84,7 +84,7 @@ impl V2 {
         if limits.pid_limits.max > 0 {
             files::write(
                 need(dir, "pids.max", "pids")?,
-                &limits.pid_limits.max.to_string(),
+                &pids_max_value(limits.pid_limits.max),
             )?;
         }
         Ok(())
