@@ -30,8 +30,6 @@ enum Watch {
         handle: String,
         dir: PathBuf,
         eventfd: EventFd,
-        // Must stay open while the registration lives.
-        _oom_control: File,
     },
     V2 {
         handle: String,
@@ -204,11 +202,13 @@ fn open(handle: &str, source: Source) -> HostResult<Option<Watch>> {
                 dir.join("cgroup.event_control"),
                 &format!("{} {}", eventfd.as_raw_fd(), oom_control.as_raw_fd()),
             )?;
+            // The registration holds the cgroup, not the control file: one fd per container
+            // (the eventfd) stays open, not two.
+            drop(oom_control);
             Ok(Some(Watch::V1 {
                 handle: handle.to_string(),
                 dir,
                 eventfd,
-                _oom_control: oom_control,
             }))
         }
         Source::V2 { events } => {
