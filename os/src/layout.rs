@@ -147,12 +147,32 @@ impl Layout {
     /// `/sys/fs/cgroup/<name>/<handle>` on v2). It is derived from the depot so that servers
     /// with different depots (and their tests) never adopt or remove each other's containers.
     pub fn cgroup_parent(&self) -> String {
+        // The same depot however it was spelled (relative, trailing slash, `.`), so that a
+        // restarted server finds its containers' cgroups.
+        let depot: PathBuf = std::path::absolute(&self.depot)
+            .unwrap_or_else(|_| self.depot.clone())
+            .components()
+            .collect();
         // FNV-1a: stable across builds and platforms, unlike std's hasher.
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in self.depot.as_os_str().as_encoded_bytes() {
+        for byte in depot.as_os_str().as_encoded_bytes() {
             hash ^= u64::from(*byte);
             hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
         }
         format!("trellis-{:08x}", hash as u32)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cgroup_parent_names_the_depot_however_it_is_spelled() {
+        let at = |depot: &str| Layout::new(depot, "/s", "/r").cgroup_parent();
+        assert_eq!(at("/var/lib/trellis/depot"), at("/var/lib/trellis/depot/"));
+        assert_eq!(at("/var/lib/trellis/depot"), at("/var/lib/trellis/./depot"));
+        assert_ne!(at("/var/lib/trellis/depot"), at("/var/lib/other/depot"));
+        assert!(at("/d").starts_with("trellis-"));
     }
 }
