@@ -28,7 +28,7 @@ pub type UnpackLocks = Arc<Mutex<HashMap<String, Arc<Mutex<()>>>>>;
 
 /// Runs `make` into a fresh temporary directory and renames it to `dest`, once: concurrent
 /// callers for the same `dest` wait for the first.
-fn unpack_once(
+pub(crate) fn unpack_once(
     layout: &Layout,
     locks: &UnpackLocks,
     dest: &Path,
@@ -82,7 +82,7 @@ fn maybe_gunzip<'a>(mut input: BufReader<Box<dyn Read + 'a>>) -> io::Result<Box<
     use std::io::BufRead;
     let head = input.fill_buf()?;
     if head.starts_with(&[0x1f, 0x8b]) {
-        Ok(Box::new(flate2::read::GzDecoder::new(input)))
+        Ok(Box::new(flate2::read::MultiGzDecoder::new(input)))
     } else {
         Ok(Box::new(input))
     }
@@ -118,7 +118,11 @@ pub fn unpack_tar_image(
 /// Unpacks one layer (tar, optionally gzipped) into `dest`, whiteouts in overlay form.
 pub fn unpack_layer(input: Box<dyn Read + '_>, dest: &Path) -> io::Result<()> {
     let reader = maybe_gunzip(BufReader::with_capacity(1 << 16, input))?;
-    let mut archive = tar::Archive::new(reader);
+    let mut archive = tar::Archive::new(PadToBlocks {
+        inner: reader,
+        read: 0,
+        padding: None,
+    });
     archive.set_preserve_permissions(true);
     archive.set_preserve_ownerships(true);
     archive.set_preserve_mtime(true);
@@ -155,6 +159,32 @@ pub fn unpack_layer(input: Box<dyn Read + '_>, dest: &Path) -> io::Result<()> {
         entry.unpack_in(dest)?;
     }
     Ok(())
+}
+
+/// Some image tools write layers whose last entry lacks its block padding and the end
+/// marker (GNU tar accepts them). Layers are digest-checked, so the missing zeros are supplied.
+struct PadToBlocks<R> {
+    inner: R,
+    read: u64,
+    padding: Option<u64>,
+}
+
+impl<R: Read> Read for PadToBlocks<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.padding.is_none() {
+            let n = self.inner.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                self.read += n as u64;
+                return Ok(n);
+            }
+            self.padding = Some((512 - self.read % 512) % 512 + 1024);
+        }
+        let left = self.padding.as_mut().expect("set above");
+        let n = (*left).min(buf.len() as u64) as usize;
+        buf[..n].fill(0);
+        *left -= n as u64;
+        Ok(n)
+    }
 }
 
 fn set_xattr(path: &Path, name: &str, value: &[u8]) -> io::Result<()> {
@@ -219,7 +249,7 @@ struct ImageConfigBody {
     env: Option<Vec<String>>,
 }
 
-fn image_env(config: &[u8]) -> Vec<String> {
+pub(crate) fn image_env(config: &[u8]) -> Vec<String> {
     serde_json::from_slice::<ImageConfig>(config)
         .ok()
         .and_then(|c| c.config)
@@ -228,7 +258,7 @@ fn image_env(config: &[u8]) -> Vec<String> {
 }
 
 /// `sha256:<hex>` -> `<hex>`, refusing anything that could leave the cache directory.
-fn digest_hex(digest: &str) -> HostResult<&str> {
+pub(crate) fn digest_hex(digest: &str) -> HostResult<&str> {
     let hex = digest.strip_prefix("sha256:").unwrap_or_default();
     if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
         Ok(hex)
