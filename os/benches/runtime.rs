@@ -1,0 +1,148 @@
+//! Container runtime figures straight through the `Host` trait (no HTTP): create+destroy
+//! latency (rootfs, cgroup, init; no network), run of `true`, stdout throughput of one process,
+//! and 50 parallel creates. As root: `cargo bench -p trellis-os --bench runtime`.
+//! (The end-to-end `bench` against a running server reports the same figures over HTTP.)
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+use trellis_core::api::{Limits, ProcessSpec};
+use trellis_core::effect::InitConfig;
+use trellis_os::{Host, Layout, LinuxConfig, LinuxHost, SpawnRequest};
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    samples[((samples.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn create(host: &LinuxHost, handle: &str) {
+    host.prepare_rootfs(handle, &Default::default(), false, &Default::default())
+        .unwrap();
+    host.create_cgroup(handle, &Limits::default()).unwrap();
+    let config = InitConfig {
+        hostname: handle.into(),
+        privileged: false,
+        bind_mounts: vec![],
+        container_ip: None,
+    };
+    host.start_init(handle, &config).unwrap();
+}
+
+fn destroy(host: &LinuxHost, handle: &str) {
+    host.kill_container(handle).unwrap();
+    host.remove_cgroup(handle).unwrap();
+    host.remove_rootfs(handle).unwrap();
+}
+
+fn run(host: &LinuxHost, handle: &str, spec: &ProcessSpec) -> (i32, u64) {
+    let spawned = host
+        .spawn_process(SpawnRequest {
+            handle,
+            process_id: "p",
+            spec,
+            env: &[],
+        })
+        .unwrap();
+    let mut stdout = spawned.stdio.stdout;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        match stdout.read(&mut buf).unwrap() {
+            0 => break,
+            n => total += n as u64,
+        }
+    }
+    (spawned.process.wait(), total)
+}
+
+fn main() {
+    let base = std::env::temp_dir().join(format!("trellis-bench-{}", std::process::id()));
+    let rootfs = base.join("rootfs");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/build-rootfs");
+    assert!(std::process::Command::new(root)
+        .arg(&rootfs)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap()
+        .success());
+    let host = LinuxHost::new(LinuxConfig {
+        layout: Layout::new(base.join("depot"), base.join("state"), base.join("run")),
+        default_rootfs: rootfs.to_string_lossy().into_owned(),
+        helper_binary: Some(PathBuf::from(env!("CARGO_BIN_EXE_trellis-os-helper"))),
+        network: Default::default(),
+    })
+    .unwrap();
+
+    let mut lifecycle = Vec::new();
+    for i in 0..100 {
+        let handle = format!("bench-{i}");
+        let start = Instant::now();
+        create(&host, &handle);
+        destroy(&host, &handle);
+        lifecycle.push(start.elapsed());
+    }
+    println!(
+        "create+destroy (rootfs, cgroup, init): p50 {:?} p95 {:?}",
+        percentile(&mut lifecycle, 0.5),
+        percentile(&mut lifecycle, 0.95)
+    );
+
+    create(&host, "runner");
+    let truth = ProcessSpec {
+        path: "true".into(),
+        ..Default::default()
+    };
+    let mut runs = Vec::new();
+    for _ in 0..300 {
+        let start = Instant::now();
+        assert_eq!(run(&host, "runner", &truth).0, 0);
+        runs.push(start.elapsed());
+    }
+    println!(
+        "run true: p50 {:?} p95 {:?}",
+        percentile(&mut runs, 0.5),
+        percentile(&mut runs, 0.95)
+    );
+
+    let bytes = 1u64 << 30;
+    let cat = ProcessSpec {
+        path: "dd".into(),
+        args: vec![
+            "if=/dev/zero".into(),
+            "bs=1M".into(),
+            format!("count={}", bytes >> 20),
+            "status=none".into(),
+        ],
+        ..Default::default()
+    };
+    let start = Instant::now();
+    let (code, total) = run(&host, "runner", &cat);
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!((code, total), (0, bytes));
+    println!(
+        "stdout throughput: {:.0} MB/s ({} MiB in {:.2} s)",
+        total as f64 / secs / 1e6,
+        total >> 20,
+        secs
+    );
+    destroy(&host, "runner");
+
+    let start = Instant::now();
+    std::thread::scope(|s| {
+        for i in 0..50 {
+            let host = &host;
+            s.spawn(move || create(host, &format!("par-{i}")));
+        }
+    });
+    let created = start.elapsed();
+    for i in 0..50 {
+        destroy(&host, &format!("par-{i}"));
+    }
+    println!(
+        "50 parallel creates: {:.2} s ({:?} each on average)",
+        created.as_secs_f64(),
+        created / 50
+    );
+    let _ = host.cgroups.remove_parent();
+    let _ = std::fs::remove_dir_all(&base);
+}
