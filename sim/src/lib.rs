@@ -6,8 +6,10 @@
 
 pub mod check;
 pub mod fake_os;
+pub mod host;
 mod rng;
 pub mod sim;
 
 pub use fake_os::{FakeOs, Fault};
+pub use host::FakeHost;
 pub use sim::{Failure, Sim, SimOptions, SimReport, Stats};

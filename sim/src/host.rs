@@ -1,0 +1,1017 @@
+//! `FakeHost`: the [`Host`] the server runs on with `--backend fake`.
+//!
+//! Container effects are carried out by [`FakeOs`] (without faults), so the server drives the
+//! same in-memory model the simulator checks. Processes are simulated stand-ins, chosen by the
+//! base name of `ProcessSpec.path` and run on threads with in-memory pipes:
+//!
+//! | path        | behaviour                                                             |
+//! |-------------|-----------------------------------------------------------------------|
+//! | `echo ARGS` | writes the arguments joined by spaces and a newline to stdout; exit 0  |
+//! | `cat`       | copies stdin to stdout until stdin ends; exit 0                       |
+//! | `exit N`    | exits with status N (0 when absent or not a number)                   |
+//! | `sleep S`   | sleeps S seconds (fractions allowed); exit 0                          |
+//! | `yes-bytes N` | writes N bytes (`y\n` repeated) to stdout; exit 0                   |
+//! | `stderr TEXT` | writes the arguments joined by spaces and a newline to stderr; exit 0 |
+//! | `env`       | writes the process environment, one `KEY=VALUE` per line; exit 0      |
+//!
+//! Any other path fails to start with `ExecutableNotFound`. Signals end a process at once with
+//! 128+N (143 for terminate, 137 for kill), like a shell would. With a TTY, stderr is merged
+//! into stdout. Files streamed in are kept in memory per container, enough for tar round trips.
+
+use crate::fake_os::{FakeOs, Fault};
+use std::collections::{BTreeMap, VecDeque};
+use std::io::{self, Read, Write};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use trellis_core::api::{
+    DiskLimits, ImageRef, Limits, Metrics, NetOutRule, PortMapping, Signal, WindowSize,
+};
+use trellis_core::effect::{
+    EffectError, EffectErrorKind, EffectKind, EffectOutput, InitConfig, NetworkConfig, ObservedHost,
+};
+use trellis_core::network::NetworkAssignment;
+use trellis_core::record::ContainerRecord;
+use trellis_os::{
+    FilePath, Host, HostCapacity, HostError, HostResult, Process, Rootfs, SpawnRequest, Spawned,
+    Stdio,
+};
+
+/// Bytes a simulated pipe holds before its writer blocks (a Linux pipe holds 64 KiB).
+const PIPE_CAPACITY: usize = 64 * 1024;
+
+/// The programs a simulated process can be.
+pub const PROGRAMS: &[&str] = &["echo", "cat", "exit", "sleep", "yes-bytes", "stderr", "env"];
+
+#[derive(Default)]
+pub struct FakeHost {
+    os: Arc<Mutex<FakeOs>>,
+    /// Per container: path -> file or directory, as streamed in.
+    files: Mutex<BTreeMap<String, BTreeMap<String, FileNode>>>,
+    /// Per container: the simulated processes, so kills and stops reach them.
+    processes: Arc<Mutex<BTreeMap<String, Vec<Arc<FakeProcess>>>>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum FileNode {
+    Dir,
+    File(Vec<u8>),
+}
+
+impl FakeHost {
+    pub fn new() -> FakeHost {
+        FakeHost::default()
+    }
+
+    fn os(&self) -> MutexGuard<'_, FakeOs> {
+        self.os.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn apply(&self, effect: EffectKind) -> HostResult<EffectOutput> {
+        let mut os = self.os();
+        let outcome = os.apply(&effect, Fault::None);
+        // Exits caused by kills and stops are reported by the processes themselves.
+        os.ended.clear();
+        outcome.map_err(host_error)
+    }
+
+    fn apply_done(&self, effect: EffectKind) -> HostResult<()> {
+        self.apply(effect).map(|_| ())
+    }
+
+    fn signal_all(&self, handle: &str, signal: Signal) {
+        let processes = self
+            .processes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(handle)
+            .cloned()
+            .unwrap_or_default();
+        for p in processes {
+            p.deliver(signal);
+        }
+    }
+
+    fn forget_processes(&self, handle: &str) -> Vec<Arc<FakeProcess>> {
+        self.processes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(handle)
+            .unwrap_or_default()
+    }
+}
+
+fn host_error(e: EffectError) -> HostError {
+    match e.kind {
+        EffectErrorKind::ExecutableNotFound => HostError::ExecutableNotFound(e.message),
+        EffectErrorKind::InvalidRequest => HostError::Invalid(e.message),
+        EffectErrorKind::Host => HostError::Failed(e.message),
+    }
+}
+
+impl Host for FakeHost {
+    fn prepare_rootfs(
+        &self,
+        handle: &str,
+        image: &ImageRef,
+        privileged: bool,
+        disk: &DiskLimits,
+    ) -> HostResult<Rootfs> {
+        match self.apply(EffectKind::PrepareRootfs {
+            handle: handle.into(),
+            image: image.clone(),
+            privileged,
+            disk: *disk,
+        })? {
+            EffectOutput::Rootfs { image_env } => Ok(Rootfs { image_env }),
+            other => Err(HostError::Failed(format!(
+                "prepare-rootfs answered {other:?}"
+            ))),
+        }
+    }
+
+    fn create_cgroup(&self, handle: &str, limits: &Limits) -> HostResult<()> {
+        self.apply_done(EffectKind::CreateCgroup {
+            handle: handle.into(),
+            limits: limits.clone(),
+        })
+    }
+
+    fn setup_network(&self, handle: &str, config: &NetworkConfig) -> HostResult<()> {
+        self.apply_done(EffectKind::SetupNetwork {
+            handle: handle.into(),
+            config: config.clone(),
+        })
+    }
+
+    fn start_init(&self, handle: &str, config: &InitConfig) -> HostResult<()> {
+        self.apply_done(EffectKind::StartInit {
+            handle: handle.into(),
+            config: config.clone(),
+        })
+    }
+
+    fn persist_record(&self, record: &ContainerRecord) -> HostResult<()> {
+        self.apply_done(EffectKind::PersistRecord {
+            handle: record.handle.clone(),
+            record: Box::new(record.clone()),
+        })
+    }
+
+    fn kill_container(&self, handle: &str) -> HostResult<()> {
+        for p in self.forget_processes(handle) {
+            p.deliver(Signal::Kill);
+            p.wait();
+        }
+        self.apply_done(EffectKind::KillContainer {
+            handle: handle.into(),
+        })
+    }
+
+    fn teardown_network(
+        &self,
+        handle: &str,
+        assignment: Option<&NetworkAssignment>,
+    ) -> HostResult<()> {
+        self.apply_done(EffectKind::TeardownNetwork {
+            handle: handle.into(),
+            assignment: assignment.copied(),
+        })
+    }
+
+    fn remove_cgroup(&self, handle: &str) -> HostResult<()> {
+        self.apply_done(EffectKind::RemoveCgroup {
+            handle: handle.into(),
+        })
+    }
+
+    fn remove_rootfs(&self, handle: &str) -> HostResult<()> {
+        self.files
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(handle);
+        self.apply_done(EffectKind::RemoveRootfs {
+            handle: handle.into(),
+        })
+    }
+
+    fn delete_record(&self, handle: &str) -> HostResult<()> {
+        self.apply_done(EffectKind::DeleteRecord {
+            handle: handle.into(),
+        })
+    }
+
+    fn spawn_process(&self, request: SpawnRequest<'_>) -> HostResult<Spawned> {
+        let program = request
+            .spec
+            .path
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        if !PROGRAMS.contains(&program.as_str()) {
+            return Err(HostError::ExecutableNotFound(format!(
+                "exec: \"{}\": executable file not found in $PATH",
+                request.spec.path
+            )));
+        }
+        let effect = EffectKind::SpawnProcess {
+            handle: request.handle.into(),
+            process_id: request.process_id.into(),
+            spec: Box::new(request.spec.clone()),
+            env: request.env.to_vec(),
+        };
+        self.apply_done(effect)?;
+
+        let stdin = Pipe::new();
+        let stdout = Pipe::new();
+        let tty = request.spec.tty.is_some();
+        let stderr = if tty { stdout.clone() } else { Pipe::new() };
+        let process = Arc::new(FakeProcess::default());
+        // The server's ends exist before the program runs, or its first write finds no reader.
+        let stdio = Stdio {
+            stdin: Box::new(stdin.writer()),
+            stdout: Box::new(stdout.reader(&process)),
+            stderr: if tty {
+                None
+            } else {
+                Some(Box::new(stderr.reader(&process)))
+            },
+        };
+        let mut env = request.env.to_vec();
+        env.extend(request.spec.env.iter().cloned());
+        let program = Program {
+            name: program,
+            args: request.spec.args.clone(),
+            env,
+            stdin: stdin.reader(&process),
+            stdout: stdout.writer(),
+            stderr: stderr.writer(),
+            process: process.clone(),
+        };
+        self.processes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(request.handle.to_string())
+            .or_default()
+            .push(process.clone());
+
+        let os = self.os.clone();
+        let registry = self.processes.clone();
+        let handle = request.handle.to_string();
+        let process_id = request.process_id.to_string();
+        std::thread::Builder::new()
+            .name("fake-process".into())
+            .spawn(move || {
+                let finished = program.process.clone();
+                let code = program.run();
+                os.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .end_process(&handle, &process_id);
+                if let Some(list) = registry
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get_mut(&handle)
+                {
+                    list.retain(|p| !Arc::ptr_eq(p, &finished));
+                }
+                finished.finish(code);
+            })
+            .map_err(|e| HostError::io("spawning a simulated process", e))?;
+
+        Ok(Spawned { process, stdio })
+    }
+
+    fn stop_processes(&self, handle: &str, kill: bool) -> HostResult<()> {
+        let signal = if kill {
+            Signal::Kill
+        } else {
+            Signal::Terminate
+        };
+        self.signal_all(handle, signal);
+        let processes = self.forget_processes(handle);
+        for p in &processes {
+            if !p.wait_timeout(Duration::from_secs(10)) {
+                p.deliver(Signal::Kill);
+                p.wait();
+            }
+        }
+        self.apply_done(EffectKind::StopProcesses {
+            handle: handle.into(),
+            kill,
+        })
+    }
+
+    fn map_port(
+        &self,
+        handle: &str,
+        assignment: &NetworkAssignment,
+        mapping: &PortMapping,
+    ) -> HostResult<()> {
+        self.apply_done(EffectKind::MapPort {
+            handle: handle.into(),
+            assignment: *assignment,
+            mapping: *mapping,
+        })
+    }
+
+    fn add_netout_rules(
+        &self,
+        handle: &str,
+        assignment: &NetworkAssignment,
+        rules: &[NetOutRule],
+    ) -> HostResult<()> {
+        self.apply_done(EffectKind::AddNetOutRules {
+            handle: handle.into(),
+            assignment: *assignment,
+            rules: rules.to_vec(),
+        })
+    }
+
+    fn read_metrics(&self, handle: &str) -> HostResult<Metrics> {
+        match self.apply(EffectKind::ReadMetrics {
+            handle: handle.into(),
+        })? {
+            EffectOutput::Metrics(m) => Ok(*m),
+            other => Err(HostError::Failed(format!(
+                "read-metrics answered {other:?}"
+            ))),
+        }
+    }
+
+    fn read_capacity(&self) -> HostResult<HostCapacity> {
+        match self.apply(EffectKind::ReadCapacity)? {
+            EffectOutput::Capacity {
+                memory_in_bytes,
+                disk_in_bytes,
+                schedulable_disk_in_bytes,
+            } => Ok(HostCapacity {
+                memory_in_bytes,
+                disk_in_bytes,
+                schedulable_disk_in_bytes,
+            }),
+            other => Err(HostError::Failed(format!(
+                "read-capacity answered {other:?}"
+            ))),
+        }
+    }
+
+    fn stream_in(&self, to: FilePath<'_>, tar: &mut dyn Read) -> HostResult<()> {
+        self.require_container(to.handle)?;
+        let base = normalize(to.path);
+        let mut unpacked = Vec::new();
+        let mut archive = tar::Archive::new(tar);
+        let entries = archive
+            .entries()
+            .map_err(|e| HostError::Invalid(format!("reading tar stream: {e}")))?;
+        for entry in entries {
+            let mut entry =
+                entry.map_err(|e| HostError::Invalid(format!("reading tar stream: {e}")))?;
+            let path = entry
+                .path()
+                .map_err(|e| HostError::Invalid(format!("bad path in tar stream: {e}")))?
+                .to_string_lossy()
+                .to_string();
+            let full = normalize(&format!("{base}/{path}"));
+            if entry.header().entry_type().is_dir() {
+                unpacked.push((full, FileNode::Dir));
+            } else {
+                let mut data = Vec::new();
+                entry
+                    .read_to_end(&mut data)
+                    .map_err(|e| HostError::Invalid(format!("reading tar stream: {e}")))?;
+                unpacked.push((full, FileNode::File(data)));
+            }
+        }
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let tree = files.entry(to.handle.to_string()).or_default();
+        for dir in ancestors(&base) {
+            tree.insert(dir, FileNode::Dir);
+        }
+        for (path, node) in unpacked {
+            for dir in ancestors(&path) {
+                tree.entry(dir).or_insert(FileNode::Dir);
+            }
+            tree.insert(path, node);
+        }
+        Ok(())
+    }
+
+    fn stream_out(&self, from: FilePath<'_>, tar: &mut dyn Write) -> HostResult<()> {
+        self.require_container(from.handle)?;
+        let contents_only = from.path.ends_with('/');
+        let source = normalize(from.path);
+        let selected: Vec<(String, FileNode)> = {
+            let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+            let tree = files.get(from.handle).cloned().unwrap_or_default();
+            let Some(root) = tree
+                .get(&source)
+                .cloned()
+                .or_else(|| (source == "/").then_some(FileNode::Dir))
+            else {
+                return Err(HostError::Invalid(format!(
+                    "{}: no such file or directory",
+                    from.path
+                )));
+            };
+            let prefix = if source == "/" {
+                "/".to_string()
+            } else {
+                format!("{source}/")
+            };
+            let (strip, top) = if contents_only {
+                (prefix.clone(), None)
+            } else {
+                let parent = match source.rfind('/') {
+                    Some(0) | None => "/".to_string(),
+                    Some(i) => format!("{}/", &source[..i]),
+                };
+                (parent, Some(root))
+            };
+            let mut selected = Vec::new();
+            if let Some(top) = top {
+                selected.push((source[strip.len().min(source.len())..].to_string(), top));
+            } else {
+                selected.push((".".to_string(), FileNode::Dir));
+            }
+            for (path, node) in tree.range(prefix.clone()..) {
+                if !path.starts_with(&prefix) {
+                    break;
+                }
+                selected.push((path[strip.len()..].to_string(), node.clone()));
+            }
+            selected
+        };
+        let mut builder = tar::Builder::new(tar);
+        for (name, node) in selected {
+            let mut header = tar::Header::new_gnu();
+            match &node {
+                FileNode::Dir => {
+                    header.set_entry_type(tar::EntryType::Directory);
+                    header.set_mode(0o755);
+                    header.set_size(0);
+                }
+                FileNode::File(data) => {
+                    header.set_entry_type(tar::EntryType::Regular);
+                    header.set_mode(0o644);
+                    header.set_size(data.len() as u64);
+                }
+            }
+            let name = if matches!(node, FileNode::Dir) && name != "." {
+                format!("{name}/")
+            } else {
+                name
+            };
+            let data: &[u8] = match &node {
+                FileNode::File(data) => data,
+                FileNode::Dir => &[],
+            };
+            builder
+                .append_data(&mut header, &name, data)
+                .map_err(|e| HostError::io("writing tar stream", e))?;
+        }
+        builder
+            .into_inner()
+            .map_err(|e| HostError::io("writing tar stream", e))?
+            .flush()
+            .map_err(|e| HostError::io("writing tar stream", e))
+    }
+
+    fn load_records(&self) -> HostResult<Vec<ContainerRecord>> {
+        Ok(self.os().load_records())
+    }
+
+    fn observe(&self) -> HostResult<ObservedHost> {
+        Ok(self.os().observe())
+    }
+}
+
+impl FakeHost {
+    fn require_container(&self, handle: &str) -> HostResult<()> {
+        if self.os().containers.get(handle).is_some_and(|c| c.rootfs) {
+            Ok(())
+        } else {
+            Err(HostError::Failed(format!(
+                "container {handle} has no rootfs"
+            )))
+        }
+    }
+}
+
+/// `a/./b//c/` -> `/a/b/c`; `..` is clamped at the root.
+fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// Every proper ancestor directory of `path` except the root.
+fn ancestors(path: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut at = path;
+    while let Some(i) = at.rfind('/') {
+        if i == 0 {
+            break;
+        }
+        at = &at[..i];
+        out.push(at.to_string());
+    }
+    out
+}
+
+/// A simulated process: its signal, its exit status, and whoever waits for them.
+#[derive(Default)]
+pub struct FakeProcess {
+    state: Mutex<ProcessState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct ProcessState {
+    signal: Option<Signal>,
+    status: Option<i32>,
+    window: Option<WindowSize>,
+}
+
+impl FakeProcess {
+    fn lock(&self) -> MutexGuard<'_, ProcessState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn deliver(&self, signal: Signal) {
+        let mut state = self.lock();
+        if state.status.is_none() && state.signal != Some(Signal::Kill) {
+            state.signal = Some(signal);
+        }
+        self.changed.notify_all();
+    }
+
+    fn pending_signal(&self) -> Option<Signal> {
+        self.lock().signal
+    }
+
+    fn finish(&self, code: i32) {
+        self.lock().status = Some(code);
+        self.changed.notify_all();
+    }
+
+    fn wait_timeout(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        while state.status.is_none() {
+            let now = Instant::now();
+            if now >= deadline {
+                return false;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        true
+    }
+
+    /// Sleeps until `deadline` unless a signal comes first.
+    fn sleep_until(&self, deadline: Instant) -> Option<Signal> {
+        let mut state = self.lock();
+        loop {
+            if let Some(signal) = state.signal {
+                return Some(signal);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// The last window size set, for tests of TTY resizing.
+    pub fn window_size(&self) -> Option<WindowSize> {
+        self.lock().window
+    }
+}
+
+impl Process for FakeProcess {
+    fn wait(&self) -> i32 {
+        let mut state = self.lock();
+        loop {
+            if let Some(code) = state.status {
+                return code;
+            }
+            state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    fn signal(&self, signal: Signal) -> HostResult<()> {
+        self.deliver(signal);
+        Ok(())
+    }
+
+    fn resize(&self, size: WindowSize) -> HostResult<()> {
+        self.lock().window = Some(size);
+        Ok(())
+    }
+}
+
+fn signal_status(signal: Signal) -> i32 {
+    match signal {
+        Signal::Terminate => 128 + 15,
+        Signal::Kill => 128 + 9,
+    }
+}
+
+/// What a simulated program gets: its arguments, environment and pipe ends.
+struct Program {
+    name: String,
+    args: Vec<String>,
+    env: Vec<String>,
+    stdin: PipeReader,
+    stdout: PipeWriter,
+    stderr: PipeWriter,
+    process: Arc<FakeProcess>,
+}
+
+/// Why a program stopped early.
+enum Interrupt {
+    Signal(Signal),
+    /// Its output's reader went away (SIGPIPE).
+    BrokenPipe,
+}
+
+impl Program {
+    /// Runs to the end and returns the exit status; the pipe ends close on return.
+    fn run(mut self) -> i32 {
+        match self.body() {
+            Ok(code) => code,
+            Err(Interrupt::Signal(signal)) => signal_status(signal),
+            Err(Interrupt::BrokenPipe) => 128 + 13,
+        }
+    }
+
+    fn body(&mut self) -> Result<i32, Interrupt> {
+        let line = |args: &[String]| format!("{}\n", args.join(" ")).into_bytes();
+        match self.name.as_str() {
+            "echo" => {
+                let text = line(&self.args);
+                self.write_out(&text)?;
+                Ok(0)
+            }
+            "stderr" => {
+                let text = line(&self.args);
+                write_all(&mut self.stderr, &self.process, &text)?;
+                Ok(0)
+            }
+            "env" => {
+                let text: String = self.env.iter().map(|e| format!("{e}\n")).collect();
+                self.write_out(text.as_bytes())?;
+                Ok(0)
+            }
+            "exit" => Ok(self.args.first().and_then(|a| a.parse().ok()).unwrap_or(0)),
+            "sleep" => {
+                let seconds: f64 = self
+                    .args
+                    .first()
+                    .and_then(|a| a.parse().ok())
+                    .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                    .unwrap_or(0.0);
+                let deadline = Instant::now() + Duration::from_secs_f64(seconds.min(1e9));
+                match self.process.sleep_until(deadline) {
+                    Some(signal) => Err(Interrupt::Signal(signal)),
+                    None => Ok(0),
+                }
+            }
+            "yes-bytes" => {
+                let mut left: u64 = self.args.first().and_then(|a| a.parse().ok()).unwrap_or(0);
+                let block = b"y\n".repeat(32 * 1024);
+                while left > 0 {
+                    let n = left.min(block.len() as u64) as usize;
+                    self.write_out(&block[..n])?;
+                    left -= n as u64;
+                }
+                Ok(0)
+            }
+            "cat" => {
+                let mut buf = vec![0u8; 32 * 1024];
+                loop {
+                    let n = self.stdin.read_interruptible(&mut buf, &self.process)?;
+                    if n == 0 {
+                        return Ok(0);
+                    }
+                    self.write_out(&buf[..n])?;
+                }
+            }
+            other => unreachable!("spawn_process only starts known programs, not {other}"),
+        }
+    }
+
+    fn write_out(&mut self, data: &[u8]) -> Result<(), Interrupt> {
+        write_all(&mut self.stdout, &self.process, data)
+    }
+}
+
+fn write_all(pipe: &mut PipeWriter, process: &FakeProcess, data: &[u8]) -> Result<(), Interrupt> {
+    let mut at = 0;
+    while at < data.len() {
+        at += pipe.write_interruptible(&data[at..], process)?;
+    }
+    Ok(())
+}
+
+/// An in-memory pipe with a pipe's blocking: readers wait for data or for every writer to be
+/// gone (EOF); writers wait for room, and fail once every reader is gone.
+#[derive(Clone, Default)]
+struct Pipe(Arc<PipeShared>);
+
+#[derive(Default)]
+struct PipeShared {
+    state: Mutex<PipeState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct PipeState {
+    buffer: VecDeque<u8>,
+    writers: usize,
+    readers: usize,
+}
+
+/// How long a blocked program waits before checking for a signal again.
+const SIGNAL_POLL: Duration = Duration::from_millis(10);
+
+impl Pipe {
+    fn new() -> Pipe {
+        Pipe::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, PipeState> {
+        self.0.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn writer(&self) -> PipeWriter {
+        self.lock().writers += 1;
+        PipeWriter(self.clone())
+    }
+
+    fn reader(&self, _owner: &Arc<FakeProcess>) -> PipeReader {
+        self.lock().readers += 1;
+        PipeReader(self.clone())
+    }
+}
+
+struct PipeWriter(Pipe);
+struct PipeReader(Pipe);
+
+impl PipeWriter {
+    /// Writes what fits; `process` (when it is the writer) may be interrupted by a signal.
+    fn write_some(
+        &mut self,
+        data: &[u8],
+        process: Option<&FakeProcess>,
+    ) -> Result<usize, Interrupt> {
+        let pipe = &self.0;
+        let mut state = pipe.lock();
+        loop {
+            if let Some(signal) = process.and_then(FakeProcess::pending_signal) {
+                return Err(Interrupt::Signal(signal));
+            }
+            if state.readers == 0 {
+                return Err(Interrupt::BrokenPipe);
+            }
+            let room = PIPE_CAPACITY.saturating_sub(state.buffer.len());
+            if room > 0 {
+                let n = room.min(data.len());
+                state.buffer.extend(&data[..n]);
+                pipe.0.changed.notify_all();
+                return Ok(n);
+            }
+            state = wait(pipe, state, process.is_some());
+        }
+    }
+
+    fn write_interruptible(
+        &mut self,
+        data: &[u8],
+        process: &FakeProcess,
+    ) -> Result<usize, Interrupt> {
+        self.write_some(data, Some(process))
+    }
+}
+
+fn wait<'a>(
+    pipe: &'a Pipe,
+    state: MutexGuard<'a, PipeState>,
+    poll: bool,
+) -> MutexGuard<'a, PipeState> {
+    if poll {
+        pipe.0
+            .changed
+            .wait_timeout(state, SIGNAL_POLL)
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+    } else {
+        pipe.0
+            .changed
+            .wait(state)
+            .unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Write for PipeWriter {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        if data.is_empty() {
+            return Ok(0);
+        }
+        self.write_some(data, None)
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the process's stdin is closed"))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for PipeWriter {
+    fn drop(&mut self) {
+        self.0.lock().writers -= 1;
+        self.0 .0.changed.notify_all();
+    }
+}
+
+impl PipeReader {
+    fn read_some(
+        &mut self,
+        buf: &mut [u8],
+        process: Option<&FakeProcess>,
+    ) -> Result<usize, Interrupt> {
+        let pipe = &self.0;
+        let mut state = pipe.lock();
+        loop {
+            if let Some(signal) = process.and_then(FakeProcess::pending_signal) {
+                return Err(Interrupt::Signal(signal));
+            }
+            if !state.buffer.is_empty() {
+                let n = buf.len().min(state.buffer.len());
+                for (slot, byte) in buf.iter_mut().zip(state.buffer.drain(..n)) {
+                    *slot = byte;
+                }
+                pipe.0.changed.notify_all();
+                return Ok(n);
+            }
+            if state.writers == 0 || buf.is_empty() {
+                return Ok(0);
+            }
+            state = wait(pipe, state, process.is_some());
+        }
+    }
+
+    fn read_interruptible(
+        &mut self,
+        buf: &mut [u8],
+        process: &FakeProcess,
+    ) -> Result<usize, Interrupt> {
+        self.read_some(buf, Some(process))
+    }
+}
+
+impl Read for PipeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_some(buf, None)
+            .map_err(|_| io::Error::other("interrupted"))
+    }
+}
+
+impl Drop for PipeReader {
+    fn drop(&mut self) {
+        self.0.lock().readers -= 1;
+        self.0 .0.changed.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use trellis_core::api::ProcessSpec;
+
+    fn host_with_container(handle: &str) -> FakeHost {
+        let host = FakeHost::new();
+        host.prepare_rootfs(handle, &ImageRef::default(), false, &DiskLimits::default())
+            .unwrap();
+        host.create_cgroup(handle, &Limits::default()).unwrap();
+        let assignment = NetworkAssignment {
+            subnet: "10.254.0.0/30".parse().unwrap(),
+            container_ip: "10.254.0.1".parse().unwrap(),
+        };
+        host.setup_network(
+            handle,
+            &NetworkConfig {
+                assignment,
+                port_mappings: vec![],
+                netout_rules: vec![],
+                bandwidth: Default::default(),
+            },
+        )
+        .unwrap();
+        host.start_init(
+            handle,
+            &InitConfig {
+                hostname: handle.into(),
+                privileged: false,
+                bind_mounts: vec![],
+                container_ip: None,
+            },
+        )
+        .unwrap();
+        host
+    }
+
+    fn spawn(host: &FakeHost, path: &str, args: &[&str]) -> HostResult<Spawned> {
+        let spec = ProcessSpec {
+            path: path.into(),
+            args: args.iter().map(|a| a.to_string()).collect(),
+            ..Default::default()
+        };
+        host.spawn_process(SpawnRequest {
+            handle: "h",
+            process_id: &format!("p-{path}-{}", args.join("-")),
+            spec: &spec,
+            env: &[],
+        })
+    }
+
+    #[test]
+    fn cat_echoes_stdin_and_exits_at_eof() {
+        let host = host_with_container("h");
+        let Spawned { process, stdio } = spawn(&host, "cat", &[]).unwrap();
+        let Stdio {
+            mut stdin,
+            mut stdout,
+            ..
+        } = stdio;
+        stdin.write_all(b"hello").unwrap();
+        drop(stdin);
+        let mut out = String::new();
+        stdout.read_to_string(&mut out).unwrap();
+        assert_eq!(out, "hello");
+        assert_eq!(process.wait(), 0);
+        assert!(host.observe().unwrap().containers["h"].processes.is_empty());
+    }
+
+    #[test]
+    fn exit_codes_signals_and_unknown_programs() {
+        let host = host_with_container("h");
+        assert_eq!(spawn(&host, "exit", &["42"]).unwrap().process.wait(), 42);
+        let sleeper = spawn(&host, "/bin/sleep", &["1000"]).unwrap();
+        sleeper.process.signal(Signal::Terminate).unwrap();
+        assert_eq!(sleeper.process.wait(), 143);
+        assert!(matches!(
+            spawn(&host, "nope", &[]),
+            Err(HostError::ExecutableNotFound(_))
+        ));
+    }
+
+    #[test]
+    fn tar_round_trip() {
+        let host = host_with_container("h");
+        let mut archive = tar::Builder::new(Vec::new());
+        let mut header = tar::Header::new_gnu();
+        header.set_size(5);
+        header.set_mode(0o644);
+        archive
+            .append_data(&mut header, "dir/file.txt", &b"hello"[..])
+            .unwrap();
+        let bytes = archive.into_inner().unwrap();
+        let to = FilePath {
+            handle: "h",
+            path: "/tmp/in",
+            user: "",
+        };
+        host.stream_in(to, &mut &bytes[..]).unwrap();
+        let mut out = Vec::new();
+        let from = FilePath {
+            handle: "h",
+            path: "/tmp/in/dir/file.txt",
+            user: "",
+        };
+        host.stream_out(from, &mut out).unwrap();
+        let mut archive = tar::Archive::new(&out[..]);
+        let mut entries = archive.entries().unwrap();
+        let mut entry = entries.next().unwrap().unwrap();
+        assert_eq!(entry.path().unwrap().to_str(), Some("file.txt"));
+        let mut text = String::new();
+        entry.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "hello");
+    }
+}
