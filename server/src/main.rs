@@ -1,1 +1,83 @@
-fn main() {}
+//! The `trellis` binary: `trellis server` runs the Garden API server; the other subcommands are
+//! the client CLI (see `trellis --help`).
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+use trellis_server::config::{LogLevel, ServerArgs};
+
+#[global_allocator]
+static ALLOCATOR: trellis_server::alloc_stats::CountingAlloc =
+    trellis_server::alloc_stats::CountingAlloc;
+
+#[derive(Parser)]
+#[command(
+    name = "trellis",
+    version,
+    about = "A Garden API container server and its client"
+)]
+struct Cli {
+    #[command(flatten)]
+    global: trellis_client::cli::GlobalArgs,
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    /// Run the Garden API server.
+    Server(Box<ServerArgs>),
+    #[command(flatten)]
+    Client(trellis_client::cli::Command),
+}
+
+fn init_logging(level: LogLevel) {
+    use tracing_subscriber::EnvFilter;
+    let default = match level {
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Error | LogLevel::Fatal => "error",
+    };
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{default},hyper=info")));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(code) = trellis_os::helper::run_if_helper(&args) {
+        return code;
+    }
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("trellis: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match cli.command {
+        Top::Server(args) => {
+            init_logging(args.log_level);
+            match runtime.block_on(trellis_server::server::run(*args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!(error = %e, "trellis server failed");
+                    eprintln!("trellis server: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Top::Client(command) => runtime.block_on(trellis_client::cli::run(cli.global, command)),
+    };
+    // Streams still being served (processes keep running) must not hold the exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    code
+}

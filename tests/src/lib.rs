@@ -1,1 +1,398 @@
-//! Black-box tests over HTTP against a real trellis server.
+//! The black-box test harness: starts a real `trellis server` process (fake or Linux backend)
+//! on a loopback TCP port and/or a unix socket, with its own temporary depot, state and run
+//! directories, and hands out connected clients.
+//!
+//! ```no_run
+//! use trellis_tests::{Backend, TestServer};
+//! # async fn demo() {
+//! let server = TestServer::start(TestServer::options(Backend::Fake));
+//! let client = server.client();
+//! client.ping().await.unwrap();
+//! # }
+//! ```
+//!
+//! The `trellis` binary must be built first (`scripts/test` does): it is looked for next to the
+//! test executable's directory (`target/<profile>/trellis`), or at `$TRELLIS_BIN`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+pub use trellis_client::{Client, Target};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Fake,
+    Linux,
+}
+
+/// How to start a test server. Start from [`TestServer::options`].
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub backend: Backend,
+    /// Listen on a loopback TCP port (picked free).
+    pub tcp: bool,
+    /// Listen on a unix socket in the server's temporary directory.
+    pub unix: bool,
+    /// `--default-rootfs` (Linux backend: the image for containers that name none).
+    pub default_rootfs: Option<String>,
+    /// `--network-pool`; by default each server gets a pool of its own.
+    pub network_pool: Option<String>,
+    /// `--port-pool-start` and `--port-pool-size`; by default a range of its own.
+    pub port_pool: Option<(u32, u32)>,
+    /// `--default-grace-time` (a Go duration or seconds).
+    pub default_grace_time: Option<String>,
+    /// `--debug-bind-ip 127.0.0.1` on a free port.
+    pub debug: bool,
+    /// More flags, passed as given.
+    pub extra_args: Vec<String>,
+    /// `RUST_LOG` for the server (its log goes to a file in its directory).
+    pub log_filter: Option<String>,
+}
+
+pub struct TestServer {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    pub tcp_addr: Option<SocketAddr>,
+    pub socket: Option<PathBuf>,
+    pub debug_addr: Option<SocketAddr>,
+    options: ServerOptions,
+    args: Vec<String>,
+}
+
+/// Servers started by this test process: each gets its own network and port pool.
+static STARTED: AtomicU32 = AtomicU32::new(0);
+
+/// How long a server may take to answer its first ping.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+/// Two base-36 characters.
+fn tag(n: u32) -> String {
+    let digits = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let n = n % (36 * 36);
+    format!(
+        "{}{}",
+        digits[(n / 36) as usize] as char,
+        digits[(n % 36) as usize] as char
+    )
+}
+
+/// The `trellis` binary under test.
+pub fn binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("TRELLIS_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test executable's path");
+    // target/<profile>/deps/<test> -> target/<profile>/trellis
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("the test executable lives in target/<profile>/deps");
+    let candidate = profile_dir.join("trellis");
+    assert!(
+        candidate.exists(),
+        "{} does not exist: build the server first (`cargo build --release -p trellis-server`, \
+         as scripts/test does) or set TRELLIS_BIN",
+        candidate.display()
+    );
+    candidate
+}
+
+impl TestServer {
+    pub fn options(backend: Backend) -> ServerOptions {
+        ServerOptions {
+            backend,
+            tcp: true,
+            unix: true,
+            default_rootfs: None,
+            network_pool: None,
+            port_pool: None,
+            default_grace_time: None,
+            debug: false,
+            extra_args: Vec::new(),
+            log_filter: None,
+        }
+    }
+
+    /// A fake-backend server on TCP and a unix socket.
+    pub fn fake() -> TestServer {
+        TestServer::start(TestServer::options(Backend::Fake))
+    }
+
+    /// Starts a server and waits until it answers a ping. Panics (with the server's log) if it
+    /// does not come up.
+    pub fn start(options: ServerOptions) -> TestServer {
+        assert!(options.tcp || options.unix, "a server needs a listener");
+        let n = STARTED.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        let dir = tempfile::Builder::new()
+            .prefix("trellis-test-")
+            .tempdir()
+            .expect("a temporary directory");
+        let tcp_addr = options
+            .tcp
+            .then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        let socket = options.unix.then(|| dir.path().join("garden.sock"));
+        let debug_addr = options
+            .debug
+            .then(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
+        // Distinct pools per server (and per test process), so servers never collide on the
+        // host's addresses or ports.
+        let slot = (pid.wrapping_mul(7).wrapping_add(n)) % 60;
+        let network_pool = options
+            .network_pool
+            .clone()
+            .unwrap_or_else(|| format!("10.{}.{}.0/22", 180 + slot / 16, (slot % 16) * 16));
+        let (port_start, port_size) = options.port_pool.unwrap_or((30000 + slot * 250, 250));
+
+        let path = |p: &str| dir.path().join(p).display().to_string();
+        let mut args: Vec<String> = vec![
+            "server".into(),
+            "--backend".into(),
+            match options.backend {
+                Backend::Fake => "fake",
+                Backend::Linux => "linux",
+            }
+            .into(),
+            "--depot".into(),
+            path("depot"),
+            "--state-dir".into(),
+            path("state"),
+            "--run-dir".into(),
+            path("run"),
+            "--network-pool".into(),
+            network_pool,
+            "--port-pool-start".into(),
+            port_start.to_string(),
+            "--port-pool-size".into(),
+            port_size.to_string(),
+            "--log-level".into(),
+            "debug".into(),
+            // Names this server's bridges and firewall table apart from other servers'.
+            "--tag".into(),
+            tag(pid.wrapping_mul(31).wrapping_add(n)),
+        ];
+        if let Some(addr) = tcp_addr {
+            args.extend([
+                "--bind-ip".into(),
+                addr.ip().to_string(),
+                "--bind-port".into(),
+                addr.port().to_string(),
+            ]);
+        }
+        if let Some(path) = &socket {
+            args.extend(["--bind-socket".into(), path.display().to_string()]);
+        }
+        if let Some(addr) = debug_addr {
+            args.extend([
+                "--debug-bind-ip".into(),
+                addr.ip().to_string(),
+                "--debug-bind-port".into(),
+                addr.port().to_string(),
+            ]);
+        }
+        if let Some(rootfs) = &options.default_rootfs {
+            args.extend(["--default-rootfs".into(), rootfs.clone()]);
+        }
+        if let Some(grace) = &options.default_grace_time {
+            args.extend(["--default-grace-time".into(), grace.clone()]);
+        }
+        args.extend(options.extra_args.iter().cloned());
+        let mut server = TestServer {
+            child: None,
+            dir,
+            tcp_addr,
+            socket,
+            debug_addr,
+            options,
+            args,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let mut command = Command::new(binary());
+        command.args(&self.args);
+        if let Some(filter) = &self.options.log_filter {
+            command.env("RUST_LOG", filter);
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("server.log"))
+            .expect("the server's log file");
+        command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file handle"))
+            .stderr(log);
+        self.child = Some(command.spawn().expect("starting the trellis server"));
+        self.wait_until_up();
+    }
+
+    fn wait_until_up(&self) {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if self.ping_sync() {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "the trellis server did not answer within {START_TIMEOUT:?}; its log:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// A blocking ping (no async runtime needed).
+    pub fn ping_sync(&self) -> bool {
+        let request = b"GET /ping HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n";
+        let mut response = Vec::new();
+        let ok = if let Some(addr) = self.tcp_addr {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+                .and_then(|mut s| {
+                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    s.write_all(request)?;
+                    s.read_to_end(&mut response)
+                })
+                .is_ok()
+        } else if let Some(path) = &self.socket {
+            std::os::unix::net::UnixStream::connect(path)
+                .and_then(|mut s| {
+                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+                    s.write_all(request)?;
+                    s.read_to_end(&mut response)
+                })
+                .is_ok()
+        } else {
+            false
+        };
+        ok && response.starts_with(b"HTTP/1.1 200")
+    }
+
+    /// A client on TCP if the server listens there, else on its unix socket.
+    pub fn client(&self) -> Client {
+        match self.tcp_addr {
+            Some(_) => self.tcp_client(),
+            None => self.unix_client(),
+        }
+    }
+
+    pub fn tcp_client(&self) -> Client {
+        let addr = self.tcp_addr.expect("the server listens on TCP");
+        Client::new(Target::Tcp(addr.to_string()))
+    }
+
+    pub fn unix_client(&self) -> Client {
+        let path = self
+            .socket
+            .clone()
+            .expect("the server listens on a unix socket");
+        Client::new(Target::Unix(path))
+    }
+
+    /// Every target the server listens on (TCP first).
+    pub fn targets(&self) -> Vec<Target> {
+        let mut targets = Vec::new();
+        if let Some(addr) = self.tcp_addr {
+            targets.push(Target::Tcp(addr.to_string()));
+        }
+        if let Some(path) = &self.socket {
+            targets.push(Target::Unix(path.clone()));
+        }
+        targets
+    }
+
+    /// The server's temporary directory (depot, state, run dirs and its log live here).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn depot(&self) -> PathBuf {
+        self.dir.path().join("depot")
+    }
+
+    pub fn options_used(&self) -> &ServerOptions {
+        &self.options
+    }
+
+    /// Everything the server has logged so far.
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGTERM and waits for the server to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("the server is running");
+        // SAFETY: signalling our own child by its pid.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().expect("waiting for the server") {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "the server did not exit after SIGTERM; log:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts a new server process on the same directories and addresses (after
+    /// `terminate`), as an operator restarting the service would.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "terminate the server first");
+        self.spawn();
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- trellis server log ---\n{}", self.logs());
+        }
+    }
+}
+
+/// Polls `condition` until it holds or `timeout` passes (tests wait on conditions, not sleeps).
+pub async fn eventually<F, Fut>(timeout: Duration, mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if condition().await {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,165 @@
+//! `trellis server` flags, compatible with `gdn server` where they make sense.
+
+use clap::{Args, ValueEnum};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Backend {
+    /// Real containers on this Linux host.
+    Linux,
+    /// The simulator's in-memory OS with simulated processes (for client authors and tests).
+    Fake,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Error,
+    Fatal,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServerArgs {
+    /// Address to serve the Garden API on (TCP). Without it and --bind-socket: 127.0.0.1.
+    #[arg(long)]
+    pub bind_ip: Option<IpAddr>,
+    #[arg(long, default_value_t = 7777)]
+    pub bind_port: u16,
+    /// Unix socket to serve the Garden API on (a stale file is replaced; mode 0777).
+    #[arg(long)]
+    pub bind_socket: Option<PathBuf>,
+    /// Where container directories live (Garden's ContainerPath).
+    #[arg(long, default_value = "/var/lib/trellis/depot")]
+    pub depot: PathBuf,
+    /// Durable server state: container records, image cache.
+    #[arg(long, default_value = "/var/lib/trellis")]
+    pub state_dir: PathBuf,
+    /// Runtime files that need not survive a reboot.
+    #[arg(long, default_value = "/run/trellis")]
+    pub run_dir: PathBuf,
+    /// Pool container subnets are taken from.
+    #[arg(long, default_value = "10.254.0.0/22")]
+    pub network_pool: ipnetwork::Ipv4Network,
+    /// Root filesystem for containers whose spec names none.
+    #[arg(long, default_value = "")]
+    pub default_rootfs: String,
+    /// Grace time for containers created without one (`5m`, `30s`, `1h30m`, or seconds); 0
+    /// means they never expire.
+    #[arg(long, default_value = "0", value_parser = parse_go_duration)]
+    pub default_grace_time: Duration,
+    /// Most containers at once (0: only the network pool limits it).
+    #[arg(long, default_value_t = 0)]
+    pub max_containers: u64,
+    #[arg(long, value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+    #[arg(long, default_value_t = 61001)]
+    pub port_pool_start: u32,
+    #[arg(long, default_value_t = 4534)]
+    pub port_pool_size: u32,
+    /// The host address mapped ports are reached on (reported as ExternalIP).
+    #[arg(long)]
+    pub external_ip: Option<Ipv4Addr>,
+    /// MTU of container interfaces (0: as the host's).
+    #[arg(long, default_value_t = 0)]
+    pub mtu: u32,
+    /// Networks containers may never reach (repeatable).
+    #[arg(long)]
+    pub deny_network: Vec<ipnetwork::Ipv4Network>,
+    /// Let containers reach the host's own addresses.
+    #[arg(long)]
+    pub allow_host_access: bool,
+    /// DNS servers for containers' resolv.conf (repeatable).
+    #[arg(long)]
+    pub dns_server: Vec<IpAddr>,
+    /// Up to 2 letters or digits naming this server's bridges and firewall table, so that
+    /// several servers on one host leave each other alone.
+    #[arg(long, default_value = "")]
+    pub tag: String,
+    #[arg(long, value_enum, default_value_t = Backend::Linux)]
+    pub backend: Backend,
+    /// Serve `/debug/vars` (expvar-style memory figures) on this address; off when absent.
+    #[arg(long)]
+    pub debug_bind_ip: Option<IpAddr>,
+    #[arg(long, default_value_t = 17013)]
+    pub debug_bind_port: u16,
+}
+
+impl ServerArgs {
+    /// The TCP address to listen on, if any.
+    pub fn tcp_addr(&self) -> Option<SocketAddr> {
+        match (self.bind_ip, &self.bind_socket) {
+            (Some(ip), _) => Some(SocketAddr::new(ip, self.bind_port)),
+            (None, Some(_)) => None,
+            (None, None) => Some(SocketAddr::new(
+                IpAddr::V4(Ipv4Addr::LOCALHOST),
+                self.bind_port,
+            )),
+        }
+    }
+
+    pub fn debug_addr(&self) -> Option<SocketAddr> {
+        self.debug_bind_ip
+            .map(|ip| SocketAddr::new(ip, self.debug_bind_port))
+    }
+
+    pub fn core_config(&self) -> trellis_core::Config {
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default()
+            ^ u64::from(std::process::id()).rotate_left(32);
+        trellis_core::Config {
+            network_pool: self.network_pool,
+            max_containers: self.max_containers,
+            default_grace_time: self.default_grace_time.as_nanos() as u64,
+            port_pool_start: self.port_pool_start,
+            port_pool_size: self.port_pool_size,
+            external_ip: self.external_ip,
+            depot: self.depot.to_string_lossy().into_owned(),
+            seed,
+            bugs: Default::default(),
+        }
+    }
+
+    pub fn linux_config(&self) -> trellis_os::LinuxConfig {
+        let mut network = trellis_os::linux::network::NetworkSettings::default();
+        if self.mtu != 0 {
+            network.mtu = self.mtu;
+        }
+        network.dns.dns_servers = self.dns_server.clone();
+        network.firewall.deny_networks = self.deny_network.clone();
+        network.firewall.allow_host_access = self.allow_host_access;
+        network.tag = self.tag.clone();
+        trellis_os::LinuxConfig {
+            layout: trellis_os::Layout::new(&self.depot, &self.state_dir, &self.run_dir),
+            default_rootfs: self.default_rootfs.clone(),
+            helper_binary: None,
+            network,
+        }
+    }
+}
+
+pub use trellis_client::cli::parse_duration as parse_go_duration;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn go_durations() {
+        assert_eq!(parse_go_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_go_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_go_duration("90"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_go_duration("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_go_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_go_duration("300ms"), Ok(Duration::from_millis(300)));
+        assert_eq!(parse_go_duration("0"), Ok(Duration::ZERO));
+        assert!(parse_go_duration("-1s").is_err());
+        assert!(parse_go_duration("5x").is_err());
+        assert!(parse_go_duration("m").is_err());
+        assert!(parse_go_duration("").is_err());
+    }
+}

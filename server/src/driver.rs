@@ -1,0 +1,296 @@
+//! The core's driver: one task owns `trellis_core::Core`. Requests come in as commands over a
+//! channel with a oneshot for the reply; effects run on blocking worker threads against the
+//! host; their outcomes, the host's observations and timer ticks go back into the same loop.
+
+use crate::processes::ProcessTable;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+use trellis_core::effect::{EffectKind, Observation};
+use trellis_core::{
+    Command, Core, EffectError, EffectErrorKind, EffectId, Error, Input, LeaseId, Outcome, Output,
+    Reply, RequestId, Time,
+};
+use trellis_os::{Host, SpawnRequest};
+
+enum Message {
+    Command {
+        command: Command,
+        reply: oneshot::Sender<Result<Reply, Error>>,
+    },
+    Outcome {
+        effect: EffectId,
+        outcome: Outcome,
+    },
+    Observed(Observation),
+}
+
+/// The request side of the core: cheap to clone, usable from any task.
+#[derive(Clone)]
+pub struct CoreHandle {
+    tx: mpsc::UnboundedSender<Message>,
+}
+
+/// The core's driver is gone (the server is shutting down).
+pub fn unavailable() -> Error {
+    Error::Host(EffectError::new(
+        EffectErrorKind::Host,
+        "the server is shutting down",
+    ))
+}
+
+impl CoreHandle {
+    pub async fn call(&self, command: Command) -> Result<Reply, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Message::Command { command, reply })
+            .map_err(|_| unavailable())?;
+        rx.await.map_err(|_| unavailable())?
+    }
+
+    /// The driver has stopped.
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Ends a lease; fire and forget (usable from `Drop`).
+    pub fn release(&self, lease: LeaseId) {
+        let (reply, _) = oneshot::channel();
+        let _ = self.tx.send(Message::Command {
+            command: Command::Release { lease },
+            reply,
+        });
+    }
+
+    pub fn lease_guard(&self, lease: LeaseId) -> LeaseGuard {
+        LeaseGuard {
+            core: self.clone(),
+            lease: Some(lease),
+        }
+    }
+
+    fn observe(&self, observation: Observation) {
+        let _ = self.tx.send(Message::Observed(observation));
+    }
+}
+
+/// Releases its lease when dropped: the container's grace timer may run again.
+pub struct LeaseGuard {
+    core: CoreHandle,
+    lease: Option<LeaseId>,
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            self.core.release(lease);
+        }
+    }
+}
+
+/// Wall-clock nanoseconds: records keep creation times across restarts.
+pub fn now() -> Time {
+    Time(
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default(),
+    )
+}
+
+pub struct Driver {
+    core: Core,
+    host: Arc<dyn Host>,
+    processes: Arc<ProcessTable>,
+    rx: mpsc::UnboundedReceiver<Message>,
+    handle: CoreHandle,
+    waiting: HashMap<RequestId, oneshot::Sender<Result<Reply, Error>>>,
+    next_request: u64,
+}
+
+impl Driver {
+    /// Rebuilds the core from the host's records, reconciles it with what the host has, and
+    /// returns the driver (not yet running) and its handle.
+    pub fn start(
+        config: trellis_core::Config,
+        host: Arc<dyn Host>,
+        processes: Arc<ProcessTable>,
+    ) -> Result<(Driver, CoreHandle), trellis_os::HostError> {
+        let records = host.load_records()?;
+        let observed = host.observe()?;
+        info!(
+            records = records.len(),
+            found = observed.containers.len(),
+            "restoring containers"
+        );
+        let mut core = Core::restore(config, now(), records);
+        let outputs = core.step(now(), Input::Reconcile(observed));
+        let (tx, rx) = mpsc::unbounded_channel();
+        let handle = CoreHandle { tx };
+        let mut driver = Driver {
+            core,
+            host,
+            processes,
+            rx,
+            handle: handle.clone(),
+            waiting: HashMap::new(),
+            next_request: 1,
+        };
+        driver.dispatch(outputs);
+        let sink = handle.clone();
+        driver
+            .host
+            .watch_events(Box::new(move |observation| sink.observe(observation)));
+        Ok((driver, handle))
+    }
+
+    /// Runs until every handle is dropped.
+    pub async fn run(mut self) {
+        let mut idle_tick = false;
+        loop {
+            let sleep_for = self.core.next_deadline().map(|deadline| {
+                let wait = Duration::from_nanos(deadline.0.saturating_sub(now().0));
+                // A deadline the last tick did not clear must not spin the loop.
+                if idle_tick {
+                    wait.max(Duration::from_millis(50))
+                } else {
+                    wait
+                }
+            });
+            let message = match sleep_for {
+                Some(wait) => {
+                    tokio::select! {
+                        m = self.rx.recv() => m,
+                        _ = tokio::time::sleep_until((Instant::now() + wait).into()) => {
+                            idle_tick = true;
+                            let outputs = self.core.step(now(), Input::Tick);
+                            if !outputs.is_empty() {
+                                idle_tick = false;
+                            }
+                            self.dispatch(outputs);
+                            continue;
+                        }
+                    }
+                }
+                None => self.rx.recv().await,
+            };
+            idle_tick = false;
+            let Some(message) = message else {
+                return;
+            };
+            let input = match message {
+                Message::Command { command, reply } => {
+                    let request = RequestId(self.next_request);
+                    self.next_request += 1;
+                    self.waiting.insert(request, reply);
+                    Input::Command { request, command }
+                }
+                Message::Outcome { effect, outcome } => Input::Outcome { effect, outcome },
+                Message::Observed(observation) => Input::Observed(observation),
+            };
+            let outputs = self.core.step(now(), input);
+            self.dispatch(outputs);
+        }
+    }
+
+    fn dispatch(&mut self, outputs: Vec<Output>) {
+        for output in outputs {
+            match output {
+                Output::Reply { request, result } => self.reply(request, result),
+                Output::Effect(effect) => self.execute(effect.id, effect.kind),
+            }
+        }
+    }
+
+    fn reply(&mut self, request: RequestId, result: Result<Reply, Error>) {
+        let Some(reply) = self.waiting.remove(&request) else {
+            return;
+        };
+        if let Err(Ok(unclaimed)) = reply.send(result) {
+            // The caller went away: a hold it was given must not pause the container forever.
+            let lease = match unclaimed {
+                Reply::ProcessStarted { lease, .. } | Reply::Leased(lease) => Some(lease),
+                _ => None,
+            };
+            if let Some(lease) = lease {
+                debug!(?lease, "caller gone; releasing its lease");
+                self.handle.release(lease);
+            }
+        }
+    }
+
+    fn execute(&self, id: EffectId, kind: EffectKind) {
+        let host = self.host.clone();
+        let handle = self.handle.clone();
+        let processes = self.processes.clone();
+        debug!(effect = %id, kind = kind.name(), handle = kind.handle().unwrap_or(""), "effect");
+        tokio::task::spawn_blocking(move || {
+            let outcome = match &kind {
+                EffectKind::SpawnProcess {
+                    handle: container,
+                    process_id,
+                    spec,
+                    env,
+                } => spawn(
+                    &*host, &processes, &handle, container, process_id, spec, env,
+                ),
+                other => {
+                    let outcome = trellis_os::execute(&*host, other);
+                    if let (EffectKind::DeleteRecord { handle: container }, Ok(_)) =
+                        (other, &outcome)
+                    {
+                        processes.forget_container(container);
+                    }
+                    outcome
+                }
+            };
+            if let Err(e) = &outcome {
+                warn!(effect = %id, kind = kind.name(), handle = kind.handle().unwrap_or(""), error = %e, "effect failed");
+            }
+            let _ = handle.tx.send(Message::Outcome {
+                effect: id,
+                outcome,
+            });
+        });
+    }
+}
+
+fn spawn(
+    host: &dyn Host,
+    processes: &Arc<ProcessTable>,
+    core: &CoreHandle,
+    container: &str,
+    process_id: &str,
+    spec: &trellis_core::api::ProcessSpec,
+    env: &[String],
+) -> Outcome {
+    let spawned = host
+        .spawn_process(SpawnRequest {
+            handle: container,
+            process_id,
+            spec,
+            env,
+        })
+        .map_err(EffectError::from)?;
+    let exited = {
+        let core = core.clone();
+        let handle = container.to_string();
+        let process_id = process_id.to_string();
+        move || {
+            debug!(handle, process_id, "process exited");
+            core.observe(Observation::ProcessExited { handle, process_id });
+        }
+    };
+    processes
+        .register(container, process_id, spawned, exited)
+        .map(|_| trellis_core::EffectOutput::Done)
+        .map_err(|e| {
+            error!(handle = container, process_id, error = %e, "could not start the process's stream threads");
+            EffectError::new(
+                EffectErrorKind::Host,
+                format!("starting the process's stream threads: {e}"),
+            )
+        })
+}

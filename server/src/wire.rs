@@ -1,0 +1,108 @@
+//! Decoding what clients send: JSON request bodies (bounded) and the stream of JSON messages on
+//! a hijacked process connection. The fuzz targets call these same functions.
+
+use serde::de::DeserializeOwned;
+use thiserror::Error;
+use trellis_core::api::{
+    ContainerSpec, NetInRequest, NetOutRule, ProcessSpec, PropertyValue, StopRequest,
+};
+
+/// The largest JSON request body accepted. Garden bodies are small; a ContainerSpec with many
+/// properties and rules stays far below this.
+pub const MAX_JSON_BODY: usize = 1 << 20;
+
+/// A request the server cannot make sense of. Travels as a Garden error with an empty `Type`.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BadRequest {
+    #[error("invalid {what} in request body: {reason}")]
+    Json { what: &'static str, reason: String },
+    #[error("request body is larger than {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl BadRequest {
+    pub fn http_status(&self) -> u16 {
+        match self {
+            BadRequest::TooLarge { .. } => 413,
+            _ => 400,
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(what: &'static str, body: &[u8]) -> Result<T, BadRequest> {
+    if body.len() > MAX_JSON_BODY {
+        return Err(BadRequest::TooLarge {
+            limit: MAX_JSON_BODY,
+        });
+    }
+    serde_json::from_slice(body).map_err(|e| BadRequest::Json {
+        what,
+        reason: e.to_string(),
+    })
+}
+
+pub fn container_spec(body: &[u8]) -> Result<ContainerSpec, BadRequest> {
+    decode("container spec", body)
+}
+
+pub fn process_spec(body: &[u8]) -> Result<ProcessSpec, BadRequest> {
+    decode("process spec", body)
+}
+
+pub fn net_out_rule(body: &[u8]) -> Result<NetOutRule, BadRequest> {
+    decode("net-out rule", body)
+}
+
+/// BulkNetOut's body: an array of rules; `null` (a nil Go slice) is an empty list.
+pub fn net_out_rules(body: &[u8]) -> Result<Vec<NetOutRule>, BadRequest> {
+    Ok(decode::<Option<Vec<NetOutRule>>>("net-out rules", body)?.unwrap_or_default())
+}
+
+pub fn net_in(body: &[u8]) -> Result<NetInRequest, BadRequest> {
+    decode("net-in request", body)
+}
+
+pub fn property_value(body: &[u8]) -> Result<PropertyValue, BadRequest> {
+    decode("property value", body)
+}
+
+pub fn stop_request(body: &[u8]) -> Result<StopRequest, BadRequest> {
+    decode("stop request", body)
+}
+
+/// SetGraceTime's body: a bare integer of nanoseconds.
+pub fn grace_time(body: &[u8]) -> Result<i64, BadRequest> {
+    decode("grace time (nanoseconds)", body)
+}
+
+/// The process-connection message decoder, shared with the client (one decoder, one place).
+pub use trellis_client::stream::{PayloadDecoder, PayloadError, MAX_PAYLOAD_BYTES};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bodies() {
+        assert_eq!(net_out_rules(b"null\n").unwrap(), vec![]);
+        assert_eq!(
+            net_out_rules(b"[{},{\"protocol\":4,\"icmps\":{}}]")
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(grace_time(b"90000000000\n").unwrap(), 90_000_000_000);
+        assert!(grace_time(b"\"1s\"").is_err());
+        assert!(container_spec(b"{\"handle\":3}").is_err());
+        assert!(container_spec(b"").is_err());
+        let big = vec![b' '; MAX_JSON_BODY + 1];
+        assert_eq!(
+            container_spec(&big),
+            Err(BadRequest::TooLarge {
+                limit: MAX_JSON_BODY
+            })
+        );
+    }
+}
