@@ -114,6 +114,7 @@ impl Fixture {
     /// Everything of ours still on the host: links with our bridge prefix or on our bridges,
     /// container chains and map elements in our table, namespaces, state files.
     fn leftovers(&self) -> Vec<String> {
+        self.networker.settle();
         let mut left = Vec::new();
         let links = cmd("ip", &["-o", "link", "show"]);
         for line in links.lines() {
@@ -327,6 +328,7 @@ fn containers_on_a_shared_subnet_reach_each_other_and_others_do_not() {
     assert!(cmd("ip", &["-o", "link"]).contains("trbra3-0ad30300"));
     assert!(ping_from_host(Ipv4Addr::new(10, 211, 3, 1)));
     f.networker.teardown("one", None).unwrap();
+    f.networker.settle();
     assert!(!cmd("ip", &["-o", "link"]).contains("trbra3-0ad30300"));
 }
 

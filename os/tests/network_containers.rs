@@ -86,11 +86,17 @@ fn containers_get_their_network_and_files() {
     create(&t, "net-a", a);
     create(&t, "net-b", b);
 
-    let (code, out, err) = t.run("net-a", sh("ip -o addr; ip route; cat /etc/hosts /etc/resolv.conf"));
+    let (code, out, err) = t.run(
+        "net-a",
+        sh("ip -o addr; ip route; cat /etc/hosts /etc/resolv.conf"),
+    );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("inet 10.213.1.1/29"), "{out}");
     assert!(out.contains("default via 10.213.1.6"), "{out}");
-    assert!(out.contains("127.0.0.1 localhost\n10.213.1.1 net-a\n"), "{out}");
+    assert!(
+        out.contains("127.0.0.1 localhost\n10.213.1.1 net-a\n"),
+        "{out}"
+    );
 
     // Neighbours on a subnet reach each other; localhost resolves through /etc/hosts.
     let (code, out, _) = t.run("net-a", sh("ping -c 1 -W 2 10.213.1.2"));
@@ -99,7 +105,10 @@ fn containers_get_their_network_and_files() {
     assert_eq!(code, 0, "{out}");
 
     // Container root may rewrite its hosts and resolv.conf; other users may not.
-    let (code, _, err) = t.run("net-a", sh("echo NONSENSE > /etc/hosts && echo x > /etc/resolv.conf"));
+    let (code, _, err) = t.run(
+        "net-a",
+        sh("echo NONSENSE > /etc/hosts && echo x > /etc/resolv.conf"),
+    );
     assert_eq!(code, 0, "{err}");
     let (code, _, err) = t.run("net-b", sh_as("nobody", "echo NONSENSE > /etc/hosts"));
     assert_ne!(code, 0);
@@ -108,6 +117,7 @@ fn containers_get_their_network_and_files() {
     destroy(&t, "net-a", a);
     destroy(&t, "net-b", b);
     assert!(t.host.network.handles().unwrap().is_empty());
+    t.host.network.settle();
     assert!(!std::process::Command::new("ip")
         .args(["-o", "link"])
         .output()

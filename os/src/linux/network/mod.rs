@@ -65,6 +65,19 @@ pub struct Networker {
     settings: NetworkSettings,
     states: StateStore,
     firewall: Firewall,
+    /// Link and bridge removals still running after their teardown returned.
+    pending_cleanups: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+    /// Set by `settle` to cut the cleanups' linger short.
+    expedite_cleanups: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// How long a container's links and its possibly empty bridge stay after teardown.
+const BRIDGE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Drop for Networker {
+    fn drop(&mut self) {
+        self.settle();
+    }
 }
 
 /// The host's address as others see it: the first IPv4 address of the interface holding the
@@ -117,6 +130,8 @@ impl Networker {
             settings,
             states,
             firewall,
+            pending_cleanups: Default::default(),
+            expedite_cleanups: Default::default(),
         };
         networker.remove_orphan_bridges()?;
         Ok(networker)
@@ -142,17 +157,24 @@ impl Networker {
 
     /// Serialises creating and deleting a subnet's bridge across threads and processes.
     fn lock_bridge(&self, bridge: &str) -> HostResult<Flock<std::fs::File>> {
-        let path = self.layout.network_locks_dir().join(bridge);
+        lock_file(&self.layout.network_locks_dir().join(bridge))
+    }
+}
+
+fn lock_file(path: &std::path::Path) -> HostResult<Flock<std::fs::File>> {
+    {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(&path)
+            .open(path)
             .map_err(|e| HostError::io(format!("open {}", path.display()), e))?;
         Flock::lock(file, FlockArg::LockExclusive)
             .map_err(|(_, e)| HostError::Failed(format!("lock {}: {e}", path.display())))
     }
+}
 
+impl Networker {
     fn rules<'a>(
         state: &'a NetworkState,
         names: &'a LinkNames,
@@ -301,12 +323,7 @@ impl Networker {
             let bridge = naming::bridge_name(&self.bridge_prefix, state.assignment.subnet);
             self.firewall
                 .remove_container(&Self::rules(state, &names, &bridge), &state.port_mappings)?;
-            let _lock = self.lock_bridge(&bridge)?;
-            netlink::with_netlink(None, |nl| {
-                nl.delete_link(&names.host_veth)?;
-                nl.delete_link(&names.ifb)?;
-                delete_bridge_if_unused(nl, &bridge)
-            })?;
+            self.remove_links_later(vec![names.host_veth, names.ifb], bridge);
         } else if let Some(assignment) = assignment {
             // Nothing of the container was made (its state comes first), but its subnet's
             // bridge may have been left empty by a crash.
@@ -390,6 +407,60 @@ impl Networker {
             rx_bytes: l.tx_bytes,
             tx_bytes: l.rx_bytes,
         }))
+    }
+
+    /// Deletes the container's links and then its bridge if no other container uses it, on a
+    /// thread of its own: the kernel takes tens of milliseconds to unregister a device (an RCU
+    /// grace period each), which would otherwise dominate destroy. The bridge lock keeps a
+    /// create on the same subnet from racing the deletion; [`Networker::settle`] waits for
+    /// all of it, and startup removes whatever a crash left.
+    fn remove_links_later(&self, links: Vec<String>, bridge: String) {
+        let lock_path = self.layout.network_locks_dir().join(&bridge);
+        let expedite = self.expedite_cleanups.clone();
+        let cleanup = std::thread::spawn(move || {
+            // Linger first: a create on the same subnet soon after (the pool hands the freed
+            // subnet out again) then finds the bridge in use and it stays, instead of being
+            // deleted and made again.
+            let linger_until = std::time::Instant::now() + BRIDGE_LINGER;
+            while std::time::Instant::now() < linger_until
+                && !expedite.load(std::sync::atomic::Ordering::Relaxed)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            let _lock = lock_file(&lock_path);
+            let result = netlink::with_netlink(None, |nl| {
+                for link in &links {
+                    nl.delete_link(link)?;
+                }
+                delete_bridge_if_unused(nl, &bridge)
+            });
+            if let Err(e) = result {
+                eprintln!("network cleanup of {bridge}: {e}");
+            }
+        });
+        let mut pending = self
+            .pending_cleanups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        pending.retain(|h| !h.is_finished());
+        pending.push(cleanup);
+    }
+
+    /// Waits until every link and bridge removal started by a teardown is done.
+    pub fn settle(&self) {
+        self.expedite_cleanups
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let pending: Vec<_> = self
+            .pending_cleanups
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+            .collect();
+        for handle in pending {
+            let _ = handle.join();
+        }
+        self.expedite_cleanups
+            .store(false, std::sync::atomic::Ordering::Relaxed);
     }
 
     pub fn settings(&self) -> &NetworkSettings {
