@@ -168,6 +168,11 @@ pub trait Host: Send + Sync + 'static {
     ) -> HostResult<()>;
     fn read_metrics(&self, handle: &str) -> HostResult<Metrics>;
     fn read_capacity(&self) -> HostResult<HostCapacity>;
+    /// Whether containers are limited through the unified cgroup hierarchy (v2), where gdn
+    /// reports CPU limits as the `cpu.weight` they convert to (`CpuLimits::reported`).
+    fn cgroup_v2(&self) -> bool {
+        false
+    }
     /// Starts reporting unsolicited events (OOM kills) to `sink`, from a thread of the host's
     /// own. Called once at server start.
     fn watch_events(&self, _sink: ObservationSink) {}

@@ -149,6 +149,10 @@ impl Host for LinuxHost {
         Ok(capacity)
     }
 
+    fn cgroup_v2(&self) -> bool {
+        self.cgroups.mode() == cgroup::Mode::V2
+    }
+
     fn stream_in(&self, to: FilePath<'_>, tar: &mut dyn Read) -> HostResult<()> {
         self.runtime.stream_in(to, tar)
     }
