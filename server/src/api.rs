@@ -135,11 +135,10 @@ fn unexpected(reply: Reply) -> ApiError {
     ApiError::Internal(format!("unexpected reply from the core: {reply:?}"))
 }
 
-/// The CPU limits reported by CurrentCPULimits. Hook for the cgroup backend: on cgroup v2 gdn
-/// reports the weight converted from shares in `limit_in_shares`; today the stored limits are
-/// reported as given at create.
-pub fn reported_cpu_limits(limits: &Limits) -> CpuLimits {
-    limits.cpu_limits
+/// The CPU limits reported by CurrentCPULimits, as gdn reports them: the shares in
+/// `limit_in_shares` (on cgroup v2 the `cpu.weight` they convert to) and `weight` 0.
+pub fn reported_cpu_limits(limits: &Limits, cgroup_v2: bool) -> CpuLimits {
+    limits.cpu_limits.reported(cgroup_v2)
 }
 
 async fn handle(
@@ -245,7 +244,7 @@ async fn handle(
             match core.call(Command::CurrentLimits { handle }).await? {
                 Reply::Limits(limits) => Ok(match kind {
                     LimitKind::Bandwidth => ok(&limits.bandwidth_limits),
-                    LimitKind::Cpu => ok(&reported_cpu_limits(&limits)),
+                    LimitKind::Cpu => ok(&reported_cpu_limits(&limits, state.host.cgroup_v2())),
                     LimitKind::Disk => ok(&limits.disk_limits),
                     LimitKind::Memory => ok(&limits.memory_limits),
                 }),
