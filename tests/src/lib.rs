@@ -367,11 +367,60 @@ impl TestServer {
     }
 }
 
+impl TestServer {
+    /// Destroys every container the server still has, so that a Linux-backend test leaves no
+    /// cgroup, mount, loop device or process behind on the host (the server keeps containers
+    /// across its own exit by design). Runs on a thread of its own: the caller may be inside a
+    /// tokio runtime (a test's drop).
+    fn destroy_all_containers(&self) {
+        let client = self.client();
+        let cleanup = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            runtime.block_on(async move {
+                let listed = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    client.containers(&Default::default()),
+                )
+                .await;
+                let Ok(Ok(containers)) = listed else { return };
+                for container in containers {
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(60),
+                        client.destroy(container.handle()),
+                    )
+                    .await;
+                }
+            });
+        });
+        let _ = cleanup.join();
+    }
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
+        if self.options.backend == Backend::Linux && self.child.is_some() {
+            self.destroy_all_containers();
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
+        }
+        if self.options.backend == Backend::Linux {
+            // Each test server has a depot, so a parent cgroup, of its own: remove it once empty.
+            let layout = trellis_os::Layout::new(
+                self.depot(),
+                self.dir().join("state"),
+                self.dir().join("run"),
+            );
+            let options = trellis_os::linux::cgroup::CgroupOptions::new(layout.cgroup_parent());
+            if let Ok(cgroups) = trellis_os::linux::cgroup::Cgroups::with_options(options) {
+                let _ = cgroups.remove_parent();
+            }
         }
         if std::thread::panicking() {
             eprintln!("--- trellis server log ---\n{}", self.logs());

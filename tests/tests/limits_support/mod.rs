@@ -1,0 +1,128 @@
+//! Shared by the limits tests: a Linux-backend server with the busybox test rootfs, and
+//! running a shell script in a container to completion.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+use trellis_client::{Container, ProcessIo};
+use trellis_core::api::ProcessSpec;
+use trellis_tests::{Backend, TestServer};
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the repository root")
+        .to_path_buf()
+}
+
+/// The busybox rootfs (scripts/build-rootfs), built once per test binary.
+pub fn rootfs() -> &'static PathBuf {
+    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    ROOTFS.get_or_init(|| {
+        let dir =
+            std::env::temp_dir().join(format!("trellis-limits-rootfs-{}", std::process::id()));
+        let status = std::process::Command::new(repo_root().join("scripts/build-rootfs"))
+            .arg(&dir)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run scripts/build-rootfs");
+        assert!(status.success(), "scripts/build-rootfs failed");
+        dir
+    })
+}
+
+pub fn linux_server() -> TestServer {
+    let mut options = TestServer::options(Backend::Linux);
+    options.default_rootfs = Some(rootfs().display().to_string());
+    TestServer::start(options)
+}
+
+/// Runs `script` with `sh -c` as `user` (root when empty): (exit code, stdout, stderr).
+pub async fn sh_as(container: &Container, user: &str, script: &str) -> (i32, String, String) {
+    let (out, mut out_reader) = tokio::io::duplex(1 << 20);
+    let (err, mut err_reader) = tokio::io::duplex(1 << 20);
+    let mut process = container
+        .run(
+            ProcessSpec {
+                path: "sh".into(),
+                args: vec!["-c".into(), script.into()],
+                user: user.into(),
+                ..Default::default()
+            },
+            ProcessIo {
+                stdout: Some(Box::new(out)),
+                stderr: Some(Box::new(err)),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("run");
+    let code = process.wait().await.expect("wait");
+    drop(process);
+    let mut stdout = String::new();
+    let mut stderr = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut out_reader, &mut stdout)
+        .await
+        .expect("stdout");
+    tokio::io::AsyncReadExt::read_to_string(&mut err_reader, &mut stderr)
+        .await
+        .expect("stderr");
+    (code, stdout, stderr)
+}
+
+pub async fn sh(container: &Container, script: &str) -> (i32, String, String) {
+    sh_as(container, "", script).await
+}
+
+/// Runs `script` as root and asserts it succeeds; returns stdout.
+pub async fn ok(container: &Container, script: &str) -> String {
+    let (code, out, err) = sh(container, script).await;
+    assert_eq!(code, 0, "{script:?} failed: {out}{err}");
+    out
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The host cgroup directories of a process in the container, from its /proc/self/cgroup
+/// (there is no cgroup namespace, so the paths are the host's).
+pub async fn cgroup_dirs(container: &Container) -> Vec<PathBuf> {
+    let text = ok(container, "cat /proc/self/cgroup").await;
+    let mut dirs = Vec::new();
+    for line in text.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (_, controllers, path) = match (fields.next(), fields.next(), fields.next()) {
+            (Some(id), Some(c), Some(p)) => (id, c, p),
+            _ => continue,
+        };
+        let base = if controllers.is_empty() {
+            // cgroup v2 (or the hybrid host's unified mount).
+            if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
+                PathBuf::from("/sys/fs/cgroup")
+            } else {
+                PathBuf::from("/sys/fs/cgroup/unified")
+            }
+        } else {
+            let name = controllers.trim_start_matches("name=");
+            PathBuf::from("/sys/fs/cgroup").join(name)
+        };
+        if path.contains("trellis-") {
+            dirs.push(base.join(path.trim_start_matches('/')));
+        }
+    }
+    dirs
+}
