@@ -621,9 +621,11 @@ mod loopdev {
     const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
     const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
     const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+    /// Detach once the last user (the mount) is gone. Not LO_FLAGS_DIRECT_IO: direct reads
+    /// must first write back the image's pages that mkfs left dirty, which made the mount
+    /// take ~30 ms instead of ~0.4 ms; buffered, the container's writes are cached twice (in
+    /// its filesystem and in the image file), both reclaimable.
     const LO_FLAGS_AUTOCLEAR: u32 = 4;
-    /// Skips the loop device's own page cache (the kernel falls back if it cannot).
-    const LO_FLAGS_DIRECT_IO: u32 = 16;
 
     /// `struct loop_info64` from <linux/loop.h>.
     #[repr(C)]
@@ -683,7 +685,7 @@ mod loopdev {
                 number: 0,
                 encrypt_type: 0,
                 encrypt_key_size: 0,
-                flags: LO_FLAGS_AUTOCLEAR | LO_FLAGS_DIRECT_IO,
+                flags: LO_FLAGS_AUTOCLEAR,
                 file_name: [0; 64],
                 crypt_name: [0; 64],
                 encrypt_key: [0; 32],
