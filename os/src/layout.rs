@@ -138,6 +138,12 @@ impl Layout {
         self.container_dir(handle).join("scratch.img")
     }
 
+    /// Released scratch images waiting to be deleted (outside the depot, whose every
+    /// directory is a container).
+    pub fn scratch_trash_dir(&self) -> PathBuf {
+        self.state.join("scratch-trash")
+    }
+
     /// What the disk component recorded about the scratch dir (image size, baselines).
     pub fn scratch_record(&self, handle: &str) -> PathBuf {
         self.container_dir(handle).join("scratch.state")

@@ -74,12 +74,13 @@ fn mounted(path: &Path) -> bool {
         .any(|l| l.split_whitespace().nth(4) == Some(path.to_str().expect("utf8")))
 }
 
-fn loops_backed_by(image: &Path) -> usize {
+/// Loop devices whose backing file is (or was) under `dir`.
+fn loops_under(dir: &Path) -> usize {
     std::fs::read_dir("/sys/block")
         .expect("/sys/block")
         .flatten()
         .filter_map(|e| std::fs::read_to_string(e.path().join("loop/backing_file")).ok())
-        .filter(|b| b.trim_end().trim_end_matches(" (deleted)") == image.to_str().expect("utf8"))
+        .filter(|b| Path::new(b.trim_end()).starts_with(dir))
         .count()
 }
 
@@ -134,13 +135,24 @@ fn exclusive_limit_rejects_writes_beyond_it_and_usage_tracks_writes() {
     assert!(err.contains("No space left on device"), "{err}");
 
     let image = f.layout.scratch_image(handle);
-    assert_eq!(loops_backed_by(&image), 1);
+    let base = f._dir.path();
+    assert_eq!(loops_under(base), 1);
     let started = Instant::now();
     f.disks.release_scratch(handle).expect("release");
     println!("disk-limited scratch released in {:?}", started.elapsed());
     assert!(!mounted(&scratch));
     assert!(!image.exists());
-    assert_eq!(loops_backed_by(&image), 0, "the loop device is detached");
+    assert_eq!(loops_under(base), 0, "the loop device is detached");
+    // The image is deleted off the destroy path, soon after.
+    let trash = f.layout.scratch_trash_dir();
+    let deadline = Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_dir(&trash).map_or(0, |d| d.count()) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the released image was never deleted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     f.disks
         .release_scratch(handle)
         .expect("release again is fine");
