@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 pub mod debug;
 pub mod driver;
+pub mod fuzzing;
 pub mod head;
 pub mod hijack;
 pub mod output;

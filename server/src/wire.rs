@@ -43,16 +43,42 @@ fn decode<T: DeserializeOwned>(what: &'static str, body: &[u8]) -> Result<T, Bad
     })
 }
 
+/// A body that must be a JSON object. serde would also take an array for a struct (its fields
+/// in order); Go's decoder refuses that, and so do we. `null` is the zero value, as in Go.
+fn decode_object<T: DeserializeOwned + Default>(
+    what: &'static str,
+    body: &[u8],
+) -> Result<T, BadRequest> {
+    if body.len() > MAX_JSON_BODY {
+        return Err(BadRequest::TooLarge {
+            limit: MAX_JSON_BODY,
+        });
+    }
+    let start = body.iter().position(|b| !b.is_ascii_whitespace());
+    match start.map(|i| body[i]) {
+        Some(b'{') => decode(what, body),
+        Some(b'n') => decode::<Option<T>>(what, body).map(Option::unwrap_or_default),
+        Some(_) => Err(BadRequest::Json {
+            what,
+            reason: "expected a JSON object".into(),
+        }),
+        None => Err(BadRequest::Json {
+            what,
+            reason: "the body is empty".into(),
+        }),
+    }
+}
+
 pub fn container_spec(body: &[u8]) -> Result<ContainerSpec, BadRequest> {
-    decode("container spec", body)
+    decode_object("container spec", body)
 }
 
 pub fn process_spec(body: &[u8]) -> Result<ProcessSpec, BadRequest> {
-    decode("process spec", body)
+    decode_object("process spec", body)
 }
 
 pub fn net_out_rule(body: &[u8]) -> Result<NetOutRule, BadRequest> {
-    decode("net-out rule", body)
+    decode_object("net-out rule", body)
 }
 
 /// BulkNetOut's body: an array of rules; `null` (a nil Go slice) is an empty list.
@@ -61,15 +87,15 @@ pub fn net_out_rules(body: &[u8]) -> Result<Vec<NetOutRule>, BadRequest> {
 }
 
 pub fn net_in(body: &[u8]) -> Result<NetInRequest, BadRequest> {
-    decode("net-in request", body)
+    decode_object("net-in request", body)
 }
 
 pub fn property_value(body: &[u8]) -> Result<PropertyValue, BadRequest> {
-    decode("property value", body)
+    decode_object("property value", body)
 }
 
 pub fn stop_request(body: &[u8]) -> Result<StopRequest, BadRequest> {
-    decode("stop request", body)
+    decode_object("stop request", body)
 }
 
 /// SetGraceTime's body: a bare integer of nanoseconds.
@@ -97,6 +123,9 @@ mod tests {
         assert!(grace_time(b"\"1s\"").is_err());
         assert!(container_spec(b"{\"handle\":3}").is_err());
         assert!(container_spec(b"").is_err());
+        assert!(property_value(b"[\"v\"]").is_err());
+        assert_eq!(property_value(b" null").unwrap(), PropertyValue::default());
+        assert_eq!(stop_request(b"{\"kill\":true}").unwrap().kill, true);
         let big = vec![b' '; MAX_JSON_BODY + 1];
         assert_eq!(
             container_spec(&big),

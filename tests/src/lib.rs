@@ -445,3 +445,124 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A response read off the wire by [`raw_request`].
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    pub status: u16,
+    /// The header block as sent (status line excluded).
+    pub head: String,
+    /// The body, de-chunked if it was chunked.
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {:?}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+}
+
+/// Sends raw bytes (a whole request, or half of one) and reads until the server closes the
+/// connection or `timeout` passes. `None`: the server closed without answering.
+pub async fn raw_exchange(
+    target: &Target,
+    request: &[u8],
+    timeout: Duration,
+) -> Option<RawResponse> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        mut stream: S,
+        request: &[u8],
+    ) -> Vec<u8> {
+        let _ = stream.write_all(request).await;
+        let mut out = Vec::new();
+        let _ = stream.read_to_end(&mut out).await;
+        out
+    }
+    let read = async {
+        match target {
+            Target::Tcp(addr) => {
+                exchange(
+                    tokio::net::TcpStream::connect(addr).await.expect("connect"),
+                    request,
+                )
+                .await
+            }
+            Target::Unix(path) => {
+                exchange(
+                    tokio::net::UnixStream::connect(path)
+                        .await
+                        .expect("connect"),
+                    request,
+                )
+                .await
+            }
+        }
+    };
+    let bytes = tokio::time::timeout(timeout, read)
+        .await
+        .expect("the server neither answered nor closed the connection in time");
+    parse_response(&bytes)
+}
+
+/// Parses one HTTP/1.1 response (status, head, body by Content-Length, chunked or close).
+pub fn parse_response(bytes: &[u8]) -> Option<RawResponse> {
+    let split = bytes.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = String::from_utf8_lossy(&bytes[..split]).to_string();
+    let mut lines = head.splitn(2, "\r\n");
+    let status_line = lines.next()?;
+    let status = status_line.split_whitespace().nth(1)?.parse().ok()?;
+    let rest_head = lines.next().unwrap_or("").replace("\r\n", "\n");
+    let raw_body = &bytes[split + 4..];
+    let mut response = RawResponse {
+        status,
+        head: rest_head,
+        body: Vec::new(),
+    };
+    let chunked = response
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+    response.body = if let Some(len) = response
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        raw_body[..len.min(raw_body.len())].to_vec()
+    } else if chunked && response.header("connection").is_some() {
+        // A plain streamed response (hyper closes these connections).
+        dechunk(raw_body)
+    } else {
+        // A hijacked head announces chunked framing but raw bytes follow.
+        raw_body.to_vec()
+    };
+    Some(response)
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Some(end) = raw.windows(2).position(|w| w == b"\r\n") {
+        let size_text = String::from_utf8_lossy(&raw[..end]);
+        let Ok(size) = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
+        else {
+            break;
+        };
+        raw = &raw[end + 2..];
+        if size == 0 || raw.len() < size {
+            break;
+        }
+        out.extend_from_slice(&raw[..size]);
+        raw = &raw[(size + 2).min(raw.len())..];
+    }
+    out
+}
