@@ -8,6 +8,7 @@
 //! |-------------|-----------------------------------------------------------------------|
 //! | `echo ARGS` | writes the arguments joined by spaces and a newline to stdout; exit 0  |
 //! | `cat`       | copies stdin to stdout until stdin ends; exit 0                       |
+//! | `cat FILE…` | writes files streamed into the container; exit 1 if one is missing    |
 //! | `exit N`    | exits with status N (0 when absent or not a number)                   |
 //! | `sleep S`   | sleeps S seconds (fractions allowed); exit 0                          |
 //! | `yes-bytes N` | writes N bytes (`y\n` repeated) to stdout; exit 0                   |
@@ -239,8 +240,29 @@ impl Host for FakeHost {
         };
         let mut env = request.env.to_vec();
         env.extend(request.spec.env.iter().cloned());
+        // `cat FILE...` reads the container's files as they are now.
+        let files = if program == "cat" {
+            let tree = self.files.lock().unwrap_or_else(|e| e.into_inner());
+            let tree = tree.get(request.handle);
+            request
+                .spec
+                .args
+                .iter()
+                .map(|arg| {
+                    let path = normalize(arg);
+                    let data = match tree.and_then(|t| t.get(&path)) {
+                        Some(FileNode::File(data)) => Some(data.clone()),
+                        _ => None,
+                    };
+                    (arg.clone(), data)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let program = Program {
             name: program,
+            files,
             args: request.spec.args.clone(),
             env,
             stdin: stdin.reader(&process),
@@ -636,6 +658,8 @@ fn signal_status(signal: Signal) -> i32 {
 /// What a simulated program gets: its arguments, environment and pipe ends.
 struct Program {
     name: String,
+    /// For `cat FILE...`: each argument and the file's contents, if it exists.
+    files: Vec<(String, Option<Vec<u8>>)>,
     args: Vec<String>,
     env: Vec<String>,
     stdin: PipeReader,
@@ -675,7 +699,16 @@ impl Program {
                 Ok(0)
             }
             "env" => {
-                let text: String = self.env.iter().map(|e| format!("{e}\n")).collect();
+                // Later entries win, as in a real process environment.
+                let mut seen = std::collections::BTreeSet::new();
+                let mut kept: Vec<&String> = Vec::new();
+                for entry in self.env.iter().rev() {
+                    let key = entry.split('=').next().unwrap_or_default();
+                    if seen.insert(key) {
+                        kept.push(entry);
+                    }
+                }
+                let text: String = kept.iter().rev().map(|e| format!("{e}\n")).collect();
                 self.write_out(text.as_bytes())?;
                 Ok(0)
             }
@@ -702,6 +735,20 @@ impl Program {
                     left -= n as u64;
                 }
                 Ok(0)
+            }
+            "cat" if !self.args.is_empty() => {
+                let mut status = 0;
+                for (name, data) in std::mem::take(&mut self.files) {
+                    match data {
+                        Some(data) => self.write_out(&data)?,
+                        None => {
+                            let text = format!("cat: {name}: No such file or directory\n");
+                            write_all(&mut self.stderr, &self.process, text.as_bytes())?;
+                            status = 1;
+                        }
+                    }
+                }
+                Ok(status)
             }
             "cat" => {
                 let mut buf = vec![0u8; 32 * 1024];
@@ -999,6 +1046,11 @@ mod tests {
             user: "",
         };
         host.stream_in(to, &mut &bytes[..]).unwrap();
+        let mut cat = spawn(&host, "cat", &["/tmp/in/dir/file.txt", "/nope"]).unwrap();
+        let mut text = String::new();
+        cat.stdio.stdout.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "hello");
+        assert_eq!(cat.process.wait(), 1);
         let mut out = Vec::new();
         let from = FilePath {
             handle: "h",
