@@ -420,7 +420,8 @@ impl Core {
                 "active"
             }
             .to_string(),
-            events: Some(c.events.clone()),
+            // gdn sends null until something happened.
+            events: (!c.events.is_empty()).then(|| c.events.clone()),
             host_ip: c
                 .network
                 .map(|n| n.gateway_ip().to_string())
