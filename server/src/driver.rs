@@ -227,6 +227,7 @@ impl Driver {
         let processes = self.processes.clone();
         debug!(effect = %id, kind = kind.name(), handle = kind.handle().unwrap_or(""), "effect");
         tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
             let outcome = match &kind {
                 EffectKind::SpawnProcess {
                     handle: container,
@@ -246,6 +247,7 @@ impl Driver {
                     outcome
                 }
             };
+            debug!(effect = %id, kind = kind.name(), handle = kind.handle().unwrap_or(""), us = started.elapsed().as_micros() as u64, "effect done");
             if let Err(e) = &outcome {
                 warn!(effect = %id, kind = kind.name(), handle = kind.handle().unwrap_or(""), error = %e, "effect failed");
             }

@@ -14,6 +14,8 @@
 //! The `trellis` binary must be built first (`scripts/test` does): it is looked for next to the
 //! test executable's directory (`target/<profile>/trellis`), or at `$TRELLIS_BIN`.
 
+pub mod images;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -126,6 +128,19 @@ impl TestServer {
     /// A fake-backend server on TCP and a unix socket.
     pub fn fake() -> TestServer {
         TestServer::start(TestServer::options(Backend::Fake))
+    }
+
+    /// Options for a Linux-backend server whose default rootfs is the busybox test rootfs.
+    pub fn linux_options() -> ServerOptions {
+        ServerOptions {
+            default_rootfs: Some(images::busybox_rootfs().display().to_string()),
+            ..TestServer::options(Backend::Linux)
+        }
+    }
+
+    /// A Linux-backend server (as root) with the busybox test rootfs as its default.
+    pub fn linux() -> TestServer {
+        TestServer::start(TestServer::linux_options())
     }
 
     /// Starts a server and waits until it answers a ping. Panics (with the server's log) if it
@@ -323,6 +338,16 @@ impl TestServer {
         self.dir.path().join("depot")
     }
 
+    /// The `--tag` naming this server's bridges and firewall table.
+    pub fn tag(&self) -> &str {
+        self.args
+            .iter()
+            .position(|a| a == "--tag")
+            .and_then(|i| self.args.get(i + 1))
+            .map(String::as_str)
+            .unwrap_or("")
+    }
+
     pub fn options_used(&self) -> &ServerOptions {
         &self.options
     }
@@ -372,7 +397,7 @@ impl TestServer {
     /// cgroup, mount, loop device or process behind on the host (the server keeps containers
     /// across its own exit by design). Runs on a thread of its own: the caller may be inside a
     /// tokio runtime (a test's drop).
-    fn destroy_all_containers(&self) {
+    pub fn destroy_all_containers(&self) {
         let client = self.client();
         let cleanup = std::thread::spawn(move || {
             let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
@@ -399,6 +424,42 @@ impl TestServer {
         });
         let _ = cleanup.join();
     }
+
+    /// For a server in a `static` (whose drop never runs): destroys its containers, kills it,
+    /// waits for it, and removes its parent cgroup and its directory. Call it once, at exit.
+    pub fn shutdown_sync(&self) {
+        if self.options.backend == Backend::Linux {
+            self.destroy_all_containers();
+        }
+        if let Some(pid) = self.pid() {
+            // SAFETY: signalling and reaping our own child by its pid.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+                libc::waitpid(pid as i32, std::ptr::null_mut(), 0);
+            }
+        }
+        self.remove_parent_cgroup();
+        let _ = std::fs::remove_dir_all(self.dir());
+    }
+}
+
+impl TestServer {
+    /// Each Linux test server has a depot, so a parent cgroup, of its own: removes it once
+    /// empty.
+    fn remove_parent_cgroup(&self) {
+        if self.options.backend != Backend::Linux {
+            return;
+        }
+        let layout = trellis_os::Layout::new(
+            self.depot(),
+            self.dir().join("state"),
+            self.dir().join("run"),
+        );
+        let options = trellis_os::linux::cgroup::CgroupOptions::new(layout.cgroup_parent());
+        if let Ok(cgroups) = trellis_os::linux::cgroup::Cgroups::with_options(options) {
+            let _ = cgroups.remove_parent();
+        }
+    }
 }
 
 impl Drop for TestServer {
@@ -410,18 +471,7 @@ impl Drop for TestServer {
             let _ = child.kill();
             let _ = child.wait();
         }
-        if self.options.backend == Backend::Linux {
-            // Each test server has a depot, so a parent cgroup, of its own: remove it once empty.
-            let layout = trellis_os::Layout::new(
-                self.depot(),
-                self.dir().join("state"),
-                self.dir().join("run"),
-            );
-            let options = trellis_os::linux::cgroup::CgroupOptions::new(layout.cgroup_parent());
-            if let Ok(cgroups) = trellis_os::linux::cgroup::Cgroups::with_options(options) {
-                let _ = cgroups.remove_parent();
-            }
-        }
+        self.remove_parent_cgroup();
         if std::thread::panicking() {
             eprintln!("--- trellis server log ---\n{}", self.logs());
         }

@@ -5,39 +5,24 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use trellis_core::api::{ImageRef, Limits, ProcessSpec};
 use trellis_core::effect::InitConfig;
 use trellis_os::{Host, Layout, LinuxConfig, LinuxHost, SpawnRequest};
 
-pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
+/// The test images of the black-box tests (tests/src/images.rs), shared by source: the tests
+/// crate depends on this one, so this one cannot depend on it.
+#[path = "../../../tests/src/images.rs"]
+pub mod images;
 
-/// The busybox rootfs, built once per test binary.
+/// The busybox rootfs (built once; shared with the black-box tests).
 pub fn rootfs() -> &'static Path {
-    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
-    ROOTFS.get_or_init(|| {
-        let dir =
-            std::env::temp_dir().join(format!("trellis-os-test-rootfs-{}", std::process::id()));
-        let status = std::process::Command::new(repo_root().join("scripts/build-rootfs"))
-            .arg(&dir)
-            .arg("--tar")
-            .arg(dir.with_extension("tar"))
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("running scripts/build-rootfs");
-        assert!(status.success(), "scripts/build-rootfs failed");
-        dir
-    })
+    images::busybox_rootfs()
 }
 
 pub fn rootfs_tar() -> PathBuf {
-    rootfs().with_extension("tar")
+    images::busybox_tar()
 }
 
 pub struct TestHost {

@@ -1,0 +1,296 @@
+//! `trellis-bench`: an HTTP benchmark against a running Trellis (or any Garden) server, through
+//! the Rust client. It prints figures; it asserts nothing.
+//!
+//! ```text
+//! trellis-bench [--target 127.0.0.1:7777 | --target /path/to.sock] [--cycles 100]
+//!               [--runs 200] [--stdout-mib 1024] [--parallel 50] [--rootfs URI]
+//! ```
+//!
+//! - create+destroy latency (p50/p95): one container at a time, each with its own network;
+//! - run of `true` (p50/p95): request to exit status, in one container;
+//! - stdout throughput of one process (`dd` of zeros to stdout), MB/s as received;
+//! - `--parallel` creates at once: total wall time and the p50 of each create.
+//!
+//! Only the given server is contacted; run it on loopback or a unix socket.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncWrite;
+use trellis_client::{Client, ProcessIo, Target};
+use trellis_core::api::{ContainerSpec, ImageRef, ProcessSpec};
+
+struct Options {
+    target: String,
+    cycles: usize,
+    runs: usize,
+    stdout_mib: u64,
+    parallel: usize,
+    rootfs: String,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut options = Options {
+        target: "127.0.0.1:7777".into(),
+        cycles: 100,
+        runs: 200,
+        stdout_mib: 1024,
+        parallel: 50,
+        rootfs: String::new(),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or(format!("{flag} needs a value"));
+        let number = |v: String| v.parse::<u64>().map_err(|e| format!("{flag}: {e}"));
+        match flag.as_str() {
+            "--target" => options.target = value()?,
+            "--cycles" => options.cycles = number(value()?)? as usize,
+            "--runs" => options.runs = number(value()?)? as usize,
+            "--stdout-mib" => options.stdout_mib = number(value()?)?,
+            "--parallel" => options.parallel = number(value()?)? as usize,
+            "--rootfs" => options.rootfs = value()?,
+            "-h" | "--help" => {
+                println!(
+                    "usage: trellis-bench [--target ADDR|SOCKET] [--cycles N] [--runs N] \
+                     [--stdout-mib N] [--parallel N] [--rootfs URI]"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if options.cycles == 0 || options.runs == 0 || options.parallel == 0 {
+        return Err("--cycles, --runs and --parallel must be at least 1".into());
+    }
+    Ok(options)
+}
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort();
+    let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
+    samples[index.min(samples.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Counts what is written and throws it away.
+struct CountingSink(Arc<AtomicU64>);
+
+impl AsyncWrite for CountingSink {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.0.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+type BenchResult<T> = Result<T, trellis_client::Error>;
+
+fn spec(options: &Options, handle: String) -> ContainerSpec {
+    ContainerSpec {
+        handle,
+        image: ImageRef {
+            uri: options.rootfs.clone(),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+async fn create_destroy(client: &Client, options: &Options) -> BenchResult<Vec<Duration>> {
+    let mut samples = Vec::with_capacity(options.cycles);
+    for i in 0..options.cycles {
+        let handle = format!("bench-cycle-{}-{i}", std::process::id());
+        let start = Instant::now();
+        client.create(spec(options, handle.clone())).await?;
+        client.destroy(&handle).await?;
+        samples.push(start.elapsed());
+    }
+    Ok(samples)
+}
+
+async fn run_true(client: &Client, options: &Options) -> BenchResult<Vec<Duration>> {
+    let handle = format!("bench-run-{}", std::process::id());
+    let container = client.create(spec(options, handle.clone())).await?;
+    let result = async {
+        let mut samples = Vec::with_capacity(options.runs);
+        for _ in 0..options.runs {
+            let start = Instant::now();
+            let mut process = container
+                .run(
+                    ProcessSpec {
+                        path: "true".into(),
+                        ..Default::default()
+                    },
+                    ProcessIo::default(),
+                )
+                .await?;
+            let status = process.wait().await?;
+            samples.push(start.elapsed());
+            if status != 0 {
+                return Err(trellis_client::Error::Process(format!(
+                    "true exited {status}"
+                )));
+            }
+        }
+        Ok(samples)
+    }
+    .await;
+    client.destroy(&handle).await?;
+    result
+}
+
+/// (bytes received, seconds).
+async fn stdout_throughput(client: &Client, options: &Options) -> BenchResult<(u64, f64)> {
+    let handle = format!("bench-stdout-{}", std::process::id());
+    let container = client.create(spec(options, handle.clone())).await?;
+    let result = async {
+        let received = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let mut process = container
+            .run(
+                ProcessSpec {
+                    path: "dd".into(),
+                    args: vec![
+                        "if=/dev/zero".into(),
+                        "bs=1M".into(),
+                        format!("count={}", options.stdout_mib),
+                    ],
+                    ..Default::default()
+                },
+                ProcessIo {
+                    stdout: Some(Box::new(CountingSink(received.clone()))),
+                    stderr: Some(Box::new(tokio::io::sink())),
+                    ..Default::default()
+                },
+            )
+            .await?;
+        process.wait().await?;
+        Ok((
+            received.load(Ordering::Relaxed),
+            start.elapsed().as_secs_f64(),
+        ))
+    }
+    .await;
+    client.destroy(&handle).await?;
+    result
+}
+
+/// (wall time of all, each create's latency).
+async fn parallel_creates(
+    client: &Client,
+    options: &Options,
+) -> BenchResult<(Duration, Vec<Duration>)> {
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..options.parallel {
+        let client = client.clone();
+        let spec = spec(options, format!("bench-par-{}-{i}", std::process::id()));
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let created = client.create(spec).await.map(|_| started.elapsed());
+            created
+        }));
+    }
+    let mut samples = Vec::new();
+    let mut first_error = None;
+    for task in tasks {
+        match task.await {
+            Ok(Ok(d)) => samples.push(d),
+            Ok(Err(e)) => first_error = first_error.or(Some(e)),
+            Err(e) => {
+                first_error = first_error.or(Some(trellis_client::Error::Process(e.to_string())))
+            }
+        }
+    }
+    let total = start.elapsed();
+    for i in 0..options.parallel {
+        let _ = client
+            .destroy(&format!("bench-par-{}-{i}", std::process::id()))
+            .await;
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok((total, samples)),
+    }
+}
+
+async fn bench(options: Options) -> BenchResult<()> {
+    let target: Target = options.target.parse()?;
+    let client = Client::new(target);
+    client.ping().await?;
+    println!("trellis-bench against {}", options.target);
+
+    let mut samples = create_destroy(&client, &options).await?;
+    println!(
+        "create+destroy ({} cycles, networking included): p50 {}  p95 {}",
+        options.cycles,
+        ms(percentile(&mut samples, 0.5)),
+        ms(percentile(&mut samples, 0.95))
+    );
+
+    let mut samples = run_true(&client, &options).await?;
+    println!(
+        "run `true` ({} runs, request to exit status): p50 {}  p95 {}",
+        options.runs,
+        ms(percentile(&mut samples, 0.5)),
+        ms(percentile(&mut samples, 0.95))
+    );
+
+    let (bytes, seconds) = stdout_throughput(&client, &options).await?;
+    println!(
+        "stdout of one process ({} MiB): {:.0} MB/s",
+        bytes >> 20,
+        bytes as f64 / 1e6 / seconds
+    );
+
+    let (total, mut samples) = parallel_creates(&client, &options).await?;
+    println!(
+        "{} parallel creates: total {:.2} s  p50 {}  p95 {}",
+        options.parallel,
+        total.as_secs_f64(),
+        ms(percentile(&mut samples, 0.5)),
+        ms(percentile(&mut samples, 0.95))
+    );
+    Ok(())
+}
+
+fn main() -> std::process::ExitCode {
+    let options = match parse_args() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("trellis-bench: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("trellis-bench: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bench(options)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("trellis-bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

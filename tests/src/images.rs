@@ -1,0 +1,191 @@
+//! Test images shared by the black-box tests, the os crate's tests and the benchmark: the
+//! busybox rootfs (`scripts/build-rootfs`), OCI layouts made from it with umoci, and a Docker
+//! registry on loopback (Debian's `docker-registry`) that skopeo pushes them to.
+//!
+//! The rootfs is built once: `scripts/test` builds it and names it in `$TRELLIS_TEST_ROOTFS`
+//! (a directory, with `<dir>.tar` beside it); without that variable it is built on demand into
+//! `target/test-rootfs`, under a lock so concurrent test binaries build it once.
+
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The environment variable naming a prebuilt busybox rootfs directory.
+pub const ROOTFS_ENV: &str = "TRELLIS_TEST_ROOTFS";
+
+/// The repository's root (scripts live there).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the tests crate lives in the repository")
+        .to_path_buf()
+}
+
+/// The busybox rootfs directory (built once; see the module docs).
+pub fn busybox_rootfs() -> &'static Path {
+    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    ROOTFS.get_or_init(|| {
+        if let Some(dir) = std::env::var_os(ROOTFS_ENV) {
+            let dir = PathBuf::from(dir);
+            assert!(
+                dir.join("bin/busybox").exists() && dir.with_extension("tar").exists(),
+                "${ROOTFS_ENV}={} is not a rootfs built by scripts/build-rootfs --tar",
+                dir.display()
+            );
+            return dir;
+        }
+        let dir = repo_root().join("target/test-rootfs");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.with_extension("lock"))
+            .expect("the rootfs build lock");
+        // SAFETY: flock on a descriptor we own; released when `lock` is dropped.
+        unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+        if !(dir.join("bin/busybox").exists() && dir.with_extension("tar").exists()) {
+            run(Command::new(repo_root().join("scripts/build-rootfs"))
+                .arg(&dir)
+                .arg("--tar")
+                .arg(dir.with_extension("tar")));
+        }
+        dir
+    })
+}
+
+/// The busybox rootfs as a tarball (an image URI the server accepts as a path).
+pub fn busybox_tar() -> PathBuf {
+    busybox_rootfs().with_extension("tar")
+}
+
+/// Runs a command to success, panicking with its output otherwise.
+pub fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The env every image made by [`oci_layout`] carries.
+pub const IMAGE_VAR: &str = "IMAGE_VAR=from-the-image";
+
+/// An OCI layout at `base/oci`, tag `v1`: the busybox rootfs, then a layer adding
+/// /data/added ("second layer\n"), one deleting /bin/kill (a whiteout), and one replacing
+/// /home with a directory holding only `only` (opaque); its config sets [`IMAGE_VAR`] and a
+/// PATH ending in /from-image.
+pub fn oci_layout(base: &Path) -> PathBuf {
+    let layout = base.join("oci");
+    let image = format!("{}:v1", layout.display());
+    run(Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout));
+    run(Command::new("umoci").args(["new", "--image", &image]));
+    run(Command::new("umoci")
+        .args(["insert", "--image", &image])
+        .arg(busybox_rootfs())
+        .arg("/"));
+    let extra = base.join("extra");
+    std::fs::create_dir_all(extra.join("data")).expect("a layer directory");
+    std::fs::write(extra.join("data/added"), "second layer\n").expect("a layer file");
+    run(Command::new("umoci")
+        .args(["insert", "--image", &image])
+        .arg(&extra)
+        .arg("/"));
+    run(Command::new("umoci").args(["insert", "--image", &image, "--whiteout", "/bin/kill"]));
+    let opaque = base.join("opaque");
+    std::fs::create_dir_all(&opaque).expect("a layer directory");
+    std::fs::write(opaque.join("only"), "only me\n").expect("a layer file");
+    run(Command::new("umoci")
+        .args(["insert", "--image", &image, "--opaque"])
+        .arg(&opaque)
+        .arg("/home"));
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &image,
+        "--config.env",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/from-image",
+        "--config.env",
+        IMAGE_VAR,
+    ]));
+    layout
+}
+
+/// A Docker registry (Debian's `docker-registry`) on 127.0.0.1, storing under a directory of
+/// its own; stopped when dropped.
+pub struct Registry {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        let dir = tempfile::Builder::new()
+            .prefix("trellis-registry-")
+            .tempdir()
+            .expect("a temporary directory");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free loopback port");
+        let config = dir.path().join("registry.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .expect("the registry's config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("starting docker-registry (scripts/install-deps installs it)");
+        let registry = Registry {
+            child,
+            port,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not listen on 127.0.0.1:{port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        registry
+    }
+
+    /// Pushes tag `tag` of the OCI layout to `<this registry>/<repository>:<tag>`.
+    pub fn push(&self, layout: &Path, tag: &str, repository: &str) {
+        run(Command::new("skopeo").args([
+            "copy",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:{tag}", layout.display()),
+            &format!("docker://127.0.0.1:{}/{repository}:{tag}", self.port),
+        ]));
+    }
+
+    /// The Garden image URI of `repository` at `tag` here.
+    pub fn uri(&self, repository: &str, tag: &str) -> String {
+        format!("docker://127.0.0.1:{}/{repository}#{tag}", self.port)
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,141 @@
+//! Images over HTTP (as root): a rootfs directory, a tarball, an OCI layout and a Docker
+//! registry on loopback; bad image URIs are clear errors that leave nothing behind.
+
+mod linux_support;
+
+use linux_support::*;
+use trellis_client::Error;
+use trellis_core::api::{ContainerSpec, ImageRef};
+use trellis_tests::images::{busybox_rootfs, busybox_tar, oci_layout, Registry, IMAGE_VAR};
+
+fn with_image(uri: &str) -> ContainerSpec {
+    ContainerSpec {
+        image: ImageRef {
+            uri: uri.into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// The layered image: the whiteout, the opaque directory and the image's env all show.
+async fn check_layered(uri: &str) {
+    let c = create(with_image(uri)).await;
+    let out = ok(
+        &c,
+        "cat /data/added; test -e /bin/kill && echo kill-still-there; ls /home; echo $IMAGE_VAR; echo $PATH",
+    )
+    .await;
+    assert_eq!(
+        out,
+        format!(
+            "second layer\nonly\n{}\n/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin:/from-image\n",
+            IMAGE_VAR.split_once('=').unwrap().1
+        )
+    );
+    // Copy-on-write: a change in one container is not seen by the image or another one.
+    ok(&c, "echo changed > /data/added").await;
+    let other = create(with_image(uri)).await;
+    assert_eq!(ok(&other, "cat /data/added").await, "second layer\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rootfs_directory_and_a_tarball_as_images() {
+    for uri in [
+        busybox_rootfs().display().to_string(),
+        format!("raw://{}", busybox_rootfs().display()),
+        busybox_tar().display().to_string(),
+    ] {
+        let c = create(with_image(&uri)).await;
+        assert_eq!(
+            ok(&c, "echo hi > /tmp/x && cat /tmp/x").await,
+            "hi\n",
+            "{uri}"
+        );
+    }
+    // The image itself is never written to.
+    assert!(!busybox_rootfs().join("tmp/x").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn oci_layouts_with_layers_whiteouts_and_env() {
+    let base = tempfile::tempdir().expect("a directory");
+    let layout = oci_layout(base.path());
+    check_layered(&format!("oci://{}#v1", layout.display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_images_from_a_loopback_registry() {
+    let base = tempfile::tempdir().expect("a directory");
+    let layout = oci_layout(base.path());
+    let registry = Registry::start();
+    registry.push(&layout, "v1", "trellis/busybox");
+    check_layered(&registry.uri("trellis/busybox", "v1")).await;
+    // Credentials are passed along (this registry needs none).
+    let c = create(ContainerSpec {
+        image: ImageRef {
+            uri: registry.uri("trellis/busybox", "v1"),
+            username: "someone".into(),
+            password: "secret".into(),
+        },
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(ok(&c, "cat /data/added").await, "second layer\n");
+    let missing = registry.uri("trellis/missing", "v1");
+    let err = client()
+        .create(ContainerSpec {
+            handle: "lx-missing-image".into(),
+            ..with_image(&missing)
+        })
+        .await
+        .expect_err("an image the registry lacks");
+    assert!(err.to_string().contains("trellis/missing"), "{err}");
+    assert_nothing_left("lx-missing-image").await;
+}
+
+async fn assert_nothing_left(handle: &str) {
+    match client().container(handle).info().await {
+        Err(Error::ContainerNotFound { .. }) => {}
+        other => panic!("{handle} is still known: {other:?}"),
+    }
+    assert!(
+        !server().depot().join(handle).exists(),
+        "{handle}'s directory is left"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_image_uris_are_clear_errors() {
+    let base = tempfile::tempdir().expect("a directory");
+    let not_an_archive = base.path().join("not-a-tar");
+    std::fs::write(&not_an_archive, "this is not a tar file").unwrap();
+    // A port nothing listens on: the pull fails at once, on loopback.
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cases = [
+        ("/no/such/rootfs".to_string(), "/no/such/rootfs"),
+        ("ftp://example/image".to_string(), "ftp"),
+        (not_an_archive.display().to_string(), "not-a-tar"),
+        (
+            format!("oci://{}#v1", base.path().join("nope").display()),
+            "nope",
+        ),
+        (format!("docker://127.0.0.1:{closed_port}/x/y#v1"), "x/y"),
+    ];
+    for (i, (uri, mention)) in cases.iter().enumerate() {
+        let handle = format!("lx-bad-image-{i}");
+        let err = client()
+            .create(ContainerSpec {
+                handle: handle.clone(),
+                ..with_image(uri)
+            })
+            .await
+            .expect_err(uri);
+        assert!(err.to_string().contains(mention), "{uri}: {err}");
+        assert_nothing_left(&handle).await;
+    }
+}

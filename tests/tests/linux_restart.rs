@@ -1,0 +1,103 @@
+//! Linux containers across a server restart (as root): they keep running and can be destroyed;
+//! a container whose init died while the server was down is found dead (a zombie init counts
+//! as dead: after a restart nobody may be left to reap it) and cleaned up.
+
+mod linux_support;
+
+use linux_support::{ok, run};
+use std::time::Duration;
+use trellis_client::Error;
+use trellis_core::api::ContainerSpec;
+use trellis_tests::{eventually, TestServer};
+
+/// The pid of the container's init: the `garden-init` process whose cgroup names the handle.
+fn init_pid(handle: &str) -> Option<i32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        let cgroup = std::fs::read_to_string(e.path().join("cgroup")).ok()?;
+        (comm.trim() == "garden-init" && cgroup.lines().any(|l| l.ends_with(&format!("/{handle}"))))
+            .then_some(pid)
+    })
+}
+
+/// Alive: exists and is not a zombie.
+fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_string())
+        })
+        .is_some_and(|state| !state.starts_with(['Z', 'X']))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn containers_survive_a_restart_and_dead_inits_are_noticed() {
+    let mut server = TestServer::linux();
+    let client = server.client();
+    for handle in ["rs-kept", "rs-dies"] {
+        let c = client
+            .create(ContainerSpec {
+                handle: handle.into(),
+                ..Default::default()
+            })
+            .await
+            .expect("create");
+        ok(&c, "echo before > /tmp/state").await;
+    }
+    let kept_init = init_pid("rs-kept").expect("rs-kept's init");
+    let dying_init = init_pid("rs-dies").expect("rs-dies's init");
+
+    server.terminate();
+    // While the server is down, one init dies. Its parent is now the machine's PID 1 (or
+    // whatever adopted it), which may never reap it: it can stay a zombie.
+    // SAFETY: killing a container init this test created.
+    unsafe { libc::kill(dying_init, libc::SIGKILL) };
+    assert!(eventually(Duration::from_secs(10), || async { !alive(dying_init) }).await);
+    server.restart();
+
+    // The living container still works, with its state.
+    let kept = client.container("rs-kept");
+    assert_eq!(ok(&kept, "cat /tmp/state").await, "before\n");
+    // The dead one is noticed and removed.
+    assert!(
+        eventually(Duration::from_secs(30), || async {
+            matches!(
+                client.container("rs-dies").info().await,
+                Err(Error::ContainerNotFound { .. })
+            )
+        })
+        .await,
+        "a container whose init died is still listed"
+    );
+    // Its teardown finishes in the background.
+    let gone = server.depot().join("rs-dies");
+    assert!(eventually(Duration::from_secs(30), || async { !gone.exists() }).await);
+
+    // Destroying a container adopted across a restart kills its init (which nobody here
+    // reaps) and everything else of it.
+    let out = run(&kept, linux_support::sh("echo alive")).await;
+    assert_eq!(out.stdout, "alive\n");
+    client.destroy("rs-kept").await.expect("destroy");
+    assert!(
+        !alive(kept_init),
+        "the init survived its container's destroy"
+    );
+    assert!(!server.depot().join("rs-kept").exists());
+    // And the handle is free for a new container.
+    let again = client
+        .create(ContainerSpec {
+            handle: "rs-kept".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create again");
+    assert_eq!(
+        run(&again, linux_support::sh("cat /tmp/state"))
+            .await
+            .status,
+        1
+    );
+    client.destroy("rs-kept").await.expect("destroy");
+}
