@@ -12,7 +12,6 @@ use crate::users::{self, ExecUser};
 use nix::sys::signal::{sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::unistd::{Gid, Uid};
 use std::ffi::CString;
-use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -70,8 +69,11 @@ impl Failure {
 
 /// Writes the failure to the report pipe and ends the child.
 pub fn fail(report: &OwnedFd, failure: Failure) -> ! {
-    let mut file = std::fs::File::from(report.try_clone().expect("dup report pipe"));
-    let _ = file.write_all(&failure.encode());
+    // Written through the borrowed descriptor: a dup could fail (EMFILE), and a panic in a
+    // forked child must never happen.
+    let bytes = failure.encode();
+    // SAFETY: write(2) from a buffer we own to a descriptor we hold.
+    let _ = unsafe { libc::write(report.as_raw_fd(), bytes.as_ptr().cast(), bytes.len()) };
     // SAFETY: ending a forked child without running the parent's destructors or atexit hooks.
     unsafe { libc::_exit(127) }
 }

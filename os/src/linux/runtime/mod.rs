@@ -7,6 +7,17 @@
 //! of the container, so they share all its namespaces and its cgroup, and hands back their
 //! stdio and a pidfd. Init outlives the server; a new server finds it by its pid file.
 //!
+//! Zombies. The server is a child subreaper, so the inits it starts are re-parented to it
+//! when their helper exits, and `kill_container` reaps them. After a server restart they
+//! belong to whatever adopted them (the machine's PID 1, or the nearest subreaper). A PID 1
+//! that reaps (systemd, tini, any real init) leaves nothing; one that does not (some sandbox
+//! VMs) keeps a dead init as a zombie. So a zombie counts as dead everywhere: `init_running`
+//! and `observe` report it gone (a restarted server cleans up the container), and
+//! `kill_container` finds it exited through its pidfd and does not wait for it. A
+//! per-container reaper would not help: it would be the orphan that turns zombie instead.
+//! Only an ancestor that outlives server restarts can reap (a host-wide reaper process that
+//! starts the helpers); until that exists, run the server under an init that reaps.
+//!
 //! - `init`: the helper and init's request loop; `mounts`: the container's filesystem view;
 //!   `child`: what a forked child does before it execs; `files`: tar streams;
 //!   `protocol`: the messages.
