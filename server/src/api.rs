@@ -389,7 +389,13 @@ async fn stream_in(
         .map_err(|e| ApiError::Internal(format!("stream-in worker failed: {e}")))?;
     feeding.abort();
     drop(lease);
-    result.map_err(host_error)?;
+    // The wording gdn uses (GATS matches on it).
+    result.map_err(|e| {
+        ApiError::Core(Error::Host(trellis_core::EffectError::new(
+            e.effect_kind(),
+            format!("error streaming in: {e}"),
+        )))
+    })?;
     Ok(empty_ok())
 }
 

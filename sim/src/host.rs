@@ -14,6 +14,8 @@
 //! | `yes-bytes N` | writes N bytes (`y\n` repeated) to stdout; exit 0                   |
 //! | `stderr TEXT` | writes the arguments joined by spaces and a newline to stderr; exit 0 |
 //! | `env`       | writes the process environment, one `KEY=VALUE` per line; exit 0      |
+//! | `true`, `false` | exit 0, exit 1                                                    |
+//! | `sh -c SCRIPT` | runs commands of this table joined by `;`, `&&`, `\|\|`, plus `id -u [USER]` and `adduser -D USER` (users are remembered per container) |
 //!
 //! Any other path fails to start with `ExecutableNotFound`. Signals end a process at once with
 //! 128+N (143 for terminate, 137 for kill), like a shell would. With a TTY, stderr is merged
@@ -41,7 +43,18 @@ use trellis_os::{
 const PIPE_CAPACITY: usize = 64 * 1024;
 
 /// The programs a simulated process can be.
-pub const PROGRAMS: &[&str] = &["echo", "cat", "exit", "sleep", "yes-bytes", "stderr", "env"];
+pub const PROGRAMS: &[&str] = &[
+    "echo",
+    "cat",
+    "exit",
+    "sleep",
+    "yes-bytes",
+    "stderr",
+    "env",
+    "true",
+    "false",
+    "sh",
+];
 
 #[derive(Default)]
 pub struct FakeHost {
@@ -50,6 +63,8 @@ pub struct FakeHost {
     files: Mutex<BTreeMap<String, BTreeMap<String, FileNode>>>,
     /// Per container: the simulated processes, so kills and stops reach them.
     processes: Arc<Mutex<BTreeMap<String, Vec<Arc<FakeProcess>>>>>,
+    /// Per container: users added by simulated `adduser`.
+    users: Mutex<BTreeMap<String, Arc<Mutex<std::collections::BTreeSet<String>>>>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -186,6 +201,10 @@ impl Host for FakeHost {
     }
 
     fn remove_rootfs(&self, handle: &str) -> HostResult<()> {
+        self.users
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(handle);
         self.files
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -209,6 +228,15 @@ impl Host for FakeHost {
             .next()
             .unwrap_or_default()
             .to_string();
+        if program == "sh" {
+            if let [flag, script, ..] = request.spec.args.as_slice() {
+                if flag == "-c" && !simulable_script(script) {
+                    return Err(HostError::ExecutableNotFound(format!(
+                        "sh -c: the fake backend simulates only simple command lists, not {script:?}"
+                    )));
+                }
+            }
+        }
         if !PROGRAMS.contains(&program.as_str()) {
             return Err(HostError::ExecutableNotFound(format!(
                 "exec: \"{}\": executable file not found in $PATH",
@@ -260,8 +288,16 @@ impl Host for FakeHost {
         } else {
             Vec::new()
         };
+        let users = self
+            .users
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(request.handle.to_string())
+            .or_default()
+            .clone();
         let program = Program {
             name: program,
+            users,
             files,
             args: request.spec.args.clone(),
             env,
@@ -379,6 +415,7 @@ impl Host for FakeHost {
 
     fn stream_in(&self, to: FilePath<'_>, tar: &mut dyn Read) -> HostResult<()> {
         self.require_container(to.handle)?;
+        self.require_user(to.handle, to.user)?;
         let base = normalize(to.path);
         let mut unpacked = Vec::new();
         let mut archive = tar::Archive::new(tar);
@@ -420,6 +457,7 @@ impl Host for FakeHost {
 
     fn stream_out(&self, from: FilePath<'_>, tar: &mut dyn Write) -> HostResult<()> {
         self.require_container(from.handle)?;
+        self.require_user(from.handle, from.user)?;
         let contents_only = from.path.ends_with('/');
         let source = normalize(from.path);
         let selected: Vec<(String, FileNode)> = {
@@ -508,6 +546,31 @@ impl Host for FakeHost {
 }
 
 impl FakeHost {
+    /// Users a file stream may run as: root (or empty) and those made with `adduser`.
+    fn require_user(&self, handle: &str, user: &str) -> HostResult<()> {
+        if user.is_empty() || user == "root" || user == "0" || user == "0:0" {
+            return Ok(());
+        }
+        let known = self
+            .users
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(handle)
+            .is_some_and(|users| {
+                users
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .contains(user)
+            });
+        if known {
+            Ok(())
+        } else {
+            Err(HostError::Invalid(format!(
+                "unable to find user {user}: no matching entries in passwd file"
+            )))
+        }
+    }
+
     fn require_container(&self, handle: &str) -> HostResult<()> {
         if self.os().containers.get(handle).is_some_and(|c| c.rootfs) {
             Ok(())
@@ -517,6 +580,89 @@ impl FakeHost {
             )))
         }
     }
+}
+
+/// `sleep`'s argument: a number of seconds with an optional `s`, `m`, `h` or `d` suffix.
+fn sleep_seconds(arg: &str) -> Option<f64> {
+    let (number, unit) = match arg.char_indices().last() {
+        Some((i, 's')) => (&arg[..i], 1.0),
+        Some((i, 'm')) => (&arg[..i], 60.0),
+        Some((i, 'h')) => (&arg[..i], 3600.0),
+        Some((i, 'd')) => (&arg[..i], 86400.0),
+        _ => (arg, 1.0),
+    };
+    let seconds = number.parse::<f64>().ok()? * unit;
+    (seconds.is_finite() && seconds >= 0.0).then_some(seconds)
+}
+
+/// Whether the simulated `sh -c` can run `script`: simulated commands joined by `;`, `&&` and
+/// `||`, nothing else (no expansions, redirections, pipes or background jobs).
+fn simulable_script(script: &str) -> bool {
+    if script.contains(['$', '`', '<', '>', '(', ')', '{', '}', '*', '?']) {
+        return false;
+    }
+    let mut command_start = true;
+    for word in shell_words(script) {
+        if matches!(word.as_str(), ";" | "&&" | "||") {
+            command_start = true;
+            continue;
+        }
+        if word.contains(['&', '|']) {
+            return false;
+        }
+        if command_start {
+            let name = word.rsplit('/').next().unwrap_or_default();
+            let builtin = matches!(name, "id" | "adduser" | "exit");
+            if !(builtin || PROGRAMS.contains(&name)) || name == "sh" {
+                return false;
+            }
+            command_start = false;
+        }
+    }
+    true
+}
+
+/// Splits a shell script into words and the operators `;`, `&&`, `||`.
+fn shell_words(script: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut word = String::new();
+    let mut in_word = false;
+    let mut chars = script.chars().peekable();
+    let flush = |word: &mut String, in_word: &mut bool, out: &mut Vec<String>| {
+        if *in_word {
+            out.push(std::mem::take(word));
+            *in_word = false;
+        }
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' | '"' => {
+                in_word = true;
+                for q in chars.by_ref() {
+                    if q == c {
+                        break;
+                    }
+                    word.push(q);
+                }
+            }
+            ';' | '\n' => {
+                flush(&mut word, &mut in_word, &mut out);
+                out.push(";".into());
+            }
+            '&' | '|' if chars.peek() == Some(&c) => {
+                chars.next();
+                flush(&mut word, &mut in_word, &mut out);
+                out.push(format!("{c}{c}"));
+            }
+            c if c.is_whitespace() => flush(&mut word, &mut in_word, &mut out),
+            c => {
+                in_word = true;
+                word.push(c);
+            }
+        }
+    }
+    flush(&mut word, &mut in_word, &mut out);
+    out
 }
 
 /// `a/./b//c/` -> `/a/b/c`; `..` is clamped at the root.
@@ -658,6 +804,8 @@ fn signal_status(signal: Signal) -> i32 {
 /// What a simulated program gets: its arguments, environment and pipe ends.
 struct Program {
     name: String,
+    /// Users made with `adduser` in this container (for `id -u`).
+    users: Arc<Mutex<std::collections::BTreeSet<String>>>,
     /// For `cat FILE...`: each argument and the file's contents, if it exists.
     files: Vec<(String, Option<Vec<u8>>)>,
     args: Vec<String>,
@@ -686,15 +834,67 @@ impl Program {
     }
 
     fn body(&mut self) -> Result<i32, Interrupt> {
+        let name = self.name.clone();
+        let args = self.args.clone();
+        self.command(&name, &args)
+    }
+
+    /// Runs one simulated command with the program's streams.
+    fn command(&mut self, name: &str, args: &[String]) -> Result<i32, Interrupt> {
         let line = |args: &[String]| format!("{}\n", args.join(" ")).into_bytes();
-        match self.name.as_str() {
+        match name {
+            "true" => Ok(0),
+            "false" => Ok(1),
+            "sh" => match args {
+                [flag, script, ..] if flag == "-c" => self.shell(script),
+                _ => {
+                    let text = b"sh: only 'sh -c SCRIPT' is simulated\n";
+                    write_all(&mut self.stderr, &self.process, text)?;
+                    Ok(2)
+                }
+            },
+            "id" => {
+                let user = match args {
+                    [flag] if flag == "-u" => Some("root".to_string()),
+                    [flag, user] if flag == "-u" => Some(user.clone()),
+                    _ => None,
+                };
+                let known = user.as_ref().and_then(|u| {
+                    if u == "root" {
+                        return Some(0);
+                    }
+                    let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+                    users.iter().position(|x| x == u).map(|i| 1000 + i)
+                });
+                match known {
+                    Some(uid) => {
+                        self.write_out(format!("{uid}\n").as_bytes())?;
+                        Ok(0)
+                    }
+                    None => {
+                        let text = format!("id: '{}': no such user\n", user.unwrap_or_default());
+                        write_all(&mut self.stderr, &self.process, text.as_bytes())?;
+                        Ok(1)
+                    }
+                }
+            }
+            "adduser" => match args.last() {
+                Some(user) if !user.starts_with('-') => {
+                    self.users
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(user.clone());
+                    Ok(0)
+                }
+                _ => Ok(1),
+            },
             "echo" => {
-                let text = line(&self.args);
+                let text = line(args);
                 self.write_out(&text)?;
                 Ok(0)
             }
             "stderr" => {
-                let text = line(&self.args);
+                let text = line(args);
                 write_all(&mut self.stderr, &self.process, &text)?;
                 Ok(0)
             }
@@ -712,14 +912,9 @@ impl Program {
                 self.write_out(text.as_bytes())?;
                 Ok(0)
             }
-            "exit" => Ok(self.args.first().and_then(|a| a.parse().ok()).unwrap_or(0)),
+            "exit" => Ok(args.first().and_then(|a| a.parse().ok()).unwrap_or(0)),
             "sleep" => {
-                let seconds: f64 = self
-                    .args
-                    .first()
-                    .and_then(|a| a.parse().ok())
-                    .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-                    .unwrap_or(0.0);
+                let seconds = args.first().and_then(|a| sleep_seconds(a)).unwrap_or(0.0);
                 let deadline = Instant::now() + Duration::from_secs_f64(seconds.min(1e9));
                 match self.process.sleep_until(deadline) {
                     Some(signal) => Err(Interrupt::Signal(signal)),
@@ -727,7 +922,7 @@ impl Program {
                 }
             }
             "yes-bytes" => {
-                let mut left: u64 = self.args.first().and_then(|a| a.parse().ok()).unwrap_or(0);
+                let mut left: u64 = args.first().and_then(|a| a.parse().ok()).unwrap_or(0);
                 let block = b"y\n".repeat(32 * 1024);
                 while left > 0 {
                     let n = left.min(block.len() as u64) as usize;
@@ -736,9 +931,25 @@ impl Program {
                 }
                 Ok(0)
             }
-            "cat" if !self.args.is_empty() => {
+            "cat" if !args.is_empty() => {
                 let mut status = 0;
-                for (name, data) in std::mem::take(&mut self.files) {
+                for name in args {
+                    if name == "-" || name == "/dev/stdin" {
+                        let mut buf = vec![0u8; 32 * 1024];
+                        loop {
+                            let n = self.stdin.read_interruptible(&mut buf, &self.process)?;
+                            if n == 0 {
+                                break;
+                            }
+                            self.write_out(&buf[..n])?;
+                        }
+                        continue;
+                    }
+                    let data = self
+                        .files
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .and_then(|(_, d)| d.clone());
                     match data {
                         Some(data) => self.write_out(&data)?,
                         None => {
@@ -760,8 +971,43 @@ impl Program {
                     self.write_out(&buf[..n])?;
                 }
             }
-            other => unreachable!("spawn_process only starts known programs, not {other}"),
+            other => {
+                let text = format!("sh: {other}: not found\n");
+                write_all(&mut self.stderr, &self.process, text.as_bytes())?;
+                Ok(127)
+            }
         }
+    }
+
+    /// `sh -c`: commands joined by `;`, `&&` and `||`, words split on blanks, with single and
+    /// double quotes. `exit N` ends the script.
+    fn shell(&mut self, script: &str) -> Result<i32, Interrupt> {
+        let mut status = 0;
+        let mut connector = ";".to_string();
+        let mut words: Vec<String> = Vec::new();
+        let mut tokens = shell_words(script);
+        tokens.push(";".into());
+        for token in tokens {
+            if matches!(token.as_str(), ";" | "&&" | "||") {
+                let run = match connector.as_str() {
+                    "&&" => status == 0,
+                    "||" => status != 0,
+                    _ => true,
+                };
+                if run && !words.is_empty() {
+                    if words[0] == "exit" {
+                        return Ok(words.get(1).and_then(|n| n.parse().ok()).unwrap_or(status));
+                    }
+                    let (name, args) = words.split_first().expect("not empty");
+                    status = self.command(name.rsplit('/').next().unwrap_or(name), args)?;
+                }
+                words.clear();
+                connector = token;
+            } else {
+                words.push(token);
+            }
+        }
+        Ok(status)
     }
 
     fn write_out(&mut self, data: &[u8]) -> Result<(), Interrupt> {
@@ -1020,6 +1266,9 @@ mod tests {
     fn exit_codes_signals_and_unknown_programs() {
         let host = host_with_container("h");
         assert_eq!(spawn(&host, "exit", &["42"]).unwrap().process.wait(), 42);
+        assert_eq!(sleep_seconds("10000d"), Some(864_000_000.0));
+        assert_eq!(sleep_seconds("1.5m"), Some(90.0));
+        assert_eq!(sleep_seconds("x"), None);
         let sleeper = spawn(&host, "/bin/sleep", &["1000"]).unwrap();
         sleeper.process.signal(Signal::Terminate).unwrap();
         assert_eq!(sleeper.process.wait(), 143);
@@ -1051,6 +1300,27 @@ mod tests {
         cat.stdio.stdout.read_to_string(&mut text).unwrap();
         assert_eq!(text, "hello");
         assert_eq!(cat.process.wait(), 1);
+        let mut sh = spawn(
+            &host,
+            "sh",
+            &[
+                "-c",
+                "id -u alice || adduser -D alice; id -u 'alice' && exit 7",
+            ],
+        )
+        .unwrap();
+        let mut text = String::new();
+        sh.stdio.stdout.read_to_string(&mut text).unwrap();
+        assert_eq!(text, "1000\n");
+        assert_eq!(sh.process.wait(), 7);
+        assert!(matches!(
+            spawn(&host, "sh", &["-c", "trap wait TERM; sleep 1 & wait"]),
+            Err(HostError::ExecutableNotFound(_))
+        ));
+        assert!(matches!(
+            spawn(&host, "sh", &["-c", "echo $HOME"]),
+            Err(HostError::ExecutableNotFound(_))
+        ));
         let mut out = Vec::new();
         let from = FilePath {
             handle: "h",
