@@ -257,7 +257,8 @@ async fn limits_net_stop_grace_properties_and_metrics() {
         get("/limits/bandwidth").await,
         json!({"rate":1000,"burst":2000})
     );
-    assert_eq!(get("/limits/cpu").await, json!({"weight":512}));
+    // Reported as gdn does: the shares in limit_in_shares (the fake host is cgroup v1).
+    assert_eq!(get("/limits/cpu").await, json!({"limit_in_shares":512}));
     assert_eq!(
         get("/limits/disk").await,
         json!({"byte_hard":4096,"scope":1})
