@@ -176,6 +176,9 @@ pub trait Host: Send + Sync + 'static {
     /// Starts reporting unsolicited events (OOM kills) to `sink`, from a thread of the host's
     /// own. Called once at server start.
     fn watch_events(&self, _sink: ObservationSink) {}
+    /// Finishes cleanup the host runs in the background (link and bridge removals after a
+    /// teardown), so that nothing is left half-done when the server exits.
+    fn settle(&self) {}
 
     // --- files ---
     /// Unpacks a tar stream at `to.path`, as `to.user`, confined to the container.

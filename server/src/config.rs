@@ -59,7 +59,8 @@ pub struct ServerArgs {
     pub port_pool_start: u32,
     #[arg(long, default_value_t = 4534)]
     pub port_pool_size: u32,
-    /// The host address mapped ports are reached on (reported as ExternalIP).
+    /// The host address mapped ports are reached on (reported as ExternalIP); by default the
+    /// address of the interface holding the default route, as gdn does.
     #[arg(long)]
     pub external_ip: Option<Ipv4Addr>,
     /// MTU of container interfaces (0: as the host's).

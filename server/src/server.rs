@@ -58,8 +58,19 @@ fn make_host(args: &ServerArgs) -> Result<Arc<dyn Host>, StartError> {
 }
 
 /// Runs the server until SIGTERM or SIGINT.
-pub async fn run(args: ServerArgs) -> Result<(), StartError> {
+pub async fn run(mut args: ServerArgs) -> Result<(), StartError> {
     let host = make_host(&args)?;
+    if args.external_ip.is_none() && args.backend == Backend::Linux {
+        // As gdn: without --external-ip, the address of the interface holding the default route.
+        match trellis_os::linux::network::detect_external_ip() {
+            Ok(Some(ip)) => {
+                info!(%ip, "external ip detected");
+                args.external_ip = Some(ip);
+            }
+            Ok(None) => warn!("no default route: ExternalIP stays empty (see --external-ip)"),
+            Err(e) => warn!(error = %e, "detecting the external ip failed (see --external-ip)"),
+        }
+    }
     let processes = ProcessTable::new(tokio::runtime::Handle::current());
     let (driver, core) = Driver::start(args.core_config(), host.clone(), processes.clone())
         .map_err(|source| StartError::Host {
@@ -142,6 +153,9 @@ pub async fn run(args: ServerArgs) -> Result<(), StartError> {
         },
         Err(_) => warn!("connection tracking still shared; not waiting for requests"),
     }
+    let host = state.host.clone();
+    let _ = tokio::task::spawn_blocking(move || host.settle()).await;
+    info!("background cleanup finished; exiting");
     Ok(())
 }
 

@@ -432,24 +432,52 @@ impl TestServer {
             self.destroy_all_containers();
         }
         if let Some(pid) = self.pid() {
-            // SAFETY: signalling and reaping our own child by its pid.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGKILL);
-                libc::waitpid(pid as i32, std::ptr::null_mut(), 0);
-            }
+            stop(pid as i32, self.options.backend);
         }
-        self.remove_parent_cgroup();
+        self.remove_host_leftovers();
         let _ = std::fs::remove_dir_all(self.dir());
     }
 }
 
+/// How long a server may take to exit after SIGTERM before it is killed.
+const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Stops and reaps a server. A Linux one gets SIGTERM, so that it finishes its background
+/// cleanup (bridges and links it removes after a destroy), and SIGKILL only if it has not
+/// exited within [`EXIT_TIMEOUT`]; a fake one has nothing to clean up and is killed at once.
+fn stop(pid: i32, backend: Backend) {
+    let signal = match backend {
+        Backend::Linux => libc::SIGTERM,
+        Backend::Fake => libc::SIGKILL,
+    };
+    // SAFETY: signalling and reaping our own child by its pid.
+    unsafe {
+        libc::kill(pid, signal);
+        let deadline = Instant::now() + EXIT_TIMEOUT;
+        while libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) == 0 {
+            if Instant::now() > deadline {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl TestServer {
-    /// Each Linux test server has a depot, so a parent cgroup, of its own: removes it once
-    /// empty.
-    fn remove_parent_cgroup(&self) {
+    /// Each Linux test server has a parent cgroup (named by its depot) and a firewall table
+    /// (named by its tag) of its own: removes both once its containers are gone.
+    fn remove_host_leftovers(&self) {
         if self.options.backend != Backend::Linux {
             return;
         }
+        // The server's own firewall table outlives it by design (containers keep running);
+        // a test server's containers are gone by now, so its table goes too.
+        let _ = Command::new("nft")
+            .args(["delete", "table", "ip", &format!("trellis{}", self.tag())])
+            .stderr(Stdio::null())
+            .status();
         let layout = trellis_os::Layout::new(
             self.depot(),
             self.dir().join("state"),
@@ -467,11 +495,10 @@ impl Drop for TestServer {
         if self.options.backend == Backend::Linux && self.child.is_some() {
             self.destroy_all_containers();
         }
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            stop(child.id() as i32, self.options.backend);
         }
-        self.remove_parent_cgroup();
+        self.remove_host_leftovers();
         if std::thread::panicking() {
             eprintln!("--- trellis server log ---\n{}", self.logs());
         }

@@ -49,7 +49,10 @@ async fn containers_survive_a_restart_and_dead_inits_are_noticed() {
     let kept_init = init_pid("rs-kept").expect("rs-kept's init");
     let dying_init = init_pid("rs-dies").expect("rs-dies's init");
 
-    server.terminate();
+    // SIGTERM: the server exits 0 and leaves the containers running.
+    let status = server.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(alive(kept_init) && alive(dying_init));
     // While the server is down, one init dies. Its parent is now the machine's PID 1 (or
     // whatever adopted it), which may never reap it: it can stay a zombie.
     // SAFETY: killing a container init this test created.

@@ -153,6 +153,10 @@ impl Host for LinuxHost {
         self.cgroups.mode() == cgroup::Mode::V2
     }
 
+    fn settle(&self) {
+        self.network.settle();
+    }
+
     fn stream_in(&self, to: FilePath<'_>, tar: &mut dyn Read) -> HostResult<()> {
         self.runtime.stream_in(to, tar)
     }
