@@ -21,7 +21,10 @@ pub enum LogLevel {
     Fatal,
 }
 
+/// A flag given twice takes its last value (repeatable flags collect every value), so that
+/// wrapper scripts such as `scripts/serve` can set defaults their callers override.
 #[derive(Debug, Clone, Args)]
+#[command(args_override_self = true)]
 pub struct ServerArgs {
     /// Address to serve the Garden API on (TCP). Without it and --bind-socket: 127.0.0.1.
     #[arg(long)]
@@ -148,6 +151,41 @@ pub use trellis_client::cli::parse_duration as parse_go_duration;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        top: Top,
+    }
+
+    #[derive(clap::Subcommand)]
+    enum Top {
+        Server(ServerArgs),
+    }
+
+    fn parse(args: &[&str]) -> Result<ServerArgs, clap::Error> {
+        use clap::Parser;
+        let Top::Server(args) = Cli::try_parse_from(["trellis", "server"].iter().chain(args))?.top;
+        Ok(args)
+    }
+
+    #[test]
+    fn later_flags_override_earlier_ones_and_repeatable_flags_collect() {
+        let args = parse(&[
+            "--bind-port",
+            "7777",
+            "--deny-network",
+            "10.1.0.0/16",
+            "--bind-port",
+            "7778",
+            "--deny-network",
+            "10.2.0.0/16",
+        ])
+        .expect("parses");
+        assert_eq!(args.bind_port, 7778);
+        assert_eq!(args.deny_network.len(), 2);
+        assert!(parse(&["--bind-port", "x"]).is_err());
+    }
 
     #[test]
     fn go_durations() {
