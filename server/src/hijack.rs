@@ -269,23 +269,26 @@ async fn stream_attach(state: &State, io: BoxIo, stream_id: &str, kind: StreamKi
         debug!(process_id = %entry.id, stream = kind.name(), "attached");
         let mut output = entry.subscribe(kind);
         let mut probe = [0u8; 512];
-        loop {
+        let mut sent = 0u64;
+        let end = loop {
             tokio::select! {
                 piece = output.next() => match piece {
                     Some(bytes) => {
                         if writer.write_all(&bytes).await.is_err() {
-                            break;
+                            break "write failed";
                         }
+                        sent += bytes.len() as u64;
                     }
-                    None => break,
+                    None => break "end of output",
                 },
                 // The client never sends on this connection; EOF or an error means it left.
                 read = reader.read(&mut probe) => match read {
-                    Ok(0) | Err(_) => break,
+                    Ok(0) | Err(_) => break "client left",
                     Ok(_) => {}
                 },
             }
-        }
+        };
+        debug!(process_id = %entry.id, stream = kind.name(), sent, end, "detached");
     }
     let mut io = reader.unsplit(writer);
     let _ = io.shutdown().await;

@@ -184,17 +184,20 @@ impl OutputBuffer {
         self.lock().finished
     }
 
-    /// After the process exited: ends the stream if the pipe has been idle (open only because a
-    /// background child holds it) for longer than [`LINGER_AFTER_EXIT`]. Returns whether the
-    /// stream is finished.
-    pub fn finish_if_lingering(&self, now: Instant) -> bool {
+    /// After the process exited (at `exited`): ends the stream if the pipe has been idle (open
+    /// only because a background child holds it) for longer than [`LINGER_AFTER_EXIT`], counted
+    /// from the later of the exit and the last data. Returns whether the stream is finished.
+    ///
+    /// Counting from the exit matters: a process that sleeps, writes and exits leaves the pump
+    /// waiting in a read that began before the sleep; its last output is still in the pipe.
+    pub fn finish_if_lingering(&self, exited: Instant, now: Instant) -> bool {
         let state = self.lock();
         if state.finished {
             return true;
         }
         let idle = state
             .reading_since
-            .is_some_and(|since| now.duration_since(since) >= LINGER_AFTER_EXIT);
+            .is_some_and(|since| now.duration_since(since.max(exited)) >= LINGER_AFTER_EXIT);
         drop(state);
         if idle {
             self.finish();
@@ -378,6 +381,34 @@ mod tests {
         pump.join().unwrap();
         assert_eq!(got, total);
         assert_eq!(buffer.discarded(), 0);
+    }
+
+    #[test]
+    fn output_written_just_before_exit_is_kept_after_a_long_silence() {
+        let buffer = OutputBuffer::new();
+        // The pump has waited in read since `t0`: the process slept for two seconds, then wrote
+        // its output and exited. The waiter looks before the pump has woken up with that output.
+        let t0 = Instant::now();
+        buffer.lock().reading_since = Some(t0);
+        let exited = t0 + 2 * LINGER_AFTER_EXIT;
+        assert!(!buffer.finish_if_lingering(exited, exited));
+        buffer.push(Bytes::from_static(b"last words\n"));
+        buffer.finish();
+        let mut reader = buffer.subscribe();
+        let piece = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime")
+            .block_on(reader.next());
+        assert_eq!(piece.as_deref(), Some(&b"last words\n"[..]));
+        assert_eq!(buffer.discarded(), 0);
+
+        // A pipe left idle for the linger time after the exit (a background child holds it
+        // open) is ended.
+        let held = OutputBuffer::new();
+        held.lock().reading_since = Some(t0);
+        assert!(!held.finish_if_lingering(exited, exited + LINGER_AFTER_EXIT / 2));
+        assert!(held.finish_if_lingering(exited, exited + LINGER_AFTER_EXIT));
+        assert!(held.is_finished());
     }
 
     #[test]

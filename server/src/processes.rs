@@ -181,13 +181,14 @@ impl ProcessTable {
             .name(name("wait"))
             .spawn(move || {
                 let status = process.wait();
+                let exited = Instant::now();
                 on_exit();
                 // Deliver the status only once the output has ended, so that nothing written
                 // before the exit is lost to a client that stops at the status.
                 loop {
                     let now = Instant::now();
-                    let out_done = waiter_entry.stdout.finish_if_lingering(now);
-                    let err_done = waiter_entry.stderr.finish_if_lingering(now);
+                    let out_done = waiter_entry.stdout.finish_if_lingering(exited, now);
+                    let err_done = waiter_entry.stderr.finish_if_lingering(exited, now);
                     if out_done && err_done {
                         break;
                     }

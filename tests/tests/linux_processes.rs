@@ -484,6 +484,82 @@ async fn processes_can_be_attached_to_by_id() {
     }
 }
 
+/// Collects everything written to it, for a process's stdout or stderr.
+fn collector() -> (
+    Box<dyn tokio::io::AsyncWrite + Send + Unpin>,
+    tokio::task::JoinHandle<String>,
+) {
+    let (w, mut r) = tokio::io::duplex(1 << 16);
+    let read = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut r, &mut text).await;
+        text
+    });
+    (Box::new(w), read)
+}
+
+/// GATS 'all attached clients should get stdout and stderr': output a process writes after a
+/// pause longer than the server's linger time, right before it exits, reaches every client.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_attached_client_gets_output_written_after_a_pause() {
+    let c = create_default().await;
+    let expected: String = (1..=10).map(|i| format!("{i}\n")).collect();
+    let mut runs = Vec::new();
+    for n in 0..3 {
+        let id = format!("lx-fan-out-{n}");
+        let (run_out, run_out_text) = collector();
+        let (run_err, run_err_text) = collector();
+        let mut run = c
+            .run(
+                ProcessSpec {
+                    id: id.clone(),
+                    ..sh("sleep 1.2; for i in $(seq 1 10); do echo $i; echo $i >&2; done")
+                },
+                ProcessIo {
+                    stdout: Some(run_out),
+                    stderr: Some(run_err),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("run");
+        let (attach_out, attach_out_text) = collector();
+        let (attach_err, attach_err_text) = collector();
+        let mut attached = c
+            .attach(
+                &id,
+                ProcessIo {
+                    stdout: Some(attach_out),
+                    stderr: Some(attach_err),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("attach");
+        runs.push(tokio::spawn(async move {
+            let statuses = (
+                run.wait().await.expect("run exit"),
+                attached.wait().await.expect("attach exit"),
+            );
+            drop((run, attached));
+            let texts = [
+                run_out_text.await.expect("text"),
+                run_err_text.await.expect("text"),
+                attach_out_text.await.expect("text"),
+                attach_err_text.await.expect("text"),
+            ];
+            (statuses, texts)
+        }));
+    }
+    for run in runs {
+        let (statuses, texts) = run.await.expect("a run");
+        assert_eq!(statuses, (0, 0));
+        for text in texts {
+            assert_eq!(text, expected);
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn containers_are_isolated_from_each_other_and_the_host() {
     let a = create_default().await;
