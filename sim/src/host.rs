@@ -15,6 +15,8 @@
 //! | `stderr TEXT` | writes the arguments joined by spaces and a newline to stderr; exit 0 |
 //! | `env`       | writes the process environment, one `KEY=VALUE` per line; exit 0      |
 //! | `true`, `false` | exit 0, exit 1                                                    |
+//! | `hostname`  | writes the container's hostname (the handle, its last 49 characters) |
+//! | `whoami`    | writes the process's user name (`root` when the spec names none)     |
 //! | `sh -c SCRIPT` | runs commands of this table joined by `;`, `&&`, `\|\|`, plus `id -u [USER]` and `adduser -D USER` (users are remembered per container) |
 //!
 //! Any other path fails to start with `ExecutableNotFound`. Signals end a process at once with
@@ -54,7 +56,12 @@ pub const PROGRAMS: &[&str] = &[
     "true",
     "false",
     "sh",
+    "hostname",
+    "whoami",
 ];
+
+/// A Linux hostname holds at most this many characters; longer handles keep their end, as gdn.
+const HOSTNAME_MAX: usize = 49;
 
 #[derive(Default)]
 pub struct FakeHost {
@@ -295,8 +302,18 @@ impl Host for FakeHost {
             .entry(request.handle.to_string())
             .or_default()
             .clone();
+        let hostname = {
+            let chars: Vec<char> = request.handle.chars().collect();
+            chars[chars.len().saturating_sub(HOSTNAME_MAX)..].iter().collect()
+        };
+        let user = match request.spec.user.split(':').next() {
+            Some("") | None => "root".to_string(),
+            Some(user) => user.to_string(),
+        };
         let program = Program {
             name: program,
+            hostname,
+            user,
             users,
             files,
             args: request.spec.args.clone(),
@@ -804,6 +821,10 @@ fn signal_status(signal: Signal) -> i32 {
 /// What a simulated program gets: its arguments, environment and pipe ends.
 struct Program {
     name: String,
+    /// The container's hostname, as a Linux container has it.
+    hostname: String,
+    /// The user the process runs as (by name).
+    user: String,
     /// Users made with `adduser` in this container (for `id -u`).
     users: Arc<Mutex<std::collections::BTreeSet<String>>>,
     /// For `cat FILE...`: each argument and the file's contents, if it exists.
@@ -891,6 +912,16 @@ impl Program {
             "echo" => {
                 let text = line(args);
                 self.write_out(&text)?;
+                Ok(0)
+            }
+            "hostname" => {
+                let text = format!("{}\n", self.hostname);
+                self.write_out(text.as_bytes())?;
+                Ok(0)
+            }
+            "whoami" => {
+                let text = format!("{}\n", self.user);
+                self.write_out(text.as_bytes())?;
                 Ok(0)
             }
             "stderr" => {
@@ -1260,6 +1291,35 @@ mod tests {
         assert_eq!(out, "hello");
         assert_eq!(process.wait(), 0);
         assert!(host.observe().unwrap().containers["h"].processes.is_empty());
+    }
+
+    #[test]
+    fn hostname_is_the_handles_end_and_whoami_the_user() {
+        let long = "a-handle-longer-than-forty-nine-characters-0123456789";
+        let host = host_with_container(long);
+        let output = |path: &str, user: &str| {
+            let spec = ProcessSpec {
+                path: path.into(),
+                user: user.into(),
+                ..Default::default()
+            };
+            let Spawned { process, stdio } = host
+                .spawn_process(SpawnRequest {
+                    handle: long,
+                    process_id: &format!("{path}-{user}"),
+                    spec: &spec,
+                    env: &[],
+                })
+                .unwrap();
+            let mut out = String::new();
+            let mut stdout = stdio.stdout;
+            stdout.read_to_string(&mut out).unwrap();
+            assert_eq!(process.wait(), 0);
+            out
+        };
+        assert_eq!(output("hostname", ""), format!("{}\n", &long[long.len() - 49..]));
+        assert_eq!(output("whoami", ""), "root\n");
+        assert_eq!(output("/usr/bin/whoami", "alice"), "alice\n");
     }
 
     #[test]
