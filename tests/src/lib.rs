@@ -551,6 +551,32 @@ impl RawResponse {
     }
 }
 
+/// One plain request written byte for byte as the Go client writes it (`Host: api`,
+/// `Connection: close`, a JSON body with Content-Length); the response, within `timeout`.
+pub async fn go_client_request(
+    target: &Target,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: Duration,
+) -> RawResponse {
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: api\r\nUser-Agent: Go-http-client/1.1\r\n");
+    if let Some(body) = body {
+        request.push_str(&format!(
+            "Content-Length: {}\r\nContent-Type: application/json\r\n",
+            body.len()
+        ));
+    }
+    request.push_str("Accept-Encoding: gzip\r\nConnection: close\r\n\r\n");
+    if let Some(body) = body {
+        request.push_str(body);
+    }
+    raw_exchange(target, request.as_bytes(), timeout)
+        .await
+        .expect("a response")
+}
+
 /// Sends raw bytes (a whole request, or half of one) and reads until the server closes the
 /// connection or `timeout` passes. `None`: the server closed without answering.
 pub async fn raw_exchange(

@@ -5,27 +5,13 @@
 use serde_json::{json, Value};
 use std::time::Duration;
 use trellis_client::Target;
-use trellis_tests::{raw_exchange, RawResponse, TestServer};
+use trellis_tests::{go_client_request, raw_exchange, RawResponse, TestServer};
 
 const TIMEOUT: Duration = Duration::from_secs(20);
 
 /// One plain request as the Go client sends it.
 async fn call(target: &Target, method: &str, path: &str, body: Option<&str>) -> RawResponse {
-    let mut request =
-        format!("{method} {path} HTTP/1.1\r\nHost: api\r\nUser-Agent: Go-http-client/1.1\r\n");
-    if let Some(body) = body {
-        request.push_str(&format!(
-            "Content-Length: {}\r\nContent-Type: application/json\r\n",
-            body.len()
-        ));
-    }
-    request.push_str("Accept-Encoding: gzip\r\nConnection: close\r\n\r\n");
-    if let Some(body) = body {
-        request.push_str(body);
-    }
-    raw_exchange(target, request.as_bytes(), TIMEOUT)
-        .await
-        .expect("a response")
+    go_client_request(target, method, path, body, TIMEOUT).await
 }
 
 fn assert_error(response: &RawResponse, status: u16, kind: &str) -> Value {
