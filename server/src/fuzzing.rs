@@ -120,8 +120,11 @@ pub fn network_spec(data: &[u8]) {
     }
 }
 
+/// A fuzz target's entry point.
+pub type Target = fn(&[u8]);
+
 /// Every target by name (the directory names under `fuzz/seeds/`).
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("request_head", request_head),
     ("container_spec", container_spec),
     ("process_spec", process_spec),

@@ -381,12 +381,12 @@ impl Sim {
                 }
                 self.model.containers.remove(handle);
             }
-            (Command::Destroy { handle }, Err(_)) => {
-                // A destroy that failed half-way keeps retrying on its own.
-                if self.core.container_state(handle) == Some("destroying") {
-                    if let Some(m) = self.model.containers.get_mut(handle) {
-                        m.destroy_requested = true;
-                    }
+            // A destroy that failed half-way keeps retrying on its own.
+            (Command::Destroy { handle }, Err(_))
+                if self.core.container_state(handle) == Some("destroying") =>
+            {
+                if let Some(m) = self.model.containers.get_mut(handle) {
+                    m.destroy_requested = true;
                 }
             }
             (Command::Acquire { handle }, Ok(Reply::Leased(lease)))

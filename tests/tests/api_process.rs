@@ -172,7 +172,7 @@ async fn a_large_output_arrives_whole_and_in_order() {
                 return seen;
             }
             for (i, b) in buf[..n].iter().enumerate() {
-                let expected = if (seen + i as u64) % 2 == 0 {
+                let expected = if (seen + i as u64).is_multiple_of(2) {
                     b'y'
                 } else {
                     b'\n'

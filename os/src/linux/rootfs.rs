@@ -14,7 +14,7 @@ use crate::layout::Layout;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use std::collections::HashMap;
 use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 use trellis_core::api::{DiskLimits, DiskStat, ImageRef};
 
@@ -177,12 +177,12 @@ impl RootfsManager {
 
 fn is_overlay(path: &Path) -> bool {
     nix::sys::statfs::statfs(path)
-        .map(|s| s.filesystem_type().0 as i64 == OVERLAYFS_MAGIC)
+        .map(|s| s.filesystem_type().0 == OVERLAYFS_MAGIC)
         .unwrap_or(false)
 }
 
 /// Overlay options separate with `,` and `:`; both are escaped with a backslash.
-fn escape_overlay_path(path: &PathBuf) -> String {
+fn escape_overlay_path(path: &Path) -> String {
     let s = path.to_string_lossy();
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
