@@ -22,11 +22,12 @@
 //! Every change is one `nft -f` transaction: it applies whole or not at all.
 
 use super::naming::log_prefix;
+use super::nftnl::{self, AnonSet, Base, CmpOp, Expr, SetKey};
 use crate::host::{HostError, HostResult};
 use ipnetwork::Ipv4Network;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
-use trellis_core::api::{NetOutRule, PortMapping, Protocol};
+use trellis_core::api::{IcmpControl, NetOutRule, PortMapping, Protocol};
 
 /// Runs an nft script as one transaction. The seam that keeps the rest testable.
 pub trait NftRunner: Send + Sync {
@@ -262,6 +263,30 @@ impl Ruleset {
         Ok(s)
     }
 
+    /// The same insertions as [`Ruleset::netout_script`], as an nf_tables netlink batch
+    /// (`None` for no rules). Every rule is checked before anything is sent.
+    pub fn netout_batch(
+        &self,
+        c: &ContainerRules<'_>,
+        rules: &[NetOutRule],
+    ) -> HostResult<Option<nftnl::Batch>> {
+        if rules.is_empty() {
+            return Ok(None);
+        }
+        let exprs = rules
+            .iter()
+            .map(|rule| netout_exprs(rule, c.handle))
+            .collect::<HostResult<Vec<_>>>()?;
+        let table = self.table.strip_prefix("ip ").ok_or_else(|| {
+            HostError::Failed(format!("table {} is not of the ip family", self.table))
+        })?;
+        let mut batch = nftnl::Batch::new(nftnl::FAMILY_IPV4, table, 1);
+        for rule in &exprs {
+            batch.insert_rule(c.chain, rule);
+        }
+        Ok(Some(batch))
+    }
+
     pub fn port_script(&self, c: &ContainerRules<'_>, mapping: &PortMapping) -> HostResult<String> {
         let host = port_number(mapping.host_port, "host")?;
         let container = port_number(mapping.container_port, "container")?;
@@ -319,37 +344,43 @@ impl Ruleset {
     }
 }
 
-/// One NetOut rule as one nft rule: every network and port range of the rule goes into one
-/// anonymous set, so a rule is one insertion however many ranges it has.
-pub fn netout_rule(rule: &NetOutRule, handle: &str) -> HostResult<String> {
-    let invalid = |m: String| HostError::Invalid(m);
-    let mut out = String::new();
-    let (proto, port_keyword) = match rule.protocol {
-        Protocol::All => (None, None),
-        Protocol::Tcp => (Some("tcp"), Some("tcp dport")),
-        Protocol::Udp => (Some("udp"), Some("udp dport")),
-        Protocol::Icmp => (Some("icmp"), None),
-        Protocol::IcmpV6 => return Err(invalid("invalid protocol: 4".into())),
-    };
-    if !rule.ports.is_empty() && port_keyword.is_none() {
-        let name = match rule.protocol {
-            Protocol::All => "ALL",
-            _ => "ICMP",
+/// A NetOut rule, checked and reduced to what it matches: the protocol, merged destination
+/// ranges and port ranges (empty: any), the ICMP type and code, and whether to log.
+struct NetOutMatch {
+    /// nft's name, the IP protocol number, and the port field's keyword (tcp/udp only).
+    protocol: Option<(&'static str, u8, Option<&'static str>)>,
+    networks: Vec<(u32, u32)>,
+    ports: Vec<(u32, u32)>,
+    icmp: Option<IcmpControl>,
+    log: bool,
+}
+
+impl NetOutMatch {
+    fn parse(rule: &NetOutRule) -> HostResult<NetOutMatch> {
+        let invalid = |m: String| HostError::Invalid(m);
+        let protocol = match rule.protocol {
+            Protocol::All => None,
+            Protocol::Tcp => Some(("tcp", 6, Some("tcp dport"))),
+            Protocol::Udp => Some(("udp", 17, Some("udp dport"))),
+            Protocol::Icmp => Some(("icmp", 1, None)),
+            Protocol::IcmpV6 => return Err(invalid("invalid protocol: 4".into())),
         };
-        return Err(invalid(format!(
-            "Ports cannot be specified for Protocol {name}"
-        )));
-    }
-    if rule.icmps.is_some() && rule.protocol != Protocol::Icmp {
-        return Err(invalid(
-            "ICMP type and code can only be given for protocol ICMP".into(),
-        ));
-    }
-    if let Some(proto) = proto {
-        let _ = write!(out, "meta l4proto {proto} ");
-    }
-    if !rule.networks.is_empty() {
-        let mut ranges = Vec::new();
+        let has_ports = matches!(protocol, Some((_, _, Some(_))));
+        if !rule.ports.is_empty() && !has_ports {
+            let name = match rule.protocol {
+                Protocol::All => "ALL",
+                _ => "ICMP",
+            };
+            return Err(invalid(format!(
+                "Ports cannot be specified for Protocol {name}"
+            )));
+        }
+        if rule.icmps.is_some() && rule.protocol != Protocol::Icmp {
+            return Err(invalid(
+                "ICMP type and code can only be given for protocol ICMP".into(),
+            ));
+        }
+        let mut networks = Vec::new();
         for range in &rule.networks {
             let ip = |a: Option<IpAddr>| -> HostResult<Option<u32>> {
                 match a {
@@ -365,11 +396,42 @@ pub fn netout_rule(rule: &NetOutRule, handle: &str) -> HostResult<String> {
                 (Some(a), None) | (None, Some(a)) => (a, a),
                 (None, None) => return Err(invalid("a network range needs an address".into())),
             };
-            ranges.push((start, end));
+            networks.push((start, end));
         }
-        let set = merged(ranges)
-            .into_iter()
-            .map(|(a, b)| {
+        let ports = if has_ports {
+            rule.ports
+                .iter()
+                .map(|p| {
+                    let end = if p.end == 0 { p.start } else { p.end };
+                    (u32::from(p.start.min(end)), u32::from(p.start.max(end)))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(NetOutMatch {
+            protocol,
+            networks: merged(networks),
+            ports: merged(ports),
+            icmp: rule.icmps,
+            log: rule.log,
+        })
+    }
+}
+
+/// One NetOut rule as one nft rule: every network and port range of the rule goes into one
+/// anonymous set, so a rule is one insertion however many ranges it has.
+pub fn netout_rule(rule: &NetOutRule, handle: &str) -> HostResult<String> {
+    let m = NetOutMatch::parse(rule)?;
+    let mut out = String::new();
+    if let Some((name, _, _)) = m.protocol {
+        let _ = write!(out, "meta l4proto {name} ");
+    }
+    if !m.networks.is_empty() {
+        let set = m
+            .networks
+            .iter()
+            .map(|&(a, b)| {
                 if a == b {
                     Ipv4Addr::from(a).to_string()
                 } else {
@@ -379,19 +441,12 @@ pub fn netout_rule(rule: &NetOutRule, handle: &str) -> HostResult<String> {
             .collect::<Vec<_>>();
         let _ = write!(out, "ip daddr {{ {} }} ", set.join(", "));
     }
-    if let Some(keyword) = port_keyword {
-        if !rule.ports.is_empty() {
-            let ranges = rule
+    if let Some((_, _, Some(keyword))) = m.protocol {
+        if !m.ports.is_empty() {
+            let set = m
                 .ports
                 .iter()
-                .map(|p| {
-                    let end = if p.end == 0 { p.start } else { p.end };
-                    (u32::from(p.start.min(end)), u32::from(p.start.max(end)))
-                })
-                .collect();
-            let set = merged(ranges)
-                .into_iter()
-                .map(|(a, b)| {
+                .map(|&(a, b)| {
                     if a == b {
                         a.to_string()
                     } else {
@@ -402,17 +457,100 @@ pub fn netout_rule(rule: &NetOutRule, handle: &str) -> HostResult<String> {
             let _ = write!(out, "{keyword} {{ {} }} ", set.join(", "));
         }
     }
-    if let Some(icmp) = rule.icmps {
+    if let Some(icmp) = m.icmp {
         let _ = write!(out, "icmp type {} ", icmp.kind);
         if let Some(code) = icmp.code {
             let _ = write!(out, "icmp code {code} ");
         }
     }
-    if rule.log {
+    if m.log {
         let _ = write!(out, "log prefix \"{} \" ", log_prefix(handle));
     }
     out.push_str("accept");
     Ok(out)
+}
+
+/// The same rule as nf_tables expressions, exactly those nft compiles [`netout_rule`]'s text
+/// to (nft turns a one-element set into a plain comparison, or a pair of them for a range,
+/// and matches an ICMP type and code with one two-byte comparison), so the kernel holds the
+/// same rule either way. Still one kernel rule per NetOut rule: several ranges become an
+/// anonymous set sent in the same batch.
+pub fn netout_exprs(rule: &NetOutRule, handle: &str) -> HostResult<Vec<Expr>> {
+    let m = NetOutMatch::parse(rule)?;
+    let mut exprs = Vec::new();
+    if let Some((_, number, _)) = m.protocol {
+        exprs.push(Expr::MetaL4proto);
+        exprs.push(Expr::Cmp {
+            op: CmpOp::Eq,
+            data: vec![number],
+        });
+    }
+    let mut matching = |exprs: &mut Vec<Expr>, ranges: &[(u32, u32)], key: SetKey| {
+        let bytes = |v: u32| match key {
+            SetKey::Ipv4Daddr => v.to_be_bytes().to_vec(),
+            SetKey::TcpDport | SetKey::UdpDport => (v as u16).to_be_bytes().to_vec(),
+        };
+        match ranges {
+            [(a, b)] if a == b => exprs.push(Expr::Cmp {
+                op: CmpOp::Eq,
+                data: bytes(*a),
+            }),
+            [(a, b)] => {
+                exprs.push(Expr::Cmp {
+                    op: CmpOp::Gte,
+                    data: bytes(*a),
+                });
+                exprs.push(Expr::Cmp {
+                    op: CmpOp::Lte,
+                    data: bytes(*b),
+                });
+            }
+            _ => exprs.push(Expr::Lookup(AnonSet {
+                key,
+                ranges: ranges.iter().map(|&(a, b)| (bytes(a), bytes(b))).collect(),
+            })),
+        }
+    };
+    if !m.networks.is_empty() {
+        exprs.push(Expr::Payload {
+            base: Base::Network,
+            offset: 16,
+            len: 4,
+        });
+        matching(&mut exprs, &m.networks, SetKey::Ipv4Daddr);
+    }
+    if !m.ports.is_empty() {
+        let key = match m.protocol {
+            Some((_, 6, _)) => SetKey::TcpDport,
+            _ => SetKey::UdpDport,
+        };
+        exprs.push(Expr::Payload {
+            base: Base::Transport,
+            offset: 2,
+            len: 2,
+        });
+        matching(&mut exprs, &m.ports, key);
+    }
+    if let Some(icmp) = m.icmp {
+        let mut data = vec![icmp.kind];
+        data.extend(icmp.code);
+        exprs.push(Expr::Payload {
+            base: Base::Transport,
+            offset: 0,
+            len: data.len() as u32,
+        });
+        exprs.push(Expr::Cmp {
+            op: CmpOp::Eq,
+            data,
+        });
+    }
+    if m.log {
+        exprs.push(Expr::Log {
+            prefix: format!("{} ", log_prefix(handle)),
+        });
+    }
+    exprs.push(Expr::Accept);
+    Ok(exprs)
 }
 
 /// Sorted, with overlapping and touching ranges joined (nft refuses overlapping intervals).
@@ -462,12 +600,21 @@ impl Firewall {
         })
     }
 
+    /// Inserts NetOut rules at the head of the container's chain, in one nf_tables netlink
+    /// batch (not through `nft`, which would first read the whole table: this way the cost
+    /// does not grow with the number of containers). The rules end up in the same order as
+    /// [`Ruleset::netout_script`]'s `insert rule` lines would put them.
     pub fn add_netout(&self, c: &ContainerRules<'_>, rules: &[NetOutRule]) -> HostResult<()> {
-        let script = self.ruleset.netout_script(c, rules)?;
-        if script.is_empty() {
+        let batch = self.ruleset.netout_batch(c, rules)?;
+        let Some(batch) = batch else {
             return Ok(());
-        }
-        self.run(&format!("add net-out rules for {}", c.handle), &script)
+        };
+        nftnl::send(batch).map_err(|e| {
+            HostError::Failed(format!(
+                "add net-out rules for {}: nf_tables: {e}",
+                c.handle
+            ))
+        })
     }
 
     pub fn map_port(&self, c: &ContainerRules<'_>, mapping: &PortMapping) -> HostResult<()> {

@@ -3,7 +3,7 @@
 //! default-deny egress firewall, bandwidth limits, and the container's hosts and resolv.conf.
 //!
 //! One file per concern: `netns` (namespaces), `netlink` (links, addresses, routes),
-//! `firewall` (nftables), `bandwidth` (tc), `dns` (hosts and resolv.conf), `naming` (interface
+//! `firewall` (nftables; `nftnl` its netlink encoder for NetOut rules), `bandwidth` (tc), `dns` (hosts and resolv.conf), `naming` (interface
 //! and chain names), `state` (what each container holds, by handle).
 //!
 //! Setup writes the container's state file first, then creates; teardown finds everything
@@ -16,6 +16,7 @@ pub mod firewall;
 pub mod naming;
 pub mod netlink;
 pub mod netns;
+pub mod nftnl;
 pub mod state;
 
 use super::LinuxConfig;

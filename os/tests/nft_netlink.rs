@@ -1,0 +1,275 @@
+//! NetOut rules inserted through nf_tables netlink against the same rules inserted with the
+//! `nft` script they used to be (needs root, nft and iproute2's `ip netns`).
+//!
+//! Safety: everything happens in a network namespace this test creates and removes; the host's
+//! ruleset is never touched and no packet is sent.
+
+use std::net::IpAddr;
+use std::os::fd::AsFd;
+use std::process::{Command, Stdio};
+use trellis_core::api::{IcmpControl, IpRange, NetOutRule, PortRange, Protocol};
+use trellis_os::linux::network::firewall::{ContainerRules, NftCommand, NftRunner, Ruleset};
+use trellis_os::linux::network::nftnl;
+
+/// A network namespace of our own, removed on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(which: &str) -> Netns {
+        let name = format!("trellis-nfq{which}-{}", std::process::id());
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let status = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("run ip netns add");
+        assert!(status.success(), "ip netns add {name}");
+        Netns(name)
+    }
+
+    /// Runs `work` on a thread inside the namespace (commands it spawns start there too).
+    fn run<T: Send>(&self, work: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/run/netns/{}", self.0);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let file = std::fs::File::open(&path).expect("open the namespace");
+                    nix::sched::setns(file.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                        .expect("enter the namespace");
+                    work()
+                })
+                .join()
+                .expect("namespace thread")
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+fn nft_list(chain: &str) -> String {
+    let output = Command::new("nft")
+        .args(["list", "chain", "ip", "trq", chain])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run nft list");
+    assert!(output.status.success(), "nft list chain {chain}");
+    String::from_utf8(output.stdout)
+        .unwrap()
+        .replace(&format!("chain {chain} {{"), "chain X {")
+}
+
+fn ip(s: &str) -> Option<IpAddr> {
+    Some(s.parse().unwrap())
+}
+
+fn net(start: &str, end: Option<&str>) -> IpRange {
+    IpRange {
+        start: ip(start),
+        end: end.and_then(ip),
+    }
+}
+
+fn ports(ranges: &[(u16, u16)]) -> Vec<PortRange> {
+    ranges
+        .iter()
+        .map(|&(start, end)| PortRange { start, end })
+        .collect()
+}
+
+/// Each protocol; one and several networks (single addresses, ranges, overlapping, touching,
+/// from 0 and to the top); one and several port ranges; ICMP type with and without code; log
+/// on and off.
+fn variants() -> Vec<NetOutRule> {
+    let tcp = |networks: Vec<IpRange>, p: &[(u16, u16)], log: bool| NetOutRule {
+        protocol: Protocol::Tcp,
+        networks,
+        ports: ports(p),
+        icmps: None,
+        log,
+    };
+    let udp = |networks: Vec<IpRange>, p: &[(u16, u16)], log: bool| NetOutRule {
+        protocol: Protocol::Udp,
+        ..tcp(networks, p, log)
+    };
+    let icmp = |networks: Vec<IpRange>, icmps: Option<IcmpControl>, log: bool| NetOutRule {
+        protocol: Protocol::Icmp,
+        networks,
+        icmps,
+        log,
+        ..Default::default()
+    };
+    let all = |networks: Vec<IpRange>, log: bool| NetOutRule {
+        networks,
+        log,
+        ..Default::default()
+    };
+    vec![
+        all(vec![], false),
+        all(vec![], true),
+        all(vec![net("10.9.0.1", None)], false),
+        all(vec![net("10.9.0.1", Some("10.9.0.200"))], true),
+        all(vec![net("10.9.1.0", Some("10.9.1.255"))], false),
+        all(
+            vec![
+                net("10.9.0.1", Some("10.9.0.5")),
+                net("10.9.0.3", None),
+                net("10.9.0.6", Some("10.9.0.9")),
+                net("192.168.7.0", Some("192.168.7.255")),
+            ],
+            false,
+        ),
+        all(vec![net("10.1.0.1", None), net("10.1.0.3", None)], true),
+        all(
+            vec![net("0.0.0.0", Some("9.255.255.255")), net("11.0.0.0", None)],
+            false,
+        ),
+        all(vec![net("0.0.0.0", Some("255.255.255.255"))], false),
+        all(
+            vec![
+                net("10.0.0.0", None),
+                net("200.0.0.0", Some("255.255.255.255")),
+            ],
+            false,
+        ),
+        tcp(vec![], &[], false),
+        tcp(vec![], &[(80, 0)], false),
+        tcp(vec![], &[(8080, 8090)], true),
+        tcp(vec![net("10.2.0.1", None)], &[(80, 0), (443, 0)], false),
+        tcp(
+            vec![
+                net("10.1.0.0", Some("10.1.0.255")),
+                net("10.0.0.1", Some("10.0.0.5")),
+            ],
+            &[(8080, 8090), (80, 0), (8085, 9000)],
+            true,
+        ),
+        tcp(vec![], &[(0, 5), (7, 0)], false),
+        tcp(vec![], &[(100, 200), (65535, 0)], false),
+        tcp(vec![], &[(1, 65535)], false),
+        udp(vec![], &[], true),
+        udp(vec![], &[(53, 0)], false),
+        udp(
+            vec![net("10.3.0.0", Some("10.3.255.255"))],
+            &[(1000, 2000)],
+            false,
+        ),
+        udp(
+            vec![net("10.4.0.1", None), net("10.5.0.1", None)],
+            &[(53, 0), (5353, 0), (6000, 7000)],
+            true,
+        ),
+        icmp(vec![], None, false),
+        icmp(
+            vec![],
+            Some(IcmpControl {
+                kind: 8,
+                code: None,
+            }),
+            false,
+        ),
+        icmp(
+            vec![net("10.2.0.1", None)],
+            Some(IcmpControl {
+                kind: 8,
+                code: Some(0),
+            }),
+            true,
+        ),
+        icmp(
+            vec![net("10.6.0.1", None), net("10.6.0.9", Some("10.6.0.20"))],
+            Some(IcmpControl {
+                kind: 3,
+                code: Some(4),
+            }),
+            false,
+        ),
+        icmp(vec![net("10.7.0.0", Some("10.7.0.255"))], None, true),
+    ]
+}
+
+#[test]
+fn netlink_insertion_matches_the_nft_script() {
+    let ns = Netns::new("a");
+    let ruleset = Ruleset {
+        table: "ip trq".into(),
+        bridge_prefix: "trbrq-".into(),
+    };
+    let container = |chain: &'static str| ContainerRules {
+        handle: "some app",
+        chain,
+        bridge: "trbrq-0a090000",
+        subnet: "10.254.0.0/30".parse().unwrap(),
+        ip: "10.254.0.1".parse().unwrap(),
+    };
+    let rules = variants();
+    let (a, b) = ns.run(|| {
+        let nft = NftCommand;
+        let mut setup = String::from("add table ip trq\n");
+        for chain in ["a", "b"] {
+            setup.push_str(&format!(
+                "add chain ip trq {chain}\nadd rule ip trq {chain} ip daddr 10.254.0.0/30 accept\n\
+                 add rule ip trq {chain} reject with icmp type admin-prohibited\n"
+            ));
+        }
+        nft.run(&setup).expect("create the table");
+        // One call per rule, then all of them in one call.
+        let calls: Vec<&[NetOutRule]> = rules
+            .iter()
+            .map(std::slice::from_ref)
+            .chain([&rules[..]])
+            .collect();
+        for rules in calls {
+            let script = ruleset.netout_script(&container("a"), rules).unwrap();
+            nft.run(&script).expect("nft inserts");
+            let batch = ruleset
+                .netout_batch(&container("b"), rules)
+                .unwrap()
+                .expect("a batch");
+            nftnl::send(batch).expect("netlink inserts");
+        }
+        (nft_list("a"), nft_list("b"))
+    });
+    assert_eq!(a.lines().count(), 2 * rules.len() + 2 + 4, "{a}");
+    assert!(
+        a.contains("ip daddr { 10.0.0.1-10.0.0.5, 10.1.0.0/24 }"),
+        "{a}"
+    );
+    assert_eq!(a, b);
+}
+
+#[test]
+fn a_failed_batch_inserts_nothing_and_says_why() {
+    let ns = Netns::new("b");
+    let ruleset = Ruleset {
+        table: "ip trq".into(),
+        bridge_prefix: "trbrq-".into(),
+    };
+    let rules = |chain: &'static str| ContainerRules {
+        handle: "h",
+        chain,
+        bridge: "trbrq-0a090000",
+        subnet: "10.254.0.0/30".parse().unwrap(),
+        ip: "10.254.0.1".parse().unwrap(),
+    };
+    ns.run(|| {
+        NftCommand
+            .run("add table ip trq\nadd chain ip trq a\n")
+            .unwrap();
+        // No such chain: the kernel refuses and nothing is left behind.
+        let batch = ruleset
+            .netout_batch(&rules("missing"), &variants())
+            .unwrap()
+            .unwrap();
+        let error = nftnl::send(batch).unwrap_err();
+        assert!(error.contains("No such file or directory"), "{error}");
+        assert_eq!(nft_list("a").lines().count(), 4);
+        let sets = Command::new("nft")
+            .args(["list", "sets", "ip"])
+            .output()
+            .unwrap();
+        assert!(!String::from_utf8_lossy(&sets.stdout).contains("__set"));
+    });
+}
