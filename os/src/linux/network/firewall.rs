@@ -19,7 +19,10 @@
 //!   interface is not known there when the bridge calls netfilter) is masqueraded so replies
 //!   come back through the host (hairpin).
 //!
-//! Every change is one `nft -f` transaction: it applies whole or not at all.
+//! Every change is one transaction: it applies whole or not at all. Most are `nft -f` scripts;
+//! NetOut rules added to a running container are one nf_tables netlink batch instead (see
+//! `nftnl`), because `nft` reads the whole table first and so costs more the more containers
+//! there are.
 
 use super::naming::log_prefix;
 use super::nftnl::{self, AnonSet, Base, CmpOp, Expr, SetKey};
