@@ -488,7 +488,7 @@ pub fn netout_exprs(rule: &NetOutRule, handle: &str) -> HostResult<Vec<Expr>> {
             data: vec![number],
         });
     }
-    let mut matching = |exprs: &mut Vec<Expr>, ranges: &[(u32, u32)], key: SetKey| {
+    let matching = |exprs: &mut Vec<Expr>, ranges: &[(u32, u32)], key: SetKey| {
         let bytes = |v: u32| match key {
             SetKey::Ipv4Daddr => v.to_be_bytes().to_vec(),
             SetKey::TcpDport | SetKey::UdpDport => (v as u16).to_be_bytes().to_vec(),
