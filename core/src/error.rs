@@ -47,7 +47,8 @@ pub enum Error {
     InvalidSpec { reason: String },
     #[error("invalid process spec: {reason}")]
     InvalidProcessSpec { reason: String },
-    #[error("invalid net-out rule: {reason}")]
+    // The reason alone, as gdn words it: clients match the whole message.
+    #[error("{reason}")]
     InvalidNetOutRule { reason: String },
     #[error("{0}")]
     Host(#[from] EffectError),

@@ -123,8 +123,9 @@ pub struct IcmpControl {
 }
 
 impl NetOutRule {
-    /// Checks what serde cannot: ranges that run backwards, mixed address families, and ICMP
-    /// controls on a protocol that has none.
+    /// Garden's rules for a NetOut rule, checked here so every backend refuses alike: ranges
+    /// that run backwards, mixed address families, ports on a protocol without ports, ICMP
+    /// controls on a protocol that has none, and ICMPv6 (gdn filters IPv4 only).
     pub fn validate(&self) -> Result<(), String> {
         for range in &self.networks {
             match (range.start, range.end) {
@@ -153,11 +154,22 @@ impl NetOutRule {
                 ));
             }
         }
+        // gdn's words, which clients match on. Like gdn, we filter IPv4 only.
+        if self.protocol == Protocol::IcmpV6 {
+            return Err("invalid protocol: 4".into());
+        }
+        if !self.ports.is_empty() {
+            let name = match self.protocol {
+                Protocol::All => Some("ALL"),
+                Protocol::Icmp => Some("ICMP"),
+                Protocol::Tcp | Protocol::Udp | Protocol::IcmpV6 => None,
+            };
+            if let Some(name) = name {
+                return Err(format!("Ports cannot be specified for Protocol {name}"));
+            }
+        }
         if self.icmps.is_some() && !matches!(self.protocol, Protocol::Icmp | Protocol::IcmpV6) {
             return Err("icmp type/code given for a non-ICMP protocol".into());
-        }
-        if self.log && !matches!(self.protocol, Protocol::All | Protocol::Tcp) {
-            return Err("logging is only supported for tcp or all protocols".into());
         }
         Ok(())
     }

@@ -143,6 +143,16 @@ fn netout_rule_validation() {
     let icmp_on_tcp: NetOutRule =
         serde_json::from_str(r#"{"protocol":1,"icmps":{"type":8}}"#).unwrap();
     assert!(icmp_on_tcp.validate().is_err());
+    for (protocol, name) in [(0, "ALL"), (3, "ICMP")] {
+        let with_ports: NetOutRule = serde_json::from_str(&format!(
+            r#"{{"protocol":{protocol},"ports":[{{"start":80,"end":81}}]}}"#
+        ))
+        .unwrap();
+        assert_eq!(
+            with_ports.validate(),
+            Err(format!("Ports cannot be specified for Protocol {name}"))
+        );
+    }
     let ok: NetOutRule = serde_json::from_str(
         r#"{"protocol":1,"networks":[{"start":"10.0.0.1","end":"10.0.0.9"}],"ports":[{"start":80,"end":90}],"log":true}"#,
     )

@@ -359,8 +359,11 @@ struct NetOutMatch {
 }
 
 impl NetOutMatch {
+    /// Garden's own rules (`NetOutRule::validate`, which the core already applied) and then
+    /// what this host cannot do: IPv6.
     fn parse(rule: &NetOutRule) -> HostResult<NetOutMatch> {
         let invalid = |m: String| HostError::Invalid(m);
+        rule.validate().map_err(invalid)?;
         let protocol = match rule.protocol {
             Protocol::All => None,
             Protocol::Tcp => Some(("tcp", 6, Some("tcp dport"))),
@@ -369,20 +372,6 @@ impl NetOutMatch {
             Protocol::IcmpV6 => return Err(invalid("invalid protocol: 4".into())),
         };
         let has_ports = matches!(protocol, Some((_, _, Some(_))));
-        if !rule.ports.is_empty() && !has_ports {
-            let name = match rule.protocol {
-                Protocol::All => "ALL",
-                _ => "ICMP",
-            };
-            return Err(invalid(format!(
-                "Ports cannot be specified for Protocol {name}"
-            )));
-        }
-        if rule.icmps.is_some() && rule.protocol != Protocol::Icmp {
-            return Err(invalid(
-                "ICMP type and code can only be given for protocol ICMP".into(),
-            ));
-        }
         let mut networks = Vec::new();
         for range in &rule.networks {
             let ip = |a: Option<IpAddr>| -> HostResult<Option<u32>> {
