@@ -620,7 +620,7 @@ fn containers_outlive_the_host_object_and_are_observed_again() {
         layout: t.host.layout.clone(),
         default_rootfs: String::new(),
         helper_binary: Some(env!("CARGO_BIN_EXE_trellis-os-helper").into()),
-        network: Default::default(),
+        network: t.host.network.settings().clone(),
     };
     // A second host on the same layout (as after a server restart) finds everything.
     let again = trellis_os::LinuxHost::new(config).unwrap();

@@ -290,12 +290,21 @@ async fn limits_net_stop_grace_properties_and_metrics() {
                 target,
                 "POST",
                 "/containers/l/net/out/bulk",
-                Some(r#"[{},{"protocol":4,"icmps":{}}]"#)
+                Some(r#"[{},{"protocol":3,"icmps":{}}]"#)
             )
             .await
         ),
         json!({})
     );
+    // gdn filters IPv4 only and refuses ICMPv6 rules in its own words.
+    let refused = call(
+        target,
+        "POST",
+        "/containers/l/net/out",
+        Some(r#"{"protocol":4}"#),
+    )
+    .await;
+    assert_eq!(assert_error(&refused, 500, "")["Message"], "invalid protocol: 4");
     assert_eq!(
         assert_ok(&call(target, "POST", "/containers/l/net/out/bulk", Some("null\n")).await),
         json!({})

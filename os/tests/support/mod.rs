@@ -38,8 +38,29 @@ impl Drop for TestHost {
             let _ = self.host.remove_rootfs(&handle);
         }
         let _ = self.host.cgroups.remove_parent();
+        // A test host with a tag of its own owns its firewall table; the untagged table may
+        // belong to a real server on this machine and is left alone.
+        self.host.settle();
+        let tag = &self.host.network.settings().tag;
+        if !tag.is_empty() {
+            let _ = std::process::Command::new("nft")
+                .args(["delete", "table", "ip", &format!("trellis{tag}")])
+                .stderr(std::process::Stdio::null())
+                .status();
+        }
         let _ = std::fs::remove_dir_all(&self.base);
     }
+}
+
+/// A tag of its own for each test host of this process (its bridges and firewall table), so
+/// tests never touch the untagged table a real server on this machine may own, nor each
+/// other's.
+pub fn unique_tag() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = (std::process::id() * 7 + NEXT.fetch_add(1, Ordering::Relaxed)) % (36 * 36);
+    let digit = |d: u32| char::from_digit(d, 36).expect("a base-36 digit");
+    format!("{}{}", digit(n / 36), digit(n % 36))
 }
 
 pub fn host(name: &str) -> TestHost {
@@ -50,7 +71,10 @@ pub fn host(name: &str) -> TestHost {
         layout,
         default_rootfs: rootfs().to_string_lossy().into_owned(),
         helper_binary: Some(PathBuf::from(env!("CARGO_BIN_EXE_trellis-os-helper"))),
-        network: Default::default(),
+        network: trellis_os::linux::network::NetworkSettings {
+            tag: unique_tag(),
+            ..Default::default()
+        },
     })
     .expect("LinuxHost::new");
     TestHost { host, base }
