@@ -307,3 +307,32 @@ fn capacity_reports_the_machines_memory() {
     );
     assert!(capacity.memory_in_bytes > 256 << 20);
 }
+
+/// The first creates of a fresh server race to set up the parent cgroup: none may fail (v1
+/// refused the parent's device rules once another create's container cgroup existed).
+#[test]
+fn concurrent_first_creates_all_succeed() {
+    for round in 0..5 {
+        let cg = cgroups(&format!("race{round}"));
+        let _guard = ParentGuard(&cg);
+        let start = std::sync::Barrier::new(8);
+        std::thread::scope(|s| {
+            let creates: Vec<_> = (0..8)
+                .map(|i| {
+                    let (cg, start) = (&cg, &start);
+                    s.spawn(move || {
+                        start.wait();
+                        cg.create(&format!("race{round}-{i}"), &Limits::default())
+                    })
+                })
+                .collect();
+            for (i, create) in creates.into_iter().enumerate() {
+                let result = create.join().expect("a create thread");
+                assert!(result.is_ok(), "round {round}, create {i}: {result:?}");
+            }
+        });
+        for i in 0..8 {
+            cg.remove(&format!("race{round}-{i}")).expect("remove");
+        }
+    }
+}

@@ -37,6 +37,9 @@ pub struct V1 {
     /// The hierarchy whose `cgroup.procs` lists the container's processes.
     primary: PathBuf,
     parent_ready: AtomicBool,
+    /// Serialises the parent's setup: two creates at once must not both set it up (v1: the
+    /// device rules cannot be changed once the other's container cgroup exists).
+    parent_setup: std::sync::Mutex<()>,
 }
 
 /// runc's default device rules for containers (guardian sets none of its own): mknod anything,
@@ -96,6 +99,7 @@ impl V1 {
             primary,
             hierarchies,
             parent_ready: AtomicBool::new(false),
+            parent_setup: std::sync::Mutex::new(()),
         })
     }
 
@@ -111,6 +115,10 @@ impl V1 {
     /// copied from the root (a cpuset cgroup without cpus cannot take processes) and
     /// inherited by children, and the container device rules.
     fn ensure_parent(&self) -> HostResult<()> {
+        if self.parent_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _setup = self.parent_setup.lock().unwrap_or_else(|e| e.into_inner());
         if self.parent_ready.load(Ordering::Acquire) {
             return Ok(());
         }

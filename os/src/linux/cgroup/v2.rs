@@ -19,6 +19,9 @@ pub struct V2 {
     root: PathBuf,
     parent: String,
     parent_ready: AtomicBool,
+    /// Serialises the parent's setup: two creates at once must not both set it up (v1: the
+    /// device rules cannot be changed once the other's container cgroup exists).
+    parent_setup: std::sync::Mutex<()>,
 }
 
 impl V2 {
@@ -33,6 +36,7 @@ impl V2 {
             root: root.to_path_buf(),
             parent: parent.to_string(),
             parent_ready: AtomicBool::new(false),
+            parent_setup: std::sync::Mutex::new(()),
         })
     }
 
@@ -43,6 +47,10 @@ impl V2 {
     /// Makes our parent and hands it (and through it, each container) every wanted controller
     /// the root offers.
     fn ensure_parent(&self) -> HostResult<()> {
+        if self.parent_ready.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let _setup = self.parent_setup.lock().unwrap_or_else(|e| e.into_inner());
         if self.parent_ready.load(Ordering::Acquire) {
             return Ok(());
         }
