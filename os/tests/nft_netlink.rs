@@ -273,3 +273,162 @@ fn a_failed_batch_inserts_nothing_and_says_why() {
         assert!(!String::from_utf8_lossy(&sets.stdout).contains("__set"));
     });
 }
+
+fn nft_list_table() -> String {
+    let output = Command::new("nft")
+        .args(["list", "table", "ip", "trq"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run nft list");
+    assert!(output.status.success(), "nft list table");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// A container's setup and teardown sent as netlink batches leave the kernel exactly as the
+/// `nft` scripts they replace: the scripts run in one namespace, the batches in another, both
+/// tables built by the same globals script, compared after every step.
+#[test]
+fn container_setup_and_teardown_match_the_nft_scripts() {
+    use trellis_core::api::PortMapping;
+    use trellis_os::linux::network::firewall::{Firewall, FirewallSettings};
+    let (old, new) = (Netns::new("c"), Netns::new("d"));
+    let ruleset = Ruleset {
+        table: "ip trq".into(),
+        bridge_prefix: "trbrq-".into(),
+    };
+    let settings = FirewallSettings {
+        deny_networks: vec!["10.200.0.0/16".parse().unwrap()],
+        allow_host_access: false,
+    };
+    let containers = [
+        (
+            "app-1",
+            "c-0000000001",
+            "trbrq-0afe0000",
+            "10.254.0.0/30",
+            "10.254.0.2",
+        ),
+        (
+            "app 2",
+            "c-0000000002",
+            "trbrq-0afe0004",
+            "10.254.0.4/30",
+            "10.254.0.6",
+        ),
+        (
+            "app-3",
+            "c-0000000003",
+            "trbrq-0afe0000",
+            "10.254.0.0/30",
+            "10.254.0.3",
+        ),
+        (
+            "app-4",
+            "c-0000000004",
+            "trbrq-0afe0100",
+            "10.254.1.0/24",
+            "10.254.1.77",
+        ),
+    ];
+    let rules = |i: usize| ContainerRules {
+        handle: containers[i].0,
+        chain: containers[i].1,
+        bridge: containers[i].2,
+        subnet: containers[i].3.parse().unwrap(),
+        ip: containers[i].4.parse().unwrap(),
+    };
+    let all = variants();
+    let netout: [Vec<NetOutRule>; 4] = [vec![], all.clone(), vec![], all[3..9].to_vec()];
+    let mapping = |host_port, container_port| PortMapping {
+        host_port,
+        container_port,
+    };
+    let ports: [Vec<PortMapping>; 4] = [
+        vec![],
+        vec![mapping(61001, 8080), mapping(61002, 22)],
+        vec![mapping(61003, 80)],
+        vec![mapping(61004, 65535)],
+    ];
+    let firewall = || Firewall::new(Box::new(NftCommand), ruleset.clone());
+
+    // Each step: the script in `old`, the batch in `new`, then the two tables.
+    let step = |script: &(dyn Fn() -> String + Sync), batch: &(dyn Fn(&Firewall) + Sync)| {
+        let a = old.run(|| {
+            NftCommand.run(&script()).expect("the script applies");
+            nft_list_table()
+        });
+        let b = new.run(|| {
+            batch(&firewall());
+            nft_list_table()
+        });
+        assert_eq!(a, b);
+        a
+    };
+    step(&|| ruleset.globals_script(&settings), &|f| {
+        f.install_globals(&settings).unwrap()
+    });
+    for i in 0..containers.len() {
+        let listed = step(
+            &|| {
+                ruleset
+                    .container_script(&rules(i), &netout[i], &ports[i])
+                    .unwrap()
+            },
+            &|f| f.add_container(&rules(i), &netout[i], &ports[i]).unwrap(),
+        );
+        assert!(
+            listed.contains(&format!("chain {} {{", containers[i].1)),
+            "{listed}"
+        );
+    }
+    // Re-running a setup rebuilds the chain in place.
+    step(
+        &|| {
+            ruleset
+                .container_script(&rules(1), &netout[1], &ports[1])
+                .unwrap()
+        },
+        &|f| f.add_container(&rules(1), &netout[1], &ports[1]).unwrap(),
+    );
+    let listed = step(&|| ruleset.removal_script(&rules(1), &ports[1]), &|f| {
+        f.remove_container(&rules(1), &ports[1]).unwrap()
+    });
+    assert!(!listed.contains("c-0000000002"), "{listed}");
+    assert!(!listed.contains("61001"), "{listed}");
+    assert!(listed.contains("c-0000000003"), "{listed}");
+    // Removing again, and removing what was never added, succeed and change nothing.
+    step(&|| ruleset.removal_script(&rules(1), &ports[1]), &|f| {
+        f.remove_container(&rules(1), &ports[1]).unwrap()
+    });
+    let never = ContainerRules {
+        chain: "c-0000000009",
+        ip: "10.254.0.9".parse().unwrap(),
+        ..rules(0)
+    };
+    let after = step(
+        &|| ruleset.removal_script(&never, &[mapping(61009, 9)]),
+        &|f| f.remove_container(&never, &[mapping(61009, 9)]).unwrap(),
+    );
+    assert_eq!(after, listed);
+    for i in [0, 2, 3] {
+        step(&|| ruleset.removal_script(&rules(i), &ports[i]), &|f| {
+            f.remove_container(&rules(i), &ports[i]).unwrap()
+        });
+    }
+    // A port now mapped to another container: setup refuses it as before; teardown of the old
+    // owner leaves the new owner's mapping alone.
+    new.run(|| {
+        let f = firewall();
+        f.add_container(&rules(0), &[], &ports[1]).unwrap();
+        let clash = f.add_container(&rules(2), &[], &[mapping(61001, 1)]);
+        assert!(
+            matches!(&clash, Err(trellis_os::host::HostError::Invalid(_))),
+            "{clash:?}"
+        );
+        assert!(!nft_list_table().contains("c-0000000003"));
+        f.remove_container(&rules(2), &[mapping(61001, 1)]).unwrap();
+        assert!(nft_list_table().contains("61001 : 10.254.0.2 . 8080"));
+        f.remove_container(&rules(0), &ports[1]).unwrap();
+        assert!(!nft_list_table().contains("6100"));
+    });
+}
