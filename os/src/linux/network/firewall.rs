@@ -19,15 +19,13 @@
 //!   interface is not known there when the bridge calls netfilter) is masqueraded so replies
 //!   come back through the host (hairpin).
 //!
-//! Every change is one transaction: it applies whole or not at all. The global part is an
-//! `nft -f` script, run once at start; a container's setup and teardown and the NetOut rules
-//! added to a running container are nf_tables netlink batches instead (see `nftnl`), because
-//! `nft` reads the whole table first and so costs more the more containers there are (and
-//! the scripts re-declared the whole table every time). The container scripts are kept as
-//! the reference the batches are tested against.
+//! Every change is one transaction: it applies whole or not at all. Most are `nft -f` scripts;
+//! NetOut rules added to a running container are one nf_tables netlink batch instead (see
+//! `nftnl`), because `nft` reads the whole table first and so costs more the more containers
+//! there are.
 
 use super::naming::log_prefix;
-use super::nftnl::{self, AnonSet, Base, CmpOp, ElemData, Expr, SetKey};
+use super::nftnl::{self, AnonSet, Base, CmpOp, Expr, SetKey};
 use crate::host::{HostError, HostResult};
 use ipnetwork::Ipv4Network;
 use std::fmt::Write as _;
@@ -282,150 +280,13 @@ impl Ruleset {
             .iter()
             .map(|rule| netout_exprs(rule, c.handle))
             .collect::<HostResult<Vec<_>>>()?;
-        let mut batch = self.batch()?;
-        for rule in &exprs {
-            batch.insert_rule(c.chain, rule);
-        }
-        Ok(Some(batch))
-    }
-
-    /// An empty netlink batch for our table.
-    fn batch(&self) -> HostResult<nftnl::Batch> {
         let table = self.table.strip_prefix("ip ").ok_or_else(|| {
             HostError::Failed(format!("table {} is not of the ip family", self.table))
         })?;
-        Ok(nftnl::Batch::new(nftnl::FAMILY_IPV4, table, 1))
-    }
-
-    /// The `egress` key: bridge name . container address.
-    fn egress_key_bytes(c: &ContainerRules<'_>) -> HostResult<Vec<u8>> {
-        let bridge = nftnl::ifname(c.bridge)
-            .ok_or_else(|| HostError::Failed(format!("invalid bridge name {:?}", c.bridge)))?;
-        Ok(nftnl::concat(&[&bridge, &c.ip.octets()]))
-    }
-
-    /// A `netin` element: host port -> container address . container port.
-    fn netin_element(
-        c: &ContainerRules<'_>,
-        mapping: &PortMapping,
-    ) -> HostResult<(Vec<u8>, ElemData)> {
-        let host = port_number(mapping.host_port, "host")?;
-        let container = port_number(mapping.container_port, "container")?;
-        Ok((
-            host.to_be_bytes().to_vec(),
-            ElemData::Value(nftnl::concat(&[&c.ip.octets(), &container.to_be_bytes()])),
-        ))
-    }
-
-    /// `ip daddr <subnet> accept` as nft compiles it.
-    fn subnet_accept(subnet: Ipv4Network) -> HostResult<Vec<Expr>> {
-        let prefix = subnet.prefix();
-        if prefix == 0 {
-            return Err(HostError::Failed(format!(
-                "invalid container subnet {subnet}"
-            )));
-        }
-        let mut exprs = vec![Expr::Payload {
-            base: Base::Network,
-            offset: 16,
-            len: 4,
-        }];
-        if prefix < 32 {
-            exprs.push(Expr::Bitwise {
-                mask: subnet.mask().octets().to_vec(),
-                xor: vec![0; 4],
-            });
-        }
-        exprs.push(Expr::Cmp {
-            op: CmpOp::Eq,
-            data: subnet.network().octets().to_vec(),
-        });
-        exprs.push(Expr::Accept);
-        Ok(exprs)
-    }
-
-    /// [`Ruleset::container_script`] without the declarations (the globals are installed at
-    /// start), as one nf_tables netlink batch. Every rule is checked before anything is sent.
-    pub fn container_batch(
-        &self,
-        c: &ContainerRules<'_>,
-        netout: &[NetOutRule],
-        ports: &[PortMapping],
-    ) -> HostResult<nftnl::Batch> {
-        let netout = netout
-            .iter()
-            .map(|rule| netout_exprs(rule, c.handle))
-            .collect::<HostResult<Vec<_>>>()?;
-        let subnet = Self::subnet_accept(c.subnet)?;
-        let egress = Self::egress_key_bytes(c)?;
-        let netin = ports
-            .iter()
-            .map(|m| Self::netin_element(c, m))
-            .collect::<HostResult<Vec<_>>>()?;
-        let mut batch = self.batch()?;
-        batch.add_chain(c.chain);
-        batch.flush_chain(c.chain);
-        batch.add_rule(c.chain, &subnet);
-        // reject with icmp type admin-prohibited
-        batch.add_rule(c.chain, &[Expr::RejectIcmp { code: 13 }]);
-        for rule in &netout {
+        let mut batch = nftnl::Batch::new(nftnl::FAMILY_IPV4, table, 1);
+        for rule in &exprs {
             batch.insert_rule(c.chain, rule);
         }
-        batch.add_element(
-            "egress",
-            &egress,
-            Some(&ElemData::Jump(c.chain.to_string())),
-        );
-        batch.add_element("containers", &c.ip.octets(), None);
-        for (key, data) in &netin {
-            batch.add_element("netin", key, Some(data));
-        }
-        Ok(batch)
-    }
-
-    /// [`Ruleset::removal_script`] without the declarations, as one nf_tables netlink batch:
-    /// each element is added before it is deleted and the chain created before it is flushed
-    /// and deleted, so it succeeds whether or not each is still there. Mappings with invalid
-    /// ports are skipped, as the script skips them.
-    pub fn removal_batch(
-        &self,
-        c: &ContainerRules<'_>,
-        ports: &[PortMapping],
-    ) -> HostResult<nftnl::Batch> {
-        let egress = Self::egress_key_bytes(c)?;
-        let mut batch = self.batch()?;
-        batch.add_chain(c.chain);
-        batch.add_element(
-            "egress",
-            &egress,
-            Some(&ElemData::Jump(c.chain.to_string())),
-        );
-        batch.delete_element("egress", &egress);
-        batch.add_element("containers", &c.ip.octets(), None);
-        batch.delete_element("containers", &c.ip.octets());
-        for mapping in ports {
-            if let Ok((key, data)) = Self::netin_element(c, mapping) {
-                batch.add_element("netin", &key, Some(&data));
-                batch.delete_element("netin", &key);
-            }
-        }
-        batch.flush_chain(c.chain);
-        batch.delete_chain(c.chain);
-        Ok(batch)
-    }
-
-    /// One port mapping's removal alone (see [`Firewall::remove_container`]).
-    fn removal_port_batch(
-        &self,
-        c: &ContainerRules<'_>,
-        mapping: &PortMapping,
-    ) -> HostResult<Option<nftnl::Batch>> {
-        let Ok((key, data)) = Self::netin_element(c, mapping) else {
-            return Ok(None);
-        };
-        let mut batch = self.batch()?;
-        batch.add_element("netin", &key, Some(&data));
-        batch.delete_element("netin", &key);
         Ok(Some(batch))
     }
 
@@ -468,6 +329,20 @@ impl Ruleset {
         }
         let _ = writeln!(s, "flush chain {t} {chain}");
         let _ = writeln!(s, "delete chain {t} {chain}");
+        s
+    }
+
+    fn removal_port_only(&self, c: &ContainerRules<'_>, mapping: &PortMapping) -> String {
+        let mut s = String::new();
+        self.declarations(&mut s);
+        if let Ok(p) = self.port_script(c, mapping) {
+            s.push_str(&p);
+            let _ = writeln!(
+                s,
+                "delete element {} netin {{ {} }}",
+                self.table, mapping.host_port
+            );
+        }
         s
     }
 }
@@ -698,24 +573,21 @@ impl Firewall {
         self.run("install firewall", &self.ruleset.globals_script(settings))
     }
 
-    /// Builds the container's chain, its create-time NetOut rules, its dispatch entry and its
-    /// port mappings in one nf_tables netlink batch (the same kernel state as
-    /// [`Ruleset::container_script`], without `nft` reading the whole table first).
     pub fn add_container(
         &self,
         c: &ContainerRules<'_>,
         netout: &[NetOutRule],
         ports: &[PortMapping],
     ) -> HostResult<()> {
-        let batch = self.ruleset.container_batch(c, netout, ports)?;
-        nftnl::send(batch).map_err(|e| {
+        let script = self.ruleset.container_script(c, netout, ports)?;
+        self.runner.run(&script).map_err(|e| {
             if e.contains("File exists") && !ports.is_empty() {
                 HostError::Invalid(format!(
                     "a host port of {:?} is already mapped to another container",
                     ports.iter().map(|p| p.host_port).collect::<Vec<_>>()
                 ))
             } else {
-                HostError::Failed(format!("set up firewall for {}: nf_tables: {e}", c.handle))
+                HostError::Failed(format!("set up firewall for {}: nft: {e}", c.handle))
             }
         })
     }
@@ -751,27 +623,27 @@ impl Firewall {
         })
     }
 
-    /// Removes the container's chain and elements in one nf_tables netlink batch (the same
-    /// kernel state as [`Ruleset::removal_script`]).
     pub fn remove_container(
         &self,
         c: &ContainerRules<'_>,
         ports: &[PortMapping],
     ) -> HostResult<()> {
-        let failed = |e: String| {
-            HostError::Failed(format!("remove firewall of {}: nf_tables: {e}", c.handle))
-        };
-        if nftnl::send(self.ruleset.removal_batch(c, ports)?).is_ok() {
+        if self
+            .runner
+            .run(&self.ruleset.removal_script(c, ports))
+            .is_ok()
+        {
             return Ok(());
         }
         // A recorded host port may since have gone to another container (its element then
         // differs and cannot be re-added): remove what is ours without the ports, then each
         // port on its own, leaving others' alone.
-        nftnl::send(self.ruleset.removal_batch(c, &[])?).map_err(failed)?;
+        self.run(
+            &format!("remove firewall of {}", c.handle),
+            &self.ruleset.removal_script(c, &[]),
+        )?;
         for mapping in ports {
-            if let Some(batch) = self.ruleset.removal_port_batch(c, mapping)? {
-                let _ = nftnl::send(batch);
-            }
+            let _ = self.runner.run(&self.ruleset.removal_port_only(c, mapping));
         }
         Ok(())
     }
