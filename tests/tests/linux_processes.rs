@@ -415,13 +415,23 @@ async fn stop_ends_every_process_but_keeps_the_container() {
                 .expect("run"),
         );
     }
+    let (ready_w, mut ready_r) = tokio::io::duplex(1024);
     let stubborn = c
         .run(
-            sh("trap '' TERM; while true; do sleep 0.05; done"),
-            ProcessIo::default(),
+            sh("trap '' TERM; echo ready; while true; do sleep 0.05; done"),
+            ProcessIo {
+                stdout: Some(Box::new(ready_w)),
+                ..Default::default()
+            },
         )
         .await
         .expect("run");
+    // Stop only once the shell ignores TERM (it may not have run `trap` yet otherwise).
+    let mut ready = [0u8; 6];
+    tokio::io::AsyncReadExt::read_exact(&mut ready_r, &mut ready)
+        .await
+        .expect("the stubborn process is ready");
+    assert_eq!(&ready, b"ready\n");
     c.stop(false).await.expect("stop");
     for mut p in processes {
         assert_eq!(p.wait().await.expect("exit"), 143);
