@@ -262,6 +262,22 @@ impl Batch {
         seq
     }
 
+    /// One nf_tables object message that creates something and asks for an ACK (checked by
+    /// `send`).
+    fn create_acked(&mut self, msg: u16, body: impl FnOnce(&mut Writer)) {
+        let seq = self.seq();
+        self.acked.push(seq);
+        let family = self.family;
+        self.writer.message(
+            nft_type(msg),
+            NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK,
+            seq,
+            family,
+            0,
+            body,
+        );
+    }
+
     /// Adds a rule at the head of `chain` (no position, no NLM_F_APPEND: the kernel inserts
     /// it first, as `nft insert rule` does), preceded by the anonymous sets it looks up.
     pub fn insert_rule(&mut self, chain: &str, exprs: &[Expr]) {
@@ -274,26 +290,17 @@ impl Batch {
                 set_ids.push(id);
             }
         }
-        let seq = self.seq();
-        self.acked.push(seq);
         let table = self.table.clone();
         let mut ids = set_ids.into_iter();
-        self.writer.message(
-            nft_type(NFT_MSG_NEWRULE),
-            NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK,
-            seq,
-            self.family,
-            0,
-            |w| {
-                w.str(NFTA_RULE_TABLE, &table);
-                w.str(NFTA_RULE_CHAIN, chain);
-                w.nested(NFTA_RULE_EXPRESSIONS, |w| {
-                    for expr in exprs {
-                        w.nested(NFTA_LIST_ELEM, |w| encode_expr(w, expr, &mut ids));
-                    }
-                });
-            },
-        );
+        self.create_acked(NFT_MSG_NEWRULE, |w| {
+            w.str(NFTA_RULE_TABLE, &table);
+            w.str(NFTA_RULE_CHAIN, chain);
+            w.nested(NFTA_RULE_EXPRESSIONS, |w| {
+                for expr in exprs {
+                    w.nested(NFTA_LIST_ELEM, |w| encode_expr(w, expr, &mut ids));
+                }
+            });
+        });
     }
 
     fn add_set(&mut self, id: u32, set: &AnonSet) {
@@ -330,49 +337,31 @@ impl Batch {
         }
         let table = self.table.clone();
         let userdata = set.key.userdata(interval);
-        let seq = self.seq();
-        self.acked.push(seq);
-        self.writer.message(
-            nft_type(NFT_MSG_NEWSET),
-            NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK,
-            seq,
-            self.family,
-            0,
-            |w| {
-                w.str(NFTA_SET_TABLE, &table);
-                w.str(NFTA_SET_NAME, ANONYMOUS_SET);
-                w.u32be(NFTA_SET_FLAGS, flags);
-                w.u32be(NFTA_SET_KEY_TYPE, datatype);
-                w.u32be(NFTA_SET_KEY_LEN, key_len);
-                w.u32be(NFTA_SET_ID, id);
-                w.nested(NFTA_SET_DESC, |w| w.u32be(NFTA_SET_DESC_SIZE, size));
-                w.attr(NFTA_SET_USERDATA, &userdata);
-            },
-        );
-        let seq = self.seq();
-        self.acked.push(seq);
-        self.writer.message(
-            nft_type(NFT_MSG_NEWSETELEM),
-            NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK,
-            seq,
-            self.family,
-            0,
-            |w| {
-                w.str(NFTA_SET_ELEM_LIST_TABLE, &table);
-                w.str(NFTA_SET_ELEM_LIST_SET, ANONYMOUS_SET);
-                w.u32be(NFTA_SET_ELEM_LIST_SET_ID, id);
-                w.nested(NFTA_SET_ELEM_LIST_ELEMENTS, |w| {
-                    for (key, end) in &elements {
-                        w.nested(NFTA_LIST_ELEM, |w| {
-                            if *end {
-                                w.u32be(NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
-                            }
-                            w.nested(NFTA_SET_ELEM_KEY, |w| w.attr(NFTA_DATA_VALUE, key));
-                        });
-                    }
-                });
-            },
-        );
+        self.create_acked(NFT_MSG_NEWSET, |w| {
+            w.str(NFTA_SET_TABLE, &table);
+            w.str(NFTA_SET_NAME, ANONYMOUS_SET);
+            w.u32be(NFTA_SET_FLAGS, flags);
+            w.u32be(NFTA_SET_KEY_TYPE, datatype);
+            w.u32be(NFTA_SET_KEY_LEN, key_len);
+            w.u32be(NFTA_SET_ID, id);
+            w.nested(NFTA_SET_DESC, |w| w.u32be(NFTA_SET_DESC_SIZE, size));
+            w.attr(NFTA_SET_USERDATA, &userdata);
+        });
+        self.create_acked(NFT_MSG_NEWSETELEM, |w| {
+            w.str(NFTA_SET_ELEM_LIST_TABLE, &table);
+            w.str(NFTA_SET_ELEM_LIST_SET, ANONYMOUS_SET);
+            w.u32be(NFTA_SET_ELEM_LIST_SET_ID, id);
+            w.nested(NFTA_SET_ELEM_LIST_ELEMENTS, |w| {
+                for (key, end) in &elements {
+                    w.nested(NFTA_LIST_ELEM, |w| {
+                        if *end {
+                            w.u32be(NFTA_SET_ELEM_FLAGS, NFT_SET_ELEM_INTERVAL_END);
+                        }
+                        w.nested(NFTA_SET_ELEM_KEY, |w| w.attr(NFTA_DATA_VALUE, key));
+                    });
+                }
+            });
+        });
     }
 
     /// Closes the batch: the bytes to send and the sequence numbers whose ACKs to expect.
