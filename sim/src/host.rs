@@ -304,7 +304,9 @@ impl Host for FakeHost {
             .clone();
         let hostname = {
             let chars: Vec<char> = request.handle.chars().collect();
-            chars[chars.len().saturating_sub(HOSTNAME_MAX)..].iter().collect()
+            chars[chars.len().saturating_sub(HOSTNAME_MAX)..]
+                .iter()
+                .collect()
         };
         let user = match request.spec.user.split(':').next() {
             Some("") | None => "root".to_string(),
@@ -1317,7 +1319,10 @@ mod tests {
             assert_eq!(process.wait(), 0);
             out
         };
-        assert_eq!(output("hostname", ""), format!("{}\n", &long[long.len() - 49..]));
+        assert_eq!(
+            output("hostname", ""),
+            format!("{}\n", &long[long.len() - 49..])
+        );
         assert_eq!(output("whoami", ""), "root\n");
         assert_eq!(output("/usr/bin/whoami", "alice"), "alice\n");
     }

@@ -304,7 +304,10 @@ async fn limits_net_stop_grace_properties_and_metrics() {
         Some(r#"{"protocol":4}"#),
     )
     .await;
-    assert_eq!(assert_error(&refused, 500, "")["Message"], "invalid protocol: 4");
+    assert_eq!(
+        assert_error(&refused, 500, "")["Message"],
+        "invalid protocol: 4"
+    );
     assert_eq!(
         assert_ok(&call(target, "POST", "/containers/l/net/out/bulk", Some("null\n")).await),
         json!({})

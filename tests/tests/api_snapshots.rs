@@ -76,12 +76,18 @@ async fn bodies_of_the_container_routes() {
     t.call("GET", "/containers/bulk_info?handles=snap%2Cmissing", None)
         .await;
     t.call("GET", "/containers/snap/properties", None).await;
-    t.call("PUT", "/containers/snap/properties/color", Some(r#"{"value":"blue"}"#))
+    t.call(
+        "PUT",
+        "/containers/snap/properties/color",
+        Some(r#"{"value":"blue"}"#),
+    )
+    .await;
+    t.call("GET", "/containers/snap/properties/color", None)
         .await;
-    t.call("GET", "/containers/snap/properties/color", None).await;
     t.call("DELETE", "/containers/snap/properties/color", None)
         .await;
-    t.call("GET", "/containers/snap/properties/color", None).await;
+    t.call("GET", "/containers/snap/properties/color", None)
+        .await;
     t.call(
         "POST",
         "/containers/snap/net/in",
@@ -118,12 +124,18 @@ async fn bodies_of_errors() {
     t.call("GET", "/containers/nope/properties/k", None).await;
     t.call("POST", "/containers", Some("{not json")).await;
     t.call("POST", "/containers", Some(r#"{"handle":7}"#)).await;
-    t.call("POST", "/containers", Some(&spec("bad/handle", ""))).await;
-    t.call("POST", "/containers", Some(&spec("net", r#""network":"10.0.0.0/33","#)))
+    t.call("POST", "/containers", Some(&spec("bad/handle", "")))
         .await;
+    t.call(
+        "POST",
+        "/containers",
+        Some(&spec("net", r#""network":"10.0.0.0/33","#)),
+    )
+    .await;
     t.call("POST", "/containers", Some(&spec("dup", ""))).await;
     t.call("POST", "/containers", Some(&spec("dup", ""))).await;
-    t.call("GET", "/containers/dup/properties/missing", None).await;
+    t.call("GET", "/containers/dup/properties/missing", None)
+        .await;
     t.call(
         "POST",
         "/containers/dup/net/out",

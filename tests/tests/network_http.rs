@@ -119,8 +119,14 @@ async fn info_reports_the_addresses_external_ip_and_mapped_ports() {
 
     // The container sees its address on its own interface and the gateway as its route.
     let inside = ok(&c, "ip -4 -o addr; ip route").await;
-    assert!(inside.contains(&format!("inet {container_ip}/30")), "{inside}");
-    assert!(inside.contains(&format!("default via {host_ip}")), "{inside}");
+    assert!(
+        inside.contains(&format!("inet {container_ip}/30")),
+        "{inside}"
+    );
+    assert!(
+        inside.contains(&format!("default via {host_ip}")),
+        "{inside}"
+    );
 
     let (first_host, first_container) = c.net_in(0, 8080).await.expect("net in");
     assert_eq!(first_container, 8080);
@@ -136,10 +142,7 @@ async fn info_reports_the_addresses_external_ip_and_mapped_ports() {
         .iter()
         .map(|m| (m.host_port, m.container_port))
         .collect();
-    assert_eq!(
-        mapped,
-        vec![(first_host, 8080), (second_host, second_host)]
-    );
+    assert_eq!(mapped, vec![(first_host, 8080), (second_host, second_host)]);
     let properties = c.properties().await.expect("properties");
     assert_eq!(
         properties.get("garden.network.container-ip"),
@@ -290,6 +293,38 @@ async fn shared_subnets_connect_and_net_out_opens_the_default_deny_firewall() {
     assert!(connects(&one, far_ip, 8080).await);
 }
 
+/// A freed address handed to a new container (with a new MAC) on a bridge that stays up: the
+/// host and a neighbour on the subnet must not keep sending to the old MAC (their ARP entries
+/// would otherwise stay valid for 15 to 45 seconds).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reused_address_is_reachable_at_once_on_a_subnet_that_stays_up() {
+    let spec = |handle: &str, network: &str| ContainerSpec {
+        handle: handle.into(),
+        network: network.into(),
+        ..Default::default()
+    };
+    let neighbour = create(spec("nh-neighbour", "10.212.6.9/24")).await;
+    let address = Ipv4Addr::new(10, 212, 6, 5);
+    {
+        let first = create(spec("nh-reused", "10.212.6.5/24")).await;
+        assert_eq!(ip_of(&first.info().await.unwrap()), address);
+        // The host and the neighbour both learn the first container's MAC.
+        let _httpd = http_server(&first, 8080, "first").await;
+        assert!(connects(&neighbour, address, 8080).await);
+    }
+    let second = create(spec("nh-reused-again", "10.212.6.5/24")).await;
+    assert_eq!(ip_of(&second.info().await.unwrap()), address);
+    let _httpd = http_server(&second, 8080, "second").await;
+    assert_eq!(
+        http_get(SocketAddr::from((address, 8080))).expect("GET from the host"),
+        "second"
+    );
+    assert!(
+        connects(&neighbour, address, 8080).await,
+        "the neighbour still sends to the old MAC"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bandwidth_limits_read_back_and_metrics_count_traffic() {
     let limits = BandwidthLimits {
@@ -307,13 +342,26 @@ async fn bandwidth_limits_read_back_and_metrics_count_traffic() {
     .await;
     assert_eq!(c.current_bandwidth_limits().await.expect("limits"), limits);
 
-    let before = c.metrics().await.expect("metrics").network_stat.unwrap_or_default();
+    let before = c
+        .metrics()
+        .await
+        .expect("metrics")
+        .network_stat
+        .unwrap_or_default();
     let _httpd = http_server(&c, 8080, &"x".repeat(100_000)).await;
     let ip = ip_of(&c.info().await.unwrap());
     let body = http_get(SocketAddr::from((ip, 8080))).expect("GET");
     assert_eq!(body.len(), 100_000);
-    let after = c.metrics().await.expect("metrics").network_stat.unwrap_or_default();
-    assert!(after.tx_bytes >= before.tx_bytes + 100_000, "{before:?} -> {after:?}");
+    let after = c
+        .metrics()
+        .await
+        .expect("metrics")
+        .network_stat
+        .unwrap_or_default();
+    assert!(
+        after.tx_bytes >= before.tx_bytes + 100_000,
+        "{before:?} -> {after:?}"
+    );
     assert!(after.rx_bytes > before.rx_bytes, "{before:?} -> {after:?}");
 
     // No limit asked: zeros, as gdn reports.

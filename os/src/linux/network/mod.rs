@@ -3,13 +3,15 @@
 //! default-deny egress firewall, bandwidth limits, and the container's hosts and resolv.conf.
 //!
 //! One file per concern: `netns` (namespaces), `netlink` (links, addresses, routes),
-//! `firewall` (nftables; `nftnl` its netlink encoder for NetOut rules), `bandwidth` (tc), `dns` (hosts and resolv.conf), `naming` (interface
-//! and chain names), `state` (what each container holds, by handle).
+//! `firewall` (nftables; `nftnl` its netlink encoder for NetOut rules), `bandwidth` (tc), `dns`
+//! (hosts and resolv.conf), `arp` (announcing a reused address), `naming` (interface and chain
+//! names), `state` (what each container holds, by handle).
 //!
 //! Setup writes the container's state file first, then creates; teardown finds everything
 //! from that file and removes it, and succeeds when there is nothing left. A failed setup
 //! tears down what it made.
 
+pub mod arp;
 pub mod bandwidth;
 pub mod dns;
 pub mod firewall;
@@ -247,7 +249,8 @@ impl Networker {
                 let host_end = nl.link(&names.host_veth)?.ok_or_else(|| {
                     HostError::Failed(format!("veth {} vanished after creation", names.host_veth))
                 })?;
-                nl.attach_to_bridge(host_end.index, bridge_index, handle)
+                nl.attach_to_bridge(host_end.index, bridge_index, handle)?;
+                nl.forget_neighbour(bridge_index, assignment.container_ip)
             })?;
         }
         netlink::with_netlink(Some(&netns_path), |nl| {
@@ -263,6 +266,12 @@ impl Networker {
             })?;
             nl.ensure_address(link.index, assignment.container_ip, prefix)?;
             nl.set_up(link.index, Some(mtu))?;
+            // Containers sharing the subnet may remember a reused address's old MAC (the
+            // host's own entry is forgotten above).
+            if let Some(mac) = link.mac {
+                arp::Announcer::open(link.index, mac, assignment.container_ip)?
+                    .announce_in_background();
+            }
             nl.ensure_default_route(gateway)
         })?;
 

@@ -80,6 +80,7 @@ pub struct Link {
     pub name: String,
     pub controller: Option<u32>,
     pub alias: Option<String>,
+    pub mac: Option<[u8; 6]>,
     pub rx_bytes: u64,
     pub tx_bytes: u64,
 }
@@ -95,6 +96,7 @@ impl From<LinkMessage> for Link {
                 LinkAttribute::IfName(name) => link.name = name,
                 LinkAttribute::Controller(index) => link.controller = Some(index),
                 LinkAttribute::IfAlias(alias) => link.alias = Some(alias),
+                LinkAttribute::Address(mac) => link.mac = mac.try_into().ok(),
                 LinkAttribute::Stats64(stats) => {
                     link.rx_bytes = stats.rx_bytes;
                     link.tx_bytes = stats.tx_bytes;
@@ -230,6 +232,28 @@ impl Netlink {
             .build();
         self.block(self.handle.route().add(route).replace().execute())
             .map_err(|e| failed(format!("add default route via {gateway}"), e))
+    }
+
+    /// Forgets what the host's neighbour (ARP) cache holds for `ip` on the link `index`. A new
+    /// container given a freed address has a new MAC; while the bridge keeps its carrier (other
+    /// ports stay up) the old entry can stay REACHABLE for tens of seconds, and the host's
+    /// packets go to a MAC nobody has. An entry that is not there is fine.
+    pub fn forget_neighbour(&self, index: u32, ip: Ipv4Addr) -> HostResult<()> {
+        use rtnetlink::packet_route::neighbour::{
+            NeighbourAddress, NeighbourAttribute, NeighbourMessage,
+        };
+        use rtnetlink::packet_route::AddressFamily;
+        let mut message = NeighbourMessage::default();
+        message.header.family = AddressFamily::Inet;
+        message.header.ifindex = index;
+        message
+            .attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        match self.block(self.handle.neighbours().del(message).execute()) {
+            Ok(()) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(ENOENT) | Some(ENODEV)) => Ok(()),
+            Err(e) => Err(failed(format!("forget the neighbour entry of {ip}"), e)),
+        }
     }
 
     /// Deletes a link by name; a link that is not there is fine.
