@@ -203,6 +203,7 @@ fn netlink_insertion_matches_the_nft_script() {
         bridge: "trbrq-0a090000",
         subnet: "10.254.0.0/30".parse().unwrap(),
         ip: "10.254.0.1".parse().unwrap(),
+        mac: [0x02, 0, 0, 0, 0, 0x01],
     };
     let rules = variants();
     let (a, b) = ns.run(|| {
@@ -253,6 +254,7 @@ fn a_failed_batch_inserts_nothing_and_says_why() {
         bridge: "trbrq-0a090000",
         subnet: "10.254.0.0/30".parse().unwrap(),
         ip: "10.254.0.1".parse().unwrap(),
+        mac: [0x02, 0, 0, 0, 0, 0x01],
     };
     ns.run(|| {
         NftCommand
@@ -271,5 +273,172 @@ fn a_failed_batch_inserts_nothing_and_says_why() {
             .output()
             .unwrap();
         assert!(!String::from_utf8_lossy(&sets.stdout).contains("__set"));
+    });
+}
+
+fn nft_list_table() -> String {
+    let output = Command::new("nft")
+        .args(["list", "table", "ip", "trq"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run nft list");
+    assert!(output.status.success(), "nft list table");
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// A container's setup and teardown sent as netlink batches leave the kernel exactly as the
+/// `nft` scripts they replace: the scripts run in one namespace, the batches in another, both
+/// tables built by the same globals script, compared after every step.
+#[test]
+fn container_setup_and_teardown_match_the_nft_scripts() {
+    use trellis_core::api::PortMapping;
+    use trellis_os::linux::network::firewall::{Firewall, FirewallSettings};
+    let (old, new) = (Netns::new("c"), Netns::new("d"));
+    let ruleset = Ruleset {
+        table: "ip trq".into(),
+        bridge_prefix: "trbrq-".into(),
+    };
+    let settings = FirewallSettings {
+        deny_networks: vec!["10.200.0.0/16".parse().unwrap()],
+        allow_host_access: false,
+    };
+    let containers = [
+        (
+            "app-1",
+            "c-0000000001",
+            "trbrq-0afe0000",
+            "10.254.0.0/30",
+            "10.254.0.2",
+        ),
+        (
+            "app 2",
+            "c-0000000002",
+            "trbrq-0afe0004",
+            "10.254.0.4/30",
+            "10.254.0.6",
+        ),
+        (
+            "app-3",
+            "c-0000000003",
+            "trbrq-0afe0000",
+            "10.254.0.0/30",
+            "10.254.0.3",
+        ),
+        (
+            "app-4",
+            "c-0000000004",
+            "trbrq-0afe0100",
+            "10.254.1.0/24",
+            "10.254.1.77",
+        ),
+    ];
+    let rules = |i: usize| ContainerRules {
+        handle: containers[i].0,
+        chain: containers[i].1,
+        bridge: containers[i].2,
+        subnet: containers[i].3.parse().unwrap(),
+        ip: containers[i].4.parse().unwrap(),
+        mac: [0x02, 0, 0, 0, 0x10, i as u8],
+    };
+    let all = variants();
+    let netout: [Vec<NetOutRule>; 4] = [vec![], all.clone(), vec![], all[3..9].to_vec()];
+    let mapping = |host_port, container_port| PortMapping {
+        host_port,
+        container_port,
+    };
+    let ports: [Vec<PortMapping>; 4] = [
+        vec![],
+        vec![mapping(61001, 8080), mapping(61002, 22)],
+        vec![mapping(61003, 80)],
+        vec![mapping(61004, 65535)],
+    ];
+    let firewall = || Firewall::new(Box::new(NftCommand), ruleset.clone());
+
+    // Each step: the script in `old`, the batch in `new`, then the two tables.
+    let step = |script: &(dyn Fn() -> String + Sync), batch: &(dyn Fn(&Firewall) + Sync)| {
+        let a = old.run(|| {
+            NftCommand.run(&script()).expect("the script applies");
+            nft_list_table()
+        });
+        let b = new.run(|| {
+            batch(&firewall());
+            nft_list_table()
+        });
+        assert_eq!(a, b);
+        a
+    };
+    step(&|| ruleset.globals_script(&settings), &|f| {
+        f.install_globals(&settings).unwrap()
+    });
+    for i in 0..containers.len() {
+        let listed = step(
+            &|| {
+                ruleset
+                    .container_script(&rules(i), &netout[i], &ports[i])
+                    .unwrap()
+            },
+            &|f| f.add_container(&rules(i), &netout[i], &ports[i]).unwrap(),
+        );
+        assert!(
+            listed.contains(&format!("chain {} {{", containers[i].1)),
+            "{listed}"
+        );
+    }
+    // Re-running a setup rebuilds the chain in place.
+    step(
+        &|| {
+            ruleset
+                .container_script(&rules(1), &netout[1], &ports[1])
+                .unwrap()
+        },
+        &|f| f.add_container(&rules(1), &netout[1], &ports[1]).unwrap(),
+    );
+    // Removal in its two parts: the port mappings, then the rest.
+    let ruleset = &ruleset;
+    let remove = |c: ContainerRules<'static>, ports: Vec<PortMapping>, forget: bool| {
+        step(
+            &|| ruleset.ports_removal_script(&c, &ports) + &ruleset.removal_script(&c, forget),
+            &|f| {
+                f.remove_ports(&c, &ports).unwrap();
+                f.remove_container(&c, forget).unwrap()
+            },
+        )
+    };
+    let listed = remove(rules(1), ports[1].clone(), true);
+    assert!(!listed.contains("c-0000000002"), "{listed}");
+    assert!(!listed.contains("61001"), "{listed}");
+    assert!(!listed.contains("10.254.0.6"), "{listed}");
+    assert!(listed.contains("c-0000000003"), "{listed}");
+    // Removing again, and removing what was never added, succeed and change nothing.
+    remove(rules(1), ports[1].clone(), true);
+    let never = ContainerRules {
+        chain: "c-0000000009",
+        ip: "10.254.0.9".parse().unwrap(),
+        ..rules(0)
+    };
+    let after = remove(never, vec![mapping(61009, 9)], true);
+    assert_eq!(after, listed);
+    // An address another container holds keeps its `containers` element.
+    let kept = remove(rules(0), ports[0].clone(), false);
+    assert!(!kept.contains("c-0000000001"), "{kept}");
+    assert!(kept.contains("10.254.0.2"), "{kept}");
+    for i in [0, 2, 3] {
+        remove(rules(i), ports[i].clone(), true);
+    }
+    // A port now mapped to another container: setup refuses it as before; teardown of the old
+    // owner leaves the new owner's mapping alone.
+    new.run(|| {
+        let f = firewall();
+        f.add_container(&rules(0), &[], &ports[1]).unwrap();
+        let clash = f.add_container(&rules(2), &[], &[mapping(61001, 1)]);
+        assert!(
+            matches!(&clash, Err(trellis_os::host::HostError::Invalid(_))),
+            "{clash:?}"
+        );
+        assert!(!nft_list_table().contains("c-0000000003"));
+        f.remove_ports(&rules(2), &[mapping(61001, 1)]).unwrap();
+        assert!(nft_list_table().contains("61001 : 10.254.0.2 . 8080"));
+        f.remove_ports(&rules(0), &ports[1]).unwrap();
+        assert!(!nft_list_table().contains("6100"));
     });
 }

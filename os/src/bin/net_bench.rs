@@ -148,6 +148,8 @@ fn run(options: &Options) -> Result<(), String> {
     for handle in host.network.handles().unwrap_or_default() {
         let _ = host.network.teardown(&handle, None);
     }
+    // The deferred part of every removal, before the table goes.
+    host.network.settle();
     let _ = std::process::Command::new("nft")
         .args(["delete", "table", "ip", "trellisbn"])
         .status();

@@ -5,8 +5,10 @@
 //! adding a rule costs the same however many containers exist:
 //! - `forward_filter` (hook forward): established/related and published-port (DNAT) traffic
 //!   passes; traffic from our bridges to a `--deny-network` destination is rejected; the rest
-//!   from our bridges jumps through the `egress` verdict map, keyed by bridge and source
-//!   address, to the container's chain `c-<id>`; a source no container owns is dropped.
+//!   from our bridges jumps through the `egress_mac` verdict map, keyed by bridge, source MAC
+//!   and source address, to the container's chain `c-<id>`; a source no container owns is
+//!   dropped. A container's interface has a MAC of its own (from its random id), so an
+//!   address handed to a new container never matches the old one's entry.
 //! - `c-<id>`: the container's NetOut rules (accept, or log and accept), its own subnet, then
 //!   a reject: egress is default-deny.
 //! - `input_filter` (hook input): containers reach the host only with `--allow-host-access`
@@ -19,13 +21,21 @@
 //!   interface is not known there when the bridge calls netfilter) is masqueraded so replies
 //!   come back through the host (hairpin).
 //!
-//! Every change is one transaction: it applies whole or not at all. Most are `nft -f` scripts;
-//! NetOut rules added to a running container are one nf_tables netlink batch instead (see
-//! `nftnl`), because `nft` reads the whole table first and so costs more the more containers
-//! there are.
+//! Every change is one transaction: it applies whole or not at all. The global part is an
+//! `nft -f` script, run once at start; a container's setup and teardown and the NetOut rules
+//! added to a running container are nf_tables netlink batches instead (see `nftnl`), because
+//! `nft` reads the whole table first and so costs more the more containers there are (and
+//! the scripts re-declared the whole table every time). The container scripts are kept as
+//! the reference the batches are tested against.
+//!
+//! Removal comes in two parts. The port mappings go at once (the host port and the address
+//! may go to another container straight away). The chain, its `egress_mac` entry and the
+//! `containers` element go later, off destroy's path (see `Networker::teardown`): on this
+//! kernel any nf_tables deletion waits for an RCU grace period, 10 to 20 ms, and until then a
+//! stale entry matches nothing (its MAC is gone with its interface).
 
 use super::naming::log_prefix;
-use super::nftnl::{self, AnonSet, Base, CmpOp, Expr, SetKey};
+use super::nftnl::{self, AnonSet, Base, CmpOp, ElemData, Expr, SetKey};
 use crate::host::{HostError, HostResult};
 use ipnetwork::Ipv4Network;
 use std::fmt::Write as _;
@@ -83,6 +93,8 @@ pub struct ContainerRules<'a> {
     pub bridge: &'a str,
     pub subnet: Ipv4Network,
     pub ip: Ipv4Addr,
+    /// The MAC of the container's interface.
+    pub mac: [u8; 6],
 }
 
 pub struct Firewall {
@@ -105,7 +117,7 @@ impl Ruleset {
         let _ = writeln!(script, "add table {t}");
         let _ = writeln!(
             script,
-            "add map {t} egress {{ type ifname . ipv4_addr : verdict; }}"
+            "add map {t} egress_mac {{ type ifname . ether_addr . ipv4_addr : verdict; }}"
         );
         let _ = writeln!(
             script,
@@ -169,7 +181,7 @@ impl Ruleset {
             ),
             (
                 "forward_filter",
-                format!("iifname {bridges} iifname . ip saddr vmap @egress"),
+                format!("iifname {bridges} iifname . ether saddr . ip saddr vmap @egress_mac"),
             ),
             ("forward_filter", format!("iifname {bridges} drop")),
             (
@@ -212,7 +224,8 @@ impl Ruleset {
     }
 
     fn egress_key(c: &ContainerRules<'_>) -> String {
-        format!("\"{}\" . {}", c.bridge, c.ip)
+        let mac: Vec<String> = c.mac.iter().map(|b| format!("{b:02x}")).collect();
+        format!("\"{}\" . {} . {}", c.bridge, mac.join(":"), c.ip)
     }
 
     /// (Re)builds a container's chain with its create-time rules and publishes its dispatch entry
@@ -237,7 +250,7 @@ impl Ruleset {
         s.push_str(&self.netout_script(c, netout)?);
         let _ = writeln!(
             s,
-            "add element {t} egress {{ {} : jump {chain} }}",
+            "add element {t} egress_mac {{ {} : jump {chain} }}",
             Self::egress_key(c)
         );
         let _ = writeln!(s, "add element {t} containers {{ {} }}", c.ip);
@@ -280,12 +293,151 @@ impl Ruleset {
             .iter()
             .map(|rule| netout_exprs(rule, c.handle))
             .collect::<HostResult<Vec<_>>>()?;
+        let mut batch = self.batch()?;
+        for rule in &exprs {
+            batch.insert_rule(c.chain, rule);
+        }
+        Ok(Some(batch))
+    }
+
+    /// An empty netlink batch for our table.
+    fn batch(&self) -> HostResult<nftnl::Batch> {
         let table = self.table.strip_prefix("ip ").ok_or_else(|| {
             HostError::Failed(format!("table {} is not of the ip family", self.table))
         })?;
-        let mut batch = nftnl::Batch::new(nftnl::FAMILY_IPV4, table, 1);
-        for rule in &exprs {
+        Ok(nftnl::Batch::new(nftnl::FAMILY_IPV4, table, 1))
+    }
+
+    /// The `egress_mac` key: bridge name . container MAC . container address.
+    fn egress_key_bytes(c: &ContainerRules<'_>) -> HostResult<Vec<u8>> {
+        let bridge = nftnl::ifname(c.bridge)
+            .ok_or_else(|| HostError::Failed(format!("invalid bridge name {:?}", c.bridge)))?;
+        Ok(nftnl::concat(&[&bridge, &c.mac, &c.ip.octets()]))
+    }
+
+    /// A `netin` element: host port -> container address . container port.
+    fn netin_element(
+        c: &ContainerRules<'_>,
+        mapping: &PortMapping,
+    ) -> HostResult<(Vec<u8>, ElemData)> {
+        let host = port_number(mapping.host_port, "host")?;
+        let container = port_number(mapping.container_port, "container")?;
+        Ok((
+            host.to_be_bytes().to_vec(),
+            ElemData::Value(nftnl::concat(&[&c.ip.octets(), &container.to_be_bytes()])),
+        ))
+    }
+
+    /// `ip daddr <subnet> accept` as nft compiles it.
+    fn subnet_accept(subnet: Ipv4Network) -> HostResult<Vec<Expr>> {
+        let prefix = subnet.prefix();
+        if prefix == 0 {
+            return Err(HostError::Failed(format!(
+                "invalid container subnet {subnet}"
+            )));
+        }
+        let mut exprs = vec![Expr::Payload {
+            base: Base::Network,
+            offset: 16,
+            len: 4,
+        }];
+        if prefix < 32 {
+            exprs.push(Expr::Bitwise {
+                mask: subnet.mask().octets().to_vec(),
+                xor: vec![0; 4],
+            });
+        }
+        exprs.push(Expr::Cmp {
+            op: CmpOp::Eq,
+            data: subnet.network().octets().to_vec(),
+        });
+        exprs.push(Expr::Accept);
+        Ok(exprs)
+    }
+
+    /// [`Ruleset::container_script`] without the declarations (the globals are installed at
+    /// start), as one nf_tables netlink batch. Every rule is checked before anything is sent.
+    pub fn container_batch(
+        &self,
+        c: &ContainerRules<'_>,
+        netout: &[NetOutRule],
+        ports: &[PortMapping],
+    ) -> HostResult<nftnl::Batch> {
+        let netout = netout
+            .iter()
+            .map(|rule| netout_exprs(rule, c.handle))
+            .collect::<HostResult<Vec<_>>>()?;
+        let subnet = Self::subnet_accept(c.subnet)?;
+        let egress = Self::egress_key_bytes(c)?;
+        let netin = ports
+            .iter()
+            .map(|m| Self::netin_element(c, m))
+            .collect::<HostResult<Vec<_>>>()?;
+        let mut batch = self.batch()?;
+        batch.add_chain(c.chain);
+        batch.flush_chain(c.chain);
+        batch.add_rule(c.chain, &subnet);
+        // reject with icmp type admin-prohibited
+        batch.add_rule(c.chain, &[Expr::RejectIcmp { code: 13 }]);
+        for rule in &netout {
             batch.insert_rule(c.chain, rule);
+        }
+        batch.add_element(
+            "egress_mac",
+            &egress,
+            Some(&ElemData::Jump(c.chain.to_string())),
+        );
+        batch.add_element("containers", &c.ip.octets(), None);
+        for (key, data) in &netin {
+            batch.add_element("netin", key, Some(data));
+        }
+        Ok(batch)
+    }
+
+    /// [`Ruleset::removal_script`] without the declarations, as one nf_tables netlink batch:
+    /// each element is added before it is deleted and the chain created before it is flushed
+    /// and deleted, so it succeeds whether or not each is still there.
+    pub fn removal_batch(
+        &self,
+        c: &ContainerRules<'_>,
+        forget_address: bool,
+    ) -> HostResult<nftnl::Batch> {
+        let egress = Self::egress_key_bytes(c)?;
+        let mut batch = self.batch()?;
+        batch.add_chain(c.chain);
+        batch.add_element(
+            "egress_mac",
+            &egress,
+            Some(&ElemData::Jump(c.chain.to_string())),
+        );
+        batch.delete_element("egress_mac", &egress);
+        if forget_address {
+            batch.add_element("containers", &c.ip.octets(), None);
+            batch.delete_element("containers", &c.ip.octets());
+        }
+        batch.flush_chain(c.chain);
+        batch.delete_chain(c.chain);
+        Ok(batch)
+    }
+
+    /// [`Ruleset::ports_removal_script`] as a netlink batch (`None`: nothing valid to remove).
+    /// Mappings with invalid ports are skipped, as the script skips them.
+    pub fn ports_removal_batch(
+        &self,
+        c: &ContainerRules<'_>,
+        ports: &[PortMapping],
+    ) -> HostResult<Option<nftnl::Batch>> {
+        let elements: Vec<_> = ports
+            .iter()
+            .filter_map(|m| Self::netin_element(c, m).ok())
+            .collect();
+        if elements.is_empty() {
+            return Ok(None);
+        }
+        let mut batch = self.batch()?;
+        for (key, data) in &elements {
+            batch.add_element("netin", key, Some(data));
+            batch.delete_element("netin", key);
         }
         Ok(Some(batch))
     }
@@ -307,41 +459,42 @@ fn port_number(port: u32, which: &str) -> HostResult<u16> {
     }
 }
 
-/// Removes everything of the container. Each element is added before it is deleted, so the
-/// transaction succeeds whether or not it is still there.
+/// Removes what the container owns, in two parts (see the module comment). Each element is
+/// added before it is deleted, so a transaction succeeds whether or not it is still there.
 impl Ruleset {
-    pub fn removal_script(&self, c: &ContainerRules<'_>, ports: &[PortMapping]) -> String {
+    /// The chain, its dispatch entry and (`forget_address`: no other container holds the
+    /// address) its `containers` element.
+    pub fn removal_script(&self, c: &ContainerRules<'_>, forget_address: bool) -> String {
         let t = &self.table;
         let chain = c.chain;
         let mut s = String::new();
         self.declarations(&mut s);
         let _ = writeln!(s, "add chain {t} {chain}");
         let key = Self::egress_key(c);
-        let _ = writeln!(s, "add element {t} egress {{ {key} : jump {chain} }}");
-        let _ = writeln!(s, "delete element {t} egress {{ {key} }}");
-        let _ = writeln!(s, "add element {t} containers {{ {} }}", c.ip);
-        let _ = writeln!(s, "delete element {t} containers {{ {} }}", c.ip);
-        for mapping in ports {
-            if let Ok(p) = self.port_script(c, mapping) {
-                s.push_str(&p);
-                let _ = writeln!(s, "delete element {t} netin {{ {} }}", mapping.host_port);
-            }
+        let _ = writeln!(s, "add element {t} egress_mac {{ {key} : jump {chain} }}");
+        let _ = writeln!(s, "delete element {t} egress_mac {{ {key} }}");
+        if forget_address {
+            let _ = writeln!(s, "add element {t} containers {{ {} }}", c.ip);
+            let _ = writeln!(s, "delete element {t} containers {{ {} }}", c.ip);
         }
         let _ = writeln!(s, "flush chain {t} {chain}");
         let _ = writeln!(s, "delete chain {t} {chain}");
         s
     }
 
-    fn removal_port_only(&self, c: &ContainerRules<'_>, mapping: &PortMapping) -> String {
+    /// The container's port mappings.
+    pub fn ports_removal_script(&self, c: &ContainerRules<'_>, ports: &[PortMapping]) -> String {
         let mut s = String::new();
         self.declarations(&mut s);
-        if let Ok(p) = self.port_script(c, mapping) {
-            s.push_str(&p);
-            let _ = writeln!(
-                s,
-                "delete element {} netin {{ {} }}",
-                self.table, mapping.host_port
-            );
+        for mapping in ports {
+            if let Ok(p) = self.port_script(c, mapping) {
+                s.push_str(&p);
+                let _ = writeln!(
+                    s,
+                    "delete element {} netin {{ {} }}",
+                    self.table, mapping.host_port
+                );
+            }
         }
         s
     }
@@ -573,21 +726,24 @@ impl Firewall {
         self.run("install firewall", &self.ruleset.globals_script(settings))
     }
 
+    /// Builds the container's chain, its create-time NetOut rules, its dispatch entry and its
+    /// port mappings in one nf_tables netlink batch (the same kernel state as
+    /// [`Ruleset::container_script`], without `nft` reading the whole table first).
     pub fn add_container(
         &self,
         c: &ContainerRules<'_>,
         netout: &[NetOutRule],
         ports: &[PortMapping],
     ) -> HostResult<()> {
-        let script = self.ruleset.container_script(c, netout, ports)?;
-        self.runner.run(&script).map_err(|e| {
+        let batch = self.ruleset.container_batch(c, netout, ports)?;
+        nftnl::send(batch).map_err(|e| {
             if e.contains("File exists") && !ports.is_empty() {
                 HostError::Invalid(format!(
                     "a host port of {:?} is already mapped to another container",
                     ports.iter().map(|p| p.host_port).collect::<Vec<_>>()
                 ))
             } else {
-                HostError::Failed(format!("set up firewall for {}: nft: {e}", c.handle))
+                HostError::Failed(format!("set up firewall for {}: nf_tables: {e}", c.handle))
             }
         })
     }
@@ -623,29 +779,33 @@ impl Firewall {
         })
     }
 
-    pub fn remove_container(
-        &self,
-        c: &ContainerRules<'_>,
-        ports: &[PortMapping],
-    ) -> HostResult<()> {
-        if self
-            .runner
-            .run(&self.ruleset.removal_script(c, ports))
-            .is_ok()
-        {
+    /// Removes the container's port mappings (one batch; should a recorded host port since
+    /// have gone to another container, its element differs and cannot be re-added, so each
+    /// port is then removed on its own, leaving others' alone).
+    pub fn remove_ports(&self, c: &ContainerRules<'_>, ports: &[PortMapping]) -> HostResult<()> {
+        let Some(batch) = self.ruleset.ports_removal_batch(c, ports)? else {
+            return Ok(());
+        };
+        if nftnl::send(batch).is_ok() {
             return Ok(());
         }
-        // A recorded host port may since have gone to another container (its element then
-        // differs and cannot be re-added): remove what is ours without the ports, then each
-        // port on its own, leaving others' alone.
-        self.run(
-            &format!("remove firewall of {}", c.handle),
-            &self.ruleset.removal_script(c, &[]),
-        )?;
         for mapping in ports {
-            let _ = self.runner.run(&self.ruleset.removal_port_only(c, mapping));
+            if let Some(batch) = self
+                .ruleset
+                .ports_removal_batch(c, std::slice::from_ref(mapping))?
+            {
+                let _ = nftnl::send(batch);
+            }
         }
         Ok(())
+    }
+
+    /// Removes the container's chain, its dispatch entry and (`forget_address`) its
+    /// `containers` element, in one nf_tables netlink batch.
+    pub fn remove_container(&self, c: &ContainerRules<'_>, forget_address: bool) -> HostResult<()> {
+        nftnl::send(self.ruleset.removal_batch(c, forget_address)?).map_err(|e| {
+            HostError::Failed(format!("remove firewall of {}: nf_tables: {e}", c.handle))
+        })
     }
 }
 
@@ -771,25 +931,33 @@ mod tests {
             bridge: "trbr-0afe0000",
             subnet: "10.254.0.0/30".parse().unwrap(),
             ip: Ipv4Addr::new(10, 254, 0, 1),
+            mac: [0x02, 0, 0, 0, 0, 0x01],
         }
     }
 
     #[test]
     fn removal_deletes_only_the_containers_own_objects() {
-        let script = ruleset().removal_script(
+        let script = ruleset().removal_script(&container(), true);
+        assert!(script.contains(
+            "delete element ip trellis egress_mac { \"trbr-0afe0000\" . 02:00:00:00:00:01 . 10.254.0.1 }"
+        ));
+        assert!(script.contains("delete element ip trellis containers { 10.254.0.1 }"));
+        assert!(script.ends_with("delete chain ip trellis c-0123456789\n"));
+        assert!(!script.contains("flush chain ip trellis forward_filter"));
+        assert!(!script.contains("element ip trellis netin"));
+        let kept = ruleset().removal_script(&container(), false);
+        assert!(!kept.contains("element ip trellis containers"), "{kept}");
+
+        let ports = ruleset().ports_removal_script(
             &container(),
             &[PortMapping {
                 host_port: 61001,
                 container_port: 8080,
             }],
         );
-        assert!(
-            script.contains("delete element ip trellis egress { \"trbr-0afe0000\" . 10.254.0.1 }")
-        );
-        assert!(script.contains("add element ip trellis netin { 61001 : 10.254.0.1 . 8080 }"));
-        assert!(script.contains("delete element ip trellis netin { 61001 }"));
-        assert!(script.ends_with("delete chain ip trellis c-0123456789\n"));
-        assert!(!script.contains("flush chain ip trellis forward_filter"));
+        assert!(ports.contains("add element ip trellis netin { 61001 : 10.254.0.1 . 8080 }"));
+        assert!(ports.contains("delete element ip trellis netin { 61001 }"));
+        assert!(!ports.contains("chain ip trellis c-"));
     }
 
     #[test]

@@ -28,8 +28,10 @@ use firewall::{ContainerRules, Firewall, FirewallSettings, NftCommand, NftRunner
 use naming::LinkNames;
 use nix::fcntl::{Flock, FlockArg};
 use state::{NetworkState, StateStore};
+use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use trellis_core::api::{NetOutRule, NetworkStat, PortMapping};
 use trellis_core::effect::NetworkConfig;
 use trellis_core::network::NetworkAssignment;
@@ -64,17 +66,28 @@ impl Default for NetworkSettings {
 
 pub struct Networker {
     layout: Layout,
-    bridge_prefix: String,
     settings: NetworkSettings,
     states: StateStore,
-    firewall: Firewall,
-    /// Link and bridge removals still running after their teardown returned.
+    removal: Arc<Removal>,
+    /// Removals still running after their teardown returned.
     pending_cleanups: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Set by `settle` to cut the cleanups' linger short.
-    expedite_cleanups: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    expedite_cleanups: Arc<std::sync::atomic::AtomicBool>,
 }
 
-/// How long a container's links and its possibly empty bridge stay after teardown.
+/// What both setup and the deferred part of a removal use.
+struct Removal {
+    bridge_prefix: String,
+    locks_dir: PathBuf,
+    states: StateStore,
+    firewall: Firewall,
+    /// The handles holding each container address: its `containers` element goes only when
+    /// none does (a freed address is handed out again at once, before the old container's
+    /// deferred removal runs).
+    address_holders: Mutex<HashMap<Ipv4Addr, BTreeSet<String>>>,
+}
+
+/// How long a torn-down container's links, chain and possibly empty bridge stay.
 const BRIDGE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl Drop for Networker {
@@ -127,12 +140,31 @@ impl Networker {
         write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
         let firewall = Firewall::new(runner, ruleset);
         firewall.install_globals(&settings.firewall)?;
+        let mut address_holders: HashMap<Ipv4Addr, BTreeSet<String>> = HashMap::new();
+        for handle in states.handles()? {
+            if let Some(state) = states.load(&handle)? {
+                address_holders
+                    .entry(state.assignment.container_ip)
+                    .or_default()
+                    .insert(handle);
+            }
+        }
+        let removal = Arc::new(Removal {
+            bridge_prefix,
+            locks_dir: layout.network_locks_dir(),
+            states: states.clone(),
+            firewall,
+            address_holders: Mutex::new(address_holders),
+        });
+        // Removals a crash or a stop cut short.
+        for state in states.retired()? {
+            removal.finish(&state)?;
+        }
         let networker = Networker {
             layout,
-            bridge_prefix,
             settings,
             states,
-            firewall,
+            removal,
             pending_cleanups: Default::default(),
             expedite_cleanups: Default::default(),
         };
@@ -142,25 +174,91 @@ impl Networker {
 
     /// Bridges of ours with no container attached (left by a crash or an older server).
     fn remove_orphan_bridges(&self) -> HostResult<()> {
+        let prefix = &self.removal.bridge_prefix;
         let bridges: Vec<String> = netlink::with_netlink(None, |nl| {
             let links = nl.links()?;
             Ok(links
                 .iter()
-                .filter(|l| l.name.starts_with(&self.bridge_prefix))
+                .filter(|l| l.name.starts_with(prefix))
                 .filter(|b| !links.iter().any(|l| l.controller == Some(b.index)))
                 .map(|b| b.name.clone())
                 .collect())
         })?;
         for bridge in bridges {
-            let _lock = self.lock_bridge(&bridge)?;
+            let _lock = self.removal.lock_bridge(&bridge)?;
             netlink::with_netlink(None, |nl| delete_bridge_if_unused(nl, &bridge))?;
         }
         Ok(())
     }
 
+    fn bridge_of(&self, subnet: ipnetwork::Ipv4Network) -> String {
+        naming::bridge_name(&self.removal.bridge_prefix, subnet)
+    }
+}
+
+impl Removal {
     /// Serialises creating and deleting a subnet's bridge across threads and processes.
     fn lock_bridge(&self, bridge: &str) -> HostResult<Flock<std::fs::File>> {
-        lock_file(&self.layout.network_locks_dir().join(bridge))
+        lock_file(&self.locks_dir.join(bridge))
+    }
+
+    /// The deferred part of a torn-down container's removal: its chain and dispatch entry, its
+    /// `containers` element unless another container holds the address, its links, its bridge
+    /// if no other container uses it, and last its retired state. Under the bridge lock, so a
+    /// create on the same subnet does not race the bridge's deletion.
+    fn finish(&self, state: &NetworkState) -> HostResult<()> {
+        let names = LinkNames::for_id(&state.id);
+        let bridge = naming::bridge_name(&self.bridge_prefix, state.assignment.subnet);
+        let _lock = self.lock_bridge(&bridge)?;
+        let firewall;
+        {
+            // Held through the deletion when the address is forgotten, so that a setup taking
+            // it meanwhile adds its element after this deletion, not before.
+            let holders = self
+                .address_holders
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            let forget = holders
+                .get(&state.assignment.container_ip)
+                .is_none_or(|h| h.is_empty());
+            let holders = forget.then_some(holders);
+            firewall = self
+                .firewall
+                .remove_container(&Networker::rules(state, &names, &bridge), forget);
+            drop(holders);
+        }
+        // The links go whether or not the firewall part failed; the state stays until all did.
+        let links = netlink::with_netlink(None, |nl| {
+            for link in [&names.host_veth, &names.ifb] {
+                nl.delete_link(link)?;
+            }
+            delete_bridge_if_unused(nl, &bridge)
+        });
+        firewall?;
+        links?;
+        self.states.forget_retired(&state.id)
+    }
+
+    fn hold_address(&self, ip: Ipv4Addr, handle: &str) {
+        self.address_holders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(ip)
+            .or_default()
+            .insert(handle.to_string());
+    }
+
+    fn release_address(&self, ip: Ipv4Addr, handle: &str) {
+        let mut holders = self
+            .address_holders
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(h) = holders.get_mut(&ip) {
+            h.remove(handle);
+            if h.is_empty() {
+                holders.remove(&ip);
+            }
+        }
     }
 }
 
@@ -189,6 +287,7 @@ impl Networker {
             bridge,
             subnet: state.assignment.subnet,
             ip: state.assignment.container_ip,
+            mac: naming::container_mac(&state.id),
         }
     }
 
@@ -226,12 +325,13 @@ impl Networker {
         let netns_file = std::fs::File::open(&netns_path)
             .map_err(|e| HostError::io(format!("open {}", netns_path.display()), e))?;
         let names = LinkNames::for_id(&state.id);
-        let bridge = naming::bridge_name(&self.bridge_prefix, assignment.subnet);
+        let bridge = self.bridge_of(assignment.subnet);
         let mtu = self.settings.mtu;
         let gateway = assignment.gateway_ip();
         let prefix = assignment.subnet.prefix();
         {
-            let _lock = self.lock_bridge(&bridge)?;
+            let _lock = self.removal.lock_bridge(&bridge)?;
+            self.removal.hold_address(assignment.container_ip, handle);
             netlink::with_netlink(None, |nl| {
                 let mac = naming::random_mac().map_err(|e| HostError::io("read random MAC", e))?;
                 let bridge_index = nl.ensure_bridge(&bridge, mac, mtu)?;
@@ -244,7 +344,13 @@ impl Networker {
                     "1",
                 )?;
                 if nl.link(&names.host_veth)?.is_none() {
-                    nl.create_veth(&names.host_veth, &names.container_veth, mtu, &netns_file)?;
+                    nl.create_veth(
+                        &names.host_veth,
+                        &names.container_veth,
+                        naming::container_mac(&state.id),
+                        mtu,
+                        &netns_file,
+                    )?;
                 }
                 let host_end = nl.link(&names.host_veth)?.ok_or_else(|| {
                     HostError::Failed(format!("veth {} vanished after creation", names.host_veth))
@@ -276,7 +382,7 @@ impl Networker {
         })?;
 
         self.write_dns_files(handle, &assignment)?;
-        self.firewall.add_container(
+        self.removal.firewall.add_container(
             &Self::rules(&state, &names, &bridge),
             &config.netout_rules,
             &state.port_mappings,
@@ -326,19 +432,29 @@ impl Networker {
         Ok(())
     }
 
+    /// Removes the container's network. What must go before its address or host ports are
+    /// handed out again goes now: port mappings, the namespace (and with it the container's
+    /// interface and MAC), the address's hold. The rest (chain, dispatch entry, links, an
+    /// empty bridge) is finished by [`Removal::finish`] after a linger, on a thread of its own:
+    /// nf_tables deletions and link unregistration each wait for RCU grace periods, which would
+    /// otherwise dominate destroy. The state is retired first, so a crash leaves it for the
+    /// next start to finish.
     pub fn teardown(&self, handle: &str, assignment: Option<&NetworkAssignment>) -> HostResult<()> {
-        let state = self.states.load(handle)?;
-        if let Some(state) = &state {
+        if let Some(state) = self.states.load(handle)? {
             let names = LinkNames::for_id(&state.id);
-            let bridge = naming::bridge_name(&self.bridge_prefix, state.assignment.subnet);
-            self.firewall
-                .remove_container(&Self::rules(state, &names, &bridge), &state.port_mappings)?;
-            self.remove_links_later(vec![names.host_veth, names.ifb], bridge);
+            let bridge = self.bridge_of(state.assignment.subnet);
+            self.removal
+                .firewall
+                .remove_ports(&Self::rules(&state, &names, &bridge), &state.port_mappings)?;
+            self.states.retire(&state)?;
+            self.removal
+                .release_address(state.assignment.container_ip, handle);
+            self.finish_removal_later(state);
         } else if let Some(assignment) = assignment {
             // Nothing of the container was made (its state comes first), but its subnet's
             // bridge may have been left empty by a crash.
-            let bridge = naming::bridge_name(&self.bridge_prefix, assignment.subnet);
-            let _lock = self.lock_bridge(&bridge)?;
+            let bridge = self.bridge_of(assignment.subnet);
+            let _lock = self.removal.lock_bridge(&bridge)?;
             netlink::with_netlink(None, |nl| delete_bridge_if_unused(nl, &bridge))?;
         }
         netns::remove(&self.layout.netns_file(handle))?;
@@ -365,8 +481,9 @@ impl Networker {
         }
         check_host_port_free(mapping.host_port)?;
         let names = LinkNames::for_id(&state.id);
-        let bridge = naming::bridge_name(&self.bridge_prefix, state.assignment.subnet);
-        self.firewall
+        let bridge = self.bridge_of(state.assignment.subnet);
+        self.removal
+            .firewall
             .map_port(&Self::rules(&state, &names, &bridge), mapping)?;
         state.port_mappings.push(*mapping);
         self.states.save(&state)
@@ -380,8 +497,9 @@ impl Networker {
     ) -> HostResult<()> {
         let state = self.require_state(handle)?;
         let names = LinkNames::for_id(&state.id);
-        let bridge = naming::bridge_name(&self.bridge_prefix, state.assignment.subnet);
-        self.firewall
+        let bridge = self.bridge_of(state.assignment.subnet);
+        self.removal
+            .firewall
             .add_netout(&Self::rules(&state, &names, &bridge), rules)
     }
 
@@ -429,13 +547,10 @@ impl Networker {
         })
     }
 
-    /// Deletes the container's links and then its bridge if no other container uses it, on a
-    /// thread of its own: the kernel takes tens of milliseconds to unregister a device (an RCU
-    /// grace period each), which would otherwise dominate destroy. The bridge lock keeps a
-    /// create on the same subnet from racing the deletion; [`Networker::settle`] waits for
-    /// all of it, and startup removes whatever a crash left.
-    fn remove_links_later(&self, links: Vec<String>, bridge: String) {
-        let lock_path = self.layout.network_locks_dir().join(&bridge);
+    /// Runs [`Removal::finish`] after [`BRIDGE_LINGER`], on a thread of its own; [`Networker::settle`]
+    /// waits for it, and a start after a crash finishes it.
+    fn finish_removal_later(&self, state: NetworkState) {
+        let removal = self.removal.clone();
         let expedite = self.expedite_cleanups.clone();
         let cleanup = std::thread::spawn(move || {
             // Linger first: a create on the same subnet soon after (the pool hands the freed
@@ -447,15 +562,8 @@ impl Networker {
             {
                 std::thread::sleep(std::time::Duration::from_millis(10));
             }
-            let _lock = lock_file(&lock_path);
-            let result = netlink::with_netlink(None, |nl| {
-                for link in &links {
-                    nl.delete_link(link)?;
-                }
-                delete_bridge_if_unused(nl, &bridge)
-            });
-            if let Err(e) = result {
-                eprintln!("network cleanup of {bridge}: {e}");
+            if let Err(e) = removal.finish(&state) {
+                eprintln!("network cleanup of {}: {e}", state.handle);
             }
         });
         let mut pending = self

@@ -67,6 +67,44 @@ impl StateStore {
     pub fn handles(&self) -> HostResult<Vec<String>> {
         list_names(&self.dir)
     }
+
+    /// Where the states of torn-down containers wait (by id) until the rest of their removal
+    /// is done; hidden, so not listed among the handles.
+    fn retired_dir(&self) -> PathBuf {
+        self.dir.join(".retired")
+    }
+
+    /// Moves the handle's state to the retired ones: the handle is free, and what is left to
+    /// remove can still be found after a crash.
+    pub fn retire(&self, state: &NetworkState) -> HostResult<()> {
+        let dir = self.retired_dir();
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| HostError::io(format!("create {}", dir.display()), e))?;
+        let from = self.path(&state.handle);
+        let to = dir.join(&state.id);
+        std::fs::rename(&from, &to)
+            .map_err(|e| HostError::io(format!("move {} to {}", from.display(), to.display()), e))
+    }
+
+    /// Every retired state (unreadable ones are skipped: their names are all we would have).
+    pub fn retired(&self) -> HostResult<Vec<NetworkState>> {
+        let dir = self.retired_dir();
+        let mut states = Vec::new();
+        for id in list_names(&dir)? {
+            let path = dir.join(&id);
+            match std::fs::read(&path) {
+                Ok(bytes) => states.extend(serde_json::from_slice(&bytes).ok()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(HostError::io(format!("read {}", path.display()), e)),
+            }
+        }
+        Ok(states)
+    }
+
+    /// The retired state `id` is fully removed.
+    pub fn forget_retired(&self, id: &str) -> HostResult<()> {
+        remove_file_if_exists(&self.retired_dir().join(id))
+    }
 }
 
 pub fn remove_file_if_exists(path: &Path) -> HostResult<()> {
