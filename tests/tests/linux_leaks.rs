@@ -139,6 +139,18 @@ fn counts(server: &TestServer, parent: &str) -> Counts {
     }
 }
 
+/// Waits until the server has finished the deferred part of earlier network removals (links
+/// and firewall chains linger about a second after destroy), so that counts compare like with
+/// like.
+async fn removals_finished(server: &TestServer) {
+    let retired = server.dir().join("run/network/state/.retired");
+    let finished = trellis_tests::eventually(Duration::from_secs(30), || async {
+        count_files(&retired) == 0
+    })
+    .await;
+    assert!(finished, "network removals still pending in {}", retired.display());
+}
+
 async fn cycle(client: &Client, handle: &str) {
     let container = client
         .create(ContainerSpec {
@@ -207,6 +219,7 @@ async fn a_thousand_create_destroy_cycles_through_the_server_leak_nothing() {
     for i in 0..3 {
         cycle(&client, &format!("warm-{i}")).await;
     }
+    removals_finished(&server).await;
     let before = counts(&server, &parent);
     let start = Instant::now();
     let mut workers = Vec::new();
