@@ -127,7 +127,14 @@ impl Fixture {
         let table = cmd("nft", &["list", "table", "ip", &self.table()]);
         for line in table.lines() {
             let line = line.trim();
-            if line.starts_with("chain c-") || line.starts_with("elements") {
+            if line.starts_with("elements") {
+                left.push(line.to_string());
+            }
+        }
+        // The containers' own tables.
+        let tables = cmd("nft", &["list", "tables", "netdev"]);
+        for line in tables.lines() {
+            if line.contains(&format!("table netdev {}-c-", self.table())) {
                 left.push(line.to_string());
             }
         }
@@ -661,9 +668,14 @@ fn a_start_finishes_removals_a_crash_cut_short() {
     f.networker.teardown("cut-short", None).unwrap();
     let retired = f.layout.network_state_dir().join(".retired");
     let chains = || {
+        let own_tables = cmd("nft", &["list", "tables", "netdev"]);
         cmd("nft", &["list", "table", "ip", &f.table()])
             .lines()
-            .filter(|l| l.trim().starts_with("chain c-") || l.trim().starts_with("elements"))
+            .chain(own_tables.lines())
+            .filter(|l| {
+                l.trim().starts_with("elements")
+                    || l.contains(&format!("table netdev {}-c-", f.table()))
+            })
             .map(str::to_string)
             .collect::<Vec<_>>()
     };
@@ -678,15 +690,23 @@ fn a_start_finishes_removals_a_crash_cut_short() {
 }
 
 #[test]
-fn startup_removes_orphan_bridges() {
+fn startup_removes_orphan_bridges_and_container_tables() {
     let f = Fixture::new("c2");
     assert!(Command::new("ip")
         .args(["link", "add", "trbrc2-0ad31f00", "type", "bridge"])
         .status()
         .unwrap()
         .success());
+    // And a container table that no state accounts for (a lost state, an older server).
+    let orphan = format!("{}-c-0000000000", f.table());
+    assert!(Command::new("nft")
+        .args(["add", "table", "netdev", &orphan])
+        .status()
+        .unwrap()
+        .success());
     let again = Fixture::new("c2");
     assert!(!cmd("ip", &["-o", "link"]).contains("trbrc2-0ad31f00"));
+    assert!(!cmd("nft", &["list", "tables", "netdev"]).contains(&orphan));
     drop(again);
     drop(f);
 }

@@ -49,16 +49,25 @@ impl Drop for Netns {
     }
 }
 
-fn nft_list(chain: &str) -> String {
+/// A container's table, listed under a neutral name.
+fn nft_list(table: &str) -> String {
     let output = Command::new("nft")
-        .args(["list", "chain", "ip", "trq", chain])
+        .args(["list", "table", "netdev", table])
         .stderr(Stdio::inherit())
         .output()
         .expect("run nft list");
-    assert!(output.status.success(), "nft list chain {chain}");
+    assert!(output.status.success(), "nft list table {table}");
     String::from_utf8(output.stdout)
         .unwrap()
-        .replace(&format!("chain {chain} {{"), "chain X {")
+        .replace(&format!("table netdev {table} {{"), "table netdev X {")
+}
+
+/// A container's table with its egress chain, as setup makes it, by script.
+fn egress_table(table: &str) -> String {
+    format!(
+        "add table netdev {table}\nadd chain netdev {table} egress {{ type filter hook ingress \
+         device \"trvq-0\" priority 0; policy accept; }}\n"
+    )
 }
 
 fn ip(s: &str) -> Option<IpAddr> {
@@ -197,25 +206,18 @@ fn netlink_insertion_matches_the_nft_script() {
         table: "ip trq".into(),
         bridge_prefix: "trbrq-".into(),
     };
-    let container = |chain: &'static str| ContainerRules {
+    let container = |table: &'static str| ContainerRules {
         handle: "some app",
-        chain,
-        bridge: "trbrq-0a090000",
+        table,
+        device: "trvq-0",
         subnet: "10.254.0.0/30".parse().unwrap(),
         ip: "10.254.0.1".parse().unwrap(),
-        mac: [0x02, 0, 0, 0, 0, 0x01],
     };
     let rules = variants();
     let (a, b) = ns.run(|| {
         let nft = NftCommand;
-        let mut setup = String::from("add table ip trq\n");
-        for chain in ["a", "b"] {
-            setup.push_str(&format!(
-                "add chain ip trq {chain}\nadd rule ip trq {chain} ip daddr 10.254.0.0/30 accept\n\
-                 add rule ip trq {chain} reject with icmp type admin-prohibited\n"
-            ));
-        }
-        nft.run(&setup).expect("create the table");
+        let setup = egress_table("trq-a") + &egress_table("trq-b");
+        nft.run(&setup).expect("create the tables");
         // One call per rule, then all of them in one call.
         let calls: Vec<&[NetOutRule]> = rules
             .iter()
@@ -223,17 +225,17 @@ fn netlink_insertion_matches_the_nft_script() {
             .chain([&rules[..]])
             .collect();
         for rules in calls {
-            let script = ruleset.netout_script(&container("a"), rules).unwrap();
+            let script = ruleset.netout_script(&container("trq-a"), rules).unwrap();
             nft.run(&script).expect("nft inserts");
             let batch = ruleset
-                .netout_batch(&container("b"), rules)
+                .netout_batch(&container("trq-b"), rules)
                 .unwrap()
                 .expect("a batch");
             nftnl::send(batch).expect("netlink inserts");
         }
-        (nft_list("a"), nft_list("b"))
+        (nft_list("trq-a"), nft_list("trq-b"))
     });
-    assert_eq!(a.lines().count(), 2 * rules.len() + 2 + 4, "{a}");
+    assert_eq!(a.lines().count(), 2 * rules.len() + 5, "{a}");
     assert!(
         a.contains("ip daddr { 10.0.0.1-10.0.0.5, 10.1.0.0/24 }"),
         "{a}"
@@ -248,18 +250,15 @@ fn a_failed_batch_inserts_nothing_and_says_why() {
         table: "ip trq".into(),
         bridge_prefix: "trbrq-".into(),
     };
-    let rules = |chain: &'static str| ContainerRules {
+    let rules = |table: &'static str| ContainerRules {
         handle: "h",
-        chain,
-        bridge: "trbrq-0a090000",
+        table,
+        device: "trvq-0",
         subnet: "10.254.0.0/30".parse().unwrap(),
         ip: "10.254.0.1".parse().unwrap(),
-        mac: [0x02, 0, 0, 0, 0, 0x01],
     };
     ns.run(|| {
-        NftCommand
-            .run("add table ip trq\nadd chain ip trq a\n")
-            .unwrap();
+        NftCommand.run(&egress_table("trq-a")).unwrap();
         // No such chain: the kernel refuses and nothing is left behind.
         let batch = ruleset
             .netout_batch(&rules("missing"), &variants())
@@ -267,18 +266,16 @@ fn a_failed_batch_inserts_nothing_and_says_why() {
             .unwrap();
         let error = nftnl::send(batch).unwrap_err();
         assert!(error.contains("No such file or directory"), "{error}");
-        assert_eq!(nft_list("a").lines().count(), 4);
-        let sets = Command::new("nft")
-            .args(["list", "sets", "ip"])
-            .output()
-            .unwrap();
+        assert_eq!(nft_list("trq-a").lines().count(), 5);
+        let sets = Command::new("nft").args(["list", "sets"]).output().unwrap();
         assert!(!String::from_utf8_lossy(&sets.stdout).contains("__set"));
     });
 }
 
+/// Everything in the namespace: our table and the containers' tables.
 fn nft_list_table() -> String {
     let output = Command::new("nft")
-        .args(["list", "table", "ip", "trq"])
+        .args(["list", "ruleset"])
         .stderr(Stdio::inherit())
         .output()
         .expect("run nft list");
@@ -305,40 +302,39 @@ fn container_setup_and_teardown_match_the_nft_scripts() {
     let containers = [
         (
             "app-1",
-            "c-0000000001",
-            "trbrq-0afe0000",
+            "trellis-c-0000000001",
+            "trv0000000001-0",
             "10.254.0.0/30",
             "10.254.0.2",
         ),
         (
             "app 2",
-            "c-0000000002",
-            "trbrq-0afe0004",
+            "trellis-c-0000000002",
+            "trv0000000002-0",
             "10.254.0.4/30",
             "10.254.0.6",
         ),
         (
             "app-3",
-            "c-0000000003",
-            "trbrq-0afe0000",
+            "trellis-c-0000000003",
+            "trv0000000003-0",
             "10.254.0.0/30",
             "10.254.0.3",
         ),
         (
             "app-4",
-            "c-0000000004",
-            "trbrq-0afe0100",
+            "trellis-c-0000000004",
+            "trv0000000004-0",
             "10.254.1.0/24",
             "10.254.1.77",
         ),
     ];
     let rules = |i: usize| ContainerRules {
         handle: containers[i].0,
-        chain: containers[i].1,
-        bridge: containers[i].2,
+        table: containers[i].1,
+        device: containers[i].2,
         subnet: containers[i].3.parse().unwrap(),
         ip: containers[i].4.parse().unwrap(),
-        mac: [0x02, 0, 0, 0, 0x10, i as u8],
     };
     let all = variants();
     let netout: [Vec<NetOutRule>; 4] = [vec![], all.clone(), vec![], all[3..9].to_vec()];
@@ -380,7 +376,7 @@ fn container_setup_and_teardown_match_the_nft_scripts() {
             &|f| f.add_container(&rules(i), &netout[i], &ports[i]).unwrap(),
         );
         assert!(
-            listed.contains(&format!("chain {} {{", containers[i].1)),
+            listed.contains(&format!("table netdev {} {{", containers[i].1)),
             "{listed}"
         );
     }
@@ -400,19 +396,22 @@ fn container_setup_and_teardown_match_the_nft_scripts() {
             &|| ruleset.ports_removal_script(&c, &ports) + &ruleset.removal_script(&c, forget),
             &|f| {
                 f.remove_ports(&c, &ports).unwrap();
-                f.remove_container(&c, forget).unwrap()
+                f.remove_container(&c).unwrap();
+                if forget {
+                    f.forget_address(&c).unwrap()
+                }
             },
         )
     };
     let listed = remove(rules(1), ports[1].clone(), true);
-    assert!(!listed.contains("c-0000000002"), "{listed}");
+    assert!(!listed.contains("trellis-c-0000000002"), "{listed}");
     assert!(!listed.contains("61001"), "{listed}");
     assert!(!listed.contains("10.254.0.6"), "{listed}");
-    assert!(listed.contains("c-0000000003"), "{listed}");
+    assert!(listed.contains("trellis-c-0000000003"), "{listed}");
     // Removing again, and removing what was never added, succeed and change nothing.
     remove(rules(1), ports[1].clone(), true);
     let never = ContainerRules {
-        chain: "c-0000000009",
+        table: "trellis-c-0000000009",
         ip: "10.254.0.9".parse().unwrap(),
         ..rules(0)
     };
@@ -420,7 +419,7 @@ fn container_setup_and_teardown_match_the_nft_scripts() {
     assert_eq!(after, listed);
     // An address another container holds keeps its `containers` element.
     let kept = remove(rules(0), ports[0].clone(), false);
-    assert!(!kept.contains("c-0000000001"), "{kept}");
+    assert!(!kept.contains("trellis-c-0000000001"), "{kept}");
     assert!(kept.contains("10.254.0.2"), "{kept}");
     for i in [0, 2, 3] {
         remove(rules(i), ports[i].clone(), true);
@@ -435,7 +434,7 @@ fn container_setup_and_teardown_match_the_nft_scripts() {
             matches!(&clash, Err(trellis_os::host::HostError::Invalid(_))),
             "{clash:?}"
         );
-        assert!(!nft_list_table().contains("c-0000000003"));
+        assert!(!nft_list_table().contains("10.254.0.3"));
         f.remove_ports(&rules(2), &[mapping(61001, 1)]).unwrap();
         assert!(nft_list_table().contains("61001 : 10.254.0.2 . 8080"));
         f.remove_ports(&rules(0), &ports[1]).unwrap();

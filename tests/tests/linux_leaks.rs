@@ -148,7 +148,11 @@ async fn removals_finished(server: &TestServer) {
         count_files(&retired) == 0
     })
     .await;
-    assert!(finished, "network removals still pending in {}", retired.display());
+    assert!(
+        finished,
+        "network removals still pending in {}",
+        retired.display()
+    );
 }
 
 async fn cycle(client: &Client, handle: &str) {

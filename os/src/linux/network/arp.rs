@@ -1,8 +1,9 @@
 //! Gratuitous ARP announcements from a container's interface, so that containers sharing its
-//! subnet replace what they remember of a reused address. The kernel's own announcement on link
-//! up (`arp_notify`) goes out before the veth's queue and its bridge port are active and is
-//! silently dropped, and nothing tells us when both are; so the announcement is repeated a few
-//! times over the first quarter second, from a thread of its own.
+//! subnet replace what they remember of a reused address (the new container has a new MAC).
+//! The kernel's own announcement on link up (`arp_notify`) goes out before the veth's queue
+//! and its bridge port are active and is silently dropped, and nothing tells us when both are
+//! (the kernel activates them later, under a lock other link changes contend for); so the
+//! announcement is repeated over the first three seconds, from a thread of its own.
 
 use crate::host::{HostError, HostResult};
 use std::net::Ipv4Addr;
@@ -12,11 +13,13 @@ use std::time::Duration;
 const ETH_P_ARP: u16 = 0x0806;
 const BROADCAST: [u8; 6] = [0xff; 6];
 /// When each announcement goes out, after the previous one.
-const SCHEDULE: [Duration; 4] = [
+const SCHEDULE: [Duration; 6] = [
     Duration::ZERO,
     Duration::from_millis(10),
     Duration::from_millis(40),
     Duration::from_millis(200),
+    Duration::from_millis(750),
+    Duration::from_millis(2000),
 ];
 
 /// The frame: an ARP request for our own address from our own address (RFC 5227's

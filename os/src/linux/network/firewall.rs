@@ -1,16 +1,16 @@
-//! NAT and filtering with nftables, in a table of our own (`ip trellis`).
+//! NAT and filtering with nftables: a table of our own (`ip trellis<tag>`) for what all
+//! containers share, and a small `netdev` table per container for its egress rules.
 //!
-//! Layout. Global base chains dispatch container traffic through maps, so per-container work
-//! is a map element plus a chain of its own, found and removed by name, never by scanning, and
-//! adding a rule costs the same however many containers exist:
+//! Layout:
+//! - `trellis<tag>-c-<id>` (netdev family), chain `egress` on the ingress hook of the container's
+//!   host-side veth: it sees exactly what the container sends, whatever addresses it claims.
+//!   Traffic to the container's own subnet and whatever its NetOut rules allow (accept, or
+//!   log and accept) gets the [`ALLOWED_MARK`] bit. A NetOut rule is a rule in this table
+//!   alone, so adding one costs the same however many containers exist (the kernel validates
+//!   the table a rule goes into, and this one holds one container's rules).
 //! - `forward_filter` (hook forward): established/related and published-port (DNAT) traffic
 //!   passes; traffic from our bridges to a `--deny-network` destination is rejected; the rest
-//!   from our bridges jumps through the `egress_mac` verdict map, keyed by bridge, source MAC
-//!   and source address, to the container's chain `c-<id>`; a source no container owns is
-//!   dropped. A container's interface has a MAC of its own (from its random id), so an
-//!   address handed to a new container never matches the old one's entry.
-//! - `c-<id>`: the container's NetOut rules (accept, or log and accept), its own subnet, then
-//!   a reject: egress is default-deny.
+//!   from our bridges passes only with the mark: egress is default-deny.
 //! - `input_filter` (hook input): containers reach the host only with `--allow-host-access`
 //!   (replies to the host's own connections always pass).
 //! - `nat_prerouting`/`nat_output`: TCP to any local address on a mapped host port is DNATed
@@ -21,18 +21,17 @@
 //!   interface is not known there when the bridge calls netfilter) is masqueraded so replies
 //!   come back through the host (hairpin).
 //!
-//! Every change is one transaction: it applies whole or not at all. The global part is an
-//! `nft -f` script, run once at start; a container's setup and teardown and the NetOut rules
-//! added to a running container are nf_tables netlink batches instead (see `nftnl`), because
-//! `nft` reads the whole table first and so costs more the more containers there are (and
-//! the scripts re-declared the whole table every time). The container scripts are kept as
-//! the reference the batches are tested against.
+//! Every change is one transaction per table: it applies whole or not at all. The global part
+//! is an `nft -f` script, run once at start; per-container changes are nf_tables netlink
+//! batches (see `nftnl`), because `nft` reads the whole table first and so costs more the more
+//! containers there are. The container scripts are kept as the reference the batches are
+//! tested against.
 //!
 //! Removal comes in two parts. The port mappings go at once (the host port and the address
-//! may go to another container straight away). The chain, its `egress_mac` entry and the
-//! `containers` element go later, off destroy's path (see `Networker::teardown`): on this
-//! kernel any nf_tables deletion waits for an RCU grace period, 10 to 20 ms, and until then a
-//! stale entry matches nothing (its MAC is gone with its interface).
+//! may go to another container straight away). The container's table and its `containers`
+//! element go later, off destroy's path (see `Networker::teardown`): on this kernel any
+//! nf_tables deletion waits for an RCU grace period, 10 to 20 ms. Until then the stale table
+//! hooks a device that is gone with the container's namespace, and matches nothing.
 
 use super::naming::log_prefix;
 use super::nftnl::{self, AnonSet, Base, CmpOp, ElemData, Expr, SetKey};
@@ -89,13 +88,18 @@ pub struct FirewallSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerRules<'a> {
     pub handle: &'a str,
-    pub chain: &'a str,
-    pub bridge: &'a str,
+    /// The container's netdev table.
+    pub table: &'a str,
+    /// The host end of its veth pair, whose ingress its egress chain hooks.
+    pub device: &'a str,
     pub subnet: Ipv4Network,
     pub ip: Ipv4Addr,
-    /// The MAC of the container's interface.
-    pub mac: [u8; 6],
 }
+
+/// The packet mark bit that a container's egress chain sets on what it allows.
+pub const ALLOWED_MARK: u32 = 0x0010_0000;
+/// The chain in each container's table.
+const EGRESS_CHAIN: &str = "egress";
 
 pub struct Firewall {
     runner: Box<dyn NftRunner>,
@@ -115,10 +119,6 @@ impl Ruleset {
     fn declarations(&self, script: &mut String) {
         let t = &self.table;
         let _ = writeln!(script, "add table {t}");
-        let _ = writeln!(
-            script,
-            "add map {t} egress_mac {{ type ifname . ether_addr . ipv4_addr : verdict; }}"
-        );
         let _ = writeln!(
             script,
             "add map {t} netin {{ type inet_service : ipv4_addr . inet_service; }}"
@@ -181,9 +181,12 @@ impl Ruleset {
             ),
             (
                 "forward_filter",
-                format!("iifname {bridges} iifname . ether saddr . ip saddr vmap @egress_mac"),
+                format!("iifname {bridges} meta mark & {ALLOWED_MARK:#010x} == {ALLOWED_MARK:#010x} accept"),
             ),
-            ("forward_filter", format!("iifname {bridges} drop")),
+            (
+                "forward_filter",
+                format!("iifname {bridges} reject with icmp type admin-prohibited"),
+            ),
             (
                 "input_filter",
                 format!("iifname {bridges} ct state established,related accept"),
@@ -223,13 +226,13 @@ impl Ruleset {
         s
     }
 
-    fn egress_key(c: &ContainerRules<'_>) -> String {
-        let mac: Vec<String> = c.mac.iter().map(|b| format!("{b:02x}")).collect();
-        format!("\"{}\" . {} . {}", c.bridge, mac.join(":"), c.ip)
+    /// The container's table as `nft` names it.
+    fn container_table(c: &ContainerRules<'_>) -> String {
+        format!("netdev {}", c.table)
     }
 
-    /// (Re)builds a container's chain with its create-time rules and publishes its dispatch entry
-    /// and port mappings.
+    /// (Re)builds a container's egress chain with its create-time rules and publishes its
+    /// address and port mappings.
     pub fn container_script(
         &self,
         c: &ContainerRules<'_>,
@@ -237,22 +240,23 @@ impl Ruleset {
         ports: &[PortMapping],
     ) -> HostResult<String> {
         let t = &self.table;
-        let chain = c.chain;
+        let own = Self::container_table(c);
         let mut s = String::new();
         self.declarations(&mut s);
-        let _ = writeln!(s, "add chain {t} {chain}");
-        let _ = writeln!(s, "flush chain {t} {chain}");
-        let _ = writeln!(s, "add rule {t} {chain} ip daddr {} accept", c.subnet);
+        let _ = writeln!(s, "add table {own}");
         let _ = writeln!(
             s,
-            "add rule {t} {chain} reject with icmp type admin-prohibited"
+            "add chain {own} {EGRESS_CHAIN} {{ type filter hook ingress device \"{}\" priority 0; policy accept; }}",
+            c.device
+        );
+        let _ = writeln!(s, "flush chain {own} {EGRESS_CHAIN}");
+        let _ = writeln!(
+            s,
+            "add rule {own} {EGRESS_CHAIN} ip daddr {} {}",
+            c.subnet,
+            allow_text()
         );
         s.push_str(&self.netout_script(c, netout)?);
-        let _ = writeln!(
-            s,
-            "add element {t} egress_mac {{ {} : jump {chain} }}",
-            Self::egress_key(c)
-        );
         let _ = writeln!(s, "add element {t} containers {{ {} }}", c.ip);
         for mapping in ports {
             s.push_str(&self.port_script(c, mapping)?);
@@ -260,19 +264,18 @@ impl Ruleset {
         Ok(s)
     }
 
-    /// Inserts NetOut rules at the head of the container's chain (ahead of its final reject).
+    /// Inserts NetOut rules at the head of the container's egress chain.
     pub fn netout_script(
         &self,
         c: &ContainerRules<'_>,
         rules: &[NetOutRule],
     ) -> HostResult<String> {
+        let own = Self::container_table(c);
         let mut s = String::new();
         for rule in rules {
             let _ = writeln!(
                 s,
-                "insert rule {} {} {}",
-                self.table,
-                c.chain,
+                "insert rule {own} {EGRESS_CHAIN} {}",
                 netout_rule(rule, c.handle)?
             );
         }
@@ -293,9 +296,9 @@ impl Ruleset {
             .iter()
             .map(|rule| netout_exprs(rule, c.handle))
             .collect::<HostResult<Vec<_>>>()?;
-        let mut batch = self.batch()?;
+        let mut batch = Self::container_batch_for(c);
         for rule in &exprs {
-            batch.insert_rule(c.chain, rule);
+            batch.insert_rule(EGRESS_CHAIN, rule);
         }
         Ok(Some(batch))
     }
@@ -308,11 +311,9 @@ impl Ruleset {
         Ok(nftnl::Batch::new(nftnl::FAMILY_IPV4, table, 1))
     }
 
-    /// The `egress_mac` key: bridge name . container MAC . container address.
-    fn egress_key_bytes(c: &ContainerRules<'_>) -> HostResult<Vec<u8>> {
-        let bridge = nftnl::ifname(c.bridge)
-            .ok_or_else(|| HostError::Failed(format!("invalid bridge name {:?}", c.bridge)))?;
-        Ok(nftnl::concat(&[&bridge, &c.mac, &c.ip.octets()]))
+    /// An empty netlink batch for the container's own table.
+    fn container_batch_for(c: &ContainerRules<'_>) -> nftnl::Batch {
+        nftnl::Batch::new(nftnl::FAMILY_NETDEV, c.table, 1)
     }
 
     /// A `netin` element: host port -> container address . container port.
@@ -328,19 +329,20 @@ impl Ruleset {
         ))
     }
 
-    /// `ip daddr <subnet> accept` as nft compiles it.
-    fn subnet_accept(subnet: Ipv4Network) -> HostResult<Vec<Expr>> {
+    /// `ip daddr <subnet>` + [`allow_text`] as nft compiles it in a netdev chain.
+    fn subnet_allow(subnet: Ipv4Network) -> HostResult<Vec<Expr>> {
         let prefix = subnet.prefix();
         if prefix == 0 {
             return Err(HostError::Failed(format!(
                 "invalid container subnet {subnet}"
             )));
         }
-        let mut exprs = vec![Expr::Payload {
+        let mut exprs = ipv4_only();
+        exprs.push(Expr::Payload {
             base: Base::Network,
             offset: 16,
             len: 4,
-        }];
+        });
         if prefix < 32 {
             exprs.push(Expr::Bitwise {
                 mask: subnet.mask().octets().to_vec(),
@@ -351,73 +353,60 @@ impl Ruleset {
             op: CmpOp::Eq,
             data: subnet.network().octets().to_vec(),
         });
-        exprs.push(Expr::Accept);
+        exprs.extend(allow_exprs());
         Ok(exprs)
     }
 
     /// [`Ruleset::container_script`] without the declarations (the globals are installed at
-    /// start), as one nf_tables netlink batch. Every rule is checked before anything is sent.
-    pub fn container_batch(
+    /// start), as netlink batches: the container's table, then our table's elements. Every
+    /// rule is checked before anything is built.
+    pub fn container_batches(
         &self,
         c: &ContainerRules<'_>,
         netout: &[NetOutRule],
         ports: &[PortMapping],
-    ) -> HostResult<nftnl::Batch> {
+    ) -> HostResult<[nftnl::Batch; 2]> {
         let netout = netout
             .iter()
             .map(|rule| netout_exprs(rule, c.handle))
             .collect::<HostResult<Vec<_>>>()?;
-        let subnet = Self::subnet_accept(c.subnet)?;
-        let egress = Self::egress_key_bytes(c)?;
+        let subnet = Self::subnet_allow(c.subnet)?;
         let netin = ports
             .iter()
             .map(|m| Self::netin_element(c, m))
             .collect::<HostResult<Vec<_>>>()?;
-        let mut batch = self.batch()?;
-        batch.add_chain(c.chain);
-        batch.flush_chain(c.chain);
-        batch.add_rule(c.chain, &subnet);
-        // reject with icmp type admin-prohibited
-        batch.add_rule(c.chain, &[Expr::RejectIcmp { code: 13 }]);
+        let mut own = Self::container_batch_for(c);
+        own.add_table();
+        own.add_device_chain(EGRESS_CHAIN, nftnl::HOOK_INGRESS, c.device, 0);
+        own.flush_chain(EGRESS_CHAIN);
+        own.add_rule(EGRESS_CHAIN, &subnet);
         for rule in &netout {
-            batch.insert_rule(c.chain, rule);
+            own.insert_rule(EGRESS_CHAIN, rule);
         }
-        batch.add_element(
-            "egress_mac",
-            &egress,
-            Some(&ElemData::Jump(c.chain.to_string())),
-        );
-        batch.add_element("containers", &c.ip.octets(), None);
+        let mut shared = self.batch()?;
+        shared.add_element("containers", &c.ip.octets(), None);
         for (key, data) in &netin {
-            batch.add_element("netin", key, Some(data));
+            shared.add_element("netin", key, Some(data));
         }
-        Ok(batch)
+        Ok([own, shared])
     }
 
-    /// [`Ruleset::removal_script`] without the declarations, as one nf_tables netlink batch:
-    /// each element is added before it is deleted and the chain created before it is flushed
-    /// and deleted, so it succeeds whether or not each is still there.
-    pub fn removal_batch(
-        &self,
-        c: &ContainerRules<'_>,
-        forget_address: bool,
-    ) -> HostResult<nftnl::Batch> {
-        let egress = Self::egress_key_bytes(c)?;
-        let mut batch = self.batch()?;
-        batch.add_chain(c.chain);
-        batch.add_element(
-            "egress_mac",
-            &egress,
-            Some(&ElemData::Jump(c.chain.to_string())),
-        );
-        batch.delete_element("egress_mac", &egress);
-        if forget_address {
-            batch.add_element("containers", &c.ip.octets(), None);
-            batch.delete_element("containers", &c.ip.octets());
-        }
-        batch.flush_chain(c.chain);
-        batch.delete_chain(c.chain);
-        Ok(batch)
+    /// [`Ruleset::removal_script`]'s first part as a netlink batch: the container's table,
+    /// added before it is deleted, so the removal succeeds whether or not it is still there.
+    pub fn removal_batch(&self, c: &ContainerRules<'_>) -> nftnl::Batch {
+        let mut own = Self::container_batch_for(c);
+        own.add_table();
+        own.delete_table();
+        own
+    }
+
+    /// [`Ruleset::removal_script`]'s second part (`forget_address`): the `containers` element,
+    /// added before it is deleted.
+    pub fn forget_batch(&self, c: &ContainerRules<'_>) -> HostResult<nftnl::Batch> {
+        let mut shared = self.batch()?;
+        shared.add_element("containers", &c.ip.octets(), None);
+        shared.delete_element("containers", &c.ip.octets());
+        Ok(shared)
     }
 
     /// [`Ruleset::ports_removal_script`] as a netlink batch (`None`: nothing valid to remove).
@@ -462,23 +451,19 @@ fn port_number(port: u32, which: &str) -> HostResult<u16> {
 /// Removes what the container owns, in two parts (see the module comment). Each element is
 /// added before it is deleted, so a transaction succeeds whether or not it is still there.
 impl Ruleset {
-    /// The chain, its dispatch entry and (`forget_address`: no other container holds the
-    /// address) its `containers` element.
+    /// The container's table and (`forget_address`: no other container holds the address)
+    /// its `containers` element.
     pub fn removal_script(&self, c: &ContainerRules<'_>, forget_address: bool) -> String {
         let t = &self.table;
-        let chain = c.chain;
+        let own = Self::container_table(c);
         let mut s = String::new();
         self.declarations(&mut s);
-        let _ = writeln!(s, "add chain {t} {chain}");
-        let key = Self::egress_key(c);
-        let _ = writeln!(s, "add element {t} egress_mac {{ {key} : jump {chain} }}");
-        let _ = writeln!(s, "delete element {t} egress_mac {{ {key} }}");
+        let _ = writeln!(s, "add table {own}");
+        let _ = writeln!(s, "delete table {own}");
         if forget_address {
             let _ = writeln!(s, "add element {t} containers {{ {} }}", c.ip);
             let _ = writeln!(s, "delete element {t} containers {{ {} }}", c.ip);
         }
-        let _ = writeln!(s, "flush chain {t} {chain}");
-        let _ = writeln!(s, "delete chain {t} {chain}");
         s
     }
 
@@ -611,8 +596,37 @@ pub fn netout_rule(rule: &NetOutRule, handle: &str) -> HostResult<String> {
     if m.log {
         let _ = write!(out, "log prefix \"{} \" ", log_prefix(handle));
     }
-    out.push_str("accept");
+    out.push_str(&allow_text());
     Ok(out)
+}
+
+/// What an egress rule does with what it matches: mark it allowed, and stop there.
+fn allow_text() -> String {
+    format!("meta mark set meta mark | {ALLOWED_MARK:#010x} accept")
+}
+
+/// [`allow_text`] as nft compiles it.
+fn allow_exprs() -> Vec<Expr> {
+    vec![
+        Expr::MetaMark,
+        Expr::Bitwise {
+            mask: (!ALLOWED_MARK).to_ne_bytes().to_vec(),
+            xor: ALLOWED_MARK.to_ne_bytes().to_vec(),
+        },
+        Expr::MetaSetMark,
+        Expr::Accept,
+    ]
+}
+
+/// `meta protocol ip`: what nft puts ahead of the first IPv4 header match in a netdev chain.
+fn ipv4_only() -> Vec<Expr> {
+    vec![
+        Expr::MetaProtocol,
+        Expr::Cmp {
+            op: CmpOp::Eq,
+            data: 0x0800u16.to_be_bytes().to_vec(),
+        },
+    ]
 }
 
 /// The same rule as nf_tables expressions, exactly those nft compiles [`netout_rule`]'s text
@@ -657,6 +671,7 @@ pub fn netout_exprs(rule: &NetOutRule, handle: &str) -> HostResult<Vec<Expr>> {
         }
     };
     if !m.networks.is_empty() {
+        exprs.extend(ipv4_only());
         exprs.push(Expr::Payload {
             base: Base::Network,
             offset: 16,
@@ -694,7 +709,7 @@ pub fn netout_exprs(rule: &NetOutRule, handle: &str) -> HostResult<Vec<Expr>> {
             prefix: format!("{} ", log_prefix(handle)),
         });
     }
-    exprs.push(Expr::Accept);
+    exprs.extend(allow_exprs());
     Ok(exprs)
 }
 
@@ -726,8 +741,8 @@ impl Firewall {
         self.run("install firewall", &self.ruleset.globals_script(settings))
     }
 
-    /// Builds the container's chain, its create-time NetOut rules, its dispatch entry and its
-    /// port mappings in one nf_tables netlink batch (the same kernel state as
+    /// Builds the container's table with its create-time NetOut rules, and publishes its
+    /// address and port mappings, as nf_tables netlink batches (the same kernel state as
     /// [`Ruleset::container_script`], without `nft` reading the whole table first).
     pub fn add_container(
         &self,
@@ -735,8 +750,11 @@ impl Firewall {
         netout: &[NetOutRule],
         ports: &[PortMapping],
     ) -> HostResult<()> {
-        let batch = self.ruleset.container_batch(c, netout, ports)?;
-        nftnl::send(batch).map_err(|e| {
+        let [own, shared] = self.ruleset.container_batches(c, netout, ports)?;
+        nftnl::send(own).map_err(|e| {
+            HostError::Failed(format!("set up firewall for {}: nf_tables: {e}", c.handle))
+        })?;
+        nftnl::send(shared).map_err(|e| {
             if e.contains("File exists") && !ports.is_empty() {
                 HostError::Invalid(format!(
                     "a host port of {:?} is already mapped to another container",
@@ -800,10 +818,46 @@ impl Firewall {
         Ok(())
     }
 
-    /// Removes the container's chain, its dispatch entry and (`forget_address`) its
-    /// `containers` element, in one nf_tables netlink batch.
-    pub fn remove_container(&self, c: &ContainerRules<'_>, forget_address: bool) -> HostResult<()> {
-        nftnl::send(self.ruleset.removal_batch(c, forget_address)?).map_err(|e| {
+    /// Deletes the netdev tables named `<prefix><something>` for which `keep` says no (those
+    /// of containers a crash or a lost state left behind). Listed with `nft`, once at start.
+    pub fn remove_tables_unless(
+        &self,
+        prefix: &str,
+        keep: impl Fn(&str) -> bool,
+    ) -> HostResult<()> {
+        let output = std::process::Command::new("nft")
+            .args(["list", "tables", "netdev"])
+            .output()
+            .map_err(|e| HostError::io("run nft list tables", e))?;
+        let listing = String::from_utf8_lossy(&output.stdout);
+        let orphans: Vec<&str> = listing
+            .lines()
+            .filter_map(|line| line.trim().strip_prefix("table netdev "))
+            .filter(|name| name.strip_prefix(prefix).is_some_and(|rest| !keep(rest)))
+            .collect();
+        if orphans.is_empty() {
+            return Ok(());
+        }
+        let script: String = orphans
+            .iter()
+            .map(|name| format!("delete table netdev {name}\n"))
+            .collect();
+        self.run("remove orphaned container tables", &script)
+    }
+
+    /// Removes the container's table.
+    pub fn remove_container(&self, c: &ContainerRules<'_>) -> HostResult<()> {
+        self.send_removal(c, self.ruleset.removal_batch(c))
+    }
+
+    /// Removes the container's `containers` element (when no other container holds its
+    /// address).
+    pub fn forget_address(&self, c: &ContainerRules<'_>) -> HostResult<()> {
+        self.send_removal(c, self.ruleset.forget_batch(c)?)
+    }
+
+    fn send_removal(&self, c: &ContainerRules<'_>, batch: nftnl::Batch) -> HostResult<()> {
+        nftnl::send(batch).map_err(|e| {
             HostError::Failed(format!("remove firewall of {}: nf_tables: {e}", c.handle))
         })
     }
@@ -853,13 +907,17 @@ mod tests {
         assert_eq!(
             netout_rule(&rule, "my app").unwrap(),
             "meta l4proto tcp ip daddr { 10.0.0.1-10.0.0.5, 10.1.0.0-10.1.0.255 } \
-             tcp dport { 80, 8080-9000 } log prefix \"my_app \" accept"
+             tcp dport { 80, 8080-9000 } log prefix \"my_app \" \
+             meta mark set meta mark | 0x00100000 accept"
         );
     }
 
     #[test]
     fn all_and_icmp_rules() {
-        assert_eq!(netout_rule(&NetOutRule::default(), "h").unwrap(), "accept");
+        assert_eq!(
+            netout_rule(&NetOutRule::default(), "h").unwrap(),
+            "meta mark set meta mark | 0x00100000 accept"
+        );
         let icmp = NetOutRule {
             protocol: Protocol::Icmp,
             icmps: Some(IcmpControl {
@@ -874,7 +932,8 @@ mod tests {
         };
         assert_eq!(
             netout_rule(&icmp, "h").unwrap(),
-            "meta l4proto icmp ip daddr { 10.2.0.1 } icmp type 8 icmp code 0 accept"
+            "meta l4proto icmp ip daddr { 10.2.0.1 } icmp type 8 icmp code 0 \
+             meta mark set meta mark | 0x00100000 accept"
         );
     }
 
@@ -927,22 +986,18 @@ mod tests {
     fn container() -> ContainerRules<'static> {
         ContainerRules {
             handle: "h",
-            chain: "c-0123456789",
-            bridge: "trbr-0afe0000",
+            table: "trellis-c-0123456789",
+            device: "trv0123456789-0",
             subnet: "10.254.0.0/30".parse().unwrap(),
             ip: Ipv4Addr::new(10, 254, 0, 1),
-            mac: [0x02, 0, 0, 0, 0, 0x01],
         }
     }
 
     #[test]
     fn removal_deletes_only_the_containers_own_objects() {
         let script = ruleset().removal_script(&container(), true);
-        assert!(script.contains(
-            "delete element ip trellis egress_mac { \"trbr-0afe0000\" . 02:00:00:00:00:01 . 10.254.0.1 }"
-        ));
+        assert!(script.contains("delete table netdev trellis-c-0123456789\n"));
         assert!(script.contains("delete element ip trellis containers { 10.254.0.1 }"));
-        assert!(script.ends_with("delete chain ip trellis c-0123456789\n"));
         assert!(!script.contains("flush chain ip trellis forward_filter"));
         assert!(!script.contains("element ip trellis netin"));
         let kept = ruleset().removal_script(&container(), false);
@@ -957,12 +1012,30 @@ mod tests {
         );
         assert!(ports.contains("add element ip trellis netin { 61001 : 10.254.0.1 . 8080 }"));
         assert!(ports.contains("delete element ip trellis netin { 61001 }"));
-        assert!(!ports.contains("chain ip trellis c-"));
+        assert!(!ports.contains("trellis-c-"));
     }
 
     #[test]
-    fn container_chain_ends_in_a_reject() {
+    fn the_egress_chain_hooks_the_host_veth_and_marks_only_what_it_allows() {
         let script = ruleset().container_script(&container(), &[], &[]).unwrap();
-        assert!(script.contains("add rule ip trellis c-0123456789 ip daddr 10.254.0.0/30 accept\nadd rule ip trellis c-0123456789 reject"));
+        assert!(script.contains(
+            "add chain netdev trellis-c-0123456789 egress { type filter hook ingress device \"trv0123456789-0\" priority 0; policy accept; }"
+        ), "{script}");
+        assert!(script.contains(
+            "add rule netdev trellis-c-0123456789 egress ip daddr 10.254.0.0/30 meta mark set meta mark | 0x00100000 accept"
+        ), "{script}");
+        // The policy accepts unmarked traffic here; forward_filter rejects what lacks the mark.
+        let globals = ruleset().globals_script(&FirewallSettings::default());
+        let forward: Vec<&str> = globals
+            .lines()
+            .filter(|l| l.starts_with("add rule ip trellis forward_filter"))
+            .collect();
+        assert_eq!(
+            forward[forward.len() - 2..],
+            [
+                "add rule ip trellis forward_filter iifname \"trbr-*\" meta mark & 0x00100000 == 0x00100000 accept",
+                "add rule ip trellis forward_filter iifname \"trbr-*\" reject with icmp type admin-prohibited",
+            ]
+        );
     }
 }

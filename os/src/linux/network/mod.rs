@@ -77,6 +77,8 @@ pub struct Networker {
 
 /// What both setup and the deferred part of a removal use.
 struct Removal {
+    /// The server's `--tag`, part of every name.
+    tag: String,
     bridge_prefix: String,
     locks_dir: PathBuf,
     states: StateStore,
@@ -150,16 +152,26 @@ impl Networker {
             }
         }
         let removal = Arc::new(Removal {
+            tag: settings.tag.clone(),
             bridge_prefix,
             locks_dir: layout.network_locks_dir(),
             states: states.clone(),
             firewall,
             address_holders: Mutex::new(address_holders),
         });
-        // Removals a crash or a stop cut short.
-        for state in states.retired()? {
-            removal.finish(&state)?;
+        // Removals a crash or a stop cut short, then container tables nothing accounts for.
+        let retired = states.retired()?;
+        for state in &retired {
+            removal.finish(state)?;
         }
+        let mut live_ids = BTreeSet::new();
+        for handle in states.handles()? {
+            live_ids.extend(states.load(&handle)?.map(|s| s.id));
+        }
+        let table_prefix = LinkNames::for_id(&removal.tag, "").firewall_table;
+        removal
+            .firewall
+            .remove_tables_unless(&table_prefix, |id| live_ids.contains(id))?;
         let networker = Networker {
             layout,
             settings,
@@ -207,26 +219,26 @@ impl Removal {
     /// if no other container uses it, and last its retired state. Under the bridge lock, so a
     /// create on the same subnet does not race the bridge's deletion.
     fn finish(&self, state: &NetworkState) -> HostResult<()> {
-        let names = LinkNames::for_id(&state.id);
+        let names = LinkNames::for_id(&self.tag, &state.id);
         let bridge = naming::bridge_name(&self.bridge_prefix, state.assignment.subnet);
         let _lock = self.lock_bridge(&bridge)?;
-        let firewall;
-        {
-            // Held through the deletion when the address is forgotten, so that a setup taking
-            // it meanwhile adds its element after this deletion, not before.
+        let rules = Networker::rules(state, &names);
+        let firewall = self.firewall.remove_container(&rules).and_then(|()| {
+            // Held through the deletion, so that a setup taking the address meanwhile adds its
+            // element after this deletion, not before.
             let holders = self
                 .address_holders
                 .lock()
                 .unwrap_or_else(|p| p.into_inner());
-            let forget = holders
+            let held = holders
                 .get(&state.assignment.container_ip)
-                .is_none_or(|h| h.is_empty());
-            let holders = forget.then_some(holders);
-            firewall = self
-                .firewall
-                .remove_container(&Networker::rules(state, &names, &bridge), forget);
-            drop(holders);
-        }
+                .is_some_and(|h| !h.is_empty());
+            if held {
+                Ok(())
+            } else {
+                self.firewall.forget_address(&rules)
+            }
+        });
         // The links go whether or not the firewall part failed; the state stays until all did.
         let links = netlink::with_netlink(None, |nl| {
             for link in [&names.host_veth, &names.ifb] {
@@ -276,18 +288,13 @@ fn lock_file(path: &std::path::Path) -> HostResult<Flock<std::fs::File>> {
 }
 
 impl Networker {
-    fn rules<'a>(
-        state: &'a NetworkState,
-        names: &'a LinkNames,
-        bridge: &'a str,
-    ) -> ContainerRules<'a> {
+    fn rules<'a>(state: &'a NetworkState, names: &'a LinkNames) -> ContainerRules<'a> {
         ContainerRules {
             handle: &state.handle,
-            chain: &names.chain,
-            bridge,
+            table: &names.firewall_table,
+            device: &names.host_veth,
             subnet: state.assignment.subnet,
             ip: state.assignment.container_ip,
-            mac: naming::container_mac(&state.id),
         }
     }
 
@@ -324,7 +331,7 @@ impl Networker {
         netns::create(&netns_path)?;
         let netns_file = std::fs::File::open(&netns_path)
             .map_err(|e| HostError::io(format!("open {}", netns_path.display()), e))?;
-        let names = LinkNames::for_id(&state.id);
+        let names = LinkNames::for_id(&self.removal.tag, &state.id);
         let bridge = self.bridge_of(assignment.subnet);
         let mtu = self.settings.mtu;
         let gateway = assignment.gateway_ip();
@@ -344,13 +351,7 @@ impl Networker {
                     "1",
                 )?;
                 if nl.link(&names.host_veth)?.is_none() {
-                    nl.create_veth(
-                        &names.host_veth,
-                        &names.container_veth,
-                        naming::container_mac(&state.id),
-                        mtu,
-                        &netns_file,
-                    )?;
+                    nl.create_veth(&names.host_veth, &names.container_veth, mtu, &netns_file)?;
                 }
                 let host_end = nl.link(&names.host_veth)?.ok_or_else(|| {
                     HostError::Failed(format!("veth {} vanished after creation", names.host_veth))
@@ -383,7 +384,7 @@ impl Networker {
 
         self.write_dns_files(handle, &assignment)?;
         self.removal.firewall.add_container(
-            &Self::rules(&state, &names, &bridge),
+            &Self::rules(&state, &names),
             &config.netout_rules,
             &state.port_mappings,
         )?;
@@ -441,11 +442,10 @@ impl Networker {
     /// next start to finish.
     pub fn teardown(&self, handle: &str, assignment: Option<&NetworkAssignment>) -> HostResult<()> {
         if let Some(state) = self.states.load(handle)? {
-            let names = LinkNames::for_id(&state.id);
-            let bridge = self.bridge_of(state.assignment.subnet);
+            let names = LinkNames::for_id(&self.removal.tag, &state.id);
             self.removal
                 .firewall
-                .remove_ports(&Self::rules(&state, &names, &bridge), &state.port_mappings)?;
+                .remove_ports(&Self::rules(&state, &names), &state.port_mappings)?;
             self.states.retire(&state)?;
             self.removal
                 .release_address(state.assignment.container_ip, handle);
@@ -480,11 +480,10 @@ impl Networker {
             return Ok(());
         }
         check_host_port_free(mapping.host_port)?;
-        let names = LinkNames::for_id(&state.id);
-        let bridge = self.bridge_of(state.assignment.subnet);
+        let names = LinkNames::for_id(&self.removal.tag, &state.id);
         self.removal
             .firewall
-            .map_port(&Self::rules(&state, &names, &bridge), mapping)?;
+            .map_port(&Self::rules(&state, &names), mapping)?;
         state.port_mappings.push(*mapping);
         self.states.save(&state)
     }
@@ -496,11 +495,10 @@ impl Networker {
         rules: &[NetOutRule],
     ) -> HostResult<()> {
         let state = self.require_state(handle)?;
-        let names = LinkNames::for_id(&state.id);
-        let bridge = self.bridge_of(state.assignment.subnet);
+        let names = LinkNames::for_id(&self.removal.tag, &state.id);
         self.removal
             .firewall
-            .add_netout(&Self::rules(&state, &names, &bridge), rules)
+            .add_netout(&Self::rules(&state, &names), rules)
     }
 
     /// The address and port mappings the host has in place for `handle`.
@@ -529,7 +527,7 @@ impl Networker {
         let Some(state) = self.states.load(handle)? else {
             return Ok(None);
         };
-        let names = LinkNames::for_id(&state.id);
+        let names = LinkNames::for_id(&self.removal.tag, &state.id);
         // The host veth's counters from sysfs: two small reads, where a netlink query costs a
         // thread, a runtime and a socket, per container in every BulkMetrics. The host side
         // receives what the container sends.

@@ -46,17 +46,18 @@ pub struct LinkNames {
     pub container_veth: String,
     /// Intermediate device that shapes traffic coming from the container.
     pub ifb: String,
-    /// The container's firewall chain.
-    pub chain: String,
+    /// The container's own nftables table (netdev family), holding its egress rules.
+    pub firewall_table: String,
 }
 
 impl LinkNames {
-    pub fn for_id(id: &str) -> LinkNames {
+    /// The names of the container `id` of the server tagged `tag`.
+    pub fn for_id(tag: &str, id: &str) -> LinkNames {
         LinkNames {
             host_veth: format!("{LINK_PREFIX}{id}-0"),
             container_veth: format!("{LINK_PREFIX}{id}-1"),
             ifb: format!("{LINK_PREFIX}{id}-i"),
-            chain: format!("c-{id}"),
+            firewall_table: format!("trellis{tag}-c-{id}"),
         }
     }
 }
@@ -88,18 +89,6 @@ pub fn random_mac() -> std::io::Result<[u8; 6]> {
     Ok(mac)
 }
 
-/// The MAC of a container's interface, from its id: locally administered unicast, then the id's
-/// low 40 bits. Never the same for two containers alive at once (their ids differ), and a new
-/// container on a reused address never looks like the old one to the firewall.
-pub fn container_mac(id: &str) -> [u8; 6] {
-    let value = id.bytes().fold(0u64, |value, digit| {
-        let digit = BASE32.iter().position(|b| *b == digit).unwrap_or(0) as u64;
-        (value << 5) | digit
-    });
-    let bytes = value.to_be_bytes();
-    [0x02, bytes[3], bytes[4], bytes[5], bytes[6], bytes[7]]
-}
-
 /// The log prefix of a container's logged NetOut rules: the first 28 characters of the handle
 /// (as gdn), restricted to characters that need no quoting.
 pub fn log_prefix(handle: &str) -> String {
@@ -121,22 +110,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn container_macs_are_unicast_local_and_follow_the_id() {
-        let a = container_mac("0000000001");
-        assert_eq!(a, [0x02, 0, 0, 0, 0, 0x01]);
-        let b = container_mac("vvvvvvvvvv");
-        assert_eq!(b, [0x02, 0xff, 0xff, 0xff, 0xff, 0xff]);
-        assert_ne!(container_mac("0k3v9a1bq2"), container_mac("0k3v9a1bq3"));
-        for mac in [a, b] {
-            assert_eq!(mac[0] & 0x03, 0x02, "locally administered unicast");
-        }
-    }
-
-    #[test]
     fn names_fit_ifnamsiz() {
         let id = new_id().unwrap();
         assert!(is_valid_id(&id), "{id}");
-        let names = LinkNames::for_id(&id);
+        let names = LinkNames::for_id("zz", &id);
         for name in [&names.host_veth, &names.container_veth, &names.ifb] {
             assert!(name.len() <= 15, "{name} is too long");
         }

@@ -164,20 +164,19 @@ impl Netlink {
             .ok_or_else(|| HostError::Failed(format!("bridge {name} vanished after creation")))
     }
 
-    /// Creates a veth pair whose `peer` end, with MAC `peer_mac`, is born in the namespace
-    /// `peer_netns`.
+    /// Creates a veth pair whose `peer` end is born in the namespace `peer_netns`. Its MAC is
+    /// random: a container given a freed address must not look like the old one, whose port
+    /// (and namespace, still answering) may linger on the bridge for a moment.
     pub fn create_veth(
         &self,
         name: &str,
         peer: &str,
-        peer_mac: [u8; 6],
         mtu: u32,
         peer_netns: &std::fs::File,
     ) -> HostResult<()> {
         use std::os::fd::AsRawFd;
         let peer_message = LinkUnspec::new_with_name(peer)
             .mtu(mtu)
-            .address(peer_mac.to_vec())
             .setns_by_fd(peer_netns.as_raw_fd())
             .build();
         let message = LinkVeth::new(name, peer)

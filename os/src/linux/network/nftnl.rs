@@ -26,6 +26,8 @@ const NLA_F_NESTED: u16 = 0x8000;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
+const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWRULE: u16 = 6;
@@ -37,10 +39,24 @@ const NFT_MSG_DELSETELEM: u16 = 14;
 const AF_UNSPEC: u8 = 0;
 /// The `ip` family.
 pub const FAMILY_IPV4: u8 = 2;
+/// NFPROTO_NETDEV: per-device hooks (ingress).
+pub const FAMILY_NETDEV: u8 = 5;
+/// NF_NETDEV_INGRESS
+pub const HOOK_INGRESS: u32 = 0;
 
 // Attribute numbers (linux/netfilter/nf_tables.h).
+const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
+const NFTA_CHAIN_HOOK: u16 = 4;
+const NFTA_CHAIN_POLICY: u16 = 5;
+const NFTA_CHAIN_TYPE: u16 = 7;
+const NFTA_HOOK_HOOKNUM: u16 = 1;
+const NFTA_HOOK_PRIORITY: u16 = 2;
+const NFTA_HOOK_DEV: u16 = 3;
+const NFT_META_PROTOCOL: u32 = 1;
+const NFT_META_MARK: u32 = 3;
+const NFT_META_L4PROTO: u32 = 16;
 const NFTA_RULE_TABLE: u16 = 1;
 const NFTA_RULE_CHAIN: u16 = 2;
 const NFTA_RULE_EXPRESSIONS: u16 = 4;
@@ -156,6 +172,12 @@ pub struct AnonSet {
 pub enum Expr {
     /// `meta load l4proto => reg 1`
     MetaL4proto,
+    /// `meta load protocol => reg 1` (the link layer's protocol, as netdev chains check it)
+    MetaProtocol,
+    /// `meta load mark => reg 1`
+    MetaMark,
+    /// `meta set mark with reg 1`
+    MetaSetMark,
     /// `payload load <len>b @ <base> + <offset> => reg 1`
     Payload { base: Base, offset: u32, len: u32 },
     /// `cmp <op> reg 1 <data>`
@@ -344,6 +366,39 @@ impl Batch {
         );
     }
 
+    /// `add table <family> <table>`, created unless it exists.
+    pub fn add_table(&mut self) {
+        let table = self.table.clone();
+        self.acked_message(NFT_MSG_NEWTABLE, NLM_F_CREATE, |w| {
+            w.str(NFTA_TABLE_NAME, &table);
+        });
+    }
+
+    /// `delete table <family> <table>`, with everything in it (it must exist).
+    pub fn delete_table(&mut self) {
+        let table = self.table.clone();
+        self.acked_message(NFT_MSG_DELTABLE, 0, |w| {
+            w.str(NFTA_TABLE_NAME, &table);
+        });
+    }
+
+    /// `add chain <table> <chain> { type filter hook <hook> device <device> priority
+    /// <priority>; policy accept; }`: a base chain on one device (netdev family).
+    pub fn add_device_chain(&mut self, chain: &str, hook: u32, device: &str, priority: i32) {
+        let table = self.table.clone();
+        self.acked_message(NFT_MSG_NEWCHAIN, NLM_F_CREATE, |w| {
+            w.str(NFTA_CHAIN_TABLE, &table);
+            w.str(NFTA_CHAIN_NAME, chain);
+            w.nested(NFTA_CHAIN_HOOK, |w| {
+                w.u32be(NFTA_HOOK_HOOKNUM, hook);
+                w.u32be(NFTA_HOOK_PRIORITY, priority as u32);
+                w.str(NFTA_HOOK_DEV, device);
+            });
+            w.u32be(NFTA_CHAIN_POLICY, NF_ACCEPT);
+            w.str(NFTA_CHAIN_TYPE, "filter");
+        });
+    }
+
     /// `add chain <table> <chain>`: a regular chain, created unless it exists.
     pub fn add_chain(&mut self, chain: &str) {
         let table = self.table.clone();
@@ -528,11 +583,23 @@ fn successor(key: &[u8]) -> Option<Vec<u8>> {
 
 fn encode_expr(w: &mut Writer, expr: &Expr, set_ids: &mut impl Iterator<Item = u32>) {
     match expr {
-        Expr::MetaL4proto => {
+        Expr::MetaL4proto | Expr::MetaProtocol | Expr::MetaMark => {
+            let key = match expr {
+                Expr::MetaL4proto => NFT_META_L4PROTO,
+                Expr::MetaProtocol => NFT_META_PROTOCOL,
+                _ => NFT_META_MARK,
+            };
             w.str(NFTA_EXPR_NAME, "meta");
             w.nested(NFTA_EXPR_DATA, |w| {
-                w.u32be(2, 16); // NFTA_META_KEY = NFT_META_L4PROTO
+                w.u32be(2, key); // NFTA_META_KEY
                 w.u32be(1, NFT_REG_1); // NFTA_META_DREG
+            });
+        }
+        Expr::MetaSetMark => {
+            w.str(NFTA_EXPR_NAME, "meta");
+            w.nested(NFTA_EXPR_DATA, |w| {
+                w.u32be(2, NFT_META_MARK); // NFTA_META_KEY
+                w.u32be(3, NFT_REG_1); // NFTA_META_SREG
             });
         }
         Expr::Payload { base, offset, len } => {
