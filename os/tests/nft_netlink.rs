@@ -389,6 +389,16 @@ fn container_setup_and_teardown_match_the_nft_scripts() {
         },
         &|f| f.add_container(&rules(1), &netout[1], &ports[1]).unwrap(),
     );
+    // A port mapped to a running container, and unmapped.
+    let listed = step(
+        &|| ruleset.port_script(&rules(0), &mapping(62005, 7)).unwrap(),
+        &|f| f.map_port(&rules(0), &mapping(62005, 7)).unwrap(),
+    );
+    assert!(listed.contains("62005 : 10.254.0.2 . 7"), "{listed}");
+    step(
+        &|| ruleset.ports_removal_script(&rules(0), &[mapping(62005, 7)]),
+        &|f| f.remove_ports(&rules(0), &[mapping(62005, 7)]).unwrap(),
+    );
     // Removal in its two parts: the port mappings, then the rest.
     let ruleset = &ruleset;
     let remove = |c: ContainerRules<'static>, ports: Vec<PortMapping>, forget: bool| {

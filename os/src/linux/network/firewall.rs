@@ -431,6 +431,18 @@ impl Ruleset {
         Ok(Some(batch))
     }
 
+    /// [`Ruleset::port_script`] as a netlink batch.
+    pub fn port_batch(
+        &self,
+        c: &ContainerRules<'_>,
+        mapping: &PortMapping,
+    ) -> HostResult<nftnl::Batch> {
+        let (key, data) = Self::netin_element(c, mapping)?;
+        let mut batch = self.batch()?;
+        batch.add_element("netin", &key, Some(&data));
+        Ok(batch)
+    }
+
     pub fn port_script(&self, c: &ContainerRules<'_>, mapping: &PortMapping) -> HostResult<String> {
         let host = port_number(mapping.host_port, "host")?;
         let container = port_number(mapping.container_port, "container")?;
@@ -783,16 +795,18 @@ impl Firewall {
         })
     }
 
+    /// Publishes one more port mapping: one netlink batch with the same element as
+    /// [`Ruleset::port_script`].
     pub fn map_port(&self, c: &ContainerRules<'_>, mapping: &PortMapping) -> HostResult<()> {
-        let script = self.ruleset.port_script(c, mapping)?;
-        self.runner.run(&script).map_err(|e| {
+        let batch = self.ruleset.port_batch(c, mapping)?;
+        nftnl::send(batch).map_err(|e| {
             if e.contains("File exists") {
                 HostError::Invalid(format!(
                     "host port {} is already mapped to another container",
                     mapping.host_port
                 ))
             } else {
-                HostError::Failed(format!("map port for {}: nft: {e}", c.handle))
+                HostError::Failed(format!("map port for {}: nf_tables: {e}", c.handle))
             }
         })
     }
