@@ -109,6 +109,21 @@ impl Fixture {
         format!("trellis{}", self.tag)
     }
 
+    /// The containers' egress chains in this server's egress tables.
+    fn egress_chains(&self) -> Vec<String> {
+        let listing = cmd("nft", &["list", "chains", "netdev"]);
+        let mut ours = false;
+        let mut chains = Vec::new();
+        for line in listing.lines().map(str::trim) {
+            if let Some(table) = line.strip_prefix("table netdev ") {
+                ours = table.starts_with(&format!("{}-egress-", self.table()));
+            } else if ours && line.starts_with("chain ") {
+                chains.push(line.to_string());
+            }
+        }
+        chains
+    }
+
     fn bridge_prefix(&self) -> String {
         format!("trbr{}-", self.tag)
     }
@@ -131,13 +146,7 @@ impl Fixture {
                 left.push(line.to_string());
             }
         }
-        // The containers' own tables.
-        let tables = cmd("nft", &["list", "tables", "netdev"]);
-        for line in tables.lines() {
-            if line.contains(&format!("table netdev {}-c-", self.table())) {
-                left.push(line.to_string());
-            }
-        }
+        left.extend(self.egress_chains());
         let routes = cmd("ip", &["-o", "route", "show"]);
         for line in routes.lines() {
             if line.contains(&self.bridge_prefix()) {
@@ -170,9 +179,7 @@ impl Drop for Fixture {
             }
         }
         self.networker.settle();
-        let _ = Command::new("nft")
-            .args(["delete", "table", "ip", &self.table()])
-            .status();
+        trellis_os::linux::network::firewall::delete_server_tables(&self.tag);
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }
@@ -668,16 +675,13 @@ fn a_start_finishes_removals_a_crash_cut_short() {
     f.networker.teardown("cut-short", None).unwrap();
     let retired = f.layout.network_state_dir().join(".retired");
     let chains = || {
-        let own_tables = cmd("nft", &["list", "tables", "netdev"]);
-        cmd("nft", &["list", "table", "ip", &f.table()])
+        let mut left: Vec<String> = cmd("nft", &["list", "table", "ip", &f.table()])
             .lines()
-            .chain(own_tables.lines())
-            .filter(|l| {
-                l.trim().starts_with("elements")
-                    || l.contains(&format!("table netdev {}-c-", f.table()))
-            })
+            .filter(|l| l.trim().starts_with("elements"))
             .map(str::to_string)
-            .collect::<Vec<_>>()
+            .collect();
+        left.extend(f.egress_chains());
+        left
     };
     // Still lingering: the chain and its entries are there.
     assert_eq!(std::fs::read_dir(&retired).unwrap().count(), 1);
@@ -697,16 +701,28 @@ fn startup_removes_orphan_bridges_and_container_tables() {
         .status()
         .unwrap()
         .success());
-    // And a container table that no state accounts for (a lost state, an older server).
-    let orphan = format!("{}-c-0000000000", f.table());
+    // And a container chain that no state accounts for (a lost state, an older server).
+    let table = format!("{}-egress-0", f.table());
     assert!(Command::new("nft")
-        .args(["add", "table", "netdev", &orphan])
+        .args(["add", "table", "netdev", &table])
+        .status()
+        .unwrap()
+        .success());
+    assert!(Command::new("nft")
+        .args([
+            "add",
+            "chain",
+            "netdev",
+            &table,
+            "c-0000000000",
+            "{ type filter hook ingress device \"trv0000000000-0\" priority 0; policy accept; }",
+        ])
         .status()
         .unwrap()
         .success());
     let again = Fixture::new("c2");
     assert!(!cmd("ip", &["-o", "link"]).contains("trbrc2-0ad31f00"));
-    assert!(!cmd("nft", &["list", "tables", "netdev"]).contains(&orphan));
+    assert!(!cmd("nft", &["list", "chains", "netdev"]).contains("c-0000000000"));
     drop(again);
     drop(f);
 }

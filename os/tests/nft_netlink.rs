@@ -49,24 +49,24 @@ impl Drop for Netns {
     }
 }
 
-/// A container's table, listed under a neutral name.
-fn nft_list(table: &str) -> String {
+/// A container's egress chain, listed under a neutral name.
+fn nft_list(chain: &str) -> String {
     let output = Command::new("nft")
-        .args(["list", "table", "netdev", table])
+        .args(["list", "chain", "netdev", "trq-egress-0", chain])
         .stderr(Stdio::inherit())
         .output()
         .expect("run nft list");
-    assert!(output.status.success(), "nft list table {table}");
+    assert!(output.status.success(), "nft list chain {chain}");
     String::from_utf8(output.stdout)
         .unwrap()
-        .replace(&format!("table netdev {table} {{"), "table netdev X {")
+        .replace(&format!("chain {chain} {{"), "chain X {")
 }
 
-/// A container's table with its egress chain, as setup makes it, by script.
-fn egress_table(table: &str) -> String {
+/// A container's egress chain, as setup makes it, by script.
+fn egress_chain(chain: &str) -> String {
     format!(
-        "add table netdev {table}\nadd chain netdev {table} egress {{ type filter hook ingress \
-         device \"trvq-0\" priority 0; policy accept; }}\n"
+        "add table netdev trq-egress-0\nadd chain netdev trq-egress-0 {chain} {{ type filter hook \
+         ingress device \"trvq-0\" priority 0; policy accept; }}\n"
     )
 }
 
@@ -206,9 +206,10 @@ fn netlink_insertion_matches_the_nft_script() {
         table: "ip trq".into(),
         bridge_prefix: "trbrq-".into(),
     };
-    let container = |table: &'static str| ContainerRules {
+    let container = |chain: &'static str| ContainerRules {
         handle: "some app",
-        table,
+        table: "trq-egress-0",
+        chain,
         device: "trvq-0",
         subnet: "10.254.0.0/30".parse().unwrap(),
         ip: "10.254.0.1".parse().unwrap(),
@@ -216,8 +217,8 @@ fn netlink_insertion_matches_the_nft_script() {
     let rules = variants();
     let (a, b) = ns.run(|| {
         let nft = NftCommand;
-        let setup = egress_table("trq-a") + &egress_table("trq-b");
-        nft.run(&setup).expect("create the tables");
+        let setup = egress_chain("a") + &egress_chain("b");
+        nft.run(&setup).expect("create the chains");
         // One call per rule, then all of them in one call.
         let calls: Vec<&[NetOutRule]> = rules
             .iter()
@@ -225,15 +226,15 @@ fn netlink_insertion_matches_the_nft_script() {
             .chain([&rules[..]])
             .collect();
         for rules in calls {
-            let script = ruleset.netout_script(&container("trq-a"), rules).unwrap();
+            let script = ruleset.netout_script(&container("a"), rules).unwrap();
             nft.run(&script).expect("nft inserts");
             let batch = ruleset
-                .netout_batch(&container("trq-b"), rules)
+                .netout_batch(&container("b"), rules)
                 .unwrap()
                 .expect("a batch");
             nftnl::send(batch).expect("netlink inserts");
         }
-        (nft_list("trq-a"), nft_list("trq-b"))
+        (nft_list("a"), nft_list("b"))
     });
     assert_eq!(a.lines().count(), 2 * rules.len() + 5, "{a}");
     assert!(
@@ -250,15 +251,16 @@ fn a_failed_batch_inserts_nothing_and_says_why() {
         table: "ip trq".into(),
         bridge_prefix: "trbrq-".into(),
     };
-    let rules = |table: &'static str| ContainerRules {
+    let rules = |chain: &'static str| ContainerRules {
         handle: "h",
-        table,
+        table: "trq-egress-0",
+        chain,
         device: "trvq-0",
         subnet: "10.254.0.0/30".parse().unwrap(),
         ip: "10.254.0.1".parse().unwrap(),
     };
     ns.run(|| {
-        NftCommand.run(&egress_table("trq-a")).unwrap();
+        NftCommand.run(&egress_chain("a")).unwrap();
         // No such chain: the kernel refuses and nothing is left behind.
         let batch = ruleset
             .netout_batch(&rules("missing"), &variants())
@@ -266,7 +268,7 @@ fn a_failed_batch_inserts_nothing_and_says_why() {
             .unwrap();
         let error = nftnl::send(batch).unwrap_err();
         assert!(error.contains("No such file or directory"), "{error}");
-        assert_eq!(nft_list("trq-a").lines().count(), 5);
+        assert_eq!(nft_list("a").lines().count(), 5);
         let sets = Command::new("nft").args(["list", "sets"]).output().unwrap();
         assert!(!String::from_utf8_lossy(&sets.stdout).contains("__set"));
     });
@@ -302,28 +304,28 @@ fn container_setup_and_teardown_match_the_nft_scripts() {
     let containers = [
         (
             "app-1",
-            "trellis-c-0000000001",
+            "c-0000000001",
             "trv0000000001-0",
             "10.254.0.0/30",
             "10.254.0.2",
         ),
         (
             "app 2",
-            "trellis-c-0000000002",
+            "c-0000000002",
             "trv0000000002-0",
             "10.254.0.4/30",
             "10.254.0.6",
         ),
         (
             "app-3",
-            "trellis-c-0000000003",
+            "c-0000000003",
             "trv0000000003-0",
             "10.254.0.0/30",
             "10.254.0.3",
         ),
         (
             "app-4",
-            "trellis-c-0000000004",
+            "c-0000000004",
             "trv0000000004-0",
             "10.254.1.0/24",
             "10.254.1.77",
@@ -331,7 +333,12 @@ fn container_setup_and_teardown_match_the_nft_scripts() {
     ];
     let rules = |i: usize| ContainerRules {
         handle: containers[i].0,
-        table: containers[i].1,
+        table: if i == 2 {
+            "trq-egress-1"
+        } else {
+            "trq-egress-0"
+        },
+        chain: containers[i].1,
         device: containers[i].2,
         subnet: containers[i].3.parse().unwrap(),
         ip: containers[i].4.parse().unwrap(),
@@ -376,7 +383,7 @@ fn container_setup_and_teardown_match_the_nft_scripts() {
             &|f| f.add_container(&rules(i), &netout[i], &ports[i]).unwrap(),
         );
         assert!(
-            listed.contains(&format!("table netdev {} {{", containers[i].1)),
+            listed.contains(&format!("chain {} {{", containers[i].1)),
             "{listed}"
         );
     }
@@ -414,14 +421,14 @@ fn container_setup_and_teardown_match_the_nft_scripts() {
         )
     };
     let listed = remove(rules(1), ports[1].clone(), true);
-    assert!(!listed.contains("trellis-c-0000000002"), "{listed}");
+    assert!(!listed.contains("c-0000000002"), "{listed}");
     assert!(!listed.contains("61001"), "{listed}");
     assert!(!listed.contains("10.254.0.6"), "{listed}");
-    assert!(listed.contains("trellis-c-0000000003"), "{listed}");
+    assert!(listed.contains("c-0000000003"), "{listed}");
     // Removing again, and removing what was never added, succeed and change nothing.
     remove(rules(1), ports[1].clone(), true);
     let never = ContainerRules {
-        table: "trellis-c-0000000009",
+        chain: "c-0000000009",
         ip: "10.254.0.9".parse().unwrap(),
         ..rules(0)
     };
@@ -429,7 +436,7 @@ fn container_setup_and_teardown_match_the_nft_scripts() {
     assert_eq!(after, listed);
     // An address another container holds keeps its `containers` element.
     let kept = remove(rules(0), ports[0].clone(), false);
-    assert!(!kept.contains("trellis-c-0000000001"), "{kept}");
+    assert!(!kept.contains("c-0000000001"), "{kept}");
     assert!(kept.contains("10.254.0.2"), "{kept}");
     for i in [0, 2, 3] {
         remove(rules(i), ports[i].clone(), true);

@@ -474,10 +474,7 @@ impl TestServer {
         }
         // The server's own firewall table outlives it by design (containers keep running);
         // a test server's containers are gone by now, so its table goes too.
-        let _ = Command::new("nft")
-            .args(["delete", "table", "ip", &format!("trellis{}", self.tag())])
-            .stderr(Stdio::null())
-            .status();
+        trellis_os::linux::network::firewall::delete_server_tables(self.tag());
         let layout = trellis_os::Layout::new(
             self.depot(),
             self.dir().join("state"),

@@ -150,9 +150,7 @@ fn run(options: &Options) -> Result<(), String> {
     }
     // The deferred part of every removal, before the table goes.
     host.network.settle();
-    let _ = std::process::Command::new("nft")
-        .args(["delete", "table", "ip", "trellisbn"])
-        .status();
+    trellis_os::linux::network::firewall::delete_server_tables("bn");
     let _ = std::fs::remove_dir_all(&base);
     result
 }

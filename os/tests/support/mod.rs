@@ -43,10 +43,7 @@ impl Drop for TestHost {
         self.host.settle();
         let tag = &self.host.network.settings().tag;
         if !tag.is_empty() {
-            let _ = std::process::Command::new("nft")
-                .args(["delete", "table", "ip", &format!("trellis{tag}")])
-                .stderr(std::process::Stdio::null())
-                .status();
+            trellis_os::linux::network::firewall::delete_server_tables(tag);
         }
         let _ = std::fs::remove_dir_all(&self.base);
     }

@@ -1,13 +1,15 @@
 //! NAT and filtering with nftables: a table of our own (`ip trellis<tag>`) for what all
-//! containers share, and a small `netdev` table per container for its egress rules.
+//! containers share, and each container's egress rules in a chain of its own.
 //!
 //! Layout:
-//! - `trellis<tag>-c-<id>` (netdev family), chain `egress` on the ingress hook of the container's
-//!   host-side veth: it sees exactly what the container sends, whatever addresses it claims.
-//!   Traffic to the container's own subnet and whatever its NetOut rules allow (accept, or
-//!   log and accept) gets the [`ALLOWED_MARK`] bit. A NetOut rule is a rule in this table
-//!   alone, so adding one costs the same however many containers exist (the kernel validates
-//!   the table a rule goes into, and this one holds one container's rules).
+//! - `c-<id>` in `netdev trellis<tag>-egress-<digit>` (32 tables, by the id's last digit): a
+//!   chain on the ingress hook of the container's host-side veth, so it sees exactly what the
+//!   container sends, whatever addresses it claims. Traffic to the container's own subnet and
+//!   whatever its NetOut rules allow (accept, or log and accept) gets the [`ALLOWED_MARK`]
+//!   bit. Adding a rule costs about the same however many containers exist: the kernel
+//!   validates every chain of the table a rule goes into (1/32 of the containers), and walks
+//!   the list of all tables (a few) on every change. One table for all containers made the
+//!   first grow with the containers; one table each, the second.
 //! - `forward_filter` (hook forward): established/related and published-port (DNAT) traffic
 //!   passes; traffic from our bridges to a `--deny-network` destination is rejected; the rest
 //!   from our bridges passes only with the mark: egress is default-deny.
@@ -28,9 +30,9 @@
 //! tested against.
 //!
 //! Removal comes in two parts. The port mappings go at once (the host port and the address
-//! may go to another container straight away). The container's table and its `containers`
+//! may go to another container straight away). The container's chain and its `containers`
 //! element go later, off destroy's path (see `Networker::teardown`): on this kernel any
-//! nf_tables deletion waits for an RCU grace period, 10 to 20 ms. Until then the stale table
+//! nf_tables deletion waits for an RCU grace period, 10 to 20 ms. Until then the stale chain
 //! hooks a device that is gone with the container's namespace, and matches nothing.
 
 use super::naming::log_prefix;
@@ -75,6 +77,33 @@ impl NftRunner for NftCommand {
     }
 }
 
+/// Deletes every nftables table of the server tagged `tag`: `ip trellis<tag>` and its egress
+/// tables. For tests and benchmarks cleaning up after a server whose containers are gone (a
+/// server leaves its tables in place when it stops, for the containers that keep running).
+pub fn delete_server_tables(tag: &str) {
+    let prefix = super::naming::firewall_table_prefix(tag);
+    let listing = std::process::Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let mut script = String::new();
+    for line in listing.lines() {
+        match line.split_whitespace().collect::<Vec<_>>()[..] {
+            ["table", "ip", name] if name == format!("trellis{tag}") => {
+                let _ = writeln!(script, "delete table ip {name}");
+            }
+            ["table", "netdev", name] if name.starts_with(&prefix) => {
+                let _ = writeln!(script, "delete table netdev {name}");
+            }
+            _ => {}
+        }
+    }
+    if !script.is_empty() {
+        let _ = NftCommand.run(&script);
+    }
+}
+
 /// Operator settings for the firewall.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FirewallSettings {
@@ -88,8 +117,10 @@ pub struct FirewallSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerRules<'a> {
     pub handle: &'a str,
-    /// The container's netdev table.
+    /// The netdev table holding the container's egress chain (shared with other containers).
     pub table: &'a str,
+    /// The container's egress chain.
+    pub chain: &'a str,
     /// The host end of its veth pair, whose ingress its egress chain hooks.
     pub device: &'a str,
     pub subnet: Ipv4Network,
@@ -98,8 +129,6 @@ pub struct ContainerRules<'a> {
 
 /// The packet mark bit that a container's egress chain sets on what it allows.
 pub const ALLOWED_MARK: u32 = 0x0010_0000;
-/// The chain in each container's table.
-const EGRESS_CHAIN: &str = "egress";
 
 pub struct Firewall {
     runner: Box<dyn NftRunner>,
@@ -231,6 +260,16 @@ impl Ruleset {
         format!("netdev {}", c.table)
     }
 
+    /// `add chain` for the container's egress chain, on its host veth's ingress.
+    fn chain_declaration(c: &ContainerRules<'_>) -> String {
+        format!(
+            "add chain {} {} {{ type filter hook ingress device \"{}\" priority 0; policy accept; }}",
+            Self::container_table(c),
+            c.chain,
+            c.device
+        )
+    }
+
     /// (Re)builds a container's egress chain with its create-time rules and publishes its
     /// address and port mappings.
     pub fn container_script(
@@ -244,15 +283,12 @@ impl Ruleset {
         let mut s = String::new();
         self.declarations(&mut s);
         let _ = writeln!(s, "add table {own}");
+        let chain = c.chain;
+        let _ = writeln!(s, "{}", Self::chain_declaration(c));
+        let _ = writeln!(s, "flush chain {own} {chain}");
         let _ = writeln!(
             s,
-            "add chain {own} {EGRESS_CHAIN} {{ type filter hook ingress device \"{}\" priority 0; policy accept; }}",
-            c.device
-        );
-        let _ = writeln!(s, "flush chain {own} {EGRESS_CHAIN}");
-        let _ = writeln!(
-            s,
-            "add rule {own} {EGRESS_CHAIN} ip daddr {} {}",
+            "add rule {own} {chain} ip daddr {} {}",
             c.subnet,
             allow_text()
         );
@@ -275,7 +311,8 @@ impl Ruleset {
         for rule in rules {
             let _ = writeln!(
                 s,
-                "insert rule {own} {EGRESS_CHAIN} {}",
+                "insert rule {own} {} {}",
+                c.chain,
                 netout_rule(rule, c.handle)?
             );
         }
@@ -298,7 +335,7 @@ impl Ruleset {
             .collect::<HostResult<Vec<_>>>()?;
         let mut batch = Self::container_batch_for(c);
         for rule in &exprs {
-            batch.insert_rule(EGRESS_CHAIN, rule);
+            batch.insert_rule(c.chain, rule);
         }
         Ok(Some(batch))
     }
@@ -377,11 +414,11 @@ impl Ruleset {
             .collect::<HostResult<Vec<_>>>()?;
         let mut own = Self::container_batch_for(c);
         own.add_table();
-        own.add_device_chain(EGRESS_CHAIN, nftnl::HOOK_INGRESS, c.device, 0);
-        own.flush_chain(EGRESS_CHAIN);
-        own.add_rule(EGRESS_CHAIN, &subnet);
+        own.add_device_chain(c.chain, nftnl::HOOK_INGRESS, c.device, 0);
+        own.flush_chain(c.chain);
+        own.add_rule(c.chain, &subnet);
         for rule in &netout {
-            own.insert_rule(EGRESS_CHAIN, rule);
+            own.insert_rule(c.chain, rule);
         }
         let mut shared = self.batch()?;
         shared.add_element("containers", &c.ip.octets(), None);
@@ -391,12 +428,15 @@ impl Ruleset {
         Ok([own, shared])
     }
 
-    /// [`Ruleset::removal_script`]'s first part as a netlink batch: the container's table,
-    /// added before it is deleted, so the removal succeeds whether or not it is still there.
+    /// [`Ruleset::removal_script`]'s first part as a netlink batch: the container's chain,
+    /// added (with its table) before it is flushed and deleted, so the removal succeeds
+    /// whether or not it is still there. The table stays for other containers.
     pub fn removal_batch(&self, c: &ContainerRules<'_>) -> nftnl::Batch {
         let mut own = Self::container_batch_for(c);
         own.add_table();
-        own.delete_table();
+        own.add_device_chain(c.chain, nftnl::HOOK_INGRESS, c.device, 0);
+        own.flush_chain(c.chain);
+        own.delete_chain(c.chain);
         own
     }
 
@@ -463,15 +503,18 @@ fn port_number(port: u32, which: &str) -> HostResult<u16> {
 /// Removes what the container owns, in two parts (see the module comment). Each element is
 /// added before it is deleted, so a transaction succeeds whether or not it is still there.
 impl Ruleset {
-    /// The container's table and (`forget_address`: no other container holds the address)
+    /// The container's chain and (`forget_address`: no other container holds the address)
     /// its `containers` element.
     pub fn removal_script(&self, c: &ContainerRules<'_>, forget_address: bool) -> String {
         let t = &self.table;
         let own = Self::container_table(c);
+        let chain = c.chain;
         let mut s = String::new();
         self.declarations(&mut s);
         let _ = writeln!(s, "add table {own}");
-        let _ = writeln!(s, "delete table {own}");
+        let _ = writeln!(s, "{}", Self::chain_declaration(c));
+        let _ = writeln!(s, "flush chain {own} {chain}");
+        let _ = writeln!(s, "delete chain {own} {chain}");
         if forget_address {
             let _ = writeln!(s, "add element {t} containers {{ {} }}", c.ip);
             let _ = writeln!(s, "delete element {t} containers {{ {} }}", c.ip);
@@ -832,34 +875,42 @@ impl Firewall {
         Ok(())
     }
 
-    /// Deletes the netdev tables named `<prefix><something>` for which `keep` says no (those
-    /// of containers a crash or a lost state left behind). Listed with `nft`, once at start.
-    pub fn remove_tables_unless(
+    /// Deletes the chains in the netdev tables named `<prefix>...` for which `keep` says no
+    /// (those of containers a crash or a lost state left behind). Listed with `nft`, once at
+    /// start.
+    pub fn remove_chains_unless(
         &self,
         prefix: &str,
         keep: impl Fn(&str) -> bool,
     ) -> HostResult<()> {
         let output = std::process::Command::new("nft")
-            .args(["list", "tables", "netdev"])
+            .args(["list", "chains", "netdev"])
             .output()
-            .map_err(|e| HostError::io("run nft list tables", e))?;
+            .map_err(|e| HostError::io("run nft list chains", e))?;
         let listing = String::from_utf8_lossy(&output.stdout);
-        let orphans: Vec<&str> = listing
-            .lines()
-            .filter_map(|line| line.trim().strip_prefix("table netdev "))
-            .filter(|name| name.strip_prefix(prefix).is_some_and(|rest| !keep(rest)))
-            .collect();
-        if orphans.is_empty() {
+        let mut table = None;
+        let mut script = String::new();
+        for line in listing.lines().map(str::trim) {
+            if let Some(name) = line.strip_prefix("table netdev ") {
+                table = name
+                    .trim_end_matches(" {")
+                    .starts_with(prefix)
+                    .then(|| name.trim_end_matches(" {").to_string());
+            } else if let (Some(table), Some(chain)) = (&table, line.strip_prefix("chain ")) {
+                let chain = chain.trim_end_matches(" {");
+                if !keep(chain) {
+                    let _ = writeln!(script, "flush chain netdev {table} {chain}");
+                    let _ = writeln!(script, "delete chain netdev {table} {chain}");
+                }
+            }
+        }
+        if script.is_empty() {
             return Ok(());
         }
-        let script: String = orphans
-            .iter()
-            .map(|name| format!("delete table netdev {name}\n"))
-            .collect();
-        self.run("remove orphaned container tables", &script)
+        self.run("remove orphaned container chains", &script)
     }
 
-    /// Removes the container's table.
+    /// Removes the container's egress chain.
     pub fn remove_container(&self, c: &ContainerRules<'_>) -> HostResult<()> {
         self.send_removal(c, self.ruleset.removal_batch(c))
     }
@@ -1000,7 +1051,8 @@ mod tests {
     fn container() -> ContainerRules<'static> {
         ContainerRules {
             handle: "h",
-            table: "trellis-c-0123456789",
+            table: "trellis-egress-9",
+            chain: "c-0123456789",
             device: "trv0123456789-0",
             subnet: "10.254.0.0/30".parse().unwrap(),
             ip: Ipv4Addr::new(10, 254, 0, 1),
@@ -1010,7 +1062,8 @@ mod tests {
     #[test]
     fn removal_deletes_only_the_containers_own_objects() {
         let script = ruleset().removal_script(&container(), true);
-        assert!(script.contains("delete table netdev trellis-c-0123456789\n"));
+        assert!(script.contains("delete chain netdev trellis-egress-9 c-0123456789\n"));
+        assert!(!script.contains("delete table"));
         assert!(script.contains("delete element ip trellis containers { 10.254.0.1 }"));
         assert!(!script.contains("flush chain ip trellis forward_filter"));
         assert!(!script.contains("element ip trellis netin"));
@@ -1026,17 +1079,17 @@ mod tests {
         );
         assert!(ports.contains("add element ip trellis netin { 61001 : 10.254.0.1 . 8080 }"));
         assert!(ports.contains("delete element ip trellis netin { 61001 }"));
-        assert!(!ports.contains("trellis-c-"));
+        assert!(!ports.contains("c-0123456789"));
     }
 
     #[test]
     fn the_egress_chain_hooks_the_host_veth_and_marks_only_what_it_allows() {
         let script = ruleset().container_script(&container(), &[], &[]).unwrap();
         assert!(script.contains(
-            "add chain netdev trellis-c-0123456789 egress { type filter hook ingress device \"trv0123456789-0\" priority 0; policy accept; }"
+            "add chain netdev trellis-egress-9 c-0123456789 { type filter hook ingress device \"trv0123456789-0\" priority 0; policy accept; }"
         ), "{script}");
         assert!(script.contains(
-            "add rule netdev trellis-c-0123456789 egress ip daddr 10.254.0.0/30 meta mark set meta mark | 0x00100000 accept"
+            "add rule netdev trellis-egress-9 c-0123456789 ip daddr 10.254.0.0/30 meta mark set meta mark | 0x00100000 accept"
         ), "{script}");
         // The policy accepts unmarked traffic here; forward_filter rejects what lacks the mark.
         let globals = ruleset().globals_script(&FirewallSettings::default());

@@ -159,7 +159,7 @@ impl Networker {
             firewall,
             address_holders: Mutex::new(address_holders),
         });
-        // Removals a crash or a stop cut short, then container tables nothing accounts for.
+        // Removals a crash or a stop cut short, then container chains nothing accounts for.
         let retired = states.retired()?;
         for state in &retired {
             removal.finish(state)?;
@@ -168,10 +168,14 @@ impl Networker {
         for handle in states.handles()? {
             live_ids.extend(states.load(&handle)?.map(|s| s.id));
         }
-        let table_prefix = LinkNames::for_id(&removal.tag, "").firewall_table;
-        removal
-            .firewall
-            .remove_tables_unless(&table_prefix, |id| live_ids.contains(id))?;
+        removal.firewall.remove_chains_unless(
+            &naming::firewall_table_prefix(&removal.tag),
+            |chain| {
+                chain
+                    .strip_prefix("c-")
+                    .is_some_and(|id| live_ids.contains(id))
+            },
+        )?;
         let networker = Networker {
             layout,
             settings,
@@ -292,6 +296,7 @@ impl Networker {
         ContainerRules {
             handle: &state.handle,
             table: &names.firewall_table,
+            chain: &names.firewall_chain,
             device: &names.host_veth,
             subnet: state.assignment.subnet,
             ip: state.assignment.container_ip,

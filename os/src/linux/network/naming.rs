@@ -46,8 +46,13 @@ pub struct LinkNames {
     pub container_veth: String,
     /// Intermediate device that shapes traffic coming from the container.
     pub ifb: String,
-    /// The container's own nftables table (netdev family), holding its egress rules.
+    /// The nftables table (netdev family) holding the container's egress chain: one of 32,
+    /// by the id's last digit. Tables are few so that the kernel's walks over every table
+    /// stay short, and many so that each holds few chains (a rule change makes the kernel
+    /// validate its whole table).
     pub firewall_table: String,
+    /// The container's egress chain in that table, hooked on its host veth.
+    pub firewall_chain: String,
 }
 
 impl LinkNames {
@@ -57,9 +62,19 @@ impl LinkNames {
             host_veth: format!("{LINK_PREFIX}{id}-0"),
             container_veth: format!("{LINK_PREFIX}{id}-1"),
             ifb: format!("{LINK_PREFIX}{id}-i"),
-            firewall_table: format!("trellis{tag}-c-{id}"),
+            firewall_table: format!(
+                "{}{}",
+                firewall_table_prefix(tag),
+                id.chars().last().unwrap_or('0')
+            ),
+            firewall_chain: format!("c-{id}"),
         }
     }
+}
+
+/// What the names of a server's egress tables start with: `trellis<tag>-egress-`.
+pub fn firewall_table_prefix(tag: &str) -> String {
+    format!("trellis{tag}-egress-")
 }
 
 /// The bridge of a subnet: the prefix and the network address in hex, like gdn's
