@@ -694,7 +694,7 @@ fn a_start_finishes_removals_a_crash_cut_short() {
 }
 
 #[test]
-fn startup_removes_orphan_bridges_and_container_tables() {
+fn startup_removes_orphan_bridges_and_container_chains() {
     let f = Fixture::new("c2");
     assert!(Command::new("ip")
         .args(["link", "add", "trbrc2-0ad31f00", "type", "bridge"])

@@ -160,9 +160,12 @@ impl Networker {
             address_holders: Mutex::new(address_holders),
         });
         // Removals a crash or a stop cut short, then container chains nothing accounts for.
-        let retired = states.retired()?;
-        for state in &retired {
-            removal.finish(state)?;
+        for state in states.retired()? {
+            // What cannot be finished now stays retired for the next start; it must not keep
+            // this one from serving the containers that are still there.
+            if let Err(e) = removal.finish(&state) {
+                eprintln!("network cleanup of {}: {e}", state.handle);
+            }
         }
         let mut live_ids = BTreeSet::new();
         for handle in states.handles()? {
