@@ -67,7 +67,6 @@ impl Default for NetworkSettings {
 pub struct Networker {
     layout: Layout,
     settings: NetworkSettings,
-    states: StateStore,
     removal: Arc<Removal>,
     /// Removals still running after their teardown returned.
     pending_cleanups: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -155,11 +154,12 @@ impl Networker {
             tag: settings.tag.clone(),
             bridge_prefix,
             locks_dir: layout.network_locks_dir(),
-            states: states.clone(),
+            states,
             firewall,
             address_holders: Mutex::new(address_holders),
         });
         // Removals a crash or a stop cut short, then container chains nothing accounts for.
+        let states = &removal.states;
         for state in states.retired()? {
             // What cannot be finished now stays retired for the next start; it must not keep
             // this one from serving the containers that are still there.
@@ -182,7 +182,6 @@ impl Networker {
         let networker = Networker {
             layout,
             settings,
-            states,
             removal,
             pending_cleanups: Default::default(),
             expedite_cleanups: Default::default(),
@@ -317,7 +316,7 @@ impl Networker {
 
     fn try_setup(&self, handle: &str, config: &NetworkConfig) -> HostResult<()> {
         let assignment = config.assignment;
-        let state = match self.states.load(handle)? {
+        let state = match self.removal.states.load(handle)? {
             Some(existing) if existing.assignment == assignment => existing,
             Some(_) => {
                 self.teardown(handle, None)?;
@@ -333,7 +332,7 @@ impl Networker {
         for mapping in &state.port_mappings {
             check_host_port_free(mapping.host_port)?;
         }
-        self.states.save(&state)?;
+        self.removal.states.save(&state)?;
 
         let netns_path = self.layout.netns_file(handle);
         netns::create(&netns_path)?;
@@ -449,12 +448,12 @@ impl Networker {
     /// otherwise dominate destroy. The state is retired first, so a crash leaves it for the
     /// next start to finish.
     pub fn teardown(&self, handle: &str, assignment: Option<&NetworkAssignment>) -> HostResult<()> {
-        if let Some(state) = self.states.load(handle)? {
+        if let Some(state) = self.removal.states.load(handle)? {
             let names = LinkNames::for_id(&self.removal.tag, &state.id);
             self.removal
                 .firewall
                 .remove_ports(&Self::rules(&state, &names), &state.port_mappings)?;
-            self.states.retire(&state)?;
+            self.removal.states.retire(&state)?;
             self.removal
                 .release_address(state.assignment.container_ip, handle);
             self.finish_removal_later(state);
@@ -468,11 +467,12 @@ impl Networker {
         netns::remove(&self.layout.netns_file(handle))?;
         state::remove_file_if_exists(&self.layout.hosts_file(handle))?;
         state::remove_file_if_exists(&self.layout.resolv_conf_file(handle))?;
-        self.states.delete(handle)
+        self.removal.states.delete(handle)
     }
 
     fn require_state(&self, handle: &str) -> HostResult<NetworkState> {
-        self.states
+        self.removal
+            .states
             .load(handle)?
             .ok_or_else(|| HostError::Failed(format!("container {handle} has no network set up")))
     }
@@ -493,7 +493,7 @@ impl Networker {
             .firewall
             .map_port(&Self::rules(&state, &names), mapping)?;
         state.port_mappings.push(*mapping);
-        self.states.save(&state)
+        self.removal.states.save(&state)
     }
 
     pub fn add_netout_rules(
@@ -515,6 +515,7 @@ impl Networker {
         handle: &str,
     ) -> HostResult<Option<(NetworkAssignment, Vec<PortMapping>)>> {
         Ok(self
+            .removal
             .states
             .load(handle)?
             .map(|s| (s.assignment, s.port_mappings)))
@@ -522,7 +523,7 @@ impl Networker {
 
     /// Every handle with a network resource: a state file or a bound namespace.
     pub fn handles(&self) -> HostResult<Vec<String>> {
-        let mut handles = self.states.handles()?;
+        let mut handles = self.removal.states.handles()?;
         handles.extend(state::list_names(&self.layout.netns_dir())?);
         handles.sort();
         handles.dedup();
@@ -532,7 +533,7 @@ impl Networker {
     /// Bytes the container received and sent, counted on the host end of its veth (what the
     /// host end sends, the container receives).
     pub fn stats(&self, handle: &str) -> HostResult<Option<NetworkStat>> {
-        let Some(state) = self.states.load(handle)? else {
+        let Some(state) = self.removal.states.load(handle)? else {
             return Ok(None);
         };
         let names = LinkNames::for_id(&self.removal.tag, &state.id);

@@ -27,7 +27,6 @@ const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFT_MSG_NEWTABLE: u16 = 0;
-const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWRULE: u16 = 6;
@@ -370,14 +369,6 @@ impl Batch {
     pub fn add_table(&mut self) {
         let table = self.table.clone();
         self.acked_message(NFT_MSG_NEWTABLE, NLM_F_CREATE, |w| {
-            w.str(NFTA_TABLE_NAME, &table);
-        });
-    }
-
-    /// `delete table <family> <table>`, with everything in it (it must exist).
-    pub fn delete_table(&mut self) {
-        let table = self.table.clone();
-        self.acked_message(NFT_MSG_DELTABLE, 0, |w| {
             w.str(NFTA_TABLE_NAME, &table);
         });
     }
