@@ -72,6 +72,8 @@ pub struct Networker {
     pending_cleanups: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
     /// Set by `settle` to cut the cleanups' linger short.
     expedite_cleanups: Arc<std::sync::atomic::AtomicBool>,
+    /// The gratuitous ARP announcers of containers set up recently, stopped at teardown.
+    announcers: Mutex<HashMap<String, Arc<arp::StopSignal>>>,
 }
 
 /// What both setup and the deferred part of a removal use.
@@ -185,6 +187,7 @@ impl Networker {
             removal,
             pending_cleanups: Default::default(),
             expedite_cleanups: Default::default(),
+            announcers: Default::default(),
         };
         networker.remove_orphan_bridges()?;
         Ok(networker)
@@ -383,8 +386,13 @@ impl Networker {
             // Containers sharing the subnet may remember a reused address's old MAC (the
             // host's own entry is forgotten above).
             if let Some(mac) = link.mac {
+                let stop = Arc::new(arp::StopSignal::default());
                 arp::Announcer::open(link.index, mac, assignment.container_ip)?
-                    .announce_in_background();
+                    .announce_in_background(stop.clone());
+                self.announcers
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(handle.to_string(), stop);
             }
             nl.ensure_default_route(gateway)
         })?;
@@ -448,6 +456,14 @@ impl Networker {
     /// otherwise dominate destroy. The state is retired first, so a crash leaves it for the
     /// next start to finish.
     pub fn teardown(&self, handle: &str, assignment: Option<&NetworkAssignment>) -> HostResult<()> {
+        if let Some(stop) = self
+            .announcers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(handle)
+        {
+            stop.stop();
+        }
         if let Some(state) = self.removal.states.load(handle)? {
             let names = LinkNames::for_id(&self.removal.tag, &state.id);
             self.removal
