@@ -36,6 +36,8 @@ pub struct NetworkConfig {
     pub port_mappings: Vec<PortMapping>,
     pub netout_rules: Vec<NetOutRule>,
     pub bandwidth: crate::api::BandwidthLimits,
+    /// An unprivileged container's network namespace belongs to its user namespace.
+    pub privileged: bool,
 }
 
 /// Everything the container's init needs to build its world.
@@ -58,10 +60,12 @@ pub enum EffectKind {
         privileged: bool,
         disk: crate::api::DiskLimits,
     },
-    /// Make the container's cgroup and apply its limits.
+    /// Make the container's cgroup and apply its limits and device allowlist (privileged
+    /// containers may use a few more devices).
     CreateCgroup {
         handle: String,
         limits: Limits,
+        privileged: bool,
     },
     /// Make the network namespace, link, addresses, NAT, port mappings and egress rules.
     SetupNetwork {

@@ -22,6 +22,9 @@ pub enum Error {
     },
     #[error("max containers reached")]
     MaxContainersReached,
+    /// gdn's words for a privileged create under `--disable-privileged-containers`.
+    #[error("privileged container creation is disabled")]
+    PrivilegedContainersDisabled,
     #[error(transparent)]
     Network(#[from] NetworkError),
     #[error(transparent)]

@@ -67,6 +67,9 @@ pub struct Config {
     pub depot: String,
     /// Seeds generated handles and process ids.
     pub seed: u64,
+    /// `--disable-privileged-containers`: privileged creates are refused.
+    #[serde(default)]
+    pub disable_privileged_containers: bool,
     /// Deliberate defects, for proving that the simulator's checks catch them. Never set in
     /// production.
     #[serde(default)]
@@ -84,6 +87,7 @@ impl Default for Config {
             external_ip: None,
             depot: "/var/lib/trellis/depot".to_string(),
             seed: 0,
+            disable_privileged_containers: false,
             bugs: InjectedBugs::default(),
         }
     }

@@ -63,6 +63,9 @@ impl Core {
         if self.containers.contains_key(&handle) {
             return Err(Error::HandleInUse { handle });
         }
+        if spec.privileged && self.config.disable_privileged_containers {
+            return Err(Error::PrivilegedContainersDisabled);
+        }
         if self.containers.len() as u64 >= self.max_containers() {
             return Err(Error::MaxContainersReached);
         }
@@ -210,6 +213,7 @@ impl Core {
             CreateStep::CreateCgroup => EffectKind::CreateCgroup {
                 handle: handle_owned.clone(),
                 limits: c.spec.limits.clone(),
+                privileged: c.spec.privileged,
             },
             CreateStep::SetupNetwork => EffectKind::SetupNetwork {
                 handle: handle_owned.clone(),
@@ -218,6 +222,7 @@ impl Core {
                     port_mappings: c.mapped_ports.clone(),
                     netout_rules: c.netout_rules.clone(),
                     bandwidth: c.spec.limits.bandwidth_limits,
+                    privileged: c.spec.privileged,
                 },
             },
             CreateStep::StartInit => EffectKind::StartInit {

@@ -44,7 +44,9 @@ fn create(t: &TestHost, handle: &str, limits: &Limits) -> Duration {
     t.host
         .prepare_rootfs(handle, &ImageRef::default(), false, &limits.disk_limits)
         .expect("prepare rootfs");
-    t.host.create_cgroup(handle, limits).expect("create cgroup");
+    t.host
+        .create_cgroup(handle, limits, false)
+        .expect("create cgroup");
     t.host
         .start_init(handle, &init_config(handle, vec![]))
         .expect("start init");

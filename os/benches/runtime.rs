@@ -1,6 +1,7 @@
 //! Container runtime figures straight through the `Host` trait (no HTTP): create+destroy
-//! latency (rootfs, cgroup, init; no network), run of `true`, stdout throughput of one process,
-//! and 50 parallel creates. As root: `cargo bench -p trellis-os --bench runtime`.
+//! latency (rootfs, cgroup, init; no network) of unprivileged containers and of privileged ones
+//! (what confinement costs), run of `true`, stdout throughput of one process, and 50 parallel
+//! creates. As root: `cargo bench -p trellis-os --bench runtime`.
 //! (The end-to-end `bench` against a running server reports the same figures over HTTP.)
 
 use std::io::Read;
@@ -16,12 +17,17 @@ fn percentile(samples: &mut [Duration], p: f64) -> Duration {
 }
 
 fn create(host: &LinuxHost, handle: &str) {
-    host.prepare_rootfs(handle, &Default::default(), false, &Default::default())
+    create_as(host, handle, false)
+}
+
+fn create_as(host: &LinuxHost, handle: &str, privileged: bool) {
+    host.prepare_rootfs(handle, &Default::default(), privileged, &Default::default())
         .unwrap();
-    host.create_cgroup(handle, &Limits::default()).unwrap();
+    host.create_cgroup(handle, &Limits::default(), privileged)
+        .unwrap();
     let config = InitConfig {
         hostname: handle.into(),
-        privileged: false,
+        privileged,
         bind_mounts: vec![],
         container_ip: None,
     };
@@ -70,22 +76,25 @@ fn main() {
         default_rootfs: rootfs.to_string_lossy().into_owned(),
         helper_binary: Some(PathBuf::from(env!("CARGO_BIN_EXE_trellis-os-helper"))),
         network: Default::default(),
+        security: Default::default(),
     })
     .unwrap();
 
-    let mut lifecycle = Vec::new();
-    for i in 0..100 {
-        let handle = format!("bench-{i}");
-        let start = Instant::now();
-        create(&host, &handle);
-        destroy(&host, &handle);
-        lifecycle.push(start.elapsed());
+    for (kind, privileged) in [("unprivileged", false), ("privileged", true)] {
+        let mut lifecycle = Vec::new();
+        for i in 0..100 {
+            let handle = format!("bench-{kind}-{i}");
+            let start = Instant::now();
+            create_as(&host, &handle, privileged);
+            destroy(&host, &handle);
+            lifecycle.push(start.elapsed());
+        }
+        println!(
+            "create+destroy {kind} (rootfs, cgroup, init): p50 {:?} p95 {:?}",
+            percentile(&mut lifecycle, 0.5),
+            percentile(&mut lifecycle, 0.95)
+        );
     }
-    println!(
-        "create+destroy (rootfs, cgroup, init): p50 {:?} p95 {:?}",
-        percentile(&mut lifecycle, 0.5),
-        percentile(&mut lifecycle, 0.95)
-    );
 
     create(&host, "runner");
     let truth = ProcessSpec {

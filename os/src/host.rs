@@ -135,7 +135,7 @@ pub trait Host: Send + Sync + 'static {
         privileged: bool,
         disk: &DiskLimits,
     ) -> HostResult<Rootfs>;
-    fn create_cgroup(&self, handle: &str, limits: &Limits) -> HostResult<()>;
+    fn create_cgroup(&self, handle: &str, limits: &Limits, privileged: bool) -> HostResult<()>;
     fn setup_network(&self, handle: &str, config: &NetworkConfig) -> HostResult<()>;
     fn start_init(&self, handle: &str, config: &InitConfig) -> HostResult<()>;
     fn persist_record(&self, record: &ContainerRecord) -> HostResult<()>;

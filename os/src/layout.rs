@@ -51,6 +51,12 @@ impl Layout {
         self.scratch_dir(handle).join("work")
     }
 
+    /// Where an unprivileged container's image layers are attached, id-mapped, while its
+    /// overlay is mounted (the overlay keeps private clones; these are detached right after).
+    pub fn idmapped_lowers_dir(&self, handle: &str) -> PathBuf {
+        self.container_dir(handle).join("lowers")
+    }
+
     /// The control socket of the container's init: the server asks it to start processes.
     pub fn init_socket(&self, handle: &str) -> PathBuf {
         self.container_dir(handle).join("init.sock")

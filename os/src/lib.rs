@@ -36,7 +36,11 @@ pub fn execute(host: &dyn Host, effect: &EffectKind) -> Outcome {
                 image_env: r.image_env,
             })
             .map_err(EffectError::from),
-        CreateCgroup { handle, limits } => done(host.create_cgroup(handle, limits)),
+        CreateCgroup {
+            handle,
+            limits,
+            privileged,
+        } => done(host.create_cgroup(handle, limits, *privileged)),
         SetupNetwork { handle, config } => done(host.setup_network(handle, config)),
         StartInit { handle, config } => done(host.start_init(handle, config)),
         PersistRecord { record, .. } => done(host.persist_record(record)),

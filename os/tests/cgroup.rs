@@ -38,8 +38,9 @@ fn create_place_list_and_remove() {
     let _guard = ParentGuard(&cg);
     let handle = "lifecycle-1";
     assert!(!cg.exists(handle));
-    cg.create(handle, &Limits::default()).expect("create");
-    cg.create(handle, &Limits::default())
+    cg.create(handle, &Limits::default(), false)
+        .expect("create");
+    cg.create(handle, &Limits::default(), false)
         .expect("create again is fine");
     assert!(cg.exists(handle));
     assert_eq!(cg.handles().expect("handles"), vec![handle.to_string()]);
@@ -97,6 +98,7 @@ fn remove_stops_a_fork_loop() {
             pid_limits: PidLimits { max: 200 },
             ..Limits::default()
         },
+        false,
     )
     .expect("create");
     let mut child = spawn_in(&cg, handle, &["sh", "-c", "while :; do sleep 100 & done"]);
@@ -112,8 +114,8 @@ fn remove_stops_a_fork_loop() {
 fn bad_handles_are_refused() {
     let cg = cgroups("names");
     let _guard = ParentGuard(&cg);
-    assert!(cg.create("../escape", &Limits::default()).is_err());
-    assert!(cg.create("", &Limits::default()).is_err());
+    assert!(cg.create("../escape", &Limits::default(), false).is_err());
+    assert!(cg.create("", &Limits::default(), false).is_err());
     assert!(cg.metrics("nope").is_err(), "no cgroup, no metrics");
 }
 
@@ -127,7 +129,8 @@ fn memory_limit_is_enforced_with_swap_capped_and_reported_as_oom() {
         let _ = tx.lock().expect("sender").send(o);
     }));
     let handle = "memory-1";
-    cg.create(handle, &memory_limits(64 << 20)).expect("create");
+    cg.create(handle, &memory_limits(64 << 20), false)
+        .expect("create");
 
     // Within the limit: 58 MiB of tmpfs pages are charged and fit.
     let fits = TempPath(format!("/dev/shm/{}-fits", unique_parent("shm")).into());
@@ -194,6 +197,7 @@ fn pid_limit_stops_forks_and_shows_in_metrics() {
             pid_limits: PidLimits { max: 10 },
             ..Limits::default()
         },
+        false,
     )
     .expect("create");
     let metrics = cg.metrics(handle).expect("metrics");
@@ -215,7 +219,7 @@ fn pid_limit_stops_forks_and_shows_in_metrics() {
 
     // No limit: Max reads 0 and forks succeed.
     let free = "pids-2";
-    cg.create(free, &Limits::default()).expect("create");
+    cg.create(free, &Limits::default(), false).expect("create");
     let mut sleeper = spawn_in(&cg, free, &["sh", "-c", "sleep 1000 & sleep 1000 & wait"]);
     wait_for("three processes", Duration::from_secs(5), || {
         cg.metrics(free).expect("metrics").pid_stat.current == 3
@@ -238,7 +242,7 @@ fn cpu_shares_are_written_and_usage_moves() {
         },
         ..Limits::default()
     };
-    cg.create(handle, &limits).expect("create");
+    cg.create(handle, &limits, false).expect("create");
     let before = cg.metrics(handle).expect("metrics");
     assert_eq!(before.cpu_stat.usage, 0);
     let expected_rate = trellis_os::linux::cgroup::entitlement_per_second(
@@ -291,7 +295,7 @@ fn out_of_range_limits_mean_no_limit_rather_than_an_error() {
         pid_limits: PidLimits { max: u64::MAX },
         ..Limits::default()
     };
-    cg.create(handle, &limits).expect("create");
+    cg.create(handle, &limits, false).expect("create");
     let metrics = cg.metrics(handle).expect("metrics");
     assert_eq!(metrics.pid_stat.max, 0, "unlimited");
     cg.remove(handle).expect("remove");
@@ -322,7 +326,7 @@ fn concurrent_first_creates_all_succeed() {
                     let (cg, start) = (&cg, &start);
                     s.spawn(move || {
                         start.wait();
-                        cg.create(&format!("race{round}-{i}"), &Limits::default())
+                        cg.create(&format!("race{round}-{i}"), &Limits::default(), false)
                     })
                 })
                 .collect();

@@ -49,8 +49,10 @@ fn v2_create_place_list_kill_and_remove() {
     let _guard = ParentGuard(&cg);
     assert_eq!(cg.mode(), Mode::V2);
     let handle = "v2-1";
-    cg.create(handle, &Limits::default()).expect("create");
-    cg.create(handle, &Limits::default()).expect("create again");
+    cg.create(handle, &Limits::default(), false)
+        .expect("create");
+    cg.create(handle, &Limits::default(), false)
+        .expect("create again");
     assert!(parent.join(handle).join("cgroup.procs").exists());
     assert_eq!(cg.handles().expect("handles"), vec![handle.to_string()]);
 
@@ -113,7 +115,7 @@ fn v2_memory_limit_is_enforced_or_refused_clearly() {
     if !has_controller(&cgroup2_root(), "memory") {
         // Hybrid host: the memory controller is bound to v1.
         let err = cg
-            .create(handle, &limits)
+            .create(handle, &limits, false)
             .expect_err("no memory controller");
         assert!(
             err.to_string().contains("memory cgroup controller"),
@@ -127,7 +129,7 @@ fn v2_memory_limit_is_enforced_or_refused_clearly() {
     cg.watch_oom(Box::new(move |o| {
         let _ = tx.lock().expect("sender").send(o);
     }));
-    cg.create(handle, &limits).expect("create");
+    cg.create(handle, &limits, false).expect("create");
     let over = TempPath(format!("/dev/shm/{}-over", unique_parent("shm")).into());
     let (code, _, _) = run_in(
         &cg,
@@ -148,5 +150,46 @@ fn v2_memory_limit_is_enforced_or_refused_clearly() {
         }
     );
     drop(over);
+    cg.remove(handle).expect("remove");
+}
+
+/// The device program lets a container's processes open the standard devices and nothing
+/// else (on a hybrid host it is enforced too: device programs hang off the cgroup2 tree).
+#[test]
+fn v2_device_program_allows_only_the_container_devices() {
+    let (cg, _parent) = cgroups("v2dev");
+    let _guard = ParentGuard(&cg);
+    let handle = "v2-dev";
+    cg.create(handle, &Limits::default(), false)
+        .expect("create");
+    // A shell in the cgroup: /dev/null and /dev/urandom open; /dev/kmsg (1:11, only ever
+    // read here) and the host's root disk do not.
+    let dev = std::fs::metadata("/").expect("stat /");
+    let disk = std::fs::read_dir("/dev")
+        .expect("/dev")
+        .flatten()
+        .find(|e| {
+            use std::os::unix::fs::{FileTypeExt, MetadataExt};
+            e.metadata()
+                .is_ok_and(|m| m.file_type().is_block_device() && m.rdev() == dev.dev())
+        })
+        .map(|e| e.path().display().to_string());
+    let mut script = String::from(
+        "head -c 1 /dev/urandom > /dev/null && echo urandom; \
+         echo x > /dev/null && echo null; \
+         head -c 1 /dev/kmsg > /dev/null 2>&1 || echo kmsg-denied; ",
+    );
+    if let Some(disk) = &disk {
+        script.push_str(&format!(
+            "head -c 1 {disk} > /dev/null 2>&1 || echo disk-denied; "
+        ));
+    }
+    let (code, out, err) = run_in(&cg, handle, &["sh", "-c", &script]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    let mut expected = "urandom\nnull\nkmsg-denied\n".to_string();
+    if disk.is_some() {
+        expected.push_str("disk-denied\n");
+    }
+    assert_eq!(out, expected);
     cg.remove(handle).expect("remove");
 }

@@ -33,7 +33,9 @@ fn check_image(t: &TestHost, handle: &str, uri: &str, username: &str) {
         "{:?}",
         rootfs.image_env
     );
-    t.host.create_cgroup(handle, &Default::default()).unwrap();
+    t.host
+        .create_cgroup(handle, &Default::default(), false)
+        .unwrap();
     t.host
         .start_init(handle, &init_config(handle, vec![]))
         .unwrap();

@@ -499,9 +499,14 @@ fn bind_mounts_read_only_read_write_and_from_the_container() {
     let t = host("binds");
     let ro = t.base.join("ro");
     let rw = t.base.join("rw");
-    std::fs::create_dir_all(&ro).unwrap();
-    std::fs::create_dir_all(&rw).unwrap();
+    let host_root = t.base.join("host-root");
+    for dir in [&ro, &rw, &host_root] {
+        std::fs::create_dir_all(dir).unwrap();
+    }
     std::fs::write(ro.join("file"), "from host").unwrap();
+    // Container root of an unprivileged container is host uid 4294967294: it owns what that
+    // uid owns on the host, and nothing of host root's.
+    std::os::unix::fs::chown(&rw, Some(4294967294), Some(4294967294)).unwrap();
     let bind = |src: &std::path::Path, dst: &str, mode, origin| BindMount {
         src_path: src.to_string_lossy().into_owned(),
         dst_path: dst.into(),
@@ -511,7 +516,9 @@ fn bind_mounts_read_only_read_write_and_from_the_container() {
     t.host
         .prepare_rootfs("b", &Default::default(), false, &Default::default())
         .unwrap();
-    t.host.create_cgroup("b", &Default::default()).unwrap();
+    t.host
+        .create_cgroup("b", &Default::default(), false)
+        .unwrap();
     t.host
         .start_init(
             "b",
@@ -527,6 +534,12 @@ fn bind_mounts_read_only_read_write_and_from_the_container() {
                     bind(
                         &rw,
                         "/mnt/rw",
+                        BindMountMode::ReadWrite,
+                        BindMountOrigin::Host,
+                    ),
+                    bind(
+                        &host_root,
+                        "/mnt/host-root",
                         BindMountMode::ReadWrite,
                         BindMountOrigin::Host,
                     ),
@@ -549,6 +562,12 @@ fn bind_mounts_read_only_read_write_and_from_the_container() {
         std::fs::read_to_string(rw.join("new")).unwrap(),
         "written\n"
     );
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(std::fs::metadata(rw.join("new")).unwrap().uid(), 4294967294);
+    let (code, _, err) = t.run("b", sh("touch /mnt/host-root/new"));
+    assert_ne!(code, 0, "container root wrote into a host root directory");
+    assert!(err.contains("Permission denied"), "{err}");
+    assert!(!host_root.join("new").exists());
     assert!(t.ok("b", "cat /mnt/etc/passwd").starts_with("root:x:0:0"));
     t.destroy("b");
 
@@ -621,6 +640,7 @@ fn containers_outlive_the_host_object_and_are_observed_again() {
         default_rootfs: String::new(),
         helper_binary: Some(env!("CARGO_BIN_EXE_trellis-os-helper").into()),
         network: t.host.network.settings().clone(),
+        security: Default::default(),
     };
     // A second host on the same layout (as after a server restart) finds everything.
     let again = trellis_os::LinuxHost::new(config).unwrap();

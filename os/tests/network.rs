@@ -40,6 +40,7 @@ impl Fixture {
             default_rootfs: String::new(),
             helper_binary: None,
             network: settings,
+            security: Default::default(),
         };
         Fixture {
             networker: Networker::new(&config).expect("networker starts"),
@@ -70,6 +71,7 @@ impl Fixture {
             port_mappings: vec![],
             netout_rules: vec![],
             bandwidth: BandwidthLimits::default(),
+            privileged: false,
         };
         edit(&mut config);
         self.networker
@@ -534,6 +536,7 @@ fn failed_setup_leaves_nothing_behind() {
         }],
         netout_rules: vec![],
         bandwidth: BandwidthLimits::default(),
+        privileged: false,
     };
     assert!(matches!(
         f.networker.setup("busy", &config),

@@ -24,6 +24,7 @@ fn host(name: &str, tag: &str) -> TestHost {
             tag: tag.into(),
             ..Default::default()
         },
+        security: Default::default(),
     })
     .expect("LinuxHost::new");
     TestHost { host, base }
@@ -42,7 +43,7 @@ fn create(t: &TestHost, handle: &str, network: NetworkAssignment) {
         .prepare_rootfs(handle, &Default::default(), false, &Default::default())
         .expect("prepare rootfs");
     t.host
-        .create_cgroup(handle, &Limits::default())
+        .create_cgroup(handle, &Limits::default(), false)
         .expect("create cgroup");
     t.host
         .setup_network(
@@ -52,6 +53,7 @@ fn create(t: &TestHost, handle: &str, network: NetworkAssignment) {
                 port_mappings: vec![],
                 netout_rules: vec![],
                 bandwidth: BandwidthLimits::default(),
+                privileged: false,
             },
         )
         .expect("setup network");

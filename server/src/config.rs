@@ -89,6 +89,26 @@ pub struct ServerArgs {
     pub debug_bind_ip: Option<IpAddr>,
     #[arg(long, default_value_t = 17013)]
     pub debug_bind_port: u16,
+    /// The lowest host uid that container uid 1 maps to in unprivileged containers (container
+    /// root is always host uid 4294967294).
+    #[arg(long, default_value_t = 1)]
+    pub uid_map_start: u32,
+    /// How many container uids from 1 on are mapped (0: all up to 4294967293).
+    #[arg(long, default_value_t = 0)]
+    pub uid_map_length: u32,
+    /// As --uid-map-start, for gids.
+    #[arg(long, default_value_t = 1)]
+    pub gid_map_start: u32,
+    /// As --uid-map-length, for gids.
+    #[arg(long, default_value_t = 0)]
+    pub gid_map_length: u32,
+    /// Processes of unprivileged containers run with no_new_privs (setuid binaries and file
+    /// capabilities gain nothing; ICMP sockets are opened to them instead).
+    #[arg(long)]
+    pub no_new_privileges: bool,
+    /// Refuse to create privileged containers.
+    #[arg(long)]
+    pub disable_privileged_containers: bool,
 }
 
 impl ServerArgs {
@@ -124,11 +144,31 @@ impl ServerArgs {
             external_ip: self.external_ip,
             depot: self.depot.to_string_lossy().into_owned(),
             seed,
+            disable_privileged_containers: self.disable_privileged_containers,
             bugs: Default::default(),
         }
     }
 
-    pub fn linux_config(&self) -> trellis_os::LinuxConfig {
+    /// The user namespace mapping the flags describe, or why they are invalid.
+    pub fn id_mapping(
+        &self,
+    ) -> Result<
+        trellis_os::linux::security::IdMapping,
+        trellis_os::linux::security::userns::IdMapError,
+    > {
+        trellis_os::linux::security::IdMapping::from_flags(
+            trellis_os::linux::security::IdMapFlags {
+                uid_start: self.uid_map_start,
+                uid_length: self.uid_map_length,
+                gid_start: self.gid_map_start,
+                gid_length: self.gid_map_length,
+            },
+        )
+    }
+
+    pub fn linux_config(
+        &self,
+    ) -> Result<trellis_os::LinuxConfig, trellis_os::linux::security::userns::IdMapError> {
         let mut network = trellis_os::linux::network::NetworkSettings::default();
         if self.mtu != 0 {
             network.mtu = self.mtu;
@@ -137,12 +177,16 @@ impl ServerArgs {
         network.firewall.deny_networks = self.deny_network.clone();
         network.firewall.allow_host_access = self.allow_host_access;
         network.tag = self.tag.clone();
-        trellis_os::LinuxConfig {
+        Ok(trellis_os::LinuxConfig {
             layout: trellis_os::Layout::new(&self.depot, &self.state_dir, &self.run_dir),
             default_rootfs: self.default_rootfs.clone(),
             helper_binary: None,
             network,
-        }
+            security: trellis_os::linux::security::SecuritySettings {
+                id_mapping: self.id_mapping()?,
+                no_new_privileges: self.no_new_privileges,
+            },
+        })
     }
 }
 

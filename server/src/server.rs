@@ -31,6 +31,8 @@ pub enum StartError {
         #[source]
         source: trellis_os::HostError,
     },
+    #[error("invalid id mapping flags: {0}")]
+    IdMapping(#[from] trellis_os::linux::security::userns::IdMapError),
     #[error("listening on {what}: {source}")]
     Listen {
         what: String,
@@ -47,7 +49,7 @@ fn make_host(args: &ServerArgs) -> Result<Arc<dyn Host>, StartError> {
         }
         Backend::Linux => {
             info!("backend: linux");
-            trellis_os::LinuxHost::new(args.linux_config())
+            trellis_os::LinuxHost::new(args.linux_config()?)
                 .map(|h| Arc::new(h) as Arc<dyn Host>)
                 .map_err(|source| StartError::Host {
                     backend: "linux",

@@ -385,6 +385,7 @@ mod tests {
         let cgroup = EffectKind::CreateCgroup {
             handle: "h".into(),
             limits: Default::default(),
+            privileged: false,
         };
         assert!(os.apply(&cgroup, Fault::After).is_err());
         assert!(os.containers["h"].cgroup);

@@ -152,10 +152,11 @@ impl Host for FakeHost {
         }
     }
 
-    fn create_cgroup(&self, handle: &str, limits: &Limits) -> HostResult<()> {
+    fn create_cgroup(&self, handle: &str, limits: &Limits, privileged: bool) -> HostResult<()> {
         self.apply_done(EffectKind::CreateCgroup {
             handle: handle.into(),
             limits: limits.clone(),
+            privileged,
         })
     }
 
@@ -1235,7 +1236,8 @@ mod tests {
         let host = FakeHost::new();
         host.prepare_rootfs(handle, &ImageRef::default(), false, &DiskLimits::default())
             .unwrap();
-        host.create_cgroup(handle, &Limits::default()).unwrap();
+        host.create_cgroup(handle, &Limits::default(), false)
+            .unwrap();
         let assignment = NetworkAssignment {
             subnet: "10.254.0.0/30".parse().unwrap(),
             container_ip: "10.254.0.1".parse().unwrap(),
@@ -1247,6 +1249,7 @@ mod tests {
                 port_mappings: vec![],
                 netout_rules: vec![],
                 bandwidth: Default::default(),
+                privileged: false,
             },
         )
         .unwrap();

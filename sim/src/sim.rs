@@ -113,6 +113,7 @@ impl Sim {
             external_ip: Some("192.0.2.10".parse().expect("valid ip")),
             depot: "/depot".into(),
             seed: rng.next_u64(),
+            disable_privileged_containers: rng.below(2) == 0,
             bugs: opts.bugs,
         };
         let now = Time(1_000 * SECOND);
@@ -345,6 +346,21 @@ impl Sim {
     ) -> Result<(), String> {
         let now = self.now;
         match (&info.command, &result) {
+            (Command::Create(spec), Ok(Reply::Created { .. }))
+                if spec.privileged && self.config.disable_privileged_containers =>
+            {
+                return Err(
+                    "a privileged create succeeded under --disable-privileged-containers".into(),
+                );
+            }
+            (Command::Create(spec), Err(trellis_core::Error::PrivilegedContainersDisabled))
+                if !(spec.privileged && self.config.disable_privileged_containers) =>
+            {
+                return Err(format!(
+                    "create refused as privileged though privileged={} and disabled={}",
+                    spec.privileged, self.config.disable_privileged_containers
+                ));
+            }
             (Command::Create(spec), Ok(Reply::Created { handle })) => {
                 self.stats.creates += 1;
                 if !spec.handle.is_empty() && spec.handle != *handle {
@@ -625,6 +641,7 @@ impl Sim {
             },
             netin,
             netout_rules: self.random_rules(),
+            privileged: self.rng.below(4) == 0,
             ..Default::default()
         }
     }

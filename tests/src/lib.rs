@@ -466,6 +466,16 @@ fn stop(pid: i32, backend: Backend) {
 }
 
 impl TestServer {
+    /// The name of this server's parent cgroup (derived from its depot).
+    pub fn cgroup_parent(&self) -> String {
+        trellis_os::Layout::new(
+            self.depot(),
+            self.dir().join("state"),
+            self.dir().join("run"),
+        )
+        .cgroup_parent()
+    }
+
     /// Each Linux test server has a parent cgroup (named by its depot) and a firewall table
     /// (named by its tag) of its own: removes both once its containers are gone.
     fn remove_host_leftovers(&self) {
@@ -475,12 +485,7 @@ impl TestServer {
         // The server's own firewall table outlives it by design (containers keep running);
         // a test server's containers are gone by now, so its table goes too.
         trellis_os::linux::network::firewall::delete_server_tables(self.tag());
-        let layout = trellis_os::Layout::new(
-            self.depot(),
-            self.dir().join("state"),
-            self.dir().join("run"),
-        );
-        let options = trellis_os::linux::cgroup::CgroupOptions::new(layout.cgroup_parent());
+        let options = trellis_os::linux::cgroup::CgroupOptions::new(self.cgroup_parent());
         if let Ok(cgroups) = trellis_os::linux::cgroup::Cgroups::with_options(options) {
             let _ = cgroups.remove_parent();
         }

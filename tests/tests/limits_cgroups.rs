@@ -46,7 +46,7 @@ async fn memory_limit_is_read_back_charges_shm_and_ooms_into_info_events() {
         Default::default()
     );
 
-    let dirs = cgroup_dirs(&c).await;
+    let dirs = cgroup_dirs(&server, &c);
     assert!(
         !dirs.is_empty() && dirs.iter().all(|d| d.exists()),
         "{dirs:?}"

@@ -178,6 +178,9 @@ async fn bind_mounts_read_only_and_read_write() {
     let host_dir = tempfile::tempdir().expect("a host directory");
     std::fs::write(host_dir.path().join("from-host"), "hello from the host\n").unwrap();
     let rw_dir = tempfile::tempdir().expect("a host directory");
+    // Writable by container root, which is host uid 4294967294 in an unprivileged container
+    // (a directory of host root's is not: see linux_security.rs).
+    std::os::unix::fs::chown(rw_dir.path(), Some(4294967294), Some(4294967294)).unwrap();
     let host_file = host_dir.path().join("single");
     std::fs::write(&host_file, "one file\n").unwrap();
     let c = create(ContainerSpec {

@@ -8,16 +8,6 @@ use trellis_client::Error;
 use trellis_core::api::{ContainerSpec, ImageRef};
 use trellis_tests::images::{busybox_rootfs, busybox_tar, oci_layout, Registry, IMAGE_VAR};
 
-fn with_image(uri: &str) -> ContainerSpec {
-    ContainerSpec {
-        image: ImageRef {
-            uri: uri.into(),
-            ..Default::default()
-        },
-        ..Default::default()
-    }
-}
-
 /// The layered image: the whiteout, the opaque directory and the image's env all show.
 async fn check_layered(uri: &str) {
     let c = create(with_image(uri)).await;

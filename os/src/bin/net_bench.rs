@@ -113,6 +113,7 @@ fn network_config(i: usize) -> NetworkConfig {
         port_mappings: vec![],
         netout_rules: vec![],
         bandwidth: BandwidthLimits::default(),
+        privileged: false,
     }
 }
 
@@ -142,6 +143,7 @@ fn run(options: &Options) -> Result<(), String> {
             tag: "bn".into(),
             ..Default::default()
         },
+        security: Default::default(),
     })
     .map_err(|e| format!("start the Linux host: {e}"))?;
     let result = bench(&host, options);
@@ -160,7 +162,7 @@ fn create(host: &LinuxHost, handle: &str, network: Option<&NetworkConfig>) -> Re
         |what: &'static str| move |err: trellis_os::HostError| format!("{what} {handle}: {err}");
     host.prepare_rootfs(handle, &ImageRef::default(), false, &Default::default())
         .map_err(e("prepare rootfs"))?;
-    host.create_cgroup(handle, &Limits::default())
+    host.create_cgroup(handle, &Limits::default(), false)
         .map_err(e("create cgroup"))?;
     if let Some(config) = network {
         host.setup_network(handle, config)

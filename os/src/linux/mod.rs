@@ -8,10 +8,12 @@ pub mod cgroup;
 pub mod depot;
 pub mod disk;
 pub mod image;
+pub mod mount_api;
 pub mod network;
 pub mod registry;
 pub mod rootfs;
 pub mod runtime;
+pub mod security;
 
 use crate::host::*;
 use crate::layout::Layout;
@@ -32,6 +34,8 @@ pub struct LinuxConfig {
     pub helper_binary: Option<std::path::PathBuf>,
     /// Container networking: MTU, DNS, firewall flags.
     pub network: network::NetworkSettings,
+    /// The user namespace mapping and the other security flags.
+    pub security: security::SecuritySettings,
 }
 
 pub struct LinuxHost {
@@ -68,8 +72,8 @@ impl Host for LinuxHost {
         self.rootfs.prepare(handle, image, privileged, disk)
     }
 
-    fn create_cgroup(&self, handle: &str, limits: &Limits) -> HostResult<()> {
-        self.cgroups.create(handle, limits)
+    fn create_cgroup(&self, handle: &str, limits: &Limits, privileged: bool) -> HostResult<()> {
+        self.cgroups.create(handle, limits, privileged)
     }
 
     fn setup_network(&self, handle: &str, config: &NetworkConfig) -> HostResult<()> {

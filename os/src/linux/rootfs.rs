@@ -2,19 +2,31 @@
 //! copy-on-write overlay per container (lower = the image, upper and work in the container's
 //! scratch directory). The source is never written; destroy removes the upper.
 //!
+//! An unprivileged container sees its image through its user namespace's id mapping: each
+//! image layer is attached id-mapped (`MOUNT_ATTR_IDMAP`) under the container's directory, the
+//! overlay is mounted over those, and the id-mapped attachments are detached again at once (the
+//! overlay holds private clones of its layers). So container root sees the image's root-owned
+//! files as its own, and what it writes lands in the upper dir owned by the mapped ids, while the
+//! cached image is neither copied nor changed. An overlay itself cannot be id-mapped; layers
+//! under one can.
+//!
 //! Image URIs: empty (the server's default rootfs), a directory (`/path` or `raw:///path`),
 //! a tar file (`/path/rootfs.tar`, unpacked once), `docker://[host[:port]]/repo[#tag]` and
 //! `oci:///path[#tag]` (see `image`).
 
 use super::disk::DiskQuotas;
 use super::image::{self, ResolvedImage};
+use super::mount_api;
+use super::security::userns;
 use super::LinuxConfig;
 use crate::host::{HostCapacity, HostError, HostResult, Rootfs};
 use crate::layout::Layout;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use std::collections::HashMap;
 use std::io;
-use std::path::Path;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use trellis_core::api::{DiskLimits, DiskStat, ImageRef};
 
@@ -27,23 +39,115 @@ pub struct RootfsManager {
     unpacking: Arc<Mutex<HashMap<String, Arc<Mutex<()>>>>>,
     /// Makes the scratch dir (a size-limited filesystem when the spec limits disk).
     disk: DiskQuotas,
+    /// A user namespace with unprivileged containers' mapping: the id mapping of their layers.
+    idmap: OwnedFd,
 }
 
 impl RootfsManager {
     pub fn new(config: &LinuxConfig) -> HostResult<RootfsManager> {
-        Ok(RootfsManager {
+        let idmap = userns::new_namespaces(&config.security.id_mapping, false)
+            .map_err(|e| HostError::io("making the user namespace for id-mapped images", e))?
+            .user;
+        let manager = RootfsManager {
             layout: config.layout.clone(),
             default_rootfs: config.default_rootfs.clone(),
             unpacking: Arc::default(),
             disk: DiskQuotas::new(&config.layout),
-        })
+            idmap,
+        };
+        manager.check_idmapped_mounts()?;
+        Ok(manager)
+    }
+
+    /// Unprivileged containers need id-mapped mounts of the depot's filesystem (where images
+    /// are unpacked) and of the default rootfs: refuse to start without them rather than fail
+    /// every create.
+    fn check_idmapped_mounts(&self) -> HostResult<()> {
+        let depot = self.layout.depot();
+        std::fs::create_dir_all(depot)
+            .map_err(|e| HostError::io(format!("creating {}", depot.display()), e))?;
+        let mut probes = vec![depot.to_path_buf()];
+        let default = Path::new(
+            self.default_rootfs
+                .strip_prefix("raw://")
+                .unwrap_or(&self.default_rootfs),
+        );
+        if default.is_absolute() && default.is_dir() {
+            probes.push(default.to_path_buf());
+        }
+        for path in probes {
+            self.idmapped_tree(&path).map_err(|e| {
+                HostError::Failed(format!(
+                    "id-mapped mounts do not work for {} ({e}); unprivileged containers need \
+                     them (Linux 5.12 or later, on a filesystem that supports them: ext4, xfs, \
+                     btrfs, tmpfs, ...)",
+                    path.display()
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// A detached mount of `path` showing its ids through the unprivileged mapping.
+    fn idmapped_tree(&self, path: &Path) -> io::Result<OwnedFd> {
+        let tree = mount_api::clone_tree(path, false)?;
+        mount_api::set_attributes(
+            tree.as_fd(),
+            mount_api::MOUNT_ATTR_IDMAP,
+            Some(self.idmap.as_fd()),
+            false,
+        )?;
+        Ok(tree)
+    }
+
+    /// Attaches every layer id-mapped under the container's directory; returns where.
+    fn attach_idmapped_lowers(&self, handle: &str, lowers: &[PathBuf]) -> HostResult<Vec<PathBuf>> {
+        let dir = self.layout.idmapped_lowers_dir(handle);
+        self.detach_idmapped_lowers(handle)?;
+        let mut attached = Vec::with_capacity(lowers.len());
+        for (i, lower) in lowers.iter().enumerate() {
+            let at = dir.join(i.to_string());
+            std::fs::create_dir_all(&at)
+                .map_err(|e| HostError::io(format!("creating {}", at.display()), e))?;
+            let tree = self.idmapped_tree(lower).map_err(|e| {
+                HostError::io(format!("id-mapping image layer {}", lower.display()), e)
+            })?;
+            mount_api::attach_at_path(tree.as_fd(), &at)
+                .map_err(|e| HostError::io(format!("attaching {}", at.display()), e))?;
+            attached.push(at);
+        }
+        Ok(attached)
+    }
+
+    /// Detaches and removes the id-mapped layer attachments (left by a crash mid-prepare, too).
+    fn detach_idmapped_lowers(&self, handle: &str) -> HostResult<()> {
+        let dir = self.layout.idmapped_lowers_dir(handle);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(HostError::io(format!("reading {}", dir.display()), e)),
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            mount_api::detach_all(&path)
+                .map_err(|e| HostError::io(format!("detaching {}", path.display()), e))?;
+        }
+        std::fs::remove_dir_all(&dir)
+            .or_else(|e| {
+                if e.kind() == io::ErrorKind::NotFound {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })
+            .map_err(|e| HostError::io(format!("removing {}", dir.display()), e))
     }
 
     pub fn prepare(
         &self,
         handle: &str,
         image: &ImageRef,
-        _privileged: bool,
+        privileged: bool,
         disk: &DiskLimits,
     ) -> HostResult<Rootfs> {
         let uri = if image.uri.is_empty() {
@@ -71,25 +175,33 @@ impl RootfsManager {
             std::fs::create_dir_all(dir)
                 .map_err(|e| HostError::io(format!("creating {}", dir.display()), e))?;
         }
-        let lowers: Vec<String> = resolved
-            .lowers
-            .iter()
-            .map(|p| escape_overlay_path(p))
-            .collect();
+        let lower_dirs = if privileged {
+            resolved.lowers.clone()
+        } else {
+            self.attach_idmapped_lowers(handle, &resolved.lowers)?
+        };
+        // The merged root takes the upper dir's owner and mode: make them the image root's, as
+        // the container sees it.
+        copy_owner_and_mode(&lower_dirs[0], &upper)?;
+        let lowers: Vec<String> = lower_dirs.iter().map(|p| escape_overlay_path(p)).collect();
         let options = format!(
             "lowerdir={},upperdir={},workdir={}",
             lowers.join(":"),
             escape_overlay_path(&upper),
             escape_overlay_path(&work)
         );
-        mount(
+        let mounted = mount(
             Some("overlay"),
             &rootfs,
             Some("overlay"),
             MsFlags::empty(),
             Some(options.as_str()),
         )
-        .map_err(|e| HostError::io(format!("mounting the overlay of {handle}"), e.into()))?;
+        .map_err(|e| HostError::io(format!("mounting the overlay of {handle}"), e.into()));
+        if !privileged {
+            self.detach_idmapped_lowers(handle)?;
+        }
+        mounted?;
         Ok(Rootfs {
             image_env: resolved.env,
         })
@@ -136,6 +248,7 @@ impl RootfsManager {
                 }
             }
         }
+        self.detach_idmapped_lowers(handle)?;
         // The scratch filesystem (if the container had a disk limit) goes before its mount
         // point does.
         self.disk.release_scratch(handle)?;
@@ -173,6 +286,15 @@ impl RootfsManager {
     pub fn capacity(&self) -> HostResult<HostCapacity> {
         self.disk.capacity()
     }
+}
+
+fn copy_owner_and_mode(from: &Path, to: &Path) -> HostResult<()> {
+    let meta = std::fs::metadata(from)
+        .map_err(|e| HostError::io(format!("stat {}", from.display()), e))?;
+    std::os::unix::fs::chown(to, Some(meta.uid()), Some(meta.gid()))
+        .map_err(|e| HostError::io(format!("chown {}", to.display()), e))?;
+    std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.mode() & 0o7777))
+        .map_err(|e| HostError::io(format!("chmod {}", to.display()), e))
 }
 
 fn is_overlay(path: &Path) -> bool {

@@ -72,6 +72,7 @@ pub fn host(name: &str) -> TestHost {
             tag: unique_tag(),
             ..Default::default()
         },
+        security: Default::default(),
     })
     .expect("LinuxHost::new");
     TestHost { host, base }
@@ -97,7 +98,7 @@ impl TestHost {
             )
             .expect("prepare rootfs");
         self.host
-            .create_cgroup(handle, &Limits::default())
+            .create_cgroup(handle, &Limits::default(), false)
             .expect("create cgroup");
         self.host
             .start_init(handle, &init_config(handle, binds))

@@ -98,31 +98,22 @@ where
     }
 }
 
-/// The host cgroup directories of a process in the container, from its /proc/self/cgroup
-/// (there is no cgroup namespace, so the paths are the host's).
-pub async fn cgroup_dirs(container: &Container) -> Vec<PathBuf> {
-    let text = ok(container, "cat /proc/self/cgroup").await;
-    let mut dirs = Vec::new();
-    for line in text.lines() {
-        let mut fields = line.splitn(3, ':');
-        let (_, controllers, path) = match (fields.next(), fields.next(), fields.next()) {
-            (Some(id), Some(c), Some(p)) => (id, c, p),
-            _ => continue,
-        };
-        let base = if controllers.is_empty() {
-            // cgroup v2 (or the hybrid host's unified mount).
-            if std::path::Path::new("/sys/fs/cgroup/cgroup.controllers").exists() {
-                PathBuf::from("/sys/fs/cgroup")
-            } else {
-                PathBuf::from("/sys/fs/cgroup/unified")
+/// The host cgroup directories of the container: `<mount>/<server's parent>/<handle>` in every
+/// cgroup hierarchy of the host (the container itself sees only its own cgroup namespace).
+pub fn cgroup_dirs(server: &TestServer, container: &Container) -> Vec<PathBuf> {
+    let parent = server.cgroup_parent();
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            let fstype = after.split_whitespace().next()?;
+            if fstype != "cgroup" && fstype != "cgroup2" {
+                return None;
             }
-        } else {
-            let name = controllers.trim_start_matches("name=");
-            PathBuf::from("/sys/fs/cgroup").join(name)
-        };
-        if path.contains("trellis-") {
-            dirs.push(base.join(path.trim_start_matches('/')));
-        }
-    }
-    dirs
+            before.split_whitespace().nth(4).map(PathBuf::from)
+        })
+        .map(|mount| mount.join(&parent).join(container.handle()))
+        .filter(|dir| dir.exists())
+        .collect()
 }

@@ -64,6 +64,17 @@ pub async fn create(spec: ContainerSpec) -> Scoped {
     Scoped { container, client }
 }
 
+/// A spec naming an image.
+pub fn with_image(uri: &str) -> ContainerSpec {
+    ContainerSpec {
+        image: trellis_core::api::ImageRef {
+            uri: uri.into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
 pub async fn create_default() -> Scoped {
     create(ContainerSpec::default()).await
 }

@@ -9,12 +9,14 @@
 //! panics on unexpected file contents), and stop/destroy need recursive pid listing and the
 //! freezer/`cgroup.kill`, which it does not offer.
 
+pub mod device_program;
 mod files;
 mod oom;
 pub mod stats;
 pub mod v1;
 pub mod v2;
 
+use super::security::devices::{self, AllowRule};
 use super::LinuxConfig;
 use crate::host::{HostCapacity, HostError, HostResult, ObservationSink};
 use oom::OomWatcher;
@@ -58,8 +60,11 @@ pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The container's cgroup: what a backend does with it.
 pub(crate) trait Backend: Send + Sync {
     fn mode(&self) -> Mode;
-    /// Makes the container's cgroup (idempotently) and writes its limits.
-    fn create(&self, handle: &str, limits: &Limits) -> HostResult<()>;
+    /// Makes the container's cgroup (idempotently), writes its limits and lets it use only
+    /// the devices `devices` allows.
+    fn create(&self, handle: &str, limits: &Limits, devices: &[AllowRule]) -> HostResult<()>;
+    /// The cgroup filesystems an unprivileged container gets, read-only, at /sys/fs/cgroup.
+    fn container_view(&self) -> CgroupView;
     fn add_process(&self, handle: &str, pid: u32) -> HostResult<()>;
     /// Every pid in the container's cgroup and its descendants.
     fn pids(&self, handle: &str) -> HostResult<Vec<u32>>;
@@ -77,6 +82,24 @@ pub(crate) trait Backend: Send + Sync {
     fn settings(&self, handle: &str) -> HostResult<Settings>;
     /// What the OOM watcher must open to hear about the container's OOM kills.
     fn oom_source(&self, handle: &str) -> oom::Source;
+}
+
+/// The cgroup filesystems mounted read-only at /sys/fs/cgroup in an unprivileged container, in
+/// its cgroup namespace (so they show its own cgroup as the root).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum CgroupView {
+    None,
+    /// One mount per v1 hierarchy, named as on the host.
+    V1(Vec<CgroupHierarchyView>),
+    V2,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CgroupHierarchyView {
+    /// The directory name under /sys/fs/cgroup (`cpu,cpuacct`, `memory`, `systemd`).
+    pub dir: String,
+    /// The options that select the hierarchy (`cpu`, `cpuacct`, `name=systemd`).
+    pub options: Vec<String>,
 }
 
 /// A container's pid limit and CPU shares, as the kernel has them.
@@ -136,13 +159,15 @@ impl Cgroups {
         self.backend.mode()
     }
 
-    /// Creates the container's cgroup with its limits. Idempotent: an existing cgroup gets the
-    /// limits written again.
-    pub fn create(&self, handle: &str, limits: &Limits) -> HostResult<()> {
+    /// Creates the container's cgroup with its limits and device allowlist (privileged
+    /// containers may also use /dev/fuse). Idempotent: an existing cgroup gets them written
+    /// again.
+    pub fn create(&self, handle: &str, limits: &Limits, privileged: bool) -> HostResult<()> {
         validate_name(handle)?;
+        let devices = devices::allow_rules(privileged, devices::host_has_fuse());
         let created = self
             .backend
-            .create(handle, limits)
+            .create(handle, limits, &devices)
             .and_then(|()| self.backend.settings(handle));
         match created {
             Ok(settings) => {
@@ -156,6 +181,11 @@ impl Cgroups {
                 Err(e)
             }
         }
+    }
+
+    /// What an unprivileged container sees at /sys/fs/cgroup.
+    pub fn container_view(&self) -> CgroupView {
+        self.backend.container_view()
     }
 
     /// Moves `pid` (its whole thread group) into the container's cgroup: one write per

@@ -3,8 +3,9 @@
 use super::files::{self, parse_u64_or_max};
 use super::oom::Source;
 use super::stats;
-use super::{pids_max_value, Backend, Mode, Settings};
+use super::{pids_max_value, Backend, CgroupHierarchyView, CgroupView, Mode, Settings};
 use crate::host::{HostError, HostResult};
+use crate::linux::security::devices::{self, AllowRule};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::collections::BTreeSet;
@@ -41,22 +42,6 @@ pub struct V1 {
     /// device rules cannot be changed once the other's container cgroup exists).
     parent_setup: std::sync::Mutex<()>,
 }
-
-/// runc's default device rules for containers (guardian sets none of its own): mknod anything,
-/// use only the standard nodes, terminals and tun.
-const DEVICE_RULES: &[&str] = &[
-    "c *:* m",
-    "b *:* m",
-    "c 1:3 rwm",
-    "c 1:5 rwm",
-    "c 1:7 rwm",
-    "c 5:0 rwm",
-    "c 1:8 rwm",
-    "c 1:9 rwm",
-    "c 136:* rwm",
-    "c 5:2 rwm",
-    "c 10:200 rwm",
-];
 
 impl V1 {
     /// Finds the v1 hierarchies from /proc/self/mountinfo.
@@ -129,10 +114,14 @@ impl V1 {
                 copy_cpuset(&h.mount, &dir)?;
                 files::write(dir.join("cgroup.clone_children"), "1")?;
             }
-            if created && Some(&h.mount) == self.devices.as_ref() {
-                files::write(dir.join("devices.deny"), "a")?;
-                for rule in DEVICE_RULES {
-                    files::write(dir.join("devices.allow"), rule)?;
+            if Some(&h.mount) == self.devices.as_ref() {
+                // Every rule any container may get: each container narrows its own. "deny a"
+                // only while the parent is new (v1 refuses it once children exist).
+                if created {
+                    files::write(dir.join("devices.deny"), "a")?;
+                }
+                for rule in devices::allow_rules(true, true) {
+                    files::write(dir.join("devices.allow"), &rule.v1_line())?;
                 }
             }
         }
@@ -178,7 +167,7 @@ impl Backend for V1 {
         Mode::V1
     }
 
-    fn create(&self, handle: &str, limits: &Limits) -> HostResult<()> {
+    fn create(&self, handle: &str, limits: &Limits, devices: &[AllowRule]) -> HostResult<()> {
         self.ensure_parent()?;
         for h in &self.hierarchies {
             let dir = self.dir(&h.mount, handle);
@@ -191,8 +180,29 @@ impl Backend for V1 {
             if Some(&h.mount) == self.cpuset.as_ref() {
                 copy_cpuset(&h.mount.join(&self.parent), &dir)?;
             }
+            if Some(&h.mount) == self.devices.as_ref() {
+                files::write(dir.join("devices.deny"), "a")?;
+                for rule in devices {
+                    files::write(dir.join("devices.allow"), &rule.v1_line())?;
+                }
+            }
         }
         self.apply_limits(handle, limits)
+    }
+
+    fn container_view(&self) -> CgroupView {
+        CgroupView::V1(
+            self.hierarchies
+                .iter()
+                .filter_map(|h| {
+                    let dir = h.mount.file_name()?.to_str()?.to_string();
+                    Some(CgroupHierarchyView {
+                        dir,
+                        options: h.key.split(',').map(str::to_string).collect(),
+                    })
+                })
+                .collect(),
+        )
     }
 
     fn add_process(&self, handle: &str, pid: u32) -> HostResult<()> {

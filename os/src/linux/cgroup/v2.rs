@@ -3,10 +3,15 @@
 use super::files::{self, parse_u64_or_max};
 use super::oom::Source;
 use super::stats;
-use super::{pids_max_value, shares_to_weight, weight_to_shares, Backend, Mode, Settings};
+use super::{
+    device_program, pids_max_value, shares_to_weight, weight_to_shares, Backend, CgroupView, Mode,
+    Settings,
+};
 use crate::host::{HostError, HostResult};
+use crate::linux::security::devices::AllowRule;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use trellis_core::api::{Limits, Metrics};
@@ -18,6 +23,9 @@ const WANTED: &[&str] = &["cpu", "io", "memory", "pids"];
 pub struct V2 {
     root: PathBuf,
     parent: String,
+    /// Whether `root` is a real cgroup2 mount, where device programs can be attached (unit
+    /// tests use a plain directory tree).
+    device_control: bool,
     parent_ready: AtomicBool,
     /// Serialises the parent's setup: two creates at once must not both set it up (v1: the
     /// device rules cannot be changed once the other's container cgroup exists).
@@ -32,9 +40,13 @@ impl V2 {
                 root.display()
             )));
         }
+        const CGROUP2_SUPER_MAGIC: i64 = 0x6367_7270;
+        let device_control = nix::sys::statfs::statfs(root)
+            .is_ok_and(|fs| fs.filesystem_type().0 == CGROUP2_SUPER_MAGIC);
         Ok(V2 {
             root: root.to_path_buf(),
             parent: parent.to_string(),
+            device_control,
             parent_ready: AtomicBool::new(false),
             parent_setup: std::sync::Mutex::new(()),
         })
@@ -99,6 +111,20 @@ impl V2 {
     }
 }
 
+/// Attaches the device program for `devices` to the cgroup at `dir`.
+pub fn restrict_devices(dir: &Path, devices: &[AllowRule]) -> HostResult<()> {
+    let program = device_program::load(devices)
+        .map_err(|e| HostError::io("loading the device program", e))?;
+    let cgroup = std::fs::File::open(dir)
+        .map_err(|e| HostError::io(format!("opening {}", dir.display()), e))?;
+    device_program::attach(program.as_fd(), cgroup.as_fd()).map_err(|e| {
+        HostError::io(
+            format!("attaching the device program to {}", dir.display()),
+            e,
+        )
+    })
+}
+
 /// The control file, or an error saying which controller is missing.
 fn need(dir: &Path, file: &str, controller: &str) -> HostResult<PathBuf> {
     let path = dir.join(file);
@@ -116,7 +142,7 @@ impl Backend for V2 {
         Mode::V2
     }
 
-    fn create(&self, handle: &str, limits: &Limits) -> HostResult<()> {
+    fn create(&self, handle: &str, limits: &Limits, devices: &[AllowRule]) -> HostResult<()> {
         self.ensure_parent()?;
         let dir = self.dir(handle);
         if let Err(e) = files::mkdir(&dir) {
@@ -125,7 +151,14 @@ impl Backend for V2 {
             self.ensure_parent().map_err(|_| e)?;
             files::mkdir(&dir)?;
         }
+        if self.device_control {
+            restrict_devices(&dir, devices)?;
+        }
         self.apply_limits(&dir, limits)
+    }
+
+    fn container_view(&self) -> CgroupView {
+        CgroupView::V2
     }
 
     fn add_process(&self, handle: &str, pid: u32) -> HostResult<()> {
@@ -263,7 +296,7 @@ mod tests {
             pid_limits: PidLimits { max: 50 },
             ..Limits::default()
         };
-        v2.create("c1", &limits).expect("create");
+        v2.create("c1", &limits, &[]).expect("create");
         assert_eq!(read(&root, "memory.max"), (64u64 << 20).to_string());
         assert_eq!(read(&root, "memory.swap.max"), "0");
         assert_eq!(read(&root, "cpu.weight"), "101");
@@ -283,6 +316,7 @@ mod tests {
                     },
                     ..Limits::default()
                 },
+                &[],
             )
             .expect_err("no memory controller");
         assert!(

@@ -67,6 +67,12 @@ impl Default for NetworkSettings {
 pub struct Networker {
     layout: Layout,
     settings: NetworkSettings,
+    /// Unprivileged containers' user namespace mapping: their network namespaces belong to a
+    /// user namespace with it, and container root owns their /etc/hosts and resolv.conf.
+    id_mapping: crate::linux::security::IdMapping,
+    /// `--no-new-privileges`: unprivileged containers may open ICMP sockets (gdn's
+    /// `ping_group_range`), since ping's file capabilities no longer apply.
+    no_new_privileges: bool,
     removal: Arc<Removal>,
     /// Removals still running after their teardown returned.
     pending_cleanups: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -184,6 +190,8 @@ impl Networker {
         let networker = Networker {
             layout,
             settings,
+            id_mapping: config.security.id_mapping.clone(),
+            no_new_privileges: config.security.no_new_privileges,
             removal,
             pending_cleanups: Default::default(),
             expedite_cleanups: Default::default(),
@@ -338,7 +346,8 @@ impl Networker {
         self.removal.states.save(&state)?;
 
         let netns_path = self.layout.netns_file(handle);
-        netns::create(&netns_path)?;
+        let owner = (!config.privileged).then_some(&self.id_mapping);
+        netns::create(&netns_path, owner)?;
         let netns_file = std::fs::File::open(&netns_path)
             .map_err(|e| HostError::io(format!("open {}", netns_path.display()), e))?;
         let names = LinkNames::for_id(&self.removal.tag, &state.id);
@@ -397,7 +406,12 @@ impl Networker {
             nl.ensure_default_route(gateway)
         })?;
 
-        self.write_dns_files(handle, &assignment)?;
+        if !config.privileged && self.no_new_privileges {
+            netns::write_sysctl(&netns_path, "net/ipv4/ping_group_range", "1 65535")?;
+        }
+        let owner =
+            (!config.privileged).then(|| (self.id_mapping.root_uid(), self.id_mapping.root_gid()));
+        self.write_dns_files(handle, &assignment, owner)?;
         self.removal.firewall.add_container(
             &Self::rules(&state, &names),
             &config.netout_rules,
@@ -425,7 +439,14 @@ impl Networker {
         })
     }
 
-    fn write_dns_files(&self, handle: &str, assignment: &NetworkAssignment) -> HostResult<()> {
+    /// The container's /etc/hosts and /etc/resolv.conf, owned by container root (`owner`, the
+    /// host ids of an unprivileged container's root; host root otherwise).
+    fn write_dns_files(
+        &self,
+        handle: &str,
+        assignment: &NetworkAssignment,
+        owner: Option<(u32, u32)>,
+    ) -> HostResult<()> {
         let hostname = trellis_core::handle::hostname(handle);
         let hosts = dns::hosts_file(assignment.container_ip, &hostname, &self.settings.dns);
         let host_resolv = match std::fs::read_to_string(&self.settings.host_resolv_conf) {
@@ -444,6 +465,9 @@ impl Networker {
             (self.layout.resolv_conf_file(handle), resolv),
         ] {
             write_public_file(&path, &text)?;
+            let (uid, gid) = owner.unwrap_or((0, 0));
+            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                .map_err(|e| HostError::io(format!("chown {}", path.display()), e))?;
         }
         Ok(())
     }

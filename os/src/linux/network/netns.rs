@@ -1,10 +1,12 @@
 //! Network namespaces kept alive by a bind mount of their nsfs file, like `ip netns`.
 //!
-//! The namespace is made on a short-lived thread of our own that unshares its network
-//! namespace (a per-thread property), bind-mounts it and exits; no process is forked and no
-//! other thread changes namespace.
+//! A privileged container's namespace is made on a short-lived thread of our own that unshares
+//! its network namespace (a per-thread property), bind-mounts it and exits; no process is
+//! forked and no other thread changes namespace. An unprivileged container's is made together
+//! with its user namespace, which then owns it (see `userns`).
 
 use crate::host::{HostError, HostResult};
+use crate::linux::security::userns::{self, IdMapping};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sched::{unshare, CloneFlags};
 use std::path::Path;
@@ -18,10 +20,19 @@ pub fn is_namespace(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-/// Creates a new network namespace bound at `path`; does nothing if one is already there.
-pub fn create(path: &Path) -> HostResult<()> {
+/// Creates a new network namespace bound at `path`, owned by a new user namespace with
+/// `owner`'s mapping when given (an unprivileged container's), else by the host's. Does nothing
+/// if a namespace of that kind is already there; replaces one of the other kind.
+pub fn create(path: &Path, owner: Option<&IdMapping>) -> HostResult<()> {
     if is_namespace(path) {
-        return Ok(());
+        let existing = std::fs::File::open(path)
+            .map_err(|e| HostError::io(format!("open {}", path.display()), e))?;
+        let unprivileged = userns::network_namespace_is_unprivileged(&existing)
+            .map_err(|e| HostError::io(format!("the owner of {}", path.display()), e))?;
+        if unprivileged == owner.is_some() {
+            return Ok(());
+        }
+        remove(path)?;
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)
@@ -33,6 +44,20 @@ pub fn create(path: &Path) -> HostResult<()> {
         .truncate(false)
         .open(path)
         .map_err(|e| HostError::io(format!("create {}", path.display()), e))?;
+    if let Some(mapping) = owner {
+        let namespaces = userns::new_namespaces(mapping, true)
+            .map_err(|e| HostError::io("making user and network namespaces", e))?;
+        let net = namespaces.net.expect("asked for a network namespace");
+        let source = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&net));
+        return mount(
+            Some(source.as_str()),
+            path,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .map_err(|e| HostError::Failed(format!("bind {source} at {}: {e}", path.display())));
+    }
     let target = path.to_path_buf();
     std::thread::spawn(move || -> HostResult<()> {
         unshare(CloneFlags::CLONE_NEWNET)
@@ -49,6 +74,23 @@ pub fn create(path: &Path) -> HostResult<()> {
     })
     .join()
     .map_err(|_| HostError::Failed("network namespace thread panicked".into()))?
+}
+
+/// Writes a sysctl of the network namespace at `netns` (`name` as under /proc/sys), from a
+/// short-lived thread that joins it (/proc/sys/net shows the opening thread's namespace).
+pub fn write_sysctl(netns: &Path, name: &str, value: &str) -> HostResult<()> {
+    let ns = std::fs::File::open(netns)
+        .map_err(|e| HostError::io(format!("open {}", netns.display()), e))?;
+    let name = name.to_string();
+    let value = value.to_string();
+    std::thread::spawn(move || -> HostResult<()> {
+        nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
+            .map_err(|e| HostError::Failed(format!("joining the network namespace: {e}")))?;
+        let path = format!("/proc/sys/{name}");
+        std::fs::write(&path, &value).map_err(|e| HostError::io(format!("write {path}"), e))
+    })
+    .join()
+    .map_err(|_| HostError::Failed("sysctl thread panicked".into()))?
 }
 
 /// Unmounts and removes the namespace file; the namespace goes away with its last user.

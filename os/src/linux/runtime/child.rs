@@ -6,8 +6,15 @@
 //! Failures before the exec are written to the report pipe (`kind byte + message`) and the
 //! child exits; a successful exec closes the pipe (it is close-on-exec), which init reads as
 //! "started".
+//!
+//! Before it changes directory the child closes every descriptor but its stdio and the report
+//! pipe, and afterwards checks that its working directory is inside the container: a leaked
+//! directory descriptor named as the working directory (`/proc/self/fd/N`) is how
+//! CVE-2024-21626 escaped runc. Runs under the container's seccomp filter (unprivileged), so it
+//! uses only syscalls the filter allows (no `close_range`).
 
 use super::protocol::FailureKind;
+use crate::linux::security::capabilities;
 use crate::users::{self, ExecUser};
 use nix::sys::signal::{sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
 use nix::unistd::{Gid, Uid};
@@ -239,8 +246,9 @@ pub fn exec_process(
     base_env: &[String],
     stdio: ChildStdio,
     report: OwnedFd,
+    privileged: bool,
 ) -> ! {
-    match prepare_and_exec(spec, base_env, stdio) {
+    match prepare_and_exec(spec, base_env, stdio, report.as_raw_fd(), privileged) {
         Ok(never) => match never {},
         Err(failure) => fail(&report, failure),
     }
@@ -252,6 +260,8 @@ fn prepare_and_exec(
     spec: &ProcessSpec,
     base_env: &[String],
     stdio: ChildStdio,
+    report: RawFd,
+    privileged: bool,
 ) -> Result<Never, Failure> {
     reset_signals();
     nix::unistd::setsid().map_err(|e| Failure::failed(format!("setsid: {e}")))?;
@@ -317,9 +327,18 @@ fn prepare_and_exec(
         nix::sys::resource::setrlimit(resource, value, value)
             .map_err(|e| Failure::failed(format!("setting rlimit {name} to {value}: {e}")))?;
     }
+    // Nothing of init's may reach the process (the report pipe closes on exec).
+    close_all_except(&[report]);
     std::env::set_current_dir(&dir).map_err(|e| {
         Failure::failed(format!("chdir to working directory {}: {e}", dir.display()))
     })?;
+    check_cwd_inside()?;
+    if privileged {
+        let last_cap = capabilities::last_cap()
+            .map_err(|e| Failure::failed(format!("reading cap_last_cap: {e}")))?;
+        capabilities::apply(capabilities::for_process(true, user.uid == 0), last_cap)
+            .map_err(|e| Failure::failed(format!("setting capabilities: {e}")))?;
+    }
     become_user(&user)?;
 
     let argv: Vec<CString> = std::iter::once(spec.path.as_str())
@@ -329,17 +348,6 @@ fn prepare_and_exec(
     let envp: Vec<CString> = env.iter().map(|e| cstring(e)).collect::<Result<_, _>>()?;
     let program_c = CString::new(program.as_os_str().as_bytes())
         .map_err(|_| Failure::invalid("program path contains a NUL byte"))?;
-    // Nothing of init's may reach the process: every descriptor above stdio closes on exec
-    // (the report pipe too, which tells init the exec happened).
-    // SAFETY: close_range only changes descriptor flags.
-    unsafe {
-        libc::syscall(
-            libc::SYS_close_range,
-            3u32,
-            u32::MAX,
-            libc::CLOSE_RANGE_CLOEXEC,
-        )
-    };
     let err = nix::unistd::execve(&program_c, &argv, &envp).unwrap_err();
     let text = io_text(&std::io::Error::from(err));
     let message = format!(
@@ -358,19 +366,33 @@ pub fn user_path(path: &str, user: &ExecUser) -> PathBuf {
     absolute(path, &user.home)
 }
 
-/// Closes every descriptor but stdio and `keep` (a file-stream child must hold nothing else of
-/// init's: the control socket, other processes' pipes).
+/// Closes every descriptor but stdio and `keep`, listed from /proc/self/fd (a file-stream or
+/// process child must hold nothing else of init's: the control socket, other processes' pipes).
 pub fn close_all_except(keep: &[RawFd]) {
-    let mut keep: Vec<u32> = keep.iter().map(|fd| *fd as u32).collect();
-    keep.sort_unstable();
-    let mut from = 3u32;
-    for fd in keep.into_iter().filter(|fd| *fd >= 3) {
-        if fd > from {
-            // SAFETY: closing descriptors we own; nothing refers to them afterwards.
-            unsafe { libc::syscall(libc::SYS_close_range, from, fd - 1, 0u32) };
-        }
-        from = fd + 1;
+    let open: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
+        Ok(entries) => entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse().ok()))
+            .collect(),
+        Err(_) => return,
+    };
+    for fd in open.into_iter().filter(|fd| *fd > 2 && !keep.contains(fd)) {
+        // SAFETY: closing descriptors this child owns; nothing refers to them afterwards (the
+        // listing's own descriptor is already closed and fails harmlessly).
+        unsafe { libc::close(fd) };
     }
-    // SAFETY: as above.
-    unsafe { libc::syscall(libc::SYS_close_range, from, u32::MAX, 0u32) };
+}
+
+/// The working directory must be inside the container's root: the kernel prefixes a path it
+/// cannot reach from the root with "(unreachable)".
+fn check_cwd_inside() -> Result<(), Failure> {
+    let cwd = nix::unistd::getcwd()
+        .map_err(|e| Failure::failed(format!("the working directory is unreachable: {e}")))?;
+    if !cwd.as_os_str().as_bytes().starts_with(b"/") {
+        return Err(Failure::failed(format!(
+            "the working directory {} is outside the container",
+            cwd.display()
+        )));
+    }
+    Ok(())
 }

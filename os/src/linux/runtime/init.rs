@@ -1,21 +1,28 @@
 //! The container's init: the hidden helper the server starts for `StartInit`, and the PID 1 it
 //! forks inside the new namespaces.
 //!
-//! The helper (single-threaded, started from a sealed copy of the binary) reads its `InitSpec`
-//! on stdin, binds the control socket, joins or makes the network namespace, unshares mount,
-//! UTS, IPC and PID namespaces, and forks. The child is PID 1: it builds the filesystem view,
-//! names itself `garden-init`, reports readiness and serves requests. The helper writes the
-//! init's pid file once init is ready and exits; init lives on without the server.
+//! The helper (single-threaded, started from a sealed copy of the binary, as host root) reads
+//! its `InitSpec` on stdin, binds the control socket, and clones what the container needs from
+//! the host (`HostSources`). Then it enters the container's namespaces: for an unprivileged
+//! container first its user namespace (the owner of its network namespace) as container root,
+//! so every namespace made after is owned by it; then the network namespace; then it unshares
+//! UTS, IPC, PID and cgroup namespaces and forks. The child is PID 1: it makes its mount
+//! namespace, builds the filesystem view, drops to the container's capabilities and seccomp
+//! filter (unprivileged), names itself `garden-init`, reports readiness and serves requests.
+//! The helper prints init's pid (the server records it) and exits; init lives on without the
+//! server.
 //!
 //! Init's loop reaps every child (orphans included), starts processes and file streams as
-//! children of its own (so they share every namespace and its cgroup), reports their exit
-//! statuses, and keeps the read ends of their output pipes so that output survives a server
-//! restart instead of killing the writer with SIGPIPE.
+//! children of its own (so they share every namespace, its cgroup, its capabilities and its
+//! seccomp filter), signals them on request, reports their exit statuses, and keeps the read
+//! ends of their output pipes so that output survives a server restart instead of killing the
+//! writer with SIGPIPE. Under the seccomp filter init uses only syscalls the filter allows.
 
 use super::child::{exec_process, ChildStdio, Failure};
 use super::files;
-use super::mounts::{self, InitSpec};
+use super::mounts::{self, HostSources, InitSpec};
 use super::protocol::{self, FailureKind, Reply, Request};
+use crate::linux::security::{capabilities, userns, Confinement};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -27,7 +34,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 use std::collections::HashMap;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::process::ExitCode;
 
 pub const SUBCOMMAND: &str = "__trellis-container-init";
@@ -73,22 +80,16 @@ fn run_helper() -> Result<(), String> {
     socket::listen(&listener, socket::Backlog::new(128).expect("backlog"))
         .map_err(|e| format!("listen: {e}"))?;
 
-    let own_netns = match &spec.netns {
-        Some(path) if path.exists() => {
-            let ns = std::fs::File::open(path)
-                .map_err(|e| format!("opening network namespace {}: {e}", path.display()))?;
-            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET)
-                .map_err(|e| format!("joining network namespace {}: {e}", path.display()))?;
-            false
-        }
-        _ => {
-            unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("unshare net: {e}"))?;
-            true
-        }
-    };
-    // The mount namespace is the child's own: a pivot_root would move this helper too.
-    unshare(CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWPID)
-        .map_err(|e| format!("unshare: {e}"))?;
+    // Everything from the host, while we are still host root.
+    let sources = HostSources::open(&spec)?;
+    let own_netns = enter_namespaces(&spec)?;
+    unshare(
+        CloneFlags::CLONE_NEWUTS
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWCGROUP,
+    )
+    .map_err(|e| format!("unshare: {e}"))?;
 
     let (ready_r, ready_w) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
@@ -107,13 +108,14 @@ fn run_helper() -> Result<(), String> {
                 unsafe { libc::dup2(null.as_raw_fd(), target) };
             }
             drop(null);
-            let code = init_main(&spec, listener, ready_w, own_netns);
+            let code = init_main(&spec, sources, listener, ready_w, own_netns);
             // SAFETY: ending the forked child.
             unsafe { libc::_exit(code) }
         }
         ForkResult::Parent { child } => {
             drop(ready_w);
             drop(listener);
+            drop(sources);
             let mut status = Vec::new();
             let _ = std::fs::File::from(ready_r).read_to_end(&mut status);
             if status != b"ok" {
@@ -126,17 +128,90 @@ fn run_helper() -> Result<(), String> {
                     message
                 });
             }
-            let start = super::process_start_time(child.as_raw())
-                .ok_or_else(|| "container init vanished".to_string())?;
-            super::write_pid_file(&spec.pid_file, child.as_raw(), start)
-                .map_err(|e| format!("writing {}: {e}", spec.pid_file.display()))?;
             println!("{}", child.as_raw());
             Ok(())
         }
     }
 }
 
-fn init_main(spec: &InitSpec, listener: OwnedFd, ready: OwnedFd, own_netns: bool) -> i32 {
+/// Joins the container's network namespace, and for an unprivileged container first its user
+/// namespace (the network namespace's owner) as container root. Without a network namespace
+/// to join, makes fresh ones; returns whether it did (init then brings loopback up).
+fn enter_namespaces(spec: &InitSpec) -> Result<bool, String> {
+    let netns = match &spec.netns {
+        Some(path) if path.exists() => Some(
+            std::fs::File::open(path)
+                .map_err(|e| format!("opening network namespace {}: {e}", path.display()))?,
+        ),
+        _ => None,
+    };
+    match &spec.confinement {
+        Confinement::Unprivileged { id_mapping } => {
+            let (user, net, own) = match netns {
+                Some(net) => {
+                    let user = userns::owner_of(net.as_fd())
+                        .map_err(|e| format!("finding the network namespace's owner: {e}"))?;
+                    if userns::is_own_user_namespace(user.as_fd()).map_err(|e| e.to_string())? {
+                        return Err("the network namespace of an unprivileged container is \
+                                    owned by the host's user namespace"
+                            .into());
+                    }
+                    (user, OwnedFd::from(net), false)
+                }
+                None => {
+                    let made = userns::new_namespaces(id_mapping, true)
+                        .map_err(|e| format!("making user and network namespaces: {e}"))?;
+                    (
+                        made.user,
+                        made.net.expect("asked for a network namespace"),
+                        true,
+                    )
+                }
+            };
+            setns(user.as_fd(), CloneFlags::CLONE_NEWUSER)
+                .map_err(|e| format!("joining the user namespace: {e}"))?;
+            setns(net.as_fd(), CloneFlags::CLONE_NEWNET)
+                .map_err(|e| format!("joining the network namespace: {e}"))?;
+            // Container root, so that what init creates is owned by it.
+            nix::unistd::setgroups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+            let root_gid = nix::unistd::Gid::from_raw(0);
+            let root_uid = nix::unistd::Uid::from_raw(0);
+            nix::unistd::setresgid(root_gid, root_gid, root_gid)
+                .map_err(|e| format!("becoming container root (gid): {e}"))?;
+            nix::unistd::setresuid(root_uid, root_uid, root_uid)
+                .map_err(|e| format!("becoming container root (uid): {e}"))?;
+            Ok(own)
+        }
+        Confinement::Privileged => match netns {
+            Some(net) => {
+                let owner = userns::owner_of(net.as_fd())
+                    .map_err(|e| format!("finding the network namespace's owner: {e}"))?;
+                if !userns::is_own_user_namespace(owner.as_fd()).map_err(|e| e.to_string())? {
+                    return Err(
+                        "the network namespace of a privileged container is owned by \
+                                another user namespace"
+                            .into(),
+                    );
+                }
+                setns(net.as_fd(), CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("joining the network namespace: {e}"))?;
+                Ok(false)
+            }
+            None => {
+                unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("unshare net: {e}"))?;
+                Ok(true)
+            }
+        },
+    }
+}
+
+fn init_main(
+    spec: &InitSpec,
+    sources: HostSources,
+    listener: OwnedFd,
+    ready: OwnedFd,
+    own_netns: bool,
+) -> i32 {
     let mut ready = std::fs::File::from(ready);
     let _ = nix::unistd::setsid();
     let setup = (|| {
@@ -144,7 +219,8 @@ fn init_main(spec: &InitSpec, listener: OwnedFd, ready: OwnedFd, own_netns: bool
         if own_netns {
             mounts::loopback_up()?;
         }
-        mounts::build(spec)?;
+        mounts::build(spec, sources)?;
+        confine_init(spec)?;
         set_name("garden-init");
         Ok::<_, String>(())
     })();
@@ -170,11 +246,38 @@ fn init_main(spec: &InitSpec, listener: OwnedFd, ready: OwnedFd, own_netns: bool
     Init {
         listener,
         sigfd,
+        privileged: spec.confinement.is_privileged(),
         waiting: Vec::new(),
         children: HashMap::new(),
         buf: Vec::new(),
     }
     .serve()
+}
+
+/// An unprivileged init ends its setup with the container's seccomp filter (installed while it
+/// still may) and capabilities; everything it forks inherits both. A privileged init keeps its
+/// capabilities: each process narrows its own by its user.
+fn confine_init(spec: &InitSpec) -> Result<(), String> {
+    if spec.confinement.is_privileged() {
+        return Ok(());
+    }
+    let last_cap = capabilities::last_cap().map_err(|e| format!("reading cap_last_cap: {e}"))?;
+    if spec.no_new_privileges {
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } < 0 {
+            return Err(format!(
+                "setting no_new_privs: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    spec.seccomp
+        .as_ref()
+        .ok_or("an unprivileged container needs its seccomp profile")?
+        .install()
+        .map_err(|e| e.to_string())?;
+    capabilities::apply(capabilities::for_unprivileged_init(), last_cap)
+        .map_err(|e| format!("dropping capabilities: {e}"))
 }
 
 fn set_name(name: &str) {
@@ -207,6 +310,8 @@ struct Child {
 struct Init {
     listener: OwnedFd,
     sigfd: SignalFd,
+    /// Processes narrow their capabilities by their user (see `child`).
+    privileged: bool,
     /// Accepted connections whose request has not arrived yet.
     waiting: Vec<OwnedFd>,
     children: HashMap<i32, Child>,
@@ -384,6 +489,17 @@ impl Init {
         };
         match request {
             Request::Spawn { id, spec, env } => self.spawn(conn, id, &spec, &env),
+            Request::Signal { id, signal } => {
+                self.reap();
+                let target = self.children.iter().find_map(|(pid, c)| match &c.kind {
+                    Kind::Process { id: cid } if *cid == id && c.status.is_none() => Some(*pid),
+                    _ => None,
+                });
+                if let (Some(pid), Ok(sig)) = (target, Signal::try_from(signal)) {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(pid), sig);
+                }
+                reply(&Some(conn), &Reply::Done, &[]);
+            }
             Request::SignalAll { signal } => {
                 if signal != 0 {
                     if let Ok(sig) = Signal::try_from(signal) {
@@ -427,7 +543,7 @@ impl Init {
                 &[],
             );
         };
-        let (child_stdio, mut reply_fds, kept) = match make_stdio(spec) {
+        let (child_stdio, reply_fds, kept) = match make_stdio(spec) {
             Ok(s) => s,
             Err(message) => return fail(conn, message),
         };
@@ -440,19 +556,11 @@ impl Init {
             Err(e) => fail(conn, format!("fork: {e}")),
             Ok(ForkResult::Child) => {
                 drop(report_r);
-                exec_process(spec, env, child_stdio, report_w)
+                exec_process(spec, env, child_stdio, report_w, self.privileged)
             }
             Ok(ForkResult::Parent { child }) => {
                 drop(child_stdio);
                 drop(report_w);
-                // Before the child can be reaped, so the pidfd is always the right process.
-                match pidfd_open(child.as_raw()) {
-                    Ok(pidfd) => reply_fds.insert(0, pidfd),
-                    Err(e) => {
-                        let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
-                        return fail(conn, format!("pidfd_open: {e}"));
-                    }
-                }
                 self.children.insert(
                     child.as_raw(),
                     Child {
@@ -585,16 +693,6 @@ fn make_stdio(
             kept,
         ))
     }
-}
-
-fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: plain syscall; the result is a new descriptor.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fresh descriptor from the kernel.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
 /// Sends `message` if the connection is there; false when it could not be delivered.

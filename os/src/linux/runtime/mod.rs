@@ -28,7 +28,8 @@ pub mod init;
 pub mod mounts;
 mod protocol;
 
-use super::cgroup::Cgroups;
+use super::cgroup::{CgroupView, Cgroups};
+use super::security::{seccomp, Confinement, SecuritySettings};
 use super::LinuxConfig;
 use crate::host::{FilePath, HostError, HostResult, Process, SpawnRequest, Spawned, Stdio};
 use crate::layout::Layout;
@@ -47,6 +48,9 @@ use trellis_core::effect::InitConfig;
 
 pub struct Runtime {
     layout: Layout,
+    security: SecuritySettings,
+    /// Unprivileged containers' seccomp filter, compiled once.
+    seccomp: seccomp::Profile,
     /// The helper executable: a sealed memfd copy of the binary, run as `/proc/self/fd/N`.
     helper: File,
 }
@@ -67,8 +71,12 @@ impl Runtime {
         // when it dies instead of leaving a zombie to a PID 1 that may not reap.
         // SAFETY: prctl with integer arguments.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
+        let seccomp =
+            seccomp::Profile::unprivileged().map_err(|e| HostError::Failed(e.to_string()))?;
         Ok(Runtime {
             layout: config.layout.clone(),
+            security: config.security.clone(),
+            seccomp,
             helper,
         })
     }
@@ -115,7 +123,14 @@ impl Runtime {
             resolv_conf_file: existing(self.layout.resolv_conf_file(handle)),
             hostname: config.hostname.clone(),
             bind_mounts: config.bind_mounts.clone(),
-            pid_file: self.layout.init_pid_file(handle),
+            confinement: Confinement::new(config.privileged, &self.security),
+            cgroup_view: if config.privileged {
+                CgroupView::None
+            } else {
+                cgroups.container_view()
+            },
+            no_new_privileges: self.security.no_new_privileges && !config.privileged,
+            seccomp: (!config.privileged).then(|| self.seccomp.clone()),
         };
         let body = serde_json::to_vec(&spec).map_err(|e| HostError::Failed(e.to_string()))?;
         let mut helper = std::process::Command::new(self.helper_path())
@@ -156,6 +171,16 @@ impl Runtime {
                 HostError::Failed(format!("start init: {message}"))
             });
         }
+        // The helper printed init's pid; it is recorded with its start time, so a reused pid
+        // is never taken for it.
+        let pid: i32 = String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| HostError::Failed("the init helper printed no pid".into()))?;
+        let start = process_start_time(pid)
+            .ok_or_else(|| HostError::Failed("the container's init vanished".into()))?;
+        write_pid_file(&self.layout.init_pid_file(handle), pid, start)
+            .map_err(|e| HostError::io("writing the init pid file", e))?;
         Ok(())
     }
 
@@ -207,10 +232,6 @@ impl Runtime {
             Reply::Spawned => {}
             other => return Err(unexpected(other)),
         }
-        if fds.is_empty() {
-            return Err(HostError::Failed("init sent no process descriptors".into()));
-        }
-        let pidfd = fds.remove(0);
         let (stdio, tty) = match (request.spec.tty.is_some(), fds.len()) {
             (true, 1) => {
                 let master = fds.remove(0);
@@ -246,7 +267,8 @@ impl Runtime {
         };
         Ok(Spawned {
             process: Arc::new(LinuxProcess {
-                pidfd,
+                init_socket: self.init_socket_address(request.handle),
+                id: request.process_id.to_string(),
                 tty,
                 exit: Mutex::new(ExitState {
                     status: None,
@@ -396,30 +418,16 @@ impl Runtime {
         self.init_pid(handle).filter(|p| *p == pid).map(|_| fd)
     }
 
+    fn init_socket_address(&self, handle: &str) -> InitSocket {
+        InitSocket {
+            handle: handle.to_string(),
+            socket: self.layout.init_socket(handle),
+            container_dir: self.layout.container_dir(handle),
+        }
+    }
+
     fn connect(&self, handle: &str) -> HostResult<OwnedFd> {
-        let not_running =
-            || HostError::Failed(format!("the init of container {handle} is not running"));
-        let sock = socket::socket(
-            AddressFamily::Unix,
-            SockType::SeqPacket,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )
-        .map_err(|e| HostError::io("socket", e.into()))?;
-        let path = self.layout.init_socket(handle);
-        // Socket paths are limited to 108 bytes; long depots or handles go through a
-        // descriptor of the container directory.
-        let dir;
-        let addr_path = if path.as_os_str().len() < 100 {
-            path.clone()
-        } else {
-            dir = File::open(self.layout.container_dir(handle)).map_err(|_| not_running())?;
-            PathBuf::from(format!("/proc/self/fd/{}/init.sock", dir.as_raw_fd()))
-        };
-        let addr =
-            UnixAddr::new(&addr_path).map_err(|e| HostError::io("socket address", e.into()))?;
-        socket::connect(sock.as_raw_fd(), &addr).map_err(|_| not_running())?;
-        Ok(sock)
+        self.init_socket_address(handle).connect()
     }
 
     fn request(&self, handle: &str, request: &Request, fds: &[RawFd]) -> HostResult<Reply> {
@@ -427,6 +435,44 @@ impl Runtime {
         protocol::send(conn.as_raw_fd(), request, fds)
             .map_err(|e| HostError::io("talking to the container's init", e))?;
         receive(&conn).map(|(reply, _)| reply)
+    }
+}
+
+/// Where a container's init listens.
+struct InitSocket {
+    handle: String,
+    socket: PathBuf,
+    container_dir: PathBuf,
+}
+
+impl InitSocket {
+    fn connect(&self) -> HostResult<OwnedFd> {
+        let not_running = || {
+            HostError::Failed(format!(
+                "the init of container {} is not running",
+                self.handle
+            ))
+        };
+        let sock = socket::socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(|e| HostError::io("socket", e.into()))?;
+        // Socket paths are limited to 108 bytes; long depots or handles go through a
+        // descriptor of the container directory.
+        let dir;
+        let addr_path = if self.socket.as_os_str().len() < 100 {
+            self.socket.clone()
+        } else {
+            dir = File::open(&self.container_dir).map_err(|_| not_running())?;
+            PathBuf::from(format!("/proc/self/fd/{}/init.sock", dir.as_raw_fd()))
+        };
+        let addr =
+            UnixAddr::new(&addr_path).map_err(|e| HostError::io("socket address", e.into()))?;
+        socket::connect(sock.as_raw_fd(), &addr).map_err(|_| not_running())?;
+        Ok(sock)
     }
 }
 
@@ -463,7 +509,9 @@ struct ExitState {
 }
 
 struct LinuxProcess {
-    pidfd: OwnedFd,
+    /// Signals go through init, the process's parent (see `Request::Signal`).
+    init_socket: InitSocket,
+    id: String,
     tty: Option<OwnedFd>,
     exit: Mutex<ExitState>,
 }
@@ -487,15 +535,24 @@ impl Process for LinuxProcess {
     }
 
     fn signal(&self, signal: Signal) -> HostResult<()> {
-        let sig = match signal {
+        let signal = match signal {
             Signal::Terminate => libc::SIGTERM,
             Signal::Kill => libc::SIGKILL,
         };
-        match pidfd_send_signal(self.pidfd.as_fd(), sig) {
-            Ok(()) => Ok(()),
-            // Already exited: nothing left to signal.
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
-            Err(e) => Err(HostError::io("signalling the process", e)),
+        let conn = match self.init_socket.connect() {
+            Ok(conn) => conn,
+            // No init: the container, and the process with it, is gone.
+            Err(_) => return Ok(()),
+        };
+        let request = Request::Signal {
+            id: self.id.clone(),
+            signal,
+        };
+        protocol::send(conn.as_raw_fd(), &request, &[])
+            .map_err(|e| HostError::io("asking init to signal the process", e))?;
+        match receive(&conn)? {
+            (Reply::Done, _) => Ok(()),
+            (other, _) => Err(unexpected(other)),
         }
     }
 

@@ -16,14 +16,17 @@ pub const MAX_MESSAGE: usize = 1 << 20;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Request {
-    /// Start a process. No fds; the reply carries `[pidfd, stdin, stdout, stderr]`, or
-    /// `[pidfd, pty master]` with a TTY.
+    /// Start a process. No fds; the reply carries `[stdin, stdout, stderr]`, or
+    /// `[pty master]` with a TTY.
     Spawn {
         id: String,
         spec: Box<ProcessSpec>,
         /// Image env then container env.
         env: Vec<String>,
     },
+    /// Send `signal` to the process `id` if it still runs; answers `Done`. Init is its parent
+    /// and reaps it, so the signal can never reach a process that reused its pid.
+    Signal { id: String, signal: i32 },
     /// Send `signal` to every process but init (0 only counts); answers `Remaining`.
     SignalAll { signal: i32 },
     /// Ids of the processes still running; answers `Ids`.
