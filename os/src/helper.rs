@@ -4,16 +4,17 @@
 //! own binary (from a sealed in-memory copy) with a hidden subcommand to do it in a small
 //! single-threaded process. The binary's `main` calls [`run_if_helper`] first.
 //!
-//! - `__trellis-container-init`: starts a container's init (see `linux::runtime::init`).
-//!   Processes and file streams are then started by that init, not by further helpers.
+//! - `__trellis-zygote`: forks the helper that starts each container's init (see
+//!   `linux::runtime::zygote` and `linux::runtime::init`). Processes and file streams are then
+//!   started by that init, not by further helpers.
 
 use std::process::ExitCode;
 
 /// Runs the helper named by the command line, if it names one, and returns its exit code.
 pub fn run_if_helper(args: &[String]) -> Option<ExitCode> {
     match args.get(1).map(String::as_str) {
-        Some(crate::linux::runtime::init::SUBCOMMAND) => {
-            Some(crate::linux::runtime::init::helper_main())
+        Some(crate::linux::runtime::zygote::SUBCOMMAND) => {
+            Some(crate::linux::runtime::zygote::zygote_main(args))
         }
         _ => None,
     }

@@ -52,8 +52,13 @@ fn process_table() -> Vec<(u32, u32, String)> {
 }
 
 /// Every descendant of `root` (zombies included).
+/// The server's descendants but its zygote (which lives as long as the server).
 fn descendants(root: u32) -> usize {
     let table = process_table();
+    let is_zygote = |pid: u32| {
+        std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == b"__trellis-zygote"))
+    };
     let mut children: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     for (pid, ppid, _) in &table {
         children.entry(*ppid).or_default().push(*pid);
@@ -62,8 +67,10 @@ fn descendants(root: u32) -> usize {
     let mut count = 0;
     while let Some(pid) = stack.pop() {
         for child in children.get(&pid).into_iter().flatten() {
-            count += 1;
-            stack.push(*child);
+            if !is_zygote(*child) {
+                count += 1;
+                stack.push(*child);
+            }
         }
     }
     count

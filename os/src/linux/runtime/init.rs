@@ -1,15 +1,15 @@
-//! The container's init: the hidden helper the server starts for `StartInit`, and the PID 1 it
-//! forks inside the new namespaces.
+//! The container's init: the helper the zygote forks for `StartInit`, and the PID 1 it forks
+//! inside the new namespaces.
 //!
-//! The helper (single-threaded, started from a sealed copy of the binary, as host root) reads
-//! its `InitSpec` on stdin, binds the control socket, and clones what the container needs from
-//! the host (`HostSources`). Then it enters the container's namespaces: for an unprivileged
+//! The helper (single-threaded, forked from the zygote, as host root) reports its pid, binds
+//! the control socket, and clones what the container needs from the host (`HostSources`).
+//! Once the server has moved it into the container's cgroups it enters the namespaces: for an unprivileged
 //! container first its user namespace (the owner of its network namespace) as container root,
 //! so every namespace made after is owned by it; then the network namespace; then it unshares
 //! UTS, IPC, PID and cgroup namespaces and forks. The child is PID 1: it makes its mount
 //! namespace, builds the filesystem view, drops to the container's capabilities and seccomp
 //! filter (unprivileged), names itself `garden-init`, reports readiness and serves requests.
-//! The helper prints init's pid (the server records it) and exits; init lives on without the
+//! The helper reports init's pid (the server records it) and exits; init lives on without the
 //! server.
 //!
 //! Init's loop reaps every child (orphans included), starts processes and file streams as
@@ -22,6 +22,7 @@ use super::child::{exec_process, ChildStdio, Failure};
 use super::files;
 use super::mounts::{self, HostSources, InitSpec};
 use super::protocol::{self, FailureKind, Reply, Request};
+use super::zygote::HelperMessage;
 use crate::linux::security::{capabilities, userns, Confinement};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
@@ -35,32 +36,36 @@ use nix::unistd::{fork, ForkResult, Pid};
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
-use std::process::ExitCode;
 
-pub const SUBCOMMAND: &str = "__trellis-container-init";
 const SOCKET_NAME: &str = "init.sock";
 
-/// The helper's `main`.
-pub fn helper_main() -> ExitCode {
-    match run_helper() {
-        Ok(()) => ExitCode::SUCCESS,
+/// A helper forked by the zygote for one container (see `zygote`): reports to the server on
+/// `channel`, and returns its exit code.
+pub fn helper_main(spec: &InitSpec, channel: OwnedFd) -> i32 {
+    let report = |message: &HelperMessage| {
+        let _ = protocol::send(channel.as_raw_fd(), message, &[]);
+    };
+    match run_helper(spec, &channel) {
+        Ok(init) => {
+            report(&HelperMessage::Ready { init });
+            0
+        }
         Err(message) => {
-            eprintln!("{message}");
-            ExitCode::FAILURE
+            report(&HelperMessage::Failed { message });
+            1
         }
     }
 }
 
-fn run_helper() -> Result<(), String> {
-    // Nothing the server had open may reach the container.
-    // SAFETY: close_range only closes descriptors; we hold none above stdio yet.
-    unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
-    let mut input = Vec::new();
-    std::io::stdin()
-        .read_to_end(&mut input)
-        .map_err(|e| format!("reading the init spec: {e}"))?;
-    let spec: InitSpec =
-        serde_json::from_slice(&input).map_err(|e| format!("parsing the init spec: {e}"))?;
+fn run_helper(spec: &InitSpec, channel: &OwnedFd) -> Result<i32, String> {
+    protocol::send(
+        channel.as_raw_fd(),
+        &HelperMessage::Forked {
+            pid: nix::unistd::getpid().as_raw(),
+        },
+        &[],
+    )
+    .map_err(|e| format!("reporting to the server: {e}"))?;
 
     std::env::set_current_dir(&spec.container_dir)
         .map_err(|e| format!("entering {}: {e}", spec.container_dir.display()))?;
@@ -80,9 +85,17 @@ fn run_helper() -> Result<(), String> {
     socket::listen(&listener, socket::Backlog::new(128).expect("backlog"))
         .map_err(|e| format!("listen: {e}"))?;
 
-    // Everything from the host, while we are still host root.
-    let sources = HostSources::open(&spec)?;
-    let own_netns = enter_namespaces(&spec)?;
+    // Everything from the host, while we are still host root; init starts in the rootfs.
+    let sources = HostSources::open(spec)?;
+    std::env::set_current_dir(&spec.rootfs)
+        .map_err(|e| format!("entering {}: {e}", spec.rootfs.display()))?;
+    // Every namespace and process made from here on must start in the container's cgroups.
+    let mut buf = Vec::new();
+    match protocol::recv::<HelperMessage>(channel.as_raw_fd(), &mut buf) {
+        Ok(Some((HelperMessage::Placed, _))) => {}
+        _ => return Err("the server gave up on this container start".into()),
+    }
+    let own_netns = enter_namespaces(spec)?;
     unshare(
         CloneFlags::CLONE_NEWUTS
             | CloneFlags::CLONE_NEWIPC
@@ -102,13 +115,16 @@ fn run_helper() -> Result<(), String> {
     match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
         ForkResult::Child => {
             drop(ready_r);
-            // Init must hold nothing of the server's: stdio goes to /dev/null.
+            // Init must hold nothing of the server's: stdio goes to /dev/null, and the
+            // helper's channel to the server closes.
             for target in 0..3 {
                 // SAFETY: replacing our own stdio descriptors.
                 unsafe { libc::dup2(null.as_raw_fd(), target) };
             }
             drop(null);
-            let code = init_main(&spec, sources, listener, ready_w, own_netns);
+            // SAFETY: closing our copy of the channel; nothing else here uses it.
+            unsafe { libc::close(channel.as_raw_fd()) };
+            let code = init_main(spec, sources, listener, ready_w, own_netns);
             // SAFETY: ending the forked child.
             unsafe { libc::_exit(code) }
         }
@@ -128,8 +144,7 @@ fn run_helper() -> Result<(), String> {
                     message
                 });
             }
-            println!("{}", child.as_raw());
-            Ok(())
+            Ok(child.as_raw())
         }
     }
 }

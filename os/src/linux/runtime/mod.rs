@@ -1,11 +1,11 @@
 //! The container runtime (the containerizer): init, processes, and files in and out.
 //!
-//! The server never forks for namespace work. `start_init` runs a single-threaded helper (the
-//! binary itself, re-executed from a sealed in-memory copy with a hidden subcommand), which
-//! forks the container's init inside fresh namespaces. From then on the server talks to init
-//! over a unix socket in the container's directory: init forks every process and file stream
-//! of the container, so they share all its namespaces and its cgroup, and hands back their
-//! stdio and a pidfd. Init outlives the server; a new server finds it by its pid file.
+//! The server never forks for namespace work. `start_init` asks the zygote (the binary itself,
+//! executed once from a sealed in-memory copy with a hidden subcommand) for a single-threaded
+//! helper, which forks the container's init inside fresh namespaces. From then on the server
+//! talks to init over a unix socket in the container's directory: init forks every process and
+//! file stream of the container, so they share all its namespaces and its cgroup, and hands
+//! back their stdio. Init outlives the server; a new server finds it by its pid file.
 //!
 //! Zombies. The server is a child subreaper, so the inits it starts are re-parented to it
 //! when their helper exits, and `kill_container` reaps them. After a server restart they
@@ -18,15 +18,16 @@
 //! Only an ancestor that outlives server restarts can reap (a host-wide reaper process that
 //! starts the helpers); until that exists, run the server under an init that reaps.
 //!
-//! - `init`: the helper and init's request loop; `mounts`: the container's filesystem view;
-//!   `child`: what a forked child does before it execs; `files`: tar streams;
-//!   `protocol`: the messages.
+//! - `zygote`: the process that forks helpers; `init`: the helper and init's request loop;
+//!   `mounts`: the container's filesystem view; `child`: what a forked child does before it
+//!   execs; `files`: tar streams; `protocol`: the messages.
 
 mod child;
 mod files;
 pub mod init;
 pub mod mounts;
 mod protocol;
+pub mod zygote;
 
 use super::cgroup::{CgroupView, Cgroups};
 use super::security::{seccomp, Confinement, SecuritySettings};
@@ -51,8 +52,9 @@ pub struct Runtime {
     security: SecuritySettings,
     /// Unprivileged containers' seccomp filter, compiled once.
     seccomp: seccomp::Profile,
-    /// The helper executable: a sealed memfd copy of the binary, run as `/proc/self/fd/N`.
-    helper: File,
+    /// Forks the helper of each container start (from a sealed memfd copy of the binary,
+    /// executed once).
+    zygote: zygote::Zygote,
 }
 
 /// How long a stop keeps sending SIGTERM (once a second) before it turns to SIGKILL.
@@ -73,16 +75,13 @@ impl Runtime {
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         let seccomp =
             seccomp::Profile::unprivileged().map_err(|e| HostError::Failed(e.to_string()))?;
+        let zygote = zygote::Zygote::new(helper);
         Ok(Runtime {
+            zygote,
             layout: config.layout.clone(),
             security: config.security.clone(),
             seccomp,
-            helper,
         })
-    }
-
-    fn helper_path(&self) -> String {
-        format!("/proc/self/fd/{}", self.helper.as_raw_fd())
     }
 
     pub fn start_init(
@@ -132,51 +131,20 @@ impl Runtime {
             no_new_privileges: self.security.no_new_privileges && !config.privileged,
             seccomp: (!config.privileged).then(|| self.seccomp.clone()),
         };
-        let body = serde_json::to_vec(&spec).map_err(|e| HostError::Failed(e.to_string()))?;
-        let mut helper = std::process::Command::new(self.helper_path())
-            .arg(init::SUBCOMMAND)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| HostError::io("starting the init helper", e))?;
-        // Into the container's cgroup before it forks, so init and everything after is in it.
-        let joined = if cgroups.exists(handle) {
-            cgroups.add_process(handle, helper.id())
-        } else {
-            Ok(())
-        };
-        if let Err(e) = joined {
-            let _ = helper.kill();
-            let _ = helper.wait();
-            return Err(e);
+        let helper = self.zygote.fork_helper(&spec)?;
+        // Into the container's cgroups before it makes anything, so that init and every
+        // process after it is in them. Dropping the helper (on an error) ends it.
+        if cgroups.exists(handle) {
+            cgroups.add_process(handle, helper.pid as u32)?;
         }
-        let mut stdin = helper.stdin.take().expect("piped stdin");
-        let written = stdin.write_all(&body);
-        drop(stdin);
-        let output = helper
-            .wait_with_output()
-            .map_err(|e| HostError::io("waiting for the init helper", e))?;
-        written.map_err(|e| HostError::io("sending the init spec", e))?;
-        if !output.status.success() {
-            let message = String::from_utf8_lossy(&output.stderr).trim().to_string();
-            let message = if message.is_empty() {
-                format!("container init failed: {}", output.status)
-            } else {
-                message
-            };
-            return Err(if message.starts_with("bind mount source") {
+        let pid = helper.proceed().map_err(|e| match e {
+            HostError::Failed(message) if message.starts_with("bind mount source") => {
                 HostError::Invalid(message)
-            } else {
-                HostError::Failed(format!("start init: {message}"))
-            });
-        }
-        // The helper printed init's pid; it is recorded with its start time, so a reused pid
-        // is never taken for it.
-        let pid: i32 = String::from_utf8_lossy(&output.stdout)
-            .trim()
-            .parse()
-            .map_err(|_| HostError::Failed("the init helper printed no pid".into()))?;
+            }
+            HostError::Failed(message) => HostError::Failed(format!("start init: {message}")),
+            other => other,
+        })?;
+        // Init's pid is recorded with its start time, so a reused pid is never taken for it.
         let start = process_start_time(pid)
             .ok_or_else(|| HostError::Failed("the container's init vanished".into()))?;
         write_pid_file(&self.layout.init_pid_file(handle), pid, start)

@@ -221,19 +221,17 @@ pub fn build(spec: &InitSpec, sources: HostSources) -> Result<(), String> {
     let sys = mount_api::new_filesystem("sysfs", &[], nosuid_nodev_noexec | MOUNT_ATTR_RDONLY)
         .map_err(context("mounting sysfs"))?;
 
-    // The rootfs came from the host's mount namespace, so in a user namespace's copy it is
-    // locked in place, and pivot_root refuses a locked new root: bind it onto itself first.
-    mount(
-        Some(&spec.rootfs),
-        &spec.rootfs,
-        None::<&str>,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        None::<&str>,
-    )
-    .map_err(|e| format!("binding the rootfs onto itself: {e}"))?;
-    // Into the rootfs. `pivot_root(".", ".")` stacks the old root on the new one; detaching
-    // "." then drops it, with every host mount under it.
-    chdir(&spec.rootfs).map_err(|e| format!("entering {}: {e}", spec.rootfs.display()))?;
+    // The working directory is the rootfs (the helper entered it as host root, so container
+    // root needs no way through the host's directories above it). It came from the host's
+    // mount namespace, so in a user namespace's copy it is locked in place, and pivot_root
+    // refuses a locked new root: bind it onto itself and step onto the new mount.
+    let rootfs =
+        mount_api::clone_tree(Path::new("."), true).map_err(context("cloning the rootfs mount"))?;
+    mount_api::attach_at_path(rootfs.as_fd(), Path::new("."))
+        .map_err(context("binding the rootfs onto itself"))?;
+    nix::unistd::fchdir(&rootfs).map_err(|e| format!("entering the rootfs: {e}"))?;
+    // `pivot_root(".", ".")` stacks the old root on the new one; detaching "." then drops it,
+    // with every host mount under it.
     pivot_root(".", ".").map_err(|e| format!("pivot_root: {e}"))?;
     umount2(".", MntFlags::MNT_DETACH).map_err(|e| format!("detaching the old root: {e}"))?;
     chdir("/").map_err(|e| format!("chdir /: {e}"))?;
