@@ -46,8 +46,9 @@ pub struct ServerArgs {
     /// Pool container subnets are taken from.
     #[arg(long, default_value = "10.254.0.0/22")]
     pub network_pool: ipnetwork::Ipv4Network,
-    /// Root filesystem for containers whose spec names none.
-    #[arg(long, default_value = "")]
+    /// Root filesystem for containers whose spec names none (a relative path is taken from
+    /// the current directory).
+    #[arg(long, default_value = "", value_parser = parse_default_rootfs)]
     pub default_rootfs: String,
     /// Grace time for containers created without one (`5m`, `30s`, `1h30m`, or seconds); 0
     /// means they never expire.
@@ -192,6 +193,17 @@ impl ServerArgs {
 
 pub use trellis_client::cli::parse_duration as parse_go_duration;
 
+/// A plain path made absolute (containers resolve their rootfs long after the server started,
+/// not from its working directory); URLs (`docker://`, `oci://`, `raw://`) as given.
+fn parse_default_rootfs(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.contains("://") || value.starts_with('/') {
+        return Ok(value.to_string());
+    }
+    std::path::absolute(value)
+        .map(|p| p.display().to_string())
+        .map_err(|e| format!("cannot make {value:?} absolute: {e}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +241,25 @@ mod tests {
         assert_eq!(args.bind_port, 7778);
         assert_eq!(args.deny_network.len(), 2);
         assert!(parse(&["--bind-port", "x"]).is_err());
+    }
+
+    #[test]
+    fn a_relative_default_rootfs_is_made_absolute_and_urls_are_kept() {
+        let cwd = std::env::current_dir().unwrap();
+        let args = parse(&["--default-rootfs", "images/busybox"]).unwrap();
+        assert_eq!(
+            args.default_rootfs,
+            cwd.join("images/busybox").display().to_string()
+        );
+        for kept in [
+            "/srv/rootfs",
+            "docker://127.0.0.1:5000/busybox#1",
+            "oci:///l#t",
+            "",
+        ] {
+            let args = parse(&["--default-rootfs", kept]).unwrap();
+            assert_eq!(args.default_rootfs, kept);
+        }
     }
 
     #[test]
