@@ -41,7 +41,7 @@ fn destroy(host: &LinuxHost, handle: &str) {
 }
 
 fn run(host: &LinuxHost, handle: &str, spec: &ProcessSpec) -> (i32, u64) {
-    let spawned = host
+    let io = host
         .spawn_process(SpawnRequest {
             handle,
             process_id: "p",
@@ -49,7 +49,7 @@ fn run(host: &LinuxHost, handle: &str, spec: &ProcessSpec) -> (i32, u64) {
             env: &[],
         })
         .unwrap();
-    let mut stdout = spawned.stdio.stdout;
+    let mut stdout = std::fs::File::from(io.stdout);
     let mut buf = vec![0u8; 1 << 20];
     let mut total = 0u64;
     loop {
@@ -58,7 +58,7 @@ fn run(host: &LinuxHost, handle: &str, spec: &ProcessSpec) -> (i32, u64) {
             n => total += n as u64,
         }
     }
-    (spawned.process.wait(), total)
+    (trellis_os::ProcessIo::wait(io.exit), total)
 }
 
 fn main() {

@@ -7,6 +7,7 @@
 //! left to remove: the core retries after failures and crashes.
 
 use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
 use thiserror::Error;
 use trellis_core::api::{
     DiskLimits, ImageRef, Limits, Metrics, NetOutRule, PortMapping, ProcessSpec, Signal, WindowSize,
@@ -82,28 +83,57 @@ pub struct HostCapacity {
     pub schedulable_disk_in_bytes: u64,
 }
 
-/// A running (or finished) process started by `Host::spawn_process`.
-pub trait Process: Send + Sync {
-    /// Blocks until the process has exited and returns its exit status (128+n when killed by
-    /// signal n). May be called from several threads; each gets the same status.
-    fn wait(&self) -> i32;
-    fn signal(&self, signal: Signal) -> HostResult<()>;
-    /// Resizes the process's terminal; a process without one ignores this.
-    fn resize(&self, size: WindowSize) -> HostResult<()>;
+/// A process's stdio and exit, as descriptors the caller owns. The host's keeper of the
+/// process (its container's init on Linux) holds its own copies, so the process notices
+/// nothing when the caller goes away: its stdin stays open, its output waits in its pipes, its
+/// exit status is kept. [`Host::attach_process`] hands out fresh copies (to a restarted
+/// server), until [`Host::release_process`].
+#[derive(Debug)]
+pub struct ProcessIo {
+    /// The write end of its stdin (with a TTY, the terminal); `None` once stdin was closed.
+    pub stdin: Option<OwnedFd>,
+    /// The read end of its output pipe (with a TTY, the terminal's output, stderr merged).
+    pub stdout: OwnedFd,
+    /// `None` with a TTY.
+    pub stderr: Option<OwnedFd>,
+    /// A pipe that yields the exit status (an `i32` in native byte order) once the process has
+    /// exited, and ends without it if the process's keeper is gone (its container destroyed).
+    pub exit: OwnedFd,
 }
 
-/// The process's standard streams, handed over once at spawn. With a TTY, stderr is merged into
-/// stdout and `stderr` is `None`. Readers reach EOF once every holder of the write end (the
-/// process and any children it passed them to) is gone.
-pub struct Stdio {
-    pub stdin: Box<dyn Write + Send>,
-    pub stdout: Box<dyn Read + Send>,
-    pub stderr: Option<Box<dyn Read + Send>>,
+/// The exit status of a process whose keeper went away without giving one: its container was
+/// destroyed, and the process killed with it (128 + SIGKILL).
+pub const KILLED_WITH_CONTAINER: i32 = 128 + 9;
+
+/// An exit status as the exit pipe carries it.
+pub fn encode_exit_status(status: i32) -> [u8; 4] {
+    status.to_ne_bytes()
 }
 
-pub struct Spawned {
-    pub process: std::sync::Arc<dyn Process>,
-    pub stdio: Stdio,
+/// What an exit pipe gave: its four bytes, or fewer (the keeper is gone).
+pub fn decode_exit_status(bytes: &[u8]) -> i32 {
+    match <[u8; 4]>::try_from(bytes) {
+        Ok(b) => i32::from_ne_bytes(b),
+        Err(_) => KILLED_WITH_CONTAINER,
+    }
+}
+
+impl ProcessIo {
+    /// Blocks until the process has exited; its exit status (for tools and tests; the server
+    /// waits on the exit pipe without blocking).
+    pub fn wait(exit: OwnedFd) -> i32 {
+        use std::io::Read;
+        let mut bytes = Vec::with_capacity(4);
+        let _ = std::fs::File::from(exit).take(4).read_to_end(&mut bytes);
+        decode_exit_status(&bytes)
+    }
+}
+
+/// A process the host keeps, and its exit status once it has one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessState {
+    pub id: String,
+    pub exit_status: Option<i32>,
 }
 
 /// A request to start a process in a container.
@@ -152,7 +182,21 @@ pub trait Host: Send + Sync + 'static {
     fn delete_record(&self, handle: &str) -> HostResult<()>;
 
     // --- running containers ---
-    fn spawn_process(&self, request: SpawnRequest<'_>) -> HostResult<Spawned>;
+    fn spawn_process(&self, request: SpawnRequest<'_>) -> HostResult<ProcessIo>;
+    /// Fresh descriptors of a process the host still keeps (running, or exited and not yet
+    /// released); `ProcessNotFound` otherwise.
+    fn attach_process(&self, handle: &str, process_id: &str) -> HostResult<ProcessIo>;
+    /// Every process the host keeps for the container.
+    fn processes(&self, handle: &str) -> HostResult<Vec<ProcessState>>;
+    /// Signals a process that still runs (nothing happens to one that has exited).
+    fn signal_process(&self, handle: &str, process_id: &str, signal: Signal) -> HostResult<()>;
+    /// Sets the terminal size of a process with a TTY (others ignore it).
+    fn resize_process(&self, handle: &str, process_id: &str, size: WindowSize) -> HostResult<()>;
+    /// The keeper closes its copy of the process's stdin: once the caller's copies are closed
+    /// too, the process reads EOF.
+    fn close_process_stdin(&self, handle: &str, process_id: &str) -> HostResult<()>;
+    /// The keeper forgets an exited process (its status and output were delivered).
+    fn release_process(&self, handle: &str, process_id: &str) -> HostResult<()>;
     fn stop_processes(&self, handle: &str, kill: bool) -> HostResult<()>;
     fn map_port(
         &self,

@@ -11,8 +11,8 @@ pub mod linux;
 pub mod users;
 
 pub use host::{
-    FilePath, Host, HostCapacity, HostError, HostResult, ObservationSink, Process, Rootfs,
-    SpawnRequest, Spawned, Stdio,
+    decode_exit_status, encode_exit_status, FilePath, Host, HostCapacity, HostError, HostResult,
+    ObservationSink, ProcessIo, ProcessState, Rootfs, SpawnRequest, KILLED_WITH_CONTAINER,
 };
 pub use layout::Layout;
 pub use linux::{LinuxConfig, LinuxHost};

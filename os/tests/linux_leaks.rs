@@ -104,9 +104,9 @@ fn cycle(t: &TestHost, handle: &str) {
     step("start_init");
     let spawned = t.spawn(handle, sh("echo hi"), &[]).unwrap();
     let mut out = String::new();
-    let mut stdout = spawned.stdio.stdout;
-    stdout.read_to_string(&mut out).unwrap();
-    assert_eq!((spawned.process.wait(), out.as_str()), (0, "hi\n"));
+    let mut spawned = spawned;
+    spawned.stdout.read_to_string(&mut out).unwrap();
+    assert_eq!((spawned.wait(), out.as_str()), (0, "hi\n"));
     // A process still running at destroy goes with the container.
     step("run");
     let _left_running = t.spawn(handle, sh("sleep 1000"), &[]).unwrap();

@@ -183,7 +183,7 @@ fn stdin_exit_codes_and_signals() {
     t.create("s");
     t.ok("s", "adduser -D alice");
     // stdin reaches the process, as a non-root user reopening /dev/stdin; EOF ends it.
-    let spawned = t
+    let mut p = t
         .spawn(
             "s",
             sh_as(
@@ -193,43 +193,54 @@ fn stdin_exit_codes_and_signals() {
             &[],
         )
         .unwrap();
-    let mut stdio = spawned.stdio;
-    stdio.stdin.write_all(b"hello\nworld\n").unwrap();
-    drop(stdio.stdin);
+    p.stdin
+        .as_mut()
+        .unwrap()
+        .write_all(b"hello\nworld\n")
+        .unwrap();
+    p.close_stdin();
     let mut out = String::new();
-    stdio.stdout.read_to_string(&mut out).unwrap();
+    p.stdout.read_to_string(&mut out).unwrap();
     let mut err = String::new();
-    stdio.stderr.unwrap().read_to_string(&mut err).unwrap();
+    p.stderr.take().unwrap().read_to_string(&mut err).unwrap();
     assert_eq!(
         (out.as_str(), err.as_str()),
         ("hello\nworld\npotato", "err")
     );
-    assert_eq!(spawned.process.wait(), 42);
-    assert_eq!(spawned.process.wait(), 42, "the status can be read again");
+    assert_eq!(p.wait(), 42);
+    assert_eq!(p.wait(), 42, "the status can be read again");
+    // The keeper still knows it, with its status: attaching again gives it at once.
+    let again = t.host.attach_process("s", &p.id).unwrap();
+    assert!(again.stdin.is_none(), "stdin was closed");
+    assert_eq!(trellis_os::ProcessIo::wait(again.exit), 42);
+    t.host.release_process("s", &p.id).unwrap();
+    assert!(matches!(
+        t.host.attach_process("s", &p.id),
+        Err(trellis_os::HostError::ProcessNotFound(_))
+    ));
 
     // Signals: delivered by the host, right after the start; 128+n when they kill.
     for (signal, status) in [(Signal::Terminate, 143), (Signal::Kill, 137)] {
-        let spawned = t
+        let mut p = t
             .spawn("s", sh_as("alice", "while true; do sleep 1; done"), &[])
             .unwrap();
-        spawned.process.signal(signal).unwrap();
-        assert_eq!(spawned.process.wait(), status);
+        p.signal(signal);
+        assert_eq!(p.wait(), status);
     }
-    let trapped = t
+    let mut trapped = t
         .spawn(
             "s",
             sh("trap 'echo termed; exit 42' TERM; echo ready; while true; do sleep 0.1; done"),
             &[],
         )
         .unwrap();
-    let mut stdout = trapped.stdio.stdout;
     let mut ready = [0u8; 6];
-    stdout.read_exact(&mut ready).unwrap();
-    trapped.process.signal(Signal::Terminate).unwrap();
+    trapped.stdout.read_exact(&mut ready).unwrap();
+    trapped.signal(Signal::Terminate);
     let mut rest = String::new();
-    stdout.read_to_string(&mut rest).unwrap();
+    trapped.stdout.read_to_string(&mut rest).unwrap();
     assert_eq!(rest, "termed\n");
-    assert_eq!(trapped.process.wait(), 42);
+    assert_eq!(trapped.wait(), 42);
 
     // Output is all there at exit, even from a quick process with lots of it.
     let (code, out, _) = t.run("s", sh("seq 1 100000"));
@@ -266,26 +277,22 @@ fn tty_with_window_size_onlcr_and_resize() {
         tty: tty(Some(WindowSize { columns: 13, rows: 46 })),
         ..sh("trap 'stty size' WINCH; stty size; until [ -n \"$line\" ]; do read line; done; echo got $line")
     };
-    let spawned = t.spawn("t", spec, &[]).unwrap();
-    let mut stdio = spawned.stdio;
+    let mut p = t.spawn("t", spec, &[]).unwrap();
     let mut first = [0u8; 7];
-    stdio.stdout.read_exact(&mut first).unwrap();
+    p.stdout.read_exact(&mut first).unwrap();
     assert_eq!(&first, b"46 13\r\n");
-    spawned
-        .process
-        .resize(WindowSize {
-            columns: 123,
-            rows: 456,
-        })
-        .unwrap();
+    p.resize(WindowSize {
+        columns: 123,
+        rows: 456,
+    });
     let mut second = [0u8; 9];
-    stdio.stdout.read_exact(&mut second).unwrap();
+    p.stdout.read_exact(&mut second).unwrap();
     assert_eq!(&second, b"456 123\r\n");
-    stdio.stdin.write_all(b"ok\n").unwrap();
+    p.stdin.as_mut().unwrap().write_all(b"ok\n").unwrap();
     let mut rest = String::new();
-    stdio.stdout.read_to_string(&mut rest).unwrap();
+    p.stdout.read_to_string(&mut rest).unwrap();
     assert!(rest.ends_with("got ok\r\n"), "{rest:?}");
-    assert_eq!(spawned.process.wait(), 0);
+    assert_eq!(p.wait(), 0);
     // Every byte of a big tty output arrives before the end.
     let spec = ProcessSpec {
         tty: tty(None),
@@ -299,7 +306,7 @@ fn tty_with_window_size_onlcr_and_resize() {
 fn stop_terminates_every_process_but_init() {
     let t = host("stop");
     t.create("st");
-    let parent = t
+    let mut parent = t
         .spawn("st", sh("trap 'exit 42' TERM; sh -c 'trap \"exit 7\" TERM; while true; do sleep 0.1; done' & while true; do sleep 0.1; done"), &[])
         .unwrap();
     eventually("the nested shell", Duration::from_secs(10), || {
@@ -310,14 +317,14 @@ fn stop_terminates_every_process_but_init() {
             >= 3
     });
     t.host.stop_processes("st", false).unwrap();
-    assert_eq!(parent.process.wait(), 42);
+    assert_eq!(parent.wait(), 42);
     assert_eq!(
         t.ok("st", "ps -o comm | grep -c sleep || true").trim(),
         "0",
         "no process survives"
     );
     // Kill: no TERM grace, and the container keeps working (init stays).
-    let stubborn = t
+    let mut stubborn = t
         .spawn(
             "st",
             sh("trap '' TERM; while true; do sleep 0.1; done"),
@@ -325,7 +332,7 @@ fn stop_terminates_every_process_but_init() {
         )
         .unwrap();
     t.host.stop_processes("st", true).unwrap();
-    assert_eq!(stubborn.process.wait(), 137);
+    assert_eq!(stubborn.wait(), 137);
     assert_eq!(t.ok("st", "echo alive"), "alive\n");
     t.destroy("st");
 }
@@ -634,7 +641,7 @@ fn the_source_rootfs_is_never_modified_and_destroy_removes_the_upper() {
 fn containers_outlive_the_host_object_and_are_observed_again() {
     let t = host("restart");
     t.create("r");
-    let sleeper = t.spawn("r", sh("sleep 1000"), &[]).unwrap();
+    let mut sleeper = t.spawn("r", sh("sleep 1000"), &[]).unwrap();
     let config = trellis_os::LinuxConfig {
         layout: t.host.layout.clone(),
         default_rootfs: String::new(),
@@ -647,9 +654,9 @@ fn containers_outlive_the_host_object_and_are_observed_again() {
     let observed = again.observe().unwrap();
     let c = &observed.containers["r"];
     assert!(c.rootfs && c.cgroup && c.init, "{c:?}");
-    assert_eq!(c.processes, vec!["p".to_string()]);
+    assert_eq!(c.processes, vec![sleeper.id.clone()]);
     let (code, out, _) = {
-        let spawned = again
+        let io = again
             .spawn_process(trellis_os::SpawnRequest {
                 handle: "r",
                 process_id: "q",
@@ -657,14 +664,14 @@ fn containers_outlive_the_host_object_and_are_observed_again() {
                 env: &[],
             })
             .unwrap();
+        let mut p = Proc::new(&again, "r", "q", io);
         let mut out = String::new();
-        let mut stdout = spawned.stdio.stdout;
-        stdout.read_to_string(&mut out).unwrap();
-        (spawned.process.wait(), out, ())
+        p.stdout.read_to_string(&mut out).unwrap();
+        (p.wait(), out, ())
     };
     assert_eq!((code, out.as_str()), (0, "still here\n"));
     again.kill_container("r").unwrap();
-    assert_eq!(sleeper.process.wait(), 137);
+    assert_eq!(sleeper.wait(), 137);
     assert!(!again.observe().unwrap().containers["r"].init);
     t.destroy("r");
 }

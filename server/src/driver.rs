@@ -125,6 +125,12 @@ impl Driver {
             found = observed.containers.len(),
             "restoring containers"
         );
+        let running: Vec<String> = observed
+            .containers
+            .iter()
+            .filter(|(_, c)| c.init)
+            .map(|(handle, _)| handle.clone())
+            .collect();
         let mut core = Core::restore(config, now(), records);
         let outputs = core.step(now(), Input::Reconcile(observed));
         let (tx, rx) = mpsc::unbounded_channel();
@@ -139,11 +145,54 @@ impl Driver {
             next_request: 1,
         };
         driver.dispatch(outputs);
+        driver.adopt_processes(&running);
         let sink = handle.clone();
         driver
             .host
             .watch_events(Box::new(move |observation| sink.observe(observation)));
         Ok((driver, handle))
+    }
+
+    /// Takes over the processes the host still keeps for these containers (started by an
+    /// earlier server): their output, their exit, attaching to them by id.
+    fn adopt_processes(&self, containers: &[String]) {
+        let mut adopted = 0;
+        for container in containers {
+            let states = match self.host.processes(container) {
+                Ok(states) => states,
+                Err(e) => {
+                    warn!(handle = %container, error = %e, "listing the container's processes failed");
+                    continue;
+                }
+            };
+            for state in states {
+                let io = match self.host.attach_process(container, &state.id) {
+                    Ok(io) => io,
+                    Err(e) => {
+                        warn!(handle = %container, process_id = %state.id, error = %e, "re-attaching a process failed");
+                        continue;
+                    }
+                };
+                let exited = {
+                    let core = self.handle.clone();
+                    let handle = container.clone();
+                    let process_id = state.id.clone();
+                    move || core.observe(Observation::ProcessExited { handle, process_id })
+                };
+                match self.processes.register(container, &state.id, io, exited) {
+                    Ok(_) => adopted += 1,
+                    Err(e) => {
+                        warn!(handle = %container, process_id = %state.id, error = %e, "serving a re-attached process failed")
+                    }
+                }
+            }
+        }
+        if adopted > 0 {
+            info!(
+                processes = adopted,
+                "re-attached processes kept by containers"
+            );
+        }
     }
 
     /// Runs until every handle is dropped.
@@ -268,7 +317,7 @@ fn spawn(
     spec: &trellis_core::api::ProcessSpec,
     env: &[String],
 ) -> Outcome {
-    let spawned = host
+    let io = host
         .spawn_process(SpawnRequest {
             handle: container,
             process_id,
@@ -286,13 +335,13 @@ fn spawn(
         }
     };
     processes
-        .register(container, process_id, spawned, exited)
+        .register(container, process_id, io, exited)
         .map(|_| trellis_core::EffectOutput::Done)
         .map_err(|e| {
-            error!(handle = container, process_id, error = %e, "could not start the process's stream threads");
+            error!(handle = container, process_id, error = %e, "could not serve the process's streams");
             EffectError::new(
                 EffectErrorKind::Host,
-                format!("starting the process's stream threads: {e}"),
+                format!("serving the process's streams: {e}"),
             )
         })
 }

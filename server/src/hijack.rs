@@ -220,7 +220,7 @@ async fn process_connection(
     if client_gone {
         info!(process_id = %entry.id, "client disconnected; the process keeps running");
         if remaining == 0 {
-            entry.close_stdin();
+            entry.close_stdin().await;
         }
     }
     drop(lease);
@@ -231,7 +231,7 @@ async fn process_connection(
 async fn handle_message(entry: &ProcessEntry, message: ProcessPayload) {
     if let Some(tty) = message.tty {
         if let Some(size) = tty.window_size {
-            if let Err(e) = entry.resize(size) {
+            if let Err(e) = entry.resize(size).await {
                 warn!(error = %e, "resizing the terminal failed");
             }
         }
@@ -242,13 +242,13 @@ async fn handle_message(entry: &ProcessEntry, message: ProcessPayload) {
                     debug!("stdin data after stdin was closed; dropped");
                 }
             }
-            None => entry.close_stdin(),
+            None => entry.close_stdin().await,
         }
     } else if let Some(signal) = message.signal {
         match Signal::from_wire(signal) {
             Some(signal) => {
                 info!(process_id = %entry.id, ?signal, "signal");
-                if let Err(e) = entry.signal(signal) {
+                if let Err(e) = entry.signal(signal).await {
                     warn!(error = %e, "signalling the process failed");
                 }
             }
@@ -277,6 +277,8 @@ async fn stream_attach(state: &State, io: BoxIo, stream_id: &str, kind: StreamKi
                         if writer.write_all(&bytes).await.is_err() {
                             break "write failed";
                         }
+                        // Only now may the output be taken off the pipe (see `output`).
+                        output.delivered(bytes.len());
                         sent += bytes.len() as u64;
                     }
                     None => break "end of output",

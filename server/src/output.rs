@@ -1,54 +1,69 @@
-//! One output stream (stdout or stderr) of a process: a bounded buffer between the process's
-//! pipe and any number of attached readers.
+//! One output stream (stdout or stderr) of a process: the process's pipe, and any number of
+//! attached readers.
 //!
-//! - Output is kept while nobody is attached, up to [`BUFFER_BYTES`]; then the pump stops
-//!   reading the pipe, so the process blocks on its next write (backpressure, like a pipe with
-//!   a slow reader). Output is never dropped while a reader might still come for it.
-//! - Every attached reader gets every byte from where it joined (the oldest byte still kept);
-//!   a byte is let go once every attached reader has it. The slowest reader sets the pace.
+//! The pipe itself is the buffer. Output is read from it without being taken (`tee` into a
+//! scratch pipe), handed to the attached readers, and taken off the pipe (spliced to
+//! /dev/null) only once every attached reader has written it to its client. So whatever no
+//! client has yet is still in the pipe, whose other read end the container's init keeps: a
+//! server killed at any moment loses none of it, and the next server, attaching again, sends
+//! it (a piece written to a client just before the kill may be sent again, never dropped).
+//! A process whose output nobody reads fills the pipe and then waits in its write
+//! (backpressure), as with any pipe.
+//!
+//! - Every attached reader gets every byte from where it joined (the oldest byte still in the
+//!   pipe); the slowest reader sets the pace. At most [`PEEK_LIMIT`] bytes are held in memory.
+//! - While nobody is attached, output stays in the pipe, unread.
 //! - One exception, so a client that never wants a stream cannot stall the process: a process
-//!   connection is open, it has had [`ATTACH_WINDOW`] to attach this stream, and nobody did (the
-//!   Go client opens no stderr attach when its stderr sink is nil). Then output that does not fit
-//!   is discarded, as gdn does for every stream.
+//!   connection is open, it has had [`ATTACH_WINDOW`] to attach this stream, and nobody did
+//!   (the Go client opens no stderr attach when its stderr sink is nil). Then output is taken
+//!   off the pipe as it comes; the latest [`PEEK_LIMIT`] bytes are kept for a late attach and
+//!   older ones discarded (gdn discards it all).
 
 use bytes::Bytes;
 use std::collections::{BTreeMap, VecDeque};
-use std::io::Read;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{watch, Notify};
 
-/// Output kept per stream before the process is held back.
-pub const BUFFER_BYTES: usize = 1 << 20;
+/// Output held in memory (read from the pipe, not yet taken off it) at most, per stream; with a
+/// chunk more it fits a 1 MiB scratch pipe (the most a pipe may hold without
+/// CAP_SYS_RESOURCE).
+pub const PEEK_LIMIT: usize = (1 << 20) - CHUNK;
 
 /// How long a process connection has to attach a stream before that stream's output may be
 /// discarded (the Go client attaches within milliseconds of the handshake).
 pub const ATTACH_WINDOW: Duration = Duration::from_secs(5);
 
-/// After the process has exited, how long the pipe may stay open without data (a background
-/// child holding it) before the stream is ended anyway.
+/// After the process has exited, how long the pipe may stay open without new data (a
+/// background child holding it) before the stream is ended anyway.
 pub const LINGER_AFTER_EXIT: Duration = Duration::from_secs(1);
 
-const READ_CHUNK: usize = 64 * 1024;
+const CHUNK: usize = 64 * 1024;
 
-pub struct OutputBuffer {
+pub struct OutputStream {
     state: Mutex<State>,
-    /// Wakes the pump when room appears or the rules change.
-    room: Condvar,
     /// Bumped whenever readers may have something new (data, the end).
     data: watch::Sender<u64>,
     /// Bumped whenever a reader moves on or leaves (for "drained" waiters).
     progress: watch::Sender<u64>,
+    /// Wakes the pump: a reader moved on or arrived, the discard rule may have changed.
+    pump_wake: Notify,
 }
 
 #[derive(Default)]
 struct State {
+    /// Output read from the pipe that a reader may still need, from `start` to `end`.
     chunks: VecDeque<Bytes>,
-    /// Stream offset of the first byte in `chunks`.
+    /// Stream offset of the first byte held in `chunks`.
     start: u64,
-    /// Stream offset one past the last byte in `chunks`.
+    /// Stream offset of the first byte still in the pipe (`start` unless discarding).
+    taken: u64,
+    /// Stream offset one past the last byte read.
     end: u64,
-    /// Reader id -> stream offset of the next byte it reads.
+    /// Reader id -> stream offset of the next byte it needs.
     readers: BTreeMap<u64, u64>,
     next_reader: u64,
     /// No more data will come.
@@ -56,62 +71,76 @@ struct State {
     /// Open process connections for this process, and when the latest one began.
     connections: usize,
     latest_connection: Option<Instant>,
-    /// The pump is waiting in `read` (not held back by a full buffer), since this instant.
-    reading_since: Option<Instant>,
+    /// When new output last showed up (read, or seen waiting in the pipe).
+    last_data: Option<Instant>,
     discarded: u64,
 }
 
 impl State {
-    fn buffered(&self) -> u64 {
+    /// Bytes held in memory.
+    fn held(&self) -> u64 {
         self.end - self.start
     }
 
-    /// Whether output that does not fit must wait (true) or may be discarded (false).
-    fn wanted(&self, now: Instant) -> bool {
-        !self.readers.is_empty()
-            || self.connections == 0
-            || self
-                .latest_connection
-                .is_some_and(|t| now.duration_since(t) < ATTACH_WINDOW)
+    /// Bytes read but still in the pipe (the head of what `tee` copies).
+    fn read_in_pipe(&self) -> u64 {
+        self.end - self.taken
     }
 
-    /// Lets go of chunks every reader has read.
-    fn trim(&mut self) {
-        let Some(&low) = self.readers.values().min() else {
-            return;
-        };
-        while let Some(front) = self.chunks.front() {
-            let front_end = self.start + front.len() as u64;
-            if front_end > low {
+    /// Whether output nobody attached may be taken and thrown away (see the module docs).
+    fn discarding(&self, now: Instant) -> bool {
+        self.readers.is_empty()
+            && self.connections > 0
+            && self
+                .latest_connection
+                .is_some_and(|t| now.duration_since(t) >= ATTACH_WINDOW)
+    }
+
+    /// How far output may be taken off the pipe: what every attached reader has, or, when
+    /// discarding, everything read.
+    fn take_to(&self, now: Instant) -> u64 {
+        if self.discarding(now) {
+            return self.end;
+        }
+        match self.readers.values().min() {
+            Some(&low) => low.max(self.taken),
+            None => self.taken,
+        }
+    }
+
+    /// Forgets the first `n` bytes held.
+    fn drop_front(&mut self, mut n: u64) {
+        self.start += n;
+        while n > 0 {
+            let Some(front) = self.chunks.front_mut() else {
                 break;
+            };
+            if front.len() as u64 <= n {
+                n -= front.len() as u64;
+                self.chunks.pop_front();
+            } else {
+                *front = front.slice(n as usize..);
+                n = 0;
             }
-            self.start = front_end;
-            self.chunks.pop_front();
         }
     }
 }
 
-impl Default for OutputBuffer {
-    fn default() -> Self {
-        OutputBuffer {
+impl OutputStream {
+    pub fn new() -> Arc<OutputStream> {
+        Arc::new(OutputStream {
             state: Mutex::default(),
-            room: Condvar::new(),
             data: watch::channel(0).0,
             progress: watch::channel(0).0,
-        }
-    }
-}
-
-impl OutputBuffer {
-    pub fn new() -> Arc<OutputBuffer> {
-        Arc::new(OutputBuffer::default())
+            pump_wake: Notify::new(),
+        })
     }
 
     /// A stream that never has output (stderr under a TTY).
-    pub fn finished() -> Arc<OutputBuffer> {
-        let buffer = OutputBuffer::new();
-        buffer.finish();
-        buffer
+    pub fn finished() -> Arc<OutputStream> {
+        let stream = OutputStream::new();
+        stream.finish();
+        stream
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -122,87 +151,20 @@ impl OutputBuffer {
         self.data.send_modify(|v| *v += 1);
     }
 
-    /// Reads `pipe` until EOF into the buffer, holding back while it is full. Runs on its own
-    /// thread; returns when the pipe ends.
-    pub fn pump(&self, mut pipe: Box<dyn Read + Send>) {
-        let mut buf = vec![0u8; READ_CHUNK];
-        loop {
-            self.lock().reading_since = Some(Instant::now());
-            let n = match pipe.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                Err(_) => break,
-            };
-            self.lock().reading_since = None;
-            self.push(Bytes::copy_from_slice(&buf[..n]));
-        }
-        self.finish();
-    }
-
-    fn push(&self, chunk: Bytes) {
-        let mut state = self.lock();
-        loop {
-            if state.finished {
-                // Ended early (see `finish_if_lingering`): the rest goes nowhere.
-                state.discarded += chunk.len() as u64;
-                return;
-            }
-            let fits = state.buffered() + chunk.len() as u64 <= BUFFER_BYTES as u64
-                || state.chunks.is_empty();
-            if fits {
-                state.end += chunk.len() as u64;
-                state.chunks.push_back(chunk);
-                drop(state);
-                self.wake_readers();
-                return;
-            }
-            if !state.wanted(Instant::now()) && state.readers.is_empty() {
-                state.discarded += chunk.len() as u64;
-                return;
-            }
-            // Re-check now and then: the attach window may close while we wait.
-            state = self
-                .room
-                .wait_timeout(state, Duration::from_millis(200))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
-        }
-    }
-
-    /// No more data: readers get what is buffered, then the end.
+    /// No more data: readers get what is held, then the end.
     pub fn finish(&self) {
-        let mut state = self.lock();
-        state.finished = true;
-        state.reading_since = None;
-        drop(state);
-        self.room.notify_all();
+        self.lock().finished = true;
         self.wake_readers();
+        self.pump_wake.notify_one();
     }
 
     pub fn is_finished(&self) -> bool {
         self.lock().finished
     }
 
-    /// After the process exited (at `exited`): ends the stream if the pipe has been idle (open
-    /// only because a background child holds it) for longer than [`LINGER_AFTER_EXIT`], counted
-    /// from the later of the exit and the last data. Returns whether the stream is finished.
-    ///
-    /// Counting from the exit matters: a process that sleeps, writes and exits leaves the pump
-    /// waiting in a read that began before the sleep; its last output is still in the pipe.
-    pub fn finish_if_lingering(&self, exited: Instant, now: Instant) -> bool {
-        let state = self.lock();
-        if state.finished {
-            return true;
-        }
-        let idle = state
-            .reading_since
-            .is_some_and(|since| now.duration_since(since.max(exited)) >= LINGER_AFTER_EXIT);
-        drop(state);
-        if idle {
-            self.finish();
-        }
-        idle
+    /// When new output last showed up, if ever.
+    pub fn last_data(&self) -> Option<Instant> {
+        self.lock().last_data
     }
 
     /// A process connection opened (it may attach this stream within the attach window).
@@ -211,17 +173,17 @@ impl OutputBuffer {
         state.connections += 1;
         state.latest_connection = Some(now);
         drop(state);
-        self.room.notify_all();
+        self.pump_wake.notify_one();
     }
 
     pub fn connection_closed(&self) {
         let mut state = self.lock();
         state.connections = state.connections.saturating_sub(1);
         drop(state);
-        self.room.notify_all();
+        self.pump_wake.notify_one();
     }
 
-    /// Attaches a reader starting at the oldest byte still kept.
+    /// Attaches a reader starting at the oldest byte still in the pipe.
     pub fn subscribe(self: &Arc<Self>) -> Reader {
         let mut state = self.lock();
         let id = state.next_reader;
@@ -229,18 +191,20 @@ impl OutputBuffer {
         let start = state.start;
         state.readers.insert(id, start);
         drop(state);
-        self.room.notify_all();
+        self.pump_wake.notify_one();
         Reader {
-            buffer: self.clone(),
+            stream: self.clone(),
             id,
             data: self.data.subscribe(),
         }
     }
 
-    /// True when the stream has ended and every attached reader has read everything.
+    /// True when no attached reader waits for more: none is attached, or the stream has
+    /// ended and each has everything. (A reader attaching later still gets the output.)
     pub fn drained(&self) -> bool {
         let state = self.lock();
-        state.finished && state.readers.values().all(|&pos| pos >= state.end)
+        state.readers.is_empty()
+            || state.finished && state.readers.values().all(|&pos| pos >= state.end)
     }
 
     /// Waits until [`drained`](Self::drained).
@@ -265,20 +229,152 @@ impl OutputBuffer {
         self.lock().discarded
     }
 
-    pub fn buffered(&self) -> u64 {
-        self.lock().buffered()
+    /// Reads `pipe` (non-blocking) into the stream until it ends, taking off it only what
+    /// every reader has; returns once the stream is finished. Runs as a task of its own.
+    pub async fn pump(self: Arc<Self>, pipe: OwnedFd) {
+        if let Err(e) = self.pump_pipe(pipe).await {
+            tracing::warn!(error = %e, "reading a process's output failed; the stream ends");
+        }
+        self.finish();
+    }
+
+    async fn pump_pipe(&self, pipe: OwnedFd) -> io::Result<()> {
+        let pipe = async_fd(pipe, tokio::io::Interest::READABLE)?;
+        // Made when first needed: a process that writes nothing costs no scratch pipe.
+        let mut scratch: Option<Scratch> = None;
+        loop {
+            self.take(&pipe)?;
+            if self.lock().finished {
+                return Ok(());
+            }
+            // Read more only while someone may want it and there is room for it.
+            let (wanted, room) = {
+                let state = self.lock();
+                let discarding = state.discarding(Instant::now());
+                (
+                    !state.readers.is_empty() || discarding,
+                    state.held() < PEEK_LIMIT as u64 || discarding,
+                )
+            };
+            if !(wanted && room) {
+                self.wait_for_change().await;
+                continue;
+            }
+            let mut ready = tokio::select! {
+                ready = pipe.readable() => ready?,
+                () = self.wait_for_change() => continue,
+            };
+            let in_pipe = self.lock().read_in_pipe() as usize;
+            let scratch = match &mut scratch {
+                Some(s) => s,
+                None => scratch.insert(Scratch::new()?),
+            };
+            match scratch.peek(pipe.get_ref().as_raw_fd(), in_pipe)? {
+                Peek::New(bytes) => {
+                    let mut state = self.lock();
+                    state.end += bytes.len() as u64;
+                    state.chunks.push_back(bytes);
+                    state.last_data = Some(Instant::now());
+                    // Discarding keeps only the latest bytes.
+                    let over = state.held().saturating_sub(PEEK_LIMIT as u64);
+                    if over > 0 && state.readers.is_empty() {
+                        state.drop_front(over);
+                        state.discarded += over;
+                    }
+                    drop(state);
+                    self.wake_readers();
+                }
+                Peek::Nothing { hung_up } => {
+                    if hung_up {
+                        // Every writer is gone and everything in the pipe was read.
+                        self.lock().finished = true;
+                        self.wake_readers();
+                    } else {
+                        ready.clear_ready();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes off the pipe what may be taken, and forgets what no reader needs any more.
+    fn take(&self, pipe: &AsyncFd<OwnedFd>) -> io::Result<()> {
+        let (from, to) = {
+            let state = self.lock();
+            (state.taken, state.take_to(Instant::now()))
+        };
+        if to > from {
+            splice_all(
+                pipe.get_ref().as_raw_fd(),
+                dev_null()?,
+                (to - from) as usize,
+            )?;
+        }
+        let mut state = self.lock();
+        state.taken = state.taken.max(to);
+        // Held bytes every reader has passed are no longer needed (kept while discarding,
+        // for a late attach).
+        if let Some(&low) = state.readers.values().min() {
+            let done = low.min(state.taken).saturating_sub(state.start);
+            state.drop_front(done);
+        }
+        drop(state);
+        if to > from {
+            self.progress.send_modify(|v| *v += 1);
+        }
+        Ok(())
+    }
+
+    /// Until a reader moves on or arrives, or the discard rule may have changed.
+    async fn wait_for_change(&self) {
+        // The attach window can close without any event: look again when it might have.
+        let _ = tokio::time::timeout(Duration::from_millis(500), self.pump_wake.notified()).await;
+    }
+
+    /// After the process exited (at `exited`): ends the stream if no new output arrived for
+    /// [`LINGER_AFTER_EXIT`], counted from the later of the exit and the last output, and the
+    /// pipe holds nothing new (it is open only because a background child holds it). Returns
+    /// whether the stream is finished.
+    pub fn finish_if_lingering(
+        &self,
+        pipe_has_new_data: bool,
+        exited: Instant,
+        now: Instant,
+    ) -> bool {
+        let state = self.lock();
+        if state.finished {
+            return true;
+        }
+        let since = state.last_data.map_or(exited, |t| t.max(exited));
+        let idle = !pipe_has_new_data && now.duration_since(since) >= LINGER_AFTER_EXIT;
+        drop(state);
+        if idle {
+            self.finish();
+        }
+        idle
+    }
+
+    /// Bytes in `pipe` beyond what the stream has read (FIONREAD counts everything in it).
+    pub fn unread_in(&self, pipe_bytes: u64) -> u64 {
+        pipe_bytes.saturating_sub(self.lock().read_in_pipe())
+    }
+
+    /// Whether a reader is attached.
+    pub fn has_readers(&self) -> bool {
+        !self.lock().readers.is_empty()
     }
 }
 
 /// One attached reader. Dropping it detaches.
 pub struct Reader {
-    buffer: Arc<OutputBuffer>,
+    stream: Arc<OutputStream>,
     id: u64,
     data: watch::Receiver<u64>,
 }
 
 impl Reader {
-    /// The next piece of output, or `None` once the stream has ended and all of it was read.
+    /// The next piece of output (without moving past it: call [`Reader::delivered`] once it
+    /// reached the client), or `None` once the stream has ended and all of it was delivered.
     pub async fn next(&mut self) -> Option<Bytes> {
         loop {
             self.data.borrow_and_update();
@@ -293,131 +389,195 @@ impl Reader {
 
     /// `Some(Some(bytes))`: data; `Some(None)`: the end; `None`: nothing yet.
     fn try_next(&self) -> Option<Option<Bytes>> {
-        let buffer = &self.buffer;
-        let mut state = buffer.lock();
+        let state = self.stream.lock();
         let pos = *state.readers.get(&self.id)?;
         if pos < state.end {
             let mut offset = state.start;
-            let mut found = None;
             for chunk in &state.chunks {
                 let chunk_end = offset + chunk.len() as u64;
                 if pos < chunk_end {
-                    found = Some(chunk.slice((pos - offset) as usize..));
-                    break;
+                    return Some(Some(chunk.slice((pos - offset) as usize..)));
                 }
                 offset = chunk_end;
             }
-            let piece = found.expect("a reader's position lies inside the buffer");
-            state.readers.insert(self.id, pos + piece.len() as u64);
-            state.trim();
-            drop(state);
-            buffer.room.notify_all();
-            buffer.progress.send_modify(|v| *v += 1);
-            return Some(Some(piece));
         }
-        if state.finished {
-            return Some(None);
+        state.finished.then_some(None)
+    }
+
+    /// The last piece (of `len` bytes) reached the client: move past it.
+    pub fn delivered(&self, len: usize) {
+        let mut state = self.stream.lock();
+        if let Some(pos) = state.readers.get_mut(&self.id) {
+            *pos += len as u64;
         }
-        None
+        drop(state);
+        self.stream.pump_wake.notify_one();
+        self.stream.progress.send_modify(|v| *v += 1);
     }
 }
 
 impl Drop for Reader {
     fn drop(&mut self) {
-        let mut state = self.buffer.lock();
-        state.readers.remove(&self.id);
-        state.trim();
-        drop(state);
-        self.buffer.room.notify_all();
-        self.buffer.progress.send_modify(|v| *v += 1);
+        self.stream.lock().readers.remove(&self.id);
+        self.stream.pump_wake.notify_one();
+        self.stream.progress.send_modify(|v| *v += 1);
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A private pipe that output is copied into (`tee`) to be read without being taken from the
+/// process's pipe.
+struct Scratch {
+    read: OwnedFd,
+    write: OwnedFd,
+}
 
-    #[tokio::test]
-    async fn output_before_attach_is_kept_and_fans_out() {
-        let buffer = OutputBuffer::new();
-        buffer.push(Bytes::from_static(b"early "));
-        let mut a = buffer.subscribe();
-        let mut b = buffer.subscribe();
-        buffer.push(Bytes::from_static(b"late"));
-        buffer.finish();
-        for reader in [&mut a, &mut b] {
-            let mut got = Vec::new();
-            while let Some(chunk) = reader.next().await {
-                got.extend_from_slice(&chunk);
+/// /dev/null, where output taken off a pipe goes (one descriptor for the whole server).
+fn dev_null() -> io::Result<RawFd> {
+    static NULL: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+    if let Some(fd) = NULL.get() {
+        return Ok(fd.as_raw_fd());
+    }
+    let fd: OwnedFd = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")?
+        .into();
+    Ok(NULL.get_or_init(|| fd).as_raw_fd())
+}
+
+enum Peek {
+    New(Bytes),
+    Nothing { hung_up: bool },
+}
+
+impl Scratch {
+    fn new() -> io::Result<Scratch> {
+        let (read, write) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(io::Error::from)?;
+        // Room for everything held plus a chunk (tee copies no more than fits).
+        let size = (PEEK_LIMIT + CHUNK) as i32;
+        nix::fcntl::fcntl(&write, nix::fcntl::FcntlArg::F_SETPIPE_SZ(size))
+            .map_err(io::Error::from)?;
+        Ok(Scratch { read, write })
+    }
+
+    /// Reads what `pipe` holds beyond its first `held` bytes (already read), up to a chunk,
+    /// leaving the pipe as it was.
+    fn peek(&self, pipe: RawFd, held: usize) -> io::Result<Peek> {
+        let copied = loop {
+            // SAFETY: tee between two pipe descriptors we hold.
+            let n = unsafe {
+                libc::tee(
+                    pipe,
+                    self.write.as_raw_fd(),
+                    held + CHUNK,
+                    libc::SPLICE_F_NONBLOCK,
+                )
+            };
+            if n >= 0 {
+                break n as usize;
             }
-            assert_eq!(got, b"early late");
-        }
-        assert!(buffer.drained());
-    }
-
-    #[tokio::test]
-    async fn a_full_buffer_holds_the_pump_back_instead_of_dropping() {
-        let buffer = OutputBuffer::new();
-        let total = 4 * BUFFER_BYTES;
-        let pump = {
-            let buffer = buffer.clone();
-            std::thread::spawn(move || {
-                let data = vec![7u8; total];
-                buffer.pump(Box::new(std::io::Cursor::new(data)));
-            })
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                Some(libc::EINTR) => continue,
+                Some(libc::EAGAIN) => break 0,
+                _ => return Err(e),
+            }
         };
-        // Nobody attached and no connection: the pump must wait, not discard.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while buffer.buffered() < BUFFER_BYTES as u64 - READ_CHUNK as u64 {
-            assert!(Instant::now() < deadline);
-            tokio::time::sleep(Duration::from_millis(5)).await;
+        if copied <= held {
+            self.drain(copied)?;
+            // No writer left and nothing new: the output has ended.
+            return Ok(Peek::Nothing {
+                hung_up: hung_up(pipe),
+            });
         }
-        assert!(!buffer.is_finished());
-        let mut reader = buffer.subscribe();
-        let mut got = 0;
-        while let Some(chunk) = reader.next().await {
-            got += chunk.len();
+        // The copy begins with what was read before: skip it, keep the rest.
+        self.drain(held)?;
+        let mut buf = vec![0u8; copied - held];
+        let mut filled = 0;
+        while filled < buf.len() {
+            match nix::unistd::read(&self.read, &mut buf[filled..]) {
+                Ok(0) => break,
+                Ok(n) => filled += n,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => return Err(e.into()),
+            }
         }
-        pump.join().unwrap();
-        assert_eq!(got, total);
-        assert_eq!(buffer.discarded(), 0);
+        buf.truncate(filled);
+        Ok(Peek::New(Bytes::from(buf)))
     }
 
-    #[test]
-    fn output_written_just_before_exit_is_kept_after_a_long_silence() {
-        let buffer = OutputBuffer::new();
-        // The pump has waited in read since `t0`: the process slept for two seconds, then wrote
-        // its output and exited. The waiter looks before the pump has woken up with that output.
-        let t0 = Instant::now();
-        buffer.lock().reading_since = Some(t0);
-        let exited = t0 + 2 * LINGER_AFTER_EXIT;
-        assert!(!buffer.finish_if_lingering(exited, exited));
-        buffer.push(Bytes::from_static(b"last words\n"));
-        buffer.finish();
-        let mut reader = buffer.subscribe();
-        let piece = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("a runtime")
-            .block_on(reader.next());
-        assert_eq!(piece.as_deref(), Some(&b"last words\n"[..]));
-        assert_eq!(buffer.discarded(), 0);
-
-        // A pipe left idle for the linger time after the exit (a background child holds it
-        // open) is ended.
-        let held = OutputBuffer::new();
-        held.lock().reading_since = Some(t0);
-        assert!(!held.finish_if_lingering(exited, exited + LINGER_AFTER_EXIT / 2));
-        assert!(held.finish_if_lingering(exited, exited + LINGER_AFTER_EXIT));
-        assert!(held.is_finished());
+    /// Throws away the first `n` bytes of the scratch pipe.
+    fn drain(&self, n: usize) -> io::Result<()> {
+        splice_all(self.read.as_raw_fd(), dev_null()?, n)
     }
+}
 
-    #[test]
-    fn unwanted_output_is_discarded_once_the_attach_window_passed() {
-        let buffer = OutputBuffer::new();
-        buffer.connection_opened(Instant::now() - ATTACH_WINDOW - Duration::from_secs(1));
-        for _ in 0..(2 * BUFFER_BYTES / READ_CHUNK) {
-            buffer.push(Bytes::from(vec![1u8; READ_CHUNK]));
+/// Whether every writer of the pipe is gone (and so no more data will come).
+fn hung_up(pipe: RawFd) -> bool {
+    let mut fd = libc::pollfd {
+        fd: pipe,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one descriptor we hold, no wait.
+    let n = unsafe { libc::poll(&mut fd, 1, 0) };
+    n > 0 && fd.revents & libc::POLLHUP != 0
+}
+
+/// Moves exactly `n` bytes (known to be there) from a pipe to `to`.
+fn splice_all(from: RawFd, to: RawFd, mut n: usize) -> io::Result<()> {
+    while n > 0 {
+        // SAFETY: splice between descriptors we hold; no offsets.
+        let moved = unsafe {
+            libc::splice(
+                from,
+                std::ptr::null_mut(),
+                to,
+                std::ptr::null_mut(),
+                n,
+                libc::SPLICE_F_NONBLOCK,
+            )
+        };
+        if moved > 0 {
+            n -= moved as usize;
+            continue;
         }
-        assert!(buffer.discarded() > 0);
+        let e = io::Error::last_os_error();
+        match (moved, e.raw_os_error()) {
+            (0, _) => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "pipe ended")),
+            (_, Some(libc::EINTR)) => continue,
+            _ => return Err(e),
+        }
     }
+    Ok(())
+}
+
+/// Bytes waiting in a pipe.
+pub fn pipe_bytes(pipe: impl AsFd) -> u64 {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int we own.
+    if unsafe { libc::ioctl(pipe.as_fd().as_raw_fd(), libc::FIONREAD, &mut n) } < 0 {
+        return 0;
+    }
+    n.max(0) as u64
+}
+
+/// Registers a (non-blocking) descriptor with the runtime's reactor.
+pub fn async_fd(fd: OwnedFd, interest: tokio::io::Interest) -> io::Result<AsyncFd<OwnedFd>> {
+    set_nonblocking(fd.as_raw_fd())?;
+    // SAFETY: an OwnedFd's descriptor stays open and unchanged until it is dropped with the
+    // AsyncFd that owns it.
+    unsafe { AsyncFd::register_with_interest(fd, interest) }.map_err(|e| e.into_parts().1)
+}
+
+fn set_nonblocking(fd: RawFd) -> io::Result<()> {
+    // SAFETY: fcntl flag calls on a descriptor we hold.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 || libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }

@@ -1,38 +1,59 @@
-//! The server's table of processes: stdio and exit status by (handle, process id), and the
-//! stream ids that stdout/stderr attaches name. Processes stay findable after their client goes
-//! away, and for [`RETAIN_AFTER_EXIT`] after they exit, so that Attach works by id.
+//! The server's table of processes: their streams and exit status by (handle, process id), and
+//! the stream ids that stdout/stderr attaches name.
+//!
+//! A process comes as descriptors from the host (`ProcessIo`): its stdin's write end, its
+//! output pipes and an exit pipe. Each is served by a task on the server's runtime (no thread
+//! per process): two output pumps and an exit waiter. The host's keeper holds the process's
+//! side of all of it, so a server that dies loses nothing, and a new server `adopt`s every
+//! process its containers still have (see `server.rs`). Processes stay findable after their
+//! client goes away, and for [`RETAIN_AFTER_EXIT`] after they exit, so that Attach works by
+//! id; then the host is told to let the process go.
 
-use crate::output::{OutputBuffer, Reader};
+use crate::output::{async_fd, pipe_bytes, OutputStream, Reader};
 use crate::routes::StreamKind;
 use std::collections::HashMap;
-use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, watch};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
+use tokio::sync::watch;
+use tracing::{debug, warn};
 use trellis_core::api::{Signal, WindowSize};
-use trellis_os::{HostResult, Process, Spawned};
+use trellis_os::{decode_exit_status, Host, HostResult, ProcessIo};
 
 /// How long an exited process (its exit status and any unread output) stays attachable.
 pub const RETAIN_AFTER_EXIT: Duration = Duration::from_secs(60);
 
-/// Stdin messages queued for the process before the connection stops reading more.
-const STDIN_QUEUE: usize = 16;
+/// A request to a process's keeper, off the runtime's threads (it is a blocking exchange
+/// with the container's init). A task that panicked counts as done.
+async fn keeper_call(
+    host: &Arc<dyn Host>,
+    handle: &str,
+    id: &str,
+    call: impl FnOnce(&dyn Host, &str, &str) -> HostResult<()> + Send + 'static,
+) -> HostResult<()> {
+    let (host, handle, id) = (host.clone(), handle.to_string(), id.to_string());
+    tokio::task::spawn_blocking(move || call(host.as_ref(), &handle, &id))
+        .await
+        .unwrap_or(Ok(()))
+}
 
 pub struct ProcessEntry {
     pub handle: String,
     pub id: String,
-    process: Arc<dyn Process>,
-    stdin: Mutex<Option<mpsc::Sender<Vec<u8>>>>,
-    stdout: Arc<OutputBuffer>,
-    stderr: Arc<OutputBuffer>,
+    host: Arc<dyn Host>,
+    stdin: tokio::sync::Mutex<Option<AsyncFd<OwnedFd>>>,
+    stdout: Arc<OutputStream>,
+    stderr: Arc<OutputStream>,
     /// The exit status, set once the process has exited and its output has ended.
     exit: watch::Sender<Option<i32>>,
     connections: Mutex<usize>,
 }
 
 impl ProcessEntry {
-    pub fn buffer(&self, kind: StreamKind) -> &Arc<OutputBuffer> {
+    pub fn stream(&self, kind: StreamKind) -> &Arc<OutputStream> {
         match kind {
             StreamKind::Stdout => &self.stdout,
             StreamKind::Stderr => &self.stderr,
@@ -40,29 +61,61 @@ impl ProcessEntry {
     }
 
     pub fn subscribe(&self, kind: StreamKind) -> Reader {
-        self.buffer(kind).subscribe()
+        self.stream(kind).subscribe()
     }
 
-    /// Queues stdin data; false when stdin is already closed (or the process stopped reading).
+    /// Writes stdin data; false when stdin is already closed (or the process stopped reading).
     pub async fn write_stdin(&self, data: Vec<u8>) -> bool {
-        let sender = self.stdin.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        match sender {
-            Some(sender) => sender.send(data).await.is_ok(),
-            None => false,
+        let stdin = self.stdin.lock().await;
+        let Some(pipe) = stdin.as_ref() else {
+            return false;
+        };
+        let mut at = 0;
+        while at < data.len() {
+            let written = pipe
+                .async_io(Interest::WRITABLE, |fd| {
+                    nix::unistd::write(fd, &data[at..]).map_err(std::io::Error::from)
+                })
+                .await;
+            match written {
+                Ok(n) => at += n,
+                Err(_) => return false,
+            }
+        }
+        true
+    }
+
+    /// Stdin EOF: the server's and the keeper's write ends close, after data already written.
+    pub async fn close_stdin(&self) {
+        let had = self.stdin.lock().await.take().is_some();
+        if had {
+            let closed = keeper_call(&self.host, &self.handle, &self.id, |host, handle, id| {
+                host.close_process_stdin(handle, id)
+            });
+            if let Err(e) = closed.await {
+                warn!(error = %e, "closing the process's stdin in its keeper failed");
+            }
         }
     }
 
-    /// Stdin EOF: the process reads the end once the queued data is written.
-    pub fn close_stdin(&self) {
-        self.stdin.lock().unwrap_or_else(|e| e.into_inner()).take();
+    pub async fn signal(&self, signal: Signal) -> HostResult<()> {
+        keeper_call(
+            &self.host,
+            &self.handle,
+            &self.id,
+            move |host, handle, id| host.signal_process(handle, id, signal),
+        )
+        .await
     }
 
-    pub fn signal(&self, signal: Signal) -> HostResult<()> {
-        self.process.signal(signal)
-    }
-
-    pub fn resize(&self, size: WindowSize) -> HostResult<()> {
-        self.process.resize(size)
+    pub async fn resize(&self, size: WindowSize) -> HostResult<()> {
+        keeper_call(
+            &self.host,
+            &self.handle,
+            &self.id,
+            move |host, handle, id| host.resize_process(handle, id, size),
+        )
+        .await
     }
 
     pub fn exit_status(&self) -> watch::Receiver<Option<i32>> {
@@ -109,14 +162,16 @@ pub struct ProcessTable {
     table: Mutex<Table>,
     next_stream: AtomicU64,
     runtime: tokio::runtime::Handle,
+    host: Arc<dyn Host>,
 }
 
 impl ProcessTable {
-    pub fn new(runtime: tokio::runtime::Handle) -> Arc<ProcessTable> {
+    pub fn new(runtime: tokio::runtime::Handle, host: Arc<dyn Host>) -> Arc<ProcessTable> {
         Arc::new(ProcessTable {
             table: Mutex::default(),
             next_stream: AtomicU64::new(1),
             runtime,
+            host,
         })
     }
 
@@ -124,83 +179,83 @@ impl ProcessTable {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes over a freshly spawned process: pumps its output, feeds its stdin, waits for it.
-    /// `on_exit` runs (on a plain thread) as soon as the process has exited.
+    /// Takes over a process's descriptors (a new process, or one adopted after a restart):
+    /// pumps its output, and waits for its exit. `on_exit` runs as soon as it has exited.
     pub fn register(
         self: &Arc<Self>,
         handle: &str,
         process_id: &str,
-        spawned: Spawned,
+        io: ProcessIo,
         on_exit: impl FnOnce() + Send + 'static,
     ) -> std::io::Result<Arc<ProcessEntry>> {
-        let Spawned { process, stdio } = spawned;
-        let stdout = OutputBuffer::new();
-        let stderr = if stdio.stderr.is_some() {
-            OutputBuffer::new()
+        // AsyncFd needs the runtime's reactor; this may run on a blocking thread.
+        let _runtime = self.runtime.enter();
+        let ProcessIo {
+            stdin,
+            stdout,
+            stderr,
+            exit,
+        } = io;
+        let stdin = stdin
+            .map(|fd| async_fd(fd, Interest::WRITABLE))
+            .transpose()?;
+        let exit_pipe = async_fd(exit, Interest::READABLE)?;
+        let stdout_stream = OutputStream::new();
+        let stderr_stream = if stderr.is_some() {
+            OutputStream::new()
         } else {
-            OutputBuffer::finished()
+            OutputStream::finished()
         };
-        let (stdin_tx, mut stdin_rx) = mpsc::channel::<Vec<u8>>(STDIN_QUEUE);
         let entry = Arc::new(ProcessEntry {
             handle: handle.to_string(),
             id: process_id.to_string(),
-            process: process.clone(),
-            stdin: Mutex::new(Some(stdin_tx)),
-            stdout: stdout.clone(),
-            stderr: stderr.clone(),
+            host: self.host.clone(),
+            stdin: tokio::sync::Mutex::new(stdin),
+            stdout: stdout_stream.clone(),
+            stderr: stderr_stream.clone(),
             exit: watch::channel(None).0,
             connections: Mutex::new(0),
         });
-
-        let name = |what: &str| format!("proc-{what}");
-        let mut stdin = stdio.stdin;
-        std::thread::Builder::new()
-            .name(name("stdin"))
-            .spawn(move || {
-                while let Some(data) = stdin_rx.blocking_recv() {
-                    if stdin.write_all(&data).and_then(|()| stdin.flush()).is_err() {
-                        break;
-                    }
-                }
-                // Dropping the writer is the process's EOF.
-            })?;
-        let out = stdout.clone();
-        let stdout_pipe = stdio.stdout;
-        std::thread::Builder::new()
-            .name(name("stdout"))
-            .spawn(move || out.pump(stdout_pipe))?;
-        if let Some(pipe) = stdio.stderr {
-            let err = stderr.clone();
-            std::thread::Builder::new()
-                .name(name("stderr"))
-                .spawn(move || err.pump(pipe))?;
+        // The pumps own the output pipes; the exit waiter looks into them (FIONREAD) through
+        // duplicates, to tell a lingering stream from one with output still coming.
+        let stdout_probe = stdout.try_clone()?;
+        let stderr_probe = stderr.as_ref().map(|e| e.try_clone()).transpose()?;
+        self.runtime.spawn(stdout_stream.pump(stdout));
+        if let Some(pipe) = stderr {
+            self.runtime.spawn(stderr_stream.pump(pipe));
         }
-        let waiter_entry = entry.clone();
         let table = self.clone();
-        std::thread::Builder::new()
-            .name(name("wait"))
-            .spawn(move || {
-                let status = process.wait();
-                let exited = Instant::now();
-                on_exit();
-                // Deliver the status only once the output has ended, so that nothing written
-                // before the exit is lost to a client that stops at the status.
-                loop {
-                    let now = Instant::now();
-                    let out_done = waiter_entry.stdout.finish_if_lingering(exited, now);
-                    let err_done = waiter_entry.stderr.finish_if_lingering(exited, now);
-                    if out_done && err_done {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
+        let waiter = entry.clone();
+        self.runtime.spawn(async move {
+            let status = read_exit_status(&exit_pipe).await;
+            drop(exit_pipe);
+            let exited = Instant::now();
+            on_exit();
+            // A process connection answers the status once its attached streams are drained
+            // (`wait_exit_and_drained`). A background child may hold an output pipe open long
+            // after the exit: once such a stream has been idle for the linger time it ends.
+            waiter.exit.send_replace(Some(status));
+            let retire_at = exited + RETAIN_AFTER_EXIT;
+            loop {
+                let now = Instant::now();
+                let out_new = waiter.stdout.unread_in(pipe_bytes(&stdout_probe)) > 0;
+                let err_new = stderr_probe
+                    .as_ref()
+                    .is_some_and(|p| waiter.stderr.unread_in(pipe_bytes(p)) > 0);
+                let out_done = waiter.stdout.finish_if_lingering(out_new, exited, now);
+                let err_done = waiter.stderr.finish_if_lingering(err_new, exited, now);
+                if (out_done && err_done) || now >= retire_at {
+                    break;
                 }
-                waiter_entry.exit.send_replace(Some(status));
-                let runtime = table.runtime.clone();
-                runtime.spawn(async move {
-                    tokio::time::sleep(RETAIN_AFTER_EXIT).await;
-                    table.remove(&waiter_entry);
-                });
-            })?;
+                // Quick while a client waits for the end; rarely while nobody is attached.
+                let attached = waiter.stdout.has_readers() || waiter.stderr.has_readers();
+                let pause = if attached { 20 } else { 250 };
+                tokio::time::sleep(Duration::from_millis(pause)).await;
+            }
+            drop((stdout_probe, stderr_probe));
+            tokio::time::sleep_until(retire_at.into()).await;
+            table.retire(&waiter).await;
+        });
 
         let mut table = self.lock();
         table
@@ -227,17 +282,31 @@ impl ProcessTable {
         self.lock().streams.get(stream_id).cloned()
     }
 
-    fn remove(&self, entry: &Arc<ProcessEntry>) {
-        let mut table = self.lock();
-        let key = (entry.handle.clone(), entry.id.clone());
-        if table
-            .processes
-            .get(&key)
-            .is_some_and(|e| Arc::ptr_eq(e, entry))
-        {
-            table.processes.remove(&key);
+    /// The retention after exit is over: the process is forgotten here and by its keeper.
+    async fn retire(&self, entry: &Arc<ProcessEntry>) {
+        let removed = {
+            let mut table = self.lock();
+            let key = (entry.handle.clone(), entry.id.clone());
+            table.streams.retain(|_, e| !Arc::ptr_eq(e, entry));
+            if table
+                .processes
+                .get(&key)
+                .is_some_and(|e| Arc::ptr_eq(e, entry))
+            {
+                table.processes.remove(&key);
+                true
+            } else {
+                false
+            }
+        };
+        if removed {
+            let released = keeper_call(&self.host, &entry.handle, &entry.id, |host, handle, id| {
+                host.release_process(handle, id)
+            });
+            if let Err(e) = released.await {
+                debug!(error = %e, "releasing an exited process (its container may be gone)");
+            }
         }
-        table.streams.retain(|_, e| !Arc::ptr_eq(e, entry));
     }
 
     /// A container is gone: its processes are no longer attachable.
@@ -255,4 +324,23 @@ impl ProcessTable {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The exit status from an exit pipe: four bytes, or the end without them when the keeper
+/// is gone (the container was destroyed with the process in it).
+async fn read_exit_status(pipe: &AsyncFd<OwnedFd>) -> i32 {
+    let mut buf = [0u8; 4];
+    let mut got = 0;
+    while got < buf.len() {
+        let read = pipe
+            .async_io(Interest::READABLE, |fd| {
+                nix::unistd::read(fd, &mut buf[got..]).map_err(std::io::Error::from)
+            })
+            .await;
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    decode_exit_status(&buf[..got])
 }

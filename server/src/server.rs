@@ -73,7 +73,7 @@ pub async fn run(mut args: ServerArgs) -> Result<(), StartError> {
             Err(e) => warn!(error = %e, "detecting the external ip failed (see --external-ip)"),
         }
     }
-    let processes = ProcessTable::new(tokio::runtime::Handle::current());
+    let processes = ProcessTable::new(tokio::runtime::Handle::current(), host.clone());
     let (driver, core) = Driver::start(args.core_config(), host.clone(), processes.clone())
         .map_err(|source| StartError::Host {
             backend: match args.backend {

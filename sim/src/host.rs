@@ -22,10 +22,16 @@
 //! Any other path fails to start with `ExecutableNotFound`. Signals end a process at once with
 //! 128+N (143 for terminate, 137 for kill), like a shell would. With a TTY, stderr is merged
 //! into stdout. Files streamed in are kept in memory per container, enough for tar round trips.
+//!
+//! The server gets real descriptors, as from the Linux host: OS pipes, bridged by threads to a
+//! simulated process's in-memory pipes, and an exit pipe. The host keeps its own copies, as
+//! the Linux host's container init does, so a process outlives the descriptors it handed out
+//! and can be attached again.
 
 use crate::fake_os::{FakeOs, Fault};
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use trellis_core::api::{
@@ -37,8 +43,8 @@ use trellis_core::effect::{
 use trellis_core::network::NetworkAssignment;
 use trellis_core::record::ContainerRecord;
 use trellis_os::{
-    FilePath, Host, HostCapacity, HostError, HostResult, Process, Rootfs, SpawnRequest, Spawned,
-    Stdio,
+    FilePath, Host, HostCapacity, HostError, HostResult, ProcessIo, ProcessState, Rootfs,
+    SpawnRequest,
 };
 
 /// Bytes a simulated pipe holds before its writer blocks (a Linux pipe holds 64 KiB).
@@ -72,6 +78,69 @@ pub struct FakeHost {
     processes: Arc<Mutex<BTreeMap<String, Vec<Arc<FakeProcess>>>>>,
     /// Per container: users added by simulated `adduser`.
     users: Mutex<BTreeMap<String, Arc<Mutex<std::collections::BTreeSet<String>>>>>,
+    /// The host's side of every process's descriptors, by (handle, process id).
+    kept: Arc<Mutex<BTreeMap<(String, String), Kept>>>,
+}
+
+/// What the host keeps of a process (the Linux host's init keeps the same).
+struct Kept {
+    process: Arc<FakeProcess>,
+    /// The write end of its stdin pipe, until the server closes stdin.
+    stdin: Option<OwnedFd>,
+    stdout: OwnedFd,
+    stderr: Option<OwnedFd>,
+    status: Option<i32>,
+    /// Exit pipes handed out and not yet written.
+    exit_watchers: Vec<OwnedFd>,
+}
+
+impl Kept {
+    /// Fresh duplicates of the server's side, and a new exit pipe.
+    fn attachment(&mut self) -> std::io::Result<ProcessIo> {
+        let (exit_r, exit_w) = os_pipe()?;
+        match self.status {
+            Some(status) => write_status(&exit_w, status),
+            None => self.exit_watchers.push(exit_w),
+        }
+        Ok(ProcessIo {
+            stdin: self.stdin.as_ref().map(OwnedFd::try_clone).transpose()?,
+            stdout: self.stdout.try_clone()?,
+            stderr: self.stderr.as_ref().map(OwnedFd::try_clone).transpose()?,
+            exit: exit_r,
+        })
+    }
+}
+
+fn os_pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(std::io::Error::from)
+}
+
+fn write_status(pipe: &OwnedFd, status: i32) {
+    let _ = nix::unistd::write(pipe, &trellis_os::encode_exit_status(status));
+}
+
+/// Copies from `from` to `to` on a thread of its own until `from` ends or `to` fails.
+fn bridge(
+    name: &str,
+    mut from: impl Read + Send + 'static,
+    mut to: impl Write + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        if to.write_all(&buf[..n]).and_then(|()| to.flush()).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .map(drop)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +189,23 @@ impl FakeHost {
             .unwrap_or_else(|e| e.into_inner())
             .remove(handle)
             .unwrap_or_default()
+    }
+
+    fn kept(&self) -> MutexGuard<'_, BTreeMap<(String, String), Kept>> {
+        self.kept.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn with_kept<T>(
+        &self,
+        handle: &str,
+        process_id: &str,
+        f: impl FnOnce(&mut Kept) -> HostResult<T>,
+    ) -> HostResult<T> {
+        let mut kept = self.kept();
+        match kept.get_mut(&(handle.to_string(), process_id.to_string())) {
+            Some(k) => f(k),
+            None => Err(HostError::ProcessNotFound(process_id.to_string())),
+        }
     }
 }
 
@@ -186,6 +272,9 @@ impl Host for FakeHost {
             p.deliver(Signal::Kill);
             p.wait();
         }
+        // The keeper goes with the container (the Linux host's init dies): exit pipes still
+        // waiting end without a status.
+        self.kept().retain(|(h, _), _| h != handle);
         self.apply_done(EffectKind::KillContainer {
             handle: handle.into(),
         })
@@ -228,7 +317,7 @@ impl Host for FakeHost {
         })
     }
 
-    fn spawn_process(&self, request: SpawnRequest<'_>) -> HostResult<Spawned> {
+    fn spawn_process(&self, request: SpawnRequest<'_>) -> HostResult<ProcessIo> {
         let program = request
             .spec
             .path
@@ -264,16 +353,47 @@ impl Host for FakeHost {
         let tty = request.spec.tty.is_some();
         let stderr = if tty { stdout.clone() } else { Pipe::new() };
         let process = Arc::new(FakeProcess::default());
-        // The server's ends exist before the program runs, or its first write finds no reader.
-        let stdio = Stdio {
-            stdin: Box::new(stdin.writer()),
-            stdout: Box::new(stdout.reader(&process)),
-            stderr: if tty {
-                None
-            } else {
-                Some(Box::new(stderr.reader(&process)))
-            },
+        // OS pipes in front of the in-memory ones; they exist before the program runs, or its
+        // first write finds no reader.
+        let io_error = |e| HostError::io("making a simulated process's pipes", e);
+        // The program's own ends first: a bridge whose pipe has no writer yet would see its end.
+        let program_stdin = stdin.reader(&process);
+        let program_stdout = stdout.writer();
+        let program_stderr = stderr.writer();
+        let (stdin_r, stdin_w) = os_pipe().map_err(io_error)?;
+        let (stdout_r, stdout_w) = os_pipe().map_err(io_error)?;
+        bridge("fake-stdin", std::fs::File::from(stdin_r), stdin.writer()).map_err(io_error)?;
+        bridge(
+            "fake-stdout",
+            stdout.reader(&process),
+            std::fs::File::from(stdout_w),
+        )
+        .map_err(io_error)?;
+        let stderr_r = if tty {
+            None
+        } else {
+            let (r, w) = os_pipe().map_err(io_error)?;
+            bridge(
+                "fake-stderr",
+                stderr.reader(&process),
+                std::fs::File::from(w),
+            )
+            .map_err(io_error)?;
+            Some(r)
         };
+        let mut kept = Kept {
+            process: process.clone(),
+            stdin: Some(stdin_w),
+            stdout: stdout_r,
+            stderr: stderr_r,
+            status: None,
+            exit_watchers: Vec::new(),
+        };
+        let io = kept.attachment().map_err(io_error)?;
+        self.kept().insert(
+            (request.handle.to_string(), request.process_id.to_string()),
+            kept,
+        );
         let mut env = request.env.to_vec();
         env.extend(request.spec.env.iter().cloned());
         // `cat FILE...` reads the container's files as they are now.
@@ -321,9 +441,9 @@ impl Host for FakeHost {
             files,
             args: request.spec.args.clone(),
             env,
-            stdin: stdin.reader(&process),
-            stdout: stdout.writer(),
-            stderr: stderr.writer(),
+            stdin: program_stdin,
+            stdout: program_stdout,
+            stderr: program_stderr,
             process: process.clone(),
         };
         self.processes
@@ -335,6 +455,7 @@ impl Host for FakeHost {
 
         let os = self.os.clone();
         let registry = self.processes.clone();
+        let kept = self.kept.clone();
         let handle = request.handle.to_string();
         let process_id = request.process_id.to_string();
         std::thread::Builder::new()
@@ -353,10 +474,68 @@ impl Host for FakeHost {
                     list.retain(|p| !Arc::ptr_eq(p, &finished));
                 }
                 finished.finish(code);
+                let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+                if let Some(k) = kept.get_mut(&(handle, process_id)) {
+                    if Arc::ptr_eq(&k.process, &finished) {
+                        k.status = Some(code);
+                        for watcher in k.exit_watchers.drain(..) {
+                            write_status(&watcher, code);
+                        }
+                    }
+                }
             })
             .map_err(|e| HostError::io("spawning a simulated process", e))?;
 
-        Ok(Spawned { process, stdio })
+        Ok(io)
+    }
+
+    fn attach_process(&self, handle: &str, process_id: &str) -> HostResult<ProcessIo> {
+        self.with_kept(handle, process_id, |k| {
+            k.attachment()
+                .map_err(|e| HostError::io("duplicating a process's pipes", e))
+        })
+    }
+
+    fn processes(&self, handle: &str) -> HostResult<Vec<ProcessState>> {
+        Ok(self
+            .kept()
+            .iter()
+            .filter(|((h, _), _)| h == handle)
+            .map(|((_, id), k)| ProcessState {
+                id: id.clone(),
+                exit_status: k.status,
+            })
+            .collect())
+    }
+
+    fn signal_process(&self, handle: &str, process_id: &str, signal: Signal) -> HostResult<()> {
+        self.with_kept(handle, process_id, |k| {
+            k.process.deliver(signal);
+            Ok(())
+        })
+    }
+
+    fn resize_process(&self, handle: &str, process_id: &str, size: WindowSize) -> HostResult<()> {
+        self.with_kept(handle, process_id, |k| {
+            k.process.lock().window = Some(size);
+            Ok(())
+        })
+    }
+
+    fn close_process_stdin(&self, handle: &str, process_id: &str) -> HostResult<()> {
+        self.with_kept(handle, process_id, |k| {
+            k.stdin = None;
+            Ok(())
+        })
+    }
+
+    fn release_process(&self, handle: &str, process_id: &str) -> HostResult<()> {
+        let mut kept = self.kept();
+        let key = (handle.to_string(), process_id.to_string());
+        if kept.get(&key).is_some_and(|k| k.status.is_some()) {
+            kept.remove(&key);
+        }
+        Ok(())
     }
 
     fn stop_processes(&self, handle: &str, kill: bool) -> HostResult<()> {
@@ -717,19 +896,19 @@ fn ancestors(path: &str) -> Vec<String> {
 /// A simulated process: its signal, its exit status, and whoever waits for them.
 #[derive(Default)]
 pub struct FakeProcess {
-    state: Mutex<ProcessState>,
+    state: Mutex<SimulatedState>,
     changed: Condvar,
 }
 
 #[derive(Default)]
-struct ProcessState {
+struct SimulatedState {
     signal: Option<Signal>,
     status: Option<i32>,
     window: Option<WindowSize>,
 }
 
 impl FakeProcess {
-    fn lock(&self) -> MutexGuard<'_, ProcessState> {
+    fn lock(&self) -> MutexGuard<'_, SimulatedState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -792,8 +971,9 @@ impl FakeProcess {
     }
 }
 
-impl Process for FakeProcess {
-    fn wait(&self) -> i32 {
+impl FakeProcess {
+    /// Blocks until the process has exited; its exit status.
+    pub fn wait(&self) -> i32 {
         let mut state = self.lock();
         loop {
             if let Some(code) = state.status {
@@ -801,16 +981,6 @@ impl Process for FakeProcess {
             }
             state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
         }
-    }
-
-    fn signal(&self, signal: Signal) -> HostResult<()> {
-        self.deliver(signal);
-        Ok(())
-    }
-
-    fn resize(&self, size: WindowSize) -> HostResult<()> {
-        self.lock().window = Some(size);
-        Ok(())
     }
 }
 
@@ -1266,36 +1436,85 @@ mod tests {
         host
     }
 
-    fn spawn(host: &FakeHost, path: &str, args: &[&str]) -> HostResult<Spawned> {
+    /// A spawned process's descriptors as files.
+    struct Proc {
+        id: String,
+        stdin: Option<std::fs::File>,
+        stdout: std::fs::File,
+        exit: OwnedFd,
+    }
+
+    impl Proc {
+        fn output(&mut self) -> String {
+            let mut out = String::new();
+            self.stdout.read_to_string(&mut out).unwrap();
+            out
+        }
+
+        fn wait(self) -> i32 {
+            ProcessIo::wait(self.exit)
+        }
+    }
+
+    fn spawn(host: &FakeHost, path: &str, args: &[&str]) -> HostResult<Proc> {
         let spec = ProcessSpec {
             path: path.into(),
             args: args.iter().map(|a| a.to_string()).collect(),
             ..Default::default()
         };
-        host.spawn_process(SpawnRequest {
+        let id = format!("p-{path}-{}", args.join("-"));
+        let io = host.spawn_process(SpawnRequest {
             handle: "h",
-            process_id: &format!("p-{path}-{}", args.join("-")),
+            process_id: &id,
             spec: &spec,
             env: &[],
+        })?;
+        Ok(Proc {
+            id,
+            stdin: io.stdin.map(std::fs::File::from),
+            stdout: io.stdout.into(),
+            exit: io.exit,
         })
     }
 
     #[test]
     fn cat_echoes_stdin_and_exits_at_eof() {
         let host = host_with_container("h");
-        let Spawned { process, stdio } = spawn(&host, "cat", &[]).unwrap();
-        let Stdio {
-            mut stdin,
-            mut stdout,
-            ..
-        } = stdio;
-        stdin.write_all(b"hello").unwrap();
-        drop(stdin);
-        let mut out = String::new();
-        stdout.read_to_string(&mut out).unwrap();
-        assert_eq!(out, "hello");
-        assert_eq!(process.wait(), 0);
+        let mut cat = spawn(&host, "cat", &[]).unwrap();
+        cat.stdin.as_mut().unwrap().write_all(b"hello").unwrap();
+        // EOF needs the host's copy of stdin closed too (the keeper holds it).
+        cat.stdin = None;
+        host.close_process_stdin("h", &cat.id).unwrap();
+        assert_eq!(cat.output(), "hello");
+        assert_eq!(cat.wait(), 0);
         assert!(host.observe().unwrap().containers["h"].processes.is_empty());
+    }
+
+    #[test]
+    fn a_process_can_be_attached_again_until_released() {
+        let host = host_with_container("h");
+        let sleeper = spawn(&host, "sleep", &["1000"]).unwrap();
+        let id = sleeper.id.clone();
+        // Whoever had the first descriptors is gone; the process is not.
+        drop(sleeper);
+        let again = host.attach_process("h", &id).unwrap();
+        assert_eq!(
+            host.processes("h").unwrap(),
+            vec![ProcessState {
+                id: id.clone(),
+                exit_status: None
+            }]
+        );
+        host.signal_process("h", &id, Signal::Terminate).unwrap();
+        assert_eq!(ProcessIo::wait(again.exit), 143);
+        assert_eq!(host.processes("h").unwrap()[0].exit_status, Some(143));
+        let late = host.attach_process("h", &id).unwrap();
+        assert_eq!(ProcessIo::wait(late.exit), 143, "the status is kept");
+        host.release_process("h", &id).unwrap();
+        assert!(matches!(
+            host.attach_process("h", &id),
+            Err(HostError::ProcessNotFound(_))
+        ));
     }
 
     #[test]
@@ -1308,7 +1527,7 @@ mod tests {
                 user: user.into(),
                 ..Default::default()
             };
-            let Spawned { process, stdio } = host
+            let io = host
                 .spawn_process(SpawnRequest {
                     handle: long,
                     process_id: &format!("{path}-{user}"),
@@ -1317,9 +1536,10 @@ mod tests {
                 })
                 .unwrap();
             let mut out = String::new();
-            let mut stdout = stdio.stdout;
-            stdout.read_to_string(&mut out).unwrap();
-            assert_eq!(process.wait(), 0);
+            std::fs::File::from(io.stdout)
+                .read_to_string(&mut out)
+                .unwrap();
+            assert_eq!(ProcessIo::wait(io.exit), 0);
             out
         };
         assert_eq!(
@@ -1333,13 +1553,14 @@ mod tests {
     #[test]
     fn exit_codes_signals_and_unknown_programs() {
         let host = host_with_container("h");
-        assert_eq!(spawn(&host, "exit", &["42"]).unwrap().process.wait(), 42);
+        assert_eq!(spawn(&host, "exit", &["42"]).unwrap().wait(), 42);
         assert_eq!(sleep_seconds("10000d"), Some(864_000_000.0));
         assert_eq!(sleep_seconds("1.5m"), Some(90.0));
         assert_eq!(sleep_seconds("x"), None);
         let sleeper = spawn(&host, "/bin/sleep", &["1000"]).unwrap();
-        sleeper.process.signal(Signal::Terminate).unwrap();
-        assert_eq!(sleeper.process.wait(), 143);
+        host.signal_process("h", &sleeper.id, Signal::Terminate)
+            .unwrap();
+        assert_eq!(sleeper.wait(), 143);
         assert!(matches!(
             spawn(&host, "nope", &[]),
             Err(HostError::ExecutableNotFound(_))
@@ -1364,10 +1585,8 @@ mod tests {
         };
         host.stream_in(to, &mut &bytes[..]).unwrap();
         let mut cat = spawn(&host, "cat", &["/tmp/in/dir/file.txt", "/nope"]).unwrap();
-        let mut text = String::new();
-        cat.stdio.stdout.read_to_string(&mut text).unwrap();
-        assert_eq!(text, "hello");
-        assert_eq!(cat.process.wait(), 1);
+        assert_eq!(cat.output(), "hello");
+        assert_eq!(cat.wait(), 1);
         let mut sh = spawn(
             &host,
             "sh",
@@ -1377,10 +1596,8 @@ mod tests {
             ],
         )
         .unwrap();
-        let mut text = String::new();
-        sh.stdio.stdout.read_to_string(&mut text).unwrap();
-        assert_eq!(text, "1000\n");
-        assert_eq!(sh.process.wait(), 7);
+        assert_eq!(sh.output(), "1000\n");
+        assert_eq!(sh.wait(), 7);
         assert!(matches!(
             spawn(&host, "sh", &["-c", "trap wait TERM; sleep 1 & wait"]),
             Err(HostError::ExecutableNotFound(_))

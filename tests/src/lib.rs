@@ -70,6 +70,14 @@ static STARTED: AtomicU32 = AtomicU32::new(0);
 /// How long a server may take to answer its first ping.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How often a fresh server is moved to other ports when its picked ones were taken.
+const PORT_RETRIES: usize = 5;
+
+/// Why a server did not come up in a way the harness can recover from.
+enum StartFailure {
+    AddressInUse,
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -231,11 +239,41 @@ impl TestServer {
             options,
             args,
         };
+        // A port picked free can be taken by someone else before the server binds it: then
+        // pick fresh ones and start again (only a fresh server; a restart keeps its address).
+        for _ in 0..PORT_RETRIES {
+            match server.try_spawn() {
+                Ok(()) => return server,
+                Err(StartFailure::AddressInUse) => server.pick_new_ports(),
+            }
+        }
         server.spawn();
         server
     }
 
+    /// Moves the TCP and debug listeners to fresh free ports.
+    fn pick_new_ports(&mut self) {
+        let mut replace = |flag: &str, addr: &mut Option<SocketAddr>| {
+            let Some(addr) = addr else { return };
+            addr.set_port(free_port());
+            if let Some(i) = self.args.iter().position(|a| a == flag) {
+                self.args[i + 1] = addr.port().to_string();
+            }
+        };
+        replace("--bind-port", &mut self.tcp_addr);
+        replace("--debug-bind-port", &mut self.debug_addr);
+    }
+
     fn spawn(&mut self) {
+        if let Err(StartFailure::AddressInUse) = self.try_spawn() {
+            panic!(
+                "the trellis server could not bind its address; its log:\n{}",
+                self.logs()
+            );
+        }
+    }
+
+    fn try_spawn(&mut self) -> Result<(), StartFailure> {
         let mut command = Command::new(binary());
         command.args(&self.args);
         if let Some(filter) = &self.options.log_filter {
@@ -251,14 +289,23 @@ impl TestServer {
             .stdout(log.try_clone().expect("log file handle"))
             .stderr(log);
         self.child = Some(command.spawn().expect("starting the trellis server"));
-        self.wait_until_up();
+        self.wait_until_up()
     }
 
-    fn wait_until_up(&self) {
+    fn wait_until_up(&mut self) -> Result<(), StartFailure> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             if self.ping_sync() {
-                return;
+                return Ok(());
+            }
+            let child = self.child.as_mut().expect("the server was spawned");
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                let logs = self.logs();
+                if logs.contains("Address already in use") {
+                    return Err(StartFailure::AddressInUse);
+                }
+                panic!("the trellis server exited ({status}) before answering; its log:\n{logs}");
             }
             if Instant::now() > deadline {
                 panic!(
@@ -384,8 +431,15 @@ impl TestServer {
         }
     }
 
+    /// Kills the server with SIGKILL (nothing of it runs on) and reaps it.
+    pub fn kill(&mut self) {
+        let mut child = self.child.take().expect("the server is running");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
     /// Starts a new server process on the same directories and addresses (after
-    /// `terminate`), as an operator restarting the service would.
+    /// `terminate` or `kill`), as an operator restarting the service would.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "terminate the server first");
         self.spawn();

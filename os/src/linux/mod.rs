@@ -18,7 +18,9 @@ pub mod security;
 use crate::host::*;
 use crate::layout::Layout;
 use std::io::{Read, Write};
-use trellis_core::api::{DiskLimits, ImageRef, Limits, Metrics, NetOutRule, PortMapping};
+use trellis_core::api::{
+    DiskLimits, ImageRef, Limits, Metrics, NetOutRule, PortMapping, Signal, WindowSize,
+};
 use trellis_core::effect::{InitConfig, NetworkConfig, ObservedContainer, ObservedHost};
 use trellis_core::network::NetworkAssignment;
 use trellis_core::record::ContainerRecord;
@@ -112,8 +114,32 @@ impl Host for LinuxHost {
         self.depot.delete(handle)
     }
 
-    fn spawn_process(&self, request: SpawnRequest<'_>) -> HostResult<Spawned> {
-        self.runtime.spawn(request, &self.cgroups)
+    fn spawn_process(&self, request: SpawnRequest<'_>) -> HostResult<ProcessIo> {
+        self.runtime.spawn(request)
+    }
+
+    fn attach_process(&self, handle: &str, process_id: &str) -> HostResult<ProcessIo> {
+        self.runtime.attach(handle, process_id)
+    }
+
+    fn processes(&self, handle: &str) -> HostResult<Vec<ProcessState>> {
+        self.runtime.process_states(handle)
+    }
+
+    fn signal_process(&self, handle: &str, process_id: &str, signal: Signal) -> HostResult<()> {
+        self.runtime.signal(handle, process_id, signal)
+    }
+
+    fn resize_process(&self, handle: &str, process_id: &str, size: WindowSize) -> HostResult<()> {
+        self.runtime.resize(handle, process_id, size)
+    }
+
+    fn close_process_stdin(&self, handle: &str, process_id: &str) -> HostResult<()> {
+        self.runtime.close_stdin(handle, process_id)
+    }
+
+    fn release_process(&self, handle: &str, process_id: &str) -> HostResult<()> {
+        self.runtime.release(handle, process_id)
     }
 
     fn stop_processes(&self, handle: &str, kill: bool) -> HostResult<()> {

@@ -122,18 +122,9 @@ impl TestHost {
         spec: ProcessSpec,
         env: &[String],
     ) -> (i32, String, String) {
-        let spawned = self
-            .host
-            .spawn_process(SpawnRequest {
-                handle,
-                process_id: "p",
-                spec: &spec,
-                env,
-            })
-            .expect("spawn");
-        let mut stdio = spawned.stdio;
-        drop(stdio.stdin);
-        let err_reader = stdio.stderr.take().map(|mut e| {
+        let mut p = self.spawn(handle, spec, env).expect("spawn");
+        p.close_stdin();
+        let err_reader = p.stderr.take().map(|mut e| {
             std::thread::spawn(move || {
                 let mut s = String::new();
                 e.read_to_string(&mut s).unwrap();
@@ -141,10 +132,72 @@ impl TestHost {
             })
         });
         let mut out = String::new();
-        stdio.stdout.read_to_string(&mut out).unwrap();
+        p.stdout.read_to_string(&mut out).unwrap();
         let err = err_reader.map(|h| h.join().unwrap()).unwrap_or_default();
-        (spawned.process.wait(), out, err)
+        (p.wait(), out, err)
     }
+}
+
+/// A process started through the host, with its descriptors as files.
+pub struct Proc<'a> {
+    host: &'a LinuxHost,
+    pub handle: String,
+    pub id: String,
+    pub stdin: Option<std::fs::File>,
+    pub stdout: std::fs::File,
+    pub stderr: Option<std::fs::File>,
+    exit: Option<std::os::fd::OwnedFd>,
+    status: Option<i32>,
+}
+
+impl<'a> Proc<'a> {
+    pub fn new(host: &'a LinuxHost, handle: &str, id: &str, io: trellis_os::ProcessIo) -> Proc<'a> {
+        Proc {
+            host,
+            handle: handle.to_string(),
+            id: id.to_string(),
+            stdin: io.stdin.map(std::fs::File::from),
+            stdout: io.stdout.into(),
+            stderr: io.stderr.map(std::fs::File::from),
+            exit: Some(io.exit),
+            status: None,
+        }
+    }
+
+    /// The exit status (waits for it; the same again on later calls).
+    pub fn wait(&mut self) -> i32 {
+        if let Some(exit) = self.exit.take() {
+            self.status = Some(trellis_os::ProcessIo::wait(exit));
+        }
+        self.status.expect("an exit status")
+    }
+
+    pub fn signal(&self, signal: trellis_core::api::Signal) {
+        self.host
+            .signal_process(&self.handle, &self.id, signal)
+            .expect("signal");
+    }
+
+    pub fn resize(&self, size: trellis_core::api::WindowSize) {
+        self.host
+            .resize_process(&self.handle, &self.id, size)
+            .expect("resize");
+    }
+
+    /// Stdin EOF: our copy and the keeper's close.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+        self.host
+            .close_process_stdin(&self.handle, &self.id)
+            .expect("close stdin");
+    }
+}
+
+/// Process ids unique within the test process.
+pub fn next_process_id() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!("p{}", NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 impl TestHost {
@@ -153,13 +206,15 @@ impl TestHost {
         handle: &str,
         spec: ProcessSpec,
         env: &[String],
-    ) -> trellis_os::HostResult<trellis_os::Spawned> {
-        self.host.spawn_process(SpawnRequest {
+    ) -> trellis_os::HostResult<Proc<'_>> {
+        let id = next_process_id();
+        let io = self.host.spawn_process(SpawnRequest {
             handle,
-            process_id: "p",
+            process_id: &id,
             spec: &spec,
             env,
-        })
+        })?;
+        Ok(Proc::new(&self.host, handle, &id, io))
     }
 
     /// Runs `script` as root and asserts it succeeds; returns its stdout.

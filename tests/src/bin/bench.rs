@@ -4,12 +4,17 @@
 //! ```text
 //! trellis-bench [--target 127.0.0.1:7777 | --target /path/to.sock] [--cycles 100]
 //!               [--runs 200] [--stdout-mib 1024] [--parallel 50] [--rootfs URI]
+//! trellis-bench [--target ...] --idle 250x4 [--server-pid PID] [--rootfs URI]
 //! ```
 //!
 //! - create+destroy latency (p50/p95): one container at a time, each with its own network;
 //! - run of `true` (p50/p95): request to exit status, in one container;
 //! - stdout throughput of one process (`dd` of zeros to stdout), MB/s as received;
 //! - `--parallel` creates at once: total wall time and the p50 of each create.
+//!
+//! `--idle CxP` instead starts C containers with P idle processes each (stdout and stderr
+//! attached, as Diego's executor attaches them) and prints the server's threads and resident
+//! memory (of `--server-pid`, read from /proc) before and with them; then destroys them.
 //!
 //! Only the given server is contacted; run it on loopback or a unix socket.
 
@@ -29,6 +34,9 @@ struct Options {
     stdout_mib: u64,
     parallel: usize,
     rootfs: String,
+    /// (containers, processes per container) for the idle-load figures.
+    idle: Option<(usize, usize)>,
+    server_pid: Option<u32>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -39,6 +47,8 @@ fn parse_args() -> Result<Options, String> {
         stdout_mib: 1024,
         parallel: 50,
         rootfs: String::new(),
+        idle: None,
+        server_pid: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -51,10 +61,19 @@ fn parse_args() -> Result<Options, String> {
             "--stdout-mib" => options.stdout_mib = number(value()?)?,
             "--parallel" => options.parallel = number(value()?)? as usize,
             "--rootfs" => options.rootfs = value()?,
+            "--idle" => {
+                let v = value()?;
+                let (c, p) = v
+                    .split_once('x')
+                    .ok_or(format!("--idle wants CONTAINERSxPROCESSES, got {v:?}"))?;
+                options.idle = Some((number(c.into())? as usize, number(p.into())? as usize));
+            }
+            "--server-pid" => options.server_pid = Some(number(value()?)? as u32),
             "-h" | "--help" => {
                 println!(
                     "usage: trellis-bench [--target ADDR|SOCKET] [--cycles N] [--runs N] \
-                     [--stdout-mib N] [--parallel N] [--rootfs URI]"
+                     [--stdout-mib N] [--parallel N] [--rootfs URI] \
+                     [--idle CxP [--server-pid PID]]"
                 );
                 std::process::exit(0);
             }
@@ -228,11 +247,105 @@ async fn parallel_creates(
     }
 }
 
+/// A process's threads and resident memory (MiB), from /proc.
+fn threads_and_rss(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((field("Threads:")?, field("VmRSS:")? / 1024))
+}
+
+fn print_server_figures(options: &Options, when: &str) {
+    if let Some((threads, rss)) = options.server_pid.and_then(threads_and_rss) {
+        println!("server {when}: {threads} threads, {rss} MiB resident");
+    }
+}
+
+/// Many containers with idle, attached processes; the server's cost of carrying them.
+async fn idle_load(
+    client: &Client,
+    options: &Options,
+    (containers, per): (usize, usize),
+) -> BenchResult<()> {
+    print_server_figures(options, "before");
+    let prefix = format!("bench-idle-{}", std::process::id());
+    let start = Instant::now();
+    let mut processes = Vec::with_capacity(containers * per);
+    let mut result = Ok(());
+    'create: for i in 0..containers {
+        let container = match client.create(spec(options, format!("{prefix}-{i}"))).await {
+            Ok(c) => c,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        };
+        for _ in 0..per {
+            let io = ProcessIo {
+                stdout: Some(Box::new(tokio::io::sink())),
+                stderr: Some(Box::new(tokio::io::sink())),
+                ..Default::default()
+            };
+            let spec = ProcessSpec {
+                path: "sleep".into(),
+                args: vec!["100000".into()],
+                ..Default::default()
+            };
+            match container.run(spec, io).await {
+                Ok(p) => processes.push(p),
+                Err(e) => {
+                    result = Err(e);
+                    break 'create;
+                }
+            }
+        }
+    }
+    if result.is_ok() {
+        println!(
+            "{containers} containers x {per} idle processes started in {:.1} s",
+            start.elapsed().as_secs_f64()
+        );
+        // Let per-process work settle (attach windows, first reads) before measuring.
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        print_server_figures(options, "with them");
+    }
+    drop(processes);
+    for i in 0..containers {
+        let _ = client.destroy(&format!("{prefix}-{i}")).await;
+    }
+    result
+}
+
+/// Raises this process's open-file limit to its hard limit (each attached process holds
+/// three connections).
+fn raise_nofile_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 async fn bench(options: Options) -> BenchResult<()> {
     let target: Target = options.target.parse()?;
     let client = Client::new(target);
     client.ping().await?;
     println!("trellis-bench against {}", options.target);
+    if let Some(idle) = options.idle {
+        raise_nofile_limit();
+        return idle_load(&client, &options, idle).await;
+    }
 
     let mut samples = create_destroy(&client, &options).await?;
     println!(

@@ -54,6 +54,7 @@ impl Failure {
         let tag = match self.kind {
             FailureKind::ExecutableNotFound => b'N',
             FailureKind::Invalid => b'I',
+            FailureKind::ProcessNotFound => b'P',
             FailureKind::Failed => b'F',
         };
         let mut out = vec![tag];
@@ -65,6 +66,7 @@ impl Failure {
         let kind = match bytes.first() {
             Some(b'N') => FailureKind::ExecutableNotFound,
             Some(b'I') => FailureKind::Invalid,
+            Some(b'P') => FailureKind::ProcessNotFound,
             _ => FailureKind::Failed,
         };
         Failure {

@@ -25,6 +25,7 @@
 mod child;
 mod files;
 pub mod init;
+mod keeper;
 pub mod mounts;
 mod protocol;
 pub mod zygote;
@@ -32,7 +33,7 @@ pub mod zygote;
 use super::cgroup::{CgroupView, Cgroups};
 use super::security::{seccomp, Confinement, SecuritySettings};
 use super::LinuxConfig;
-use crate::host::{FilePath, HostError, HostResult, Process, SpawnRequest, Spawned, Stdio};
+use crate::host::{FilePath, HostError, HostResult, ProcessIo, ProcessState, SpawnRequest};
 use crate::layout::Layout;
 use mounts::InitSpec;
 use nix::fcntl::OFlag;
@@ -42,7 +43,6 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use trellis_core::api::{BindMountOrigin, Signal, WindowSize};
 use trellis_core::effect::InitConfig;
@@ -183,68 +183,94 @@ impl Runtime {
         Ok(())
     }
 
-    pub fn spawn(&self, request: SpawnRequest<'_>, _cgroups: &Cgroups) -> HostResult<Spawned> {
-        let conn = self.connect(request.handle)?;
-        protocol::send(
-            conn.as_raw_fd(),
+    pub fn spawn(&self, request: SpawnRequest<'_>) -> HostResult<ProcessIo> {
+        let reply = self.exchange(
+            request.handle,
             &Request::Spawn {
                 id: request.process_id.to_string(),
                 spec: Box::new(request.spec.clone()),
                 env: request.env.to_vec(),
             },
-            &[],
-        )
-        .map_err(|e| HostError::io("asking init to start the process", e))?;
-        let (reply, mut fds) = receive(&conn)?;
-        match reply {
-            Reply::Spawned => {}
-            other => return Err(unexpected(other)),
+        )?;
+        process_io(reply)
+    }
+
+    /// Fresh descriptors of a process init keeps (after a server restart, say).
+    pub fn attach(&self, handle: &str, process_id: &str) -> HostResult<ProcessIo> {
+        let reply = self.exchange(
+            handle,
+            &Request::Attach {
+                id: process_id.to_string(),
+            },
+        )?;
+        process_io(reply)
+    }
+
+    /// Every process init keeps, with its exit status once it has exited.
+    pub fn process_states(&self, handle: &str) -> HostResult<Vec<ProcessState>> {
+        if !self.init_running(handle) {
+            return Ok(Vec::new());
         }
-        let (stdio, tty) = match (request.spec.tty.is_some(), fds.len()) {
-            (true, 1) => {
-                let master = fds.remove(0);
-                let stdin = File::from(dup(&master)?);
-                let resize = dup(&master)?;
-                (
-                    Stdio {
-                        stdin: Box::new(stdin),
-                        stdout: Box::new(PtyReader(File::from(master))),
-                        stderr: None,
-                    },
-                    Some(resize),
-                )
-            }
-            (false, 3) => {
-                let stderr = fds.pop().expect("three fds");
-                let stdout = fds.pop().expect("three fds");
-                let stdin = fds.pop().expect("three fds");
-                (
-                    Stdio {
-                        stdin: Box::new(File::from(stdin)),
-                        stdout: Box::new(File::from(stdout)),
-                        stderr: Some(Box::new(File::from(stderr))),
-                    },
-                    None,
-                )
-            }
-            _ => {
-                return Err(HostError::Failed(
-                    "init sent the wrong process descriptors".into(),
-                ))
-            }
+        match self.request(handle, &Request::List, &[])? {
+            Reply::Processes(list) => Ok(list
+                .into_iter()
+                .map(|p| ProcessState {
+                    id: p.id,
+                    exit_status: p.exit_status,
+                })
+                .collect()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    pub fn signal(&self, handle: &str, process_id: &str, signal: Signal) -> HostResult<()> {
+        let signal = match signal {
+            Signal::Terminate => libc::SIGTERM,
+            Signal::Kill => libc::SIGKILL,
         };
-        Ok(Spawned {
-            process: Arc::new(LinuxProcess {
-                init_socket: self.init_socket_address(request.handle),
-                id: request.process_id.to_string(),
-                tty,
-                exit: Mutex::new(ExitState {
-                    status: None,
-                    conn: Some(conn),
-                }),
-            }),
-            stdio,
-        })
+        let request = Request::Signal {
+            id: process_id.to_string(),
+            signal,
+        };
+        self.expect_done(handle, &request)
+    }
+
+    pub fn resize(&self, handle: &str, process_id: &str, size: WindowSize) -> HostResult<()> {
+        let request = Request::Resize {
+            id: process_id.to_string(),
+            columns: size.columns,
+            rows: size.rows,
+        };
+        self.expect_done(handle, &request)
+    }
+
+    pub fn close_stdin(&self, handle: &str, process_id: &str) -> HostResult<()> {
+        let request = Request::CloseStdin {
+            id: process_id.to_string(),
+        };
+        self.expect_done(handle, &request)
+    }
+
+    pub fn release(&self, handle: &str, process_id: &str) -> HostResult<()> {
+        let request = Request::Release {
+            id: process_id.to_string(),
+        };
+        self.expect_done(handle, &request)
+    }
+
+    fn expect_done(&self, handle: &str, request: &Request) -> HostResult<()> {
+        match self.request(handle, request, &[])? {
+            Reply::Done => Ok(()),
+            other => Err(unexpected(other)),
+        }
+    }
+
+    /// One request and its answer, with the descriptors that came along.
+    fn exchange(&self, handle: &str, request: &Request) -> HostResult<(Reply, Vec<OwnedFd>)> {
+        let conn = self.connect(handle)?;
+        protocol::send(conn.as_raw_fd(), request, &[])
+            .map_err(|e| HostError::io("talking to the container's init", e))?;
+        receive(&conn)
     }
 
     /// SIGTERM to every process but init, re-sent each second for up to 10 s, then SIGKILL
@@ -346,13 +372,12 @@ impl Runtime {
 
     /// Ids of the container's processes that are still running.
     pub fn processes(&self, handle: &str) -> Vec<String> {
-        if !self.init_running(handle) {
-            return Vec::new();
-        }
-        match self.request(handle, &Request::List, &[]) {
-            Ok(Reply::Ids(ids)) => ids,
-            _ => Vec::new(),
-        }
+        self.process_states(handle)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| p.exit_status.is_none())
+            .map(|p| p.id)
+            .collect()
     }
 
     /// Every container that has an init pid file.
@@ -460,89 +485,38 @@ fn unexpected(reply: Reply) -> HostError {
         Reply::Failed { kind, message } => match kind {
             FailureKind::ExecutableNotFound => HostError::ExecutableNotFound(message),
             FailureKind::Invalid => HostError::Invalid(message),
+            FailureKind::ProcessNotFound => HostError::ProcessNotFound(message),
             FailureKind::Failed => HostError::Failed(message),
         },
         other => HostError::Failed(format!("unexpected answer from init: {other:?}")),
     }
 }
 
-fn dup(fd: &OwnedFd) -> HostResult<OwnedFd> {
-    fd.try_clone().map_err(|e| HostError::io("dup", e))
-}
-
-struct ExitState {
-    status: Option<i32>,
-    /// The spawn connection, on which init reports the exit.
-    conn: Option<OwnedFd>,
-}
-
-struct LinuxProcess {
-    /// Signals go through init, the process's parent (see `Request::Signal`).
-    init_socket: InitSocket,
-    id: String,
-    tty: Option<OwnedFd>,
-    exit: Mutex<ExitState>,
-}
-
-impl Process for LinuxProcess {
-    fn wait(&self) -> i32 {
-        let mut exit = self.exit.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(status) = exit.status {
-            return status;
-        }
-        let status = match exit.conn.take() {
-            Some(conn) => match receive(&conn) {
-                Ok((Reply::Exited { status }, _)) => status,
-                // Init is gone: the container was killed, and the process with it.
-                _ => 128 + libc::SIGKILL,
-            },
-            None => 128 + libc::SIGKILL,
-        };
-        exit.status = Some(status);
-        status
+/// The descriptors of a `Process` answer: `[stdin?, stdout, stderr?, exit]`.
+fn process_io((reply, fds): (Reply, Vec<OwnedFd>)) -> HostResult<ProcessIo> {
+    let (has_stdin, has_stderr) = match reply {
+        Reply::Process { stdin, stderr } => (stdin, stderr),
+        other => return Err(unexpected(other)),
+    };
+    let expected = 2 + usize::from(has_stdin) + usize::from(has_stderr);
+    if fds.len() != expected {
+        return Err(HostError::Failed(format!(
+            "init sent {} process descriptors instead of {expected}",
+            fds.len()
+        )));
     }
-
-    fn signal(&self, signal: Signal) -> HostResult<()> {
-        let signal = match signal {
-            Signal::Terminate => libc::SIGTERM,
-            Signal::Kill => libc::SIGKILL,
-        };
-        let conn = match self.init_socket.connect() {
-            Ok(conn) => conn,
-            // No init: the container, and the process with it, is gone.
-            Err(_) => return Ok(()),
-        };
-        let request = Request::Signal {
-            id: self.id.clone(),
-            signal,
-        };
-        protocol::send(conn.as_raw_fd(), &request, &[])
-            .map_err(|e| HostError::io("asking init to signal the process", e))?;
-        match receive(&conn)? {
-            (Reply::Done, _) => Ok(()),
-            (other, _) => Err(unexpected(other)),
-        }
-    }
-
-    fn resize(&self, size: WindowSize) -> HostResult<()> {
-        match &self.tty {
-            Some(master) => set_window_size(master.as_fd(), size.columns, size.rows)
-                .map_err(|e| HostError::io("resizing the terminal", e)),
-            None => Ok(()),
-        }
-    }
-}
-
-/// A pty master read as a stream: EIO (every slave closed) is the end of output.
-struct PtyReader(File);
-
-impl Read for PtyReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self.0.read(buf) {
-            Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(0),
-            other => other,
-        }
-    }
+    let mut fds = fds.into_iter();
+    let mut next = || fds.next().expect("counted above");
+    let stdin = has_stdin.then(&mut next);
+    let stdout = next();
+    let stderr = has_stderr.then(&mut next);
+    let exit = next();
+    Ok(ProcessIo {
+        stdin,
+        stdout,
+        stderr,
+        exit,
+    })
 }
 
 /// TIOCSWINSZ; a zero dimension takes the default (80 columns, 24 rows).

@@ -1,8 +1,7 @@
 //! Messages between the server and a container's init, over a `SOCK_SEQPACKET` unix socket
 //! (one JSON message per packet, file descriptors alongside as `SCM_RIGHTS`).
 //!
-//! One connection per request. A `Spawn` connection stays open after `Spawned`: init sends
-//! `Exited` on it when the process ends, so the server's wait needs no polling.
+//! One connection per request, one answer per request.
 
 use nix::cmsg_space;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
@@ -16,20 +15,29 @@ pub const MAX_MESSAGE: usize = 1 << 20;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Request {
-    /// Start a process. No fds; the reply carries `[stdin, stdout, stderr]`, or
-    /// `[pty master]` with a TTY.
+    /// Start a process; answers `Process` with its descriptors once it has exec'd.
     Spawn {
         id: String,
         spec: Box<ProcessSpec>,
         /// Image env then container env.
         env: Vec<String>,
     },
+    /// Fresh descriptors of a known process (running or exited and not yet released):
+    /// answers `Process`.
+    Attach { id: String },
     /// Send `signal` to the process `id` if it still runs; answers `Done`. Init is its parent
     /// and reaps it, so the signal can never reach a process that reused its pid.
     Signal { id: String, signal: i32 },
+    /// Set the terminal size of a process with a TTY; answers `Done`.
+    Resize { id: String, columns: u16, rows: u16 },
+    /// Init lets go of its copy of the process's stdin (the server closed its own), so the
+    /// process reads EOF; answers `Done`.
+    CloseStdin { id: String },
+    /// Forget an exited process (its status and output were delivered); answers `Done`.
+    Release { id: String },
     /// Send `signal` to every process but init (0 only counts); answers `Remaining`.
     SignalAll { signal: i32 },
-    /// Ids of the processes still running; answers `Ids`.
+    /// The processes init keeps; answers `Processes`.
     List,
     /// Unpack the tar read from the fd sent along (a pipe) at `path`, as `user`.
     StreamIn { path: String, user: String },
@@ -41,17 +49,35 @@ pub enum Request {
 pub enum FailureKind {
     ExecutableNotFound,
     Invalid,
+    ProcessNotFound,
     Failed,
+}
+
+/// A process init keeps, and its exit status once it has one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessStatus {
+    pub id: String,
+    pub exit_status: Option<i32>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum Reply {
-    Spawned,
-    Exited { status: i32 },
-    Remaining { count: usize },
-    Ids(Vec<String>),
+    /// A process's descriptors follow: `[stdin?, stdout, stderr?, exit]`, stdin and stderr as
+    /// the flags say (no stdin once it was closed; no stderr with a TTY). `exit` is a pipe that
+    /// yields the exit status (i32, native byte order) once the process has exited.
+    Process {
+        stdin: bool,
+        stderr: bool,
+    },
+    Processes(Vec<ProcessStatus>),
+    Remaining {
+        count: usize,
+    },
     Done,
-    Failed { kind: FailureKind, message: String },
+    Failed {
+        kind: FailureKind,
+        message: String,
+    },
 }
 
 pub fn send<T: Serialize>(sock: RawFd, message: &T, fds: &[RawFd]) -> io::Result<()> {
