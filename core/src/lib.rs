@@ -27,6 +27,7 @@ pub use effect::{
 };
 pub use error::{Error, ErrorKind};
 pub use machine::{ContainerView, Core, CoreView};
+pub use rng::Rng;
 
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};

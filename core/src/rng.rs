@@ -21,6 +21,11 @@ impl Rng {
         z ^ (z >> 31)
     }
 
+    /// Uniform enough in `0..n` for workloads and jitter (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
     /// A random version-4-shaped UUID string, the form guardian uses for generated ids.
     pub fn uuid(&mut self) -> String {
         let hi = self.next_u64();

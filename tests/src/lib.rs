@@ -14,6 +14,8 @@
 //! The `trellis` binary must be built first (`scripts/test` does): it is looked for next to the
 //! test executable's directory (`target/<profile>/trellis`), or at `$TRELLIS_BIN`.
 
+pub mod crash;
+pub mod host_objects;
 pub mod images;
 
 use std::io::{Read, Write};
@@ -78,10 +80,21 @@ enum StartFailure {
     AddressInUse,
 }
 
+/// Where listening ports are picked: below the kernel's ephemeral range (32768 and up by
+/// default) and the servers' port pools (30000 and up), so that no outgoing connection takes a
+/// server's port while it is down for a restart.
+const LISTEN_PORTS: std::ops::Range<u32> = 20000..30000;
+
+/// A free loopback port from [`LISTEN_PORTS`], starting at a place of this process's own.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let span = LISTEN_PORTS.end - LISTEN_PORTS.start;
+    let start = std::process::id()
+        .wrapping_mul(7919)
+        .wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed).wrapping_mul(97));
+    (0..span)
+        .map(|i| (LISTEN_PORTS.start + start.wrapping_add(i) % span) as u16)
+        .find(|port| TcpListener::bind(("127.0.0.1", *port)).is_ok())
         .expect("a free loopback port")
 }
 
@@ -102,19 +115,22 @@ pub fn binary() -> PathBuf {
         return PathBuf::from(path);
     }
     let exe = std::env::current_exe().expect("the test executable's path");
-    // target/<profile>/deps/<test> -> target/<profile>/trellis
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test executable lives in target/<profile>/deps");
-    let candidate = profile_dir.join("trellis");
-    assert!(
-        candidate.exists(),
-        "{} does not exist: build the server first (`cargo build --release -p trellis-server`, \
-         as scripts/test does) or set TRELLIS_BIN",
-        candidate.display()
-    );
-    candidate
+    let exe_dir = exe.parent().expect("an executable lives in a directory");
+    // A binary of this crate (target/<profile>/trellis-bench) sits beside it; a test
+    // (target/<profile>/deps/<test>) one level below.
+    let beside = exe_dir.join("trellis");
+    let above = exe_dir.parent().map(|dir| dir.join("trellis"));
+    [Some(beside.clone()), above]
+        .into_iter()
+        .flatten()
+        .find(|candidate| candidate.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "{} does not exist: build the server first (`cargo build --release -p \
+                 trellis-server`, as scripts/test does) or set TRELLIS_BIN",
+                beside.display()
+            )
+        })
 }
 
 impl TestServer {
@@ -520,14 +536,18 @@ fn stop(pid: i32, backend: Backend) {
 }
 
 impl TestServer {
-    /// The name of this server's parent cgroup (derived from its depot).
-    pub fn cgroup_parent(&self) -> String {
+    /// Where this server keeps what, as the server itself computes it.
+    pub fn layout(&self) -> trellis_os::Layout {
         trellis_os::Layout::new(
             self.depot(),
             self.dir().join("state"),
             self.dir().join("run"),
         )
-        .cgroup_parent()
+    }
+
+    /// The name of this server's parent cgroup (derived from its depot).
+    pub fn cgroup_parent(&self) -> String {
+        self.layout().cgroup_parent()
     }
 
     /// Each Linux test server has a parent cgroup (named by its depot) and a firewall table

@@ -3,10 +3,11 @@
 //! and after. `TRELLIS_LEAK_CYCLES` overrides the count.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 use trellis_client::{Client, ProcessIo};
 use trellis_core::api::{ContainerSpec, ProcessSpec};
+use trellis_tests::host_objects::{count_cgroups, count_files, count_links, HostObjects};
 use trellis_tests::TestServer;
 
 #[derive(Debug, PartialEq, Eq)]
@@ -16,23 +17,6 @@ struct Counts {
     processes: usize,
     files: usize,
     links: usize,
-}
-
-fn count_files(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| {
-                    1 + if e.file_type().is_ok_and(|t| t.is_dir()) {
-                        count_files(&e.path())
-                    } else {
-                        0
-                    }
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// (pid, parent pid, command name) of every process.
@@ -100,32 +84,6 @@ fn cgroup_parent(server_pid: u32) -> String {
         .to_string()
 }
 
-fn count_cgroups(parent: &str) -> usize {
-    let roots: Vec<PathBuf> = std::fs::read_dir("/sys/fs/cgroup")
-        .map(|d| d.flatten().map(|e| e.path()).collect())
-        .unwrap_or_default();
-    roots
-        .iter()
-        .map(|root| {
-            let dir = root.join(parent.trim_start_matches('/'));
-            std::fs::read_dir(dir)
-                .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
-                .unwrap_or(0)
-        })
-        .sum()
-}
-
-/// This server's bridges and the links plugged into them.
-fn count_links(tag: &str) -> usize {
-    let prefix = format!("trbr{tag}");
-    std::fs::read_dir("/sys/class/net")
-        .expect("/sys/class/net")
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
-        .map(|bridge| 1 + count_files(&bridge.path().join("brif")))
-        .sum()
-}
-
 fn counts(server: &TestServer, parent: &str) -> Counts {
     let dir = server.dir().display().to_string();
     let pid = server.pid().expect("the server runs");
@@ -144,22 +102,6 @@ fn counts(server: &TestServer, parent: &str) -> Counts {
             + count_files(&server.dir().join("state/records")),
         links: count_links(server.tag()),
     }
-}
-
-/// Waits until the server has finished the deferred part of earlier network removals (links
-/// and firewall chains linger about a second after destroy), so that counts compare like with
-/// like.
-async fn removals_finished(server: &TestServer) {
-    let retired = server.dir().join("run/network/state/.retired");
-    let finished = trellis_tests::eventually(Duration::from_secs(30), || async {
-        count_files(&retired) == 0
-    })
-    .await;
-    assert!(
-        finished,
-        "network removals still pending in {}",
-        retired.display()
-    );
 }
 
 async fn cycle(client: &Client, handle: &str) {
@@ -230,7 +172,7 @@ async fn a_thousand_create_destroy_cycles_through_the_server_leak_nothing() {
     for i in 0..3 {
         cycle(&client, &format!("warm-{i}")).await;
     }
-    removals_finished(&server).await;
+    HostObjects::after_removals(&server).await;
     let before = counts(&server, &parent);
     let start = Instant::now();
     let mut workers = Vec::new();
