@@ -114,6 +114,7 @@ impl Sim {
             depot: "/depot".into(),
             seed: rng.next_u64(),
             disable_privileged_containers: rng.below(2) == 0,
+            host_networks: Vec::new(),
             bugs: opts.bugs,
         };
         let now = Time(1_000 * SECOND);
