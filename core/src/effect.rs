@@ -271,9 +271,11 @@ impl ObservedContainer {
     }
 }
 
-/// Creation data a record keeps: the spec minus what must not be stored (registry password).
+/// Creation data a record keeps: the spec minus what must not be stored (registry password)
+/// and what the record keeps elsewhere (the properties, which change).
 pub fn storable_spec(spec: &ContainerSpec) -> ContainerSpec {
     let mut stored = spec.clone();
     stored.image.password.clear();
+    stored.properties.clear();
     stored
 }

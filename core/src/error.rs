@@ -2,7 +2,8 @@
 
 use crate::api::ErrorBody;
 use crate::effect::{EffectError, EffectErrorKind};
-use crate::handle::InvalidHandle;
+use crate::handle::{self, InvalidName};
+use crate::limits::LimitExceeded;
 use crate::network::NetworkError;
 use crate::ports::PortError;
 use thiserror::Error;
@@ -15,11 +16,8 @@ pub enum Error {
     ProcessNotFound { process_id: String },
     #[error("Handle '{handle}' already in use")]
     HandleInUse { handle: String },
-    #[error("invalid handle '{handle}': {reason}")]
-    InvalidHandle {
-        handle: String,
-        reason: InvalidHandle,
-    },
+    #[error("invalid handle '{}': {reason}", handle::shown(handle))]
+    InvalidHandle { handle: String, reason: InvalidName },
     #[error("max containers reached")]
     MaxContainersReached,
     /// gdn's words for a privileged create under `--disable-privileged-containers`.
@@ -39,11 +37,13 @@ pub enum Error {
     ReservedProperty { key: String },
     #[error("process ID '{process_id}' already in use")]
     ProcessIdInUse { process_id: String },
-    #[error("invalid process ID '{process_id}': {reason}")]
+    #[error("invalid process ID '{}': {reason}", handle::shown(process_id))]
     InvalidProcessId {
         process_id: String,
-        reason: InvalidHandle,
+        reason: InvalidName,
     },
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(#[from] LimitExceeded),
     #[error("invalid grace time {nanos}ns: must not be negative")]
     NegativeGraceTime { nanos: i64 },
     #[error("invalid container spec: {reason}")]

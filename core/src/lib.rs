@@ -13,6 +13,7 @@ pub mod effect;
 pub mod error;
 pub mod handle;
 mod lifecycle;
+pub mod limits;
 mod machine;
 pub mod network;
 pub mod ports;
@@ -55,6 +56,10 @@ pub const SECOND: u64 = 1_000_000_000;
 pub struct Config {
     /// Where pool subnets come from.
     pub network_pool: Ipv4Network,
+    /// The host's own IPv4 networks (its addresses' subnets and its routes), which no container
+    /// subnet may overlap. The server reads them from the host at start; the core cannot look.
+    #[serde(default)]
+    pub host_networks: Vec<Ipv4Network>,
     /// Configured cap on containers; 0 means only the pool bounds it.
     pub max_containers: u64,
     /// Nanoseconds; used when a spec gives none. 0 means containers never expire.
@@ -81,6 +86,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             network_pool: "10.254.0.0/22".parse().expect("valid default pool"),
+            host_networks: Vec::new(),
             max_containers: 0,
             default_grace_time: 0,
             port_pool_start: 61001,
@@ -91,6 +97,14 @@ impl Default for Config {
             disable_privileged_containers: false,
             bugs: InjectedBugs::default(),
         }
+    }
+}
+
+impl Config {
+    /// Refuses a configuration the core cannot serve safely: a pool overlapping the host's
+    /// networks or a range containers cannot use.
+    pub fn validate(&self) -> Result<(), network::PoolForbidden> {
+        network::check_pool(self.network_pool, &self.host_networks)
     }
 }
 

@@ -12,7 +12,8 @@ use crate::container::{Container, CreateStep, Durability, Phase, Teardown, Teard
 use crate::effect::{storable_spec, EffectKind, EffectOutput, InitConfig, NetworkConfig, Outcome};
 use crate::error::Error;
 use crate::handle;
-use crate::machine::{backoff, Core, Pending};
+use crate::limits::{self, EnvOwner};
+use crate::machine::{backoff, with_room_for_events, Core, Pending};
 use crate::network;
 use crate::properties;
 use std::collections::BTreeSet;
@@ -76,6 +77,10 @@ impl Core {
         if let Some(key) = spec.properties.keys().find(|k| properties::is_reserved(k)) {
             return Err(Error::ReservedProperty { key: key.clone() });
         }
+        limits::check_properties(spec.properties.iter())?;
+        limits::check_env(EnvOwner::Container, &spec.env)?;
+        limits::check_bind_mounts(spec.bind_mounts.len())?;
+        limits::check_netout_rules(spec.netout_rules.len())?;
         if let Some(bad) = spec.env.iter().find(|e| !e.contains('=')) {
             return Err(Error::InvalidSpec {
                 reason: format!("environment entry '{bad}' is not KEY=VALUE"),
@@ -126,19 +131,15 @@ impl Core {
                     },
                 }),
                 Err(e) => {
-                    for m in &mapped_ports {
-                        self.ports.release(m.host_port);
-                    }
-                    self.network.release(assignment);
+                    self.release_admitted(assignment, &mapped_ports);
                     return Err(e.into());
                 }
             }
         }
 
-        self.next_incarnation += 1;
-        Ok(Container {
+        let container = Container {
             handle: handle.clone(),
-            incarnation: self.next_incarnation,
+            incarnation: 0,
             spec: ContainerSpec {
                 handle,
                 ..storable_spec(spec)
@@ -161,7 +162,37 @@ impl Core {
             expires_at: None,
             in_flight: 0,
             durability: Durability::default(),
+        };
+        // The image's env is not known yet; it is measured when the rootfs answers.
+        if let Err(e) = limits::check_record(&with_room_for_events(container.record())) {
+            self.release_admitted(assignment, &container.mapped_ports);
+            return Err(e.into());
+        }
+        self.next_incarnation += 1;
+        Ok(Container {
+            incarnation: self.next_incarnation,
+            ..container
         })
+    }
+
+    /// Gives back what `admit` took for a create it then refused.
+    fn release_admitted(
+        &mut self,
+        assignment: crate::network::NetworkAssignment,
+        mapped_ports: &[crate::api::PortMapping],
+    ) {
+        for m in mapped_ports {
+            self.ports.release(m.host_port);
+        }
+        self.network.release(assignment);
+    }
+
+    /// The image's env becomes part of every process's env and of the record: it is bounded
+    /// like the container's own.
+    fn check_image_env(container: &Container) -> Result<(), Error> {
+        limits::check_env(EnvOwner::Image, &container.image_env)?;
+        limits::check_record(&with_room_for_events(container.record()))?;
+        Ok(())
     }
 
     pub(crate) fn create_step_done(&mut self, handle: &str, step: CreateStep, outcome: Outcome) {
@@ -184,6 +215,13 @@ impl Core {
                     (step, output)
                 {
                     c.image_env = image_env;
+                    if let Err(cause) = Self::check_image_env(c) {
+                        let Phase::Creating { done, .. } = &c.phase else {
+                            unreachable!("checked above")
+                        };
+                        let undo: Vec<TeardownStep> = done.iter().map(|s| s.undo()).collect();
+                        return self.begin_teardown(handle, undo, None, Some((request, cause)));
+                    }
                 }
                 match step.next() {
                     Some(next) => self.emit_create_step(handle, next),

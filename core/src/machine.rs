@@ -7,9 +7,11 @@ use crate::container::{Container, DurableWaiter, Phase};
 use crate::effect::{Effect, EffectId, EffectKind, EffectOutput, Observation, Outcome};
 use crate::error::Error;
 use crate::handle;
+use crate::limits::{self, EnvOwner, LimitExceeded};
 use crate::network::{NetworkAllocator, NetworkAssignment};
 use crate::ports::PortAllocator;
 use crate::properties::{self, Properties};
+use crate::record::{self, ContainerRecord};
 use crate::rng::Rng;
 use crate::{Config, Time, SECOND};
 use std::collections::BTreeMap;
@@ -89,7 +91,8 @@ pub struct Core {
 
 impl Core {
     pub fn new(config: Config, now: Time) -> Core {
-        let mut network = NetworkAllocator::new(config.network_pool);
+        let mut network = NetworkAllocator::new(config.network_pool)
+            .with_host_networks(config.host_networks.clone());
         if config.bugs.double_alloc {
             network.inject_double_alloc_bug();
         }
@@ -454,6 +457,12 @@ impl Core {
             self.touch(handle);
             return self.reply(request, Err(Error::ReservedProperty { key }));
         }
+        if let Some(value) = &value {
+            if let Err(e) = self.check_new_property(handle, &key, value) {
+                self.touch(handle);
+                return self.reply(request, Err(e.into()));
+            }
+        }
         let c = self.containers.get_mut(handle).expect("caller checked");
         match value {
             Some(value) => {
@@ -468,6 +477,73 @@ impl Core {
             }
         }
         self.changed_and_reply(handle, request, Reply::Done);
+    }
+
+    /// Whether `handle` may take the property `key` = `value` (a new key or a new value).
+    fn check_new_property(
+        &self,
+        handle: &str,
+        key: &str,
+        value: &str,
+    ) -> Result<(), LimitExceeded> {
+        limits::check_property(key, value)?;
+        let properties = &self.containers[handle].properties;
+        if !properties.contains_key(key) && properties.len() >= limits::MAX_PROPERTIES {
+            return Err(LimitExceeded::PropertyCount);
+        }
+        self.check_record_growth(handle, |record| {
+            record.properties.insert(key.to_string(), value.to_string());
+        })
+    }
+
+    /// Net-out rules and port mappings whose effects are in flight: the container's record
+    /// gains them when they succeed.
+    fn in_flight_additions(&self, handle: &str) -> (Vec<NetOutRule>, Vec<PortMapping>) {
+        let mut rules = Vec::new();
+        let mut mappings = Vec::new();
+        for pending in self.pending.values() {
+            match pending {
+                Pending::NetOut {
+                    handle: h,
+                    rules: r,
+                    ..
+                } if h == handle => rules.extend(r.iter().cloned()),
+                Pending::MapPort {
+                    handle: h, mapping, ..
+                } if h == handle => mappings.push(*mapping),
+                _ => {}
+            }
+        }
+        (rules, mappings)
+    }
+
+    /// Refuses a change that would take `handle`'s record over [`limits::MAX_RECORD_BYTES`],
+    /// measured as the record will be with the change and everything in flight in it, and with
+    /// room for what the host may yet add ([`with_room_for_events`]). A record already over
+    /// the bound (stored before the bound existed) may still shrink.
+    fn check_record_growth(
+        &self,
+        handle: &str,
+        change: impl FnOnce(&mut ContainerRecord),
+    ) -> Result<(), LimitExceeded> {
+        let (rules, mappings) = self.in_flight_additions(handle);
+        let current = || {
+            let mut record = with_room_for_events(self.containers[handle].record());
+            record.netout_rules.extend(rules.iter().cloned());
+            record.mapped_ports.extend(mappings.iter().copied());
+            record
+        };
+        let mut changed = current();
+        change(&mut changed);
+        match limits::check_record(&changed) {
+            Ok(_) => Ok(()),
+            Err(LimitExceeded::RecordSize { bytes })
+                if bytes <= record::encoded_len(&current()) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     fn set_grace_time(&mut self, request: RequestId, handle: &str, grace_time: i64) {
@@ -487,6 +563,13 @@ impl Core {
                     port: container_port,
                 }));
             }
+            // Measured with the widest ports: which one the pool hands out is not known yet.
+            self.check_record_growth(handle, |record| {
+                record.mapped_ports.push(PortMapping {
+                    host_port: u32::MAX,
+                    container_port: u32::MAX,
+                })
+            })?;
             let assignment = self.containers[handle]
                 .network
                 .expect("usable containers have a network");
@@ -542,6 +625,10 @@ impl Core {
             self.touch(handle);
             return self.reply(request, Ok(Reply::Done));
         }
+        if let Err(e) = self.check_new_netout_rules(handle, &rules) {
+            self.touch(handle);
+            return self.reply(request, Err(e.into()));
+        }
         let c = self.containers.get_mut(handle).expect("caller checked");
         let assignment = c.network.expect("usable containers have a network");
         c.pause();
@@ -560,6 +647,21 @@ impl Core {
         );
     }
 
+    /// Whether `handle` may take `rules` on top of those it has and those in flight.
+    fn check_new_netout_rules(
+        &self,
+        handle: &str,
+        rules: &[NetOutRule],
+    ) -> Result<(), LimitExceeded> {
+        let (in_flight, _) = self.in_flight_additions(handle);
+        limits::check_netout_rules(
+            self.containers[handle].netout_rules.len() + in_flight.len() + rules.len(),
+        )?;
+        self.check_record_growth(handle, |record| {
+            record.netout_rules.extend(rules.iter().cloned())
+        })
+    }
+
     fn run(&mut self, request: RequestId, handle: &str, spec: crate::api::ProcessSpec) {
         let checked = (|| {
             // A stopped container still runs new processes, as with gdn: Stop only ends the
@@ -576,6 +678,8 @@ impl Core {
                         .into(),
                 });
             }
+            limits::check_env(EnvOwner::Process, &spec.env)?;
+            limits::check_bind_mounts(spec.bind_mounts.len())?;
             if let Some(bad) = spec.env.iter().find(|e| !e.contains('=')) {
                 return Err(Error::InvalidProcessSpec {
                     reason: format!("environment entry '{bad}' is not KEY=VALUE"),
@@ -584,7 +688,7 @@ impl Core {
             if spec.id.is_empty() {
                 return Ok(None);
             }
-            handle::validate(&spec.id).map_err(|reason| Error::InvalidProcessId {
+            handle::validate_process_id(&spec.id).map_err(|reason| Error::InvalidProcessId {
                 process_id: spec.id.clone(),
                 reason,
             })?;
@@ -1064,6 +1168,7 @@ impl Core {
                     mapped_ports: c.mapped_ports.clone(),
                     held_ports: c.held_ports.clone(),
                     properties: c.properties.clone(),
+                    netout_rules: c.netout_rules.len(),
                     grace_time: c.grace_time,
                     pauses: c.pauses,
                     expires_at: c.expires_at,
@@ -1082,6 +1187,15 @@ impl Core {
 
 /// The event text gdn reports after an OOM kill.
 pub const OUT_OF_MEMORY: &str = "Out of memory";
+
+/// A record with room for what the host may add to it unasked: the OOM event (recorded once).
+/// Bounds are checked on this, so that no record outgrows them later.
+pub(crate) fn with_room_for_events(mut record: ContainerRecord) -> ContainerRecord {
+    if !record.events.iter().any(|e| e == OUT_OF_MEMORY) {
+        record.events.push(OUT_OF_MEMORY.to_string());
+    }
+    record
+}
 
 fn unexpected_output(effect: &str, output: EffectOutput) -> Error {
     Error::Host(crate::effect::EffectError::new(
@@ -1115,6 +1229,8 @@ pub struct ContainerView {
     pub mapped_ports: Vec<PortMapping>,
     pub held_ports: Vec<u32>,
     pub properties: Properties,
+    /// Net-out rules in force (from the spec and added later).
+    pub netout_rules: usize,
     pub grace_time: u64,
     pub pauses: u32,
     pub expires_at: Option<Time>,

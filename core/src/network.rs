@@ -6,6 +6,12 @@
 //!
 //! A subnet never hands out its network address, its broadcast address, or the address one below
 //! broadcast, which is the gateway (the host side of the container's link).
+//!
+//! A subnet asked for must not overlap a range the host treats specially whatever its
+//! configuration ([`SPECIAL_RANGES`]: "this network", loopback, link-local, multicast, limited
+//! broadcast), nor one of the host's own networks (given by the server as configuration): the
+//! container's link and routes would take over traffic that belongs elsewhere. Neither may the
+//! pool ([`check_pool`], at start).
 
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
@@ -52,6 +58,71 @@ pub enum NetworkError {
     SubnetFull { subnet: Ipv4Network },
     #[error("insufficient subnets remaining in the pool {pool}")]
     PoolExhausted { pool: Ipv4Network },
+    #[error("the requested subnet {subnet} overlaps {overlaps}, which containers cannot use")]
+    Forbidden {
+        subnet: Ipv4Network,
+        overlaps: Forbidden,
+    },
+}
+
+/// Ranges no container subnet may overlap on any host, with what they are.
+pub const SPECIAL_RANGES: [([u8; 4], u8, &str); 5] = [
+    ([0, 0, 0, 0], 8, "\"this network\""),
+    ([127, 0, 0, 0], 8, "loopback"),
+    ([169, 254, 0, 0], 16, "link-local"),
+    ([224, 0, 0, 0], 4, "multicast"),
+    ([255, 255, 255, 255], 32, "limited broadcast"),
+];
+
+/// What a subnet overlaps that containers cannot use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Forbidden {
+    /// One of [`SPECIAL_RANGES`].
+    Special {
+        range: Ipv4Network,
+        what: &'static str,
+    },
+    /// One of the host's own networks.
+    Host { network: Ipv4Network },
+}
+
+impl std::fmt::Display for Forbidden {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Forbidden::Special { range, what } => write!(f, "{range} ({what})"),
+            Forbidden::Host { network } => write!(f, "{network} (a network of this host)"),
+        }
+    }
+}
+
+/// The first range `subnet` overlaps that containers cannot use, if any.
+pub fn forbidden_overlap(subnet: Ipv4Network, host_networks: &[Ipv4Network]) -> Option<Forbidden> {
+    let special = SPECIAL_RANGES.iter().find_map(|&(address, prefix, what)| {
+        let range = Ipv4Network::new(Ipv4Addr::from(address), prefix)
+            .expect("special ranges are valid networks");
+        overlaps(subnet, range).then_some(Forbidden::Special { range, what })
+    });
+    special.or_else(|| {
+        host_networks
+            .iter()
+            .find(|n| overlaps(subnet, **n))
+            .map(|&network| Forbidden::Host { network })
+    })
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("the network pool {pool} overlaps {overlaps}, which containers cannot use")]
+pub struct PoolForbidden {
+    pub pool: Ipv4Network,
+    pub overlaps: Forbidden,
+}
+
+/// A pool (`--network-pool`) must not overlap what containers cannot use either.
+pub fn check_pool(pool: Ipv4Network, host_networks: &[Ipv4Network]) -> Result<(), PoolForbidden> {
+    match forbidden_overlap(pool, host_networks) {
+        Some(overlaps) => Err(PoolForbidden { pool, overlaps }),
+        None => Ok(()),
+    }
 }
 
 /// What a container holds: its subnet and its address in it.
@@ -128,6 +199,8 @@ struct SubnetUse {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkAllocator {
     pool: Ipv4Network,
+    /// The host's own networks, which no static subnet may overlap.
+    host_networks: Vec<Ipv4Network>,
     /// Every subnet with at least one container, keyed by network address.
     subnets: BTreeMap<Ipv4Network, SubnetUse>,
     /// Test-only fault: hand out an address that is already taken.
@@ -138,9 +211,16 @@ impl NetworkAllocator {
     pub fn new(pool: Ipv4Network) -> NetworkAllocator {
         NetworkAllocator {
             pool,
+            host_networks: Vec::new(),
             subnets: BTreeMap::new(),
             double_alloc_bug: false,
         }
+    }
+
+    /// Static subnets overlapping any of `networks` are refused.
+    pub fn with_host_networks(mut self, networks: Vec<Ipv4Network>) -> NetworkAllocator {
+        self.host_networks = networks;
+        self
     }
 
     pub fn inject_double_alloc_bug(&mut self) {
@@ -261,6 +341,9 @@ impl NetworkAllocator {
     }
 
     fn check_static_subnet(&self, subnet: Ipv4Network) -> Result<(), NetworkError> {
+        if let Some(overlaps) = forbidden_overlap(subnet, &self.host_networks) {
+            return Err(NetworkError::Forbidden { subnet, overlaps });
+        }
         if overlaps(subnet, self.pool) {
             return Err(NetworkError::OverlapsPool {
                 subnet,
@@ -424,6 +507,94 @@ mod tests {
             alloc.allocate(exact),
             Err(NetworkError::IpTaken { .. })
         ));
+    }
+
+    #[test]
+    fn special_ranges_are_refused_whatever_the_form() {
+        let mut alloc = pool();
+        for (spec, range) in [
+            ("127.0.0.1", "127.0.0.0/8"),
+            ("127.5.0.0/24", "127.0.0.0/8"),
+            ("0.0.0.0/8", "0.0.0.0/8"),
+            ("0.1.2.3/24", "0.0.0.0/8"),
+            ("169.254.1.0/24", "169.254.0.0/16"),
+            ("169.0.0.0/8", "169.254.0.0/16"),
+            ("224.0.0.0/24", "224.0.0.0/4"),
+            ("239.255.255.1", "224.0.0.0/4"),
+            ("255.255.255.252/30", "255.255.255.255/32"),
+            ("128.0.0.0/1", "169.254.0.0/16"),
+        ] {
+            let err = alloc.allocate(parse(spec).unwrap()).unwrap_err();
+            match err {
+                NetworkError::Forbidden {
+                    overlaps: Forbidden::Special { range: r, .. },
+                    ..
+                } => assert_eq!(r, net(range), "{spec}"),
+                other => panic!("{spec}: {other:?}"),
+            }
+        }
+        assert!(alloc.allocations().is_empty(), "a refusal takes nothing");
+        assert_eq!(
+            alloc
+                .allocate(parse("127.0.0.1").unwrap())
+                .unwrap_err()
+                .to_string(),
+            "the requested subnet 127.0.0.0/30 overlaps 127.0.0.0/8 (loopback), which \
+             containers cannot use"
+        );
+        // Just outside every range is fine.
+        for spec in [
+            "1.0.0.0/24",
+            "126.255.255.252/30",
+            "169.253.0.0/16",
+            "223.255.255.0/24",
+        ] {
+            alloc.allocate(parse(spec).unwrap()).unwrap();
+        }
+    }
+
+    #[test]
+    fn host_networks_are_refused() {
+        let mut alloc = pool().with_host_networks(vec![net("192.0.2.0/24"), net("10.20.0.0/16")]);
+        for spec in ["192.0.2.0/26", "192.0.2.5", "192.0.0.0/16", "10.20.30.0/24"] {
+            let err = alloc.allocate(parse(spec).unwrap()).unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    NetworkError::Forbidden {
+                        overlaps: Forbidden::Host { .. },
+                        ..
+                    }
+                ),
+                "{spec}: {err:?}"
+            );
+        }
+        assert_eq!(
+            alloc
+                .allocate(parse("192.0.2.5").unwrap())
+                .unwrap_err()
+                .to_string(),
+            "the requested subnet 192.0.2.4/30 overlaps 192.0.2.0/24 (a network of this host), \
+             which containers cannot use"
+        );
+        alloc.allocate(parse("192.0.3.0/24").unwrap()).unwrap();
+        // The pool is not the host's to forbid: it was checked at start.
+        alloc.allocate(NetworkRequest::Pool).unwrap();
+    }
+
+    #[test]
+    fn a_pool_must_not_overlap_what_containers_cannot_use() {
+        let host = [net("192.0.2.0/24")];
+        assert_eq!(check_pool(net("10.254.0.0/22"), &host), Ok(()));
+        assert_eq!(
+            check_pool(net("192.0.2.0/28"), &host)
+                .unwrap_err()
+                .to_string(),
+            "the network pool 192.0.2.0/28 overlaps 192.0.2.0/24 (a network of this host), \
+             which containers cannot use"
+        );
+        assert!(check_pool(net("169.254.0.0/22"), &[]).is_err());
+        assert!(check_pool(net("0.0.0.0/0"), &[]).is_err());
     }
 
     #[test]

@@ -1,86 +1,11 @@
 //! Focused behaviours of the core that clients rely on.
 
+mod support;
+
+use support::Driver;
 use trellis_core::api::{BindMount, ContainerSpec, ProcessSpec};
 use trellis_core::effect::{EffectError, EffectErrorKind, EffectKind, EffectOutput};
-use trellis_core::{
-    Command, Config, Core, Effect, Error, Input, Output, Reply, RequestId, Time, SECOND,
-};
-
-struct Driver {
-    core: Core,
-    now: Time,
-    next: u64,
-    effects: Vec<Effect>,
-    replies: Vec<(RequestId, Result<Reply, Error>)>,
-}
-
-impl Driver {
-    fn new(config: Config) -> Driver {
-        Driver {
-            core: Core::new(config, Time(SECOND)),
-            now: Time(SECOND),
-            next: 1,
-            effects: vec![],
-            replies: vec![],
-        }
-    }
-
-    fn absorb(&mut self, outputs: Vec<Output>) {
-        for o in outputs {
-            match o {
-                Output::Effect(e) => self.effects.push(e),
-                Output::Reply { request, result } => self.replies.push((request, result)),
-            }
-        }
-    }
-
-    fn send(&mut self, command: Command) -> RequestId {
-        let request = RequestId(self.next);
-        self.next += 1;
-        let out = self
-            .core
-            .step(self.now, Input::Command { request, command });
-        self.absorb(out);
-        request
-    }
-
-    fn reply(&mut self, request: RequestId) -> Option<Result<Reply, Error>> {
-        let at = self.replies.iter().position(|(r, _)| *r == request)?;
-        Some(self.replies.remove(at).1)
-    }
-
-    fn answer(&mut self, fail: impl Fn(&EffectKind) -> bool) {
-        while !self.effects.is_empty() {
-            let e = self.effects.remove(0);
-            let outcome = if fail(&e.kind) {
-                Err(EffectError::new(EffectErrorKind::Host, "broken"))
-            } else if matches!(e.kind, EffectKind::PrepareRootfs { .. }) {
-                Ok(EffectOutput::Rootfs { image_env: vec![] })
-            } else if matches!(e.kind, EffectKind::ReadMetrics { .. }) {
-                Ok(EffectOutput::Metrics(Box::default()))
-            } else {
-                Ok(EffectOutput::Done)
-            };
-            let out = self.core.step(
-                self.now,
-                Input::Outcome {
-                    effect: e.id,
-                    outcome,
-                },
-            );
-            self.absorb(out);
-        }
-    }
-
-    fn create(&mut self, handle: &str) {
-        let r = self.send(Command::Create(Box::new(ContainerSpec {
-            handle: handle.into(),
-            ..Default::default()
-        })));
-        self.answer(|_| false);
-        assert!(matches!(self.reply(r), Some(Ok(Reply::Created { .. }))));
-    }
-}
+use trellis_core::{Command, Config, Error, Input, Reply, SECOND};
 
 #[test]
 fn max_containers_holds_under_concurrent_creates() {

@@ -98,13 +98,9 @@ impl Layout {
         self.container_dir(handle).join("init.pid")
     }
 
-    /// Durable container records, one file per handle.
+    /// Durable container records, one file per handle (`trellis_core::record::file_name`).
     pub fn records_dir(&self) -> PathBuf {
         self.state.join("records")
-    }
-
-    pub fn record_file(&self, handle: &str) -> PathBuf {
-        self.records_dir().join(format!("{handle}.json"))
     }
 
     /// Unpacked images, shared read-only by every container made from them.

@@ -119,6 +119,67 @@ fn bad_handles_are_refused() {
     assert!(cg.metrics("nope").is_err(), "no cgroup, no metrics");
 }
 
+/// Where our parent cgroup is, in every hierarchy.
+fn parent_dirs(cg: &Cgroups, parent: &str) -> Vec<std::path::PathBuf> {
+    match cg.mode() {
+        Mode::V2 => vec![std::path::Path::new("/sys/fs/cgroup").join(parent)],
+        Mode::V1 => std::fs::read_dir("/sys/fs/cgroup")
+            .expect("list hierarchies")
+            .flatten()
+            .map(|e| e.path().join(parent))
+            .filter(|p| p.is_dir())
+            .collect(),
+    }
+}
+
+/// A handle naming one of the parent's control files would make its cgroup collide with that
+/// file; such a name is refused, and never taken for a cgroup when looking or removing (a
+/// create of one failing half-way could otherwise never be rolled back).
+#[test]
+fn names_of_control_files_are_never_cgroups() {
+    let parent = unique_parent("control-files");
+    let cg = Cgroups::with_options(CgroupOptions::new(parent.clone())).expect("cgroups");
+    let _guard = ParentGuard(&cg);
+    cg.create("ordinary", &Limits::default(), false)
+        .expect("create");
+    let dirs = parent_dirs(&cg, &parent);
+    assert!(!dirs.is_empty());
+    for name in [
+        "tasks",
+        "cgroup.procs",
+        "notify_on_release",
+        "memory.limit_in_bytes",
+        "pids.max",
+    ] {
+        let error = cg.create(name, &Limits::default(), false).expect_err(name);
+        assert!(
+            error.to_string().contains("cgroup control file"),
+            "{name}: {error}"
+        );
+        assert!(!cg.exists(name), "{name}");
+        assert!(cg.pids(name).expect("pids").is_empty(), "{name}");
+        cg.remove(name).expect("nothing to remove");
+    }
+    // The parent's own files are untouched, and nothing new appeared.
+    for dir in &dirs {
+        assert!(
+            dir.join("tasks").is_file() || dir.join("cgroup.procs").is_file(),
+            "{}",
+            dir.display()
+        );
+    }
+    assert_eq!(cg.handles().expect("handles"), ["ordinary"]);
+
+    // A directory under such a name (made by an older server) is still a cgroup to remove.
+    for dir in &dirs {
+        std::fs::create_dir(dir.join("memory.legacy")).expect("make a legacy cgroup");
+    }
+    assert!(cg.exists("memory.legacy"));
+    cg.remove("memory.legacy").expect("remove");
+    assert!(!cg.exists("memory.legacy"));
+    cg.remove("ordinary").expect("remove");
+}
+
 #[test]
 fn memory_limit_is_enforced_with_swap_capped_and_reported_as_oom() {
     let cg = cgroups("memory");

@@ -74,3 +74,24 @@ pub fn heap_stats() -> HeapStats {
         frees: FREES.load(Relaxed),
     }
 }
+
+/// Allocations of at least this size get pages of their own, returned to the system when freed.
+pub const LARGE_BLOCK_BYTES: usize = 64 * 1024;
+
+/// Makes the system allocator (glibc's) give memory back after a burst. By default glibc
+/// raises its mmap threshold to the size of the largest block freed (up to 32 MiB), so after
+/// one burst of large replies (an Info carries up to a 1 MiB record's properties, in 64 KiB
+/// values) every later large block comes from heaps that are never shrunk: the server kept the
+/// burst's peak resident for good. A fixed threshold keeps large blocks in their own mappings,
+/// and a fixed trim threshold lets the heaps shrink. Call once, before any thread starts.
+pub fn return_freed_memory_to_the_system() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; called before other threads exist.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES as libc::c_int);
+        libc::mallopt(
+            libc::M_TRIM_THRESHOLD,
+            (2 * LARGE_BLOCK_BYTES) as libc::c_int,
+        );
+    }
+}

@@ -138,6 +138,8 @@ impl ServerArgs {
             ^ u64::from(std::process::id()).rotate_left(32);
         trellis_core::Config {
             network_pool: self.network_pool,
+            // Read from the host at start (`server::run`).
+            host_networks: Vec::new(),
             max_containers: self.max_containers,
             default_grace_time: self.default_grace_time.as_nanos() as u64,
             port_pool_start: self.port_pool_start,

@@ -53,6 +53,9 @@ fn main() -> ExitCode {
         return code;
     }
     let cli = Cli::parse();
+    if matches!(cli.command, Top::Server(_)) {
+        trellis_server::alloc_stats::return_freed_memory_to_the_system();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -42,7 +42,8 @@ impl ApiError {
             ApiError::Route(e) => e.http_status(),
             ApiError::Head(HeadError::TooLarge) => 431,
             ApiError::Head(_) => 400,
-            ApiError::Body(BodyError::TooLarge { .. }) => 413,
+            // Over a bound: a plain Garden error, like every other request over a bound.
+            ApiError::Body(BodyError::TooLarge { .. }) => 500,
             ApiError::Body(_) => 400,
             ApiError::Timeout => 408,
             ApiError::ServiceUnavailable(_) | ApiError::Internal(_) => 500,

@@ -33,6 +33,8 @@ pub enum StartError {
     },
     #[error("invalid id mapping flags: {0}")]
     IdMapping(#[from] trellis_os::linux::security::userns::IdMapError),
+    #[error("invalid --network-pool: {0}")]
+    NetworkPool(#[from] trellis_core::network::PoolForbidden),
     #[error("listening on {what}: {source}")]
     Listen {
         what: String,
@@ -73,14 +75,26 @@ pub async fn run(mut args: ServerArgs) -> Result<(), StartError> {
             Err(e) => warn!(error = %e, "detecting the external ip failed (see --external-ip)"),
         }
     }
+    let mut core_config = args.core_config();
+    if args.backend == Backend::Linux {
+        core_config.host_networks =
+            trellis_os::linux::network::host_networks().map_err(|source| StartError::Host {
+                backend: "linux",
+                source,
+            })?;
+        info!(networks = ?core_config.host_networks, "host networks (no container subnet may overlap them)");
+    }
+    core_config.validate()?;
     let processes = ProcessTable::new(tokio::runtime::Handle::current(), host.clone());
-    let (driver, core) = Driver::start(args.core_config(), host.clone(), processes.clone())
-        .map_err(|source| StartError::Host {
-            backend: match args.backend {
-                Backend::Fake => "fake",
-                Backend::Linux => "linux",
-            },
-            source,
+    let (driver, core) =
+        Driver::start(core_config, host.clone(), processes.clone()).map_err(|source| {
+            StartError::Host {
+                backend: match args.backend {
+                    Backend::Fake => "fake",
+                    Backend::Linux => "linux",
+                },
+                source,
+            }
         })?;
     tokio::spawn(driver.run());
     let state = Arc::new(State::new(core, host, processes));

@@ -7,11 +7,15 @@ use trellis_core::api::{
     ContainerSpec, NetInRequest, NetOutRule, ProcessSpec, PropertyValue, StopRequest,
 };
 
-/// The largest JSON request body accepted. Garden bodies are small; a ContainerSpec with many
-/// properties and rules stays far below this.
-pub const MAX_JSON_BODY: usize = 1 << 20;
+/// The largest JSON request body accepted: a guard on what one request may make the server
+/// buffer, not a bound clients should meet. The core's bounds (`trellis_core::limits`) are
+/// what a request meets, with an error naming the bound: any request within them fits here,
+/// as its JSON is at most six times what the stored record holds (Go's encoder writes `<`, `>`
+/// and `&` as `\u003c`, six bytes for one) and the record is at most 1 MiB.
+pub const MAX_JSON_BODY: usize = 8 * trellis_core::limits::MAX_RECORD_BYTES;
 
-/// A request the server cannot make sense of. Travels as a Garden error with an empty `Type`.
+/// A request the server cannot make sense of. Travels as a Garden error with an empty `Type`
+/// and status 500, as gdn answers a body it cannot decode.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum BadRequest {
     #[error("invalid {what} in request body: {reason}")]
@@ -23,11 +27,10 @@ pub enum BadRequest {
 }
 
 impl BadRequest {
+    /// 500, as for every Garden error but the two not-found ones: gdn decodes a body before
+    /// anything else and answers a failure as a plain error.
     pub fn http_status(&self) -> u16 {
-        match self {
-            BadRequest::TooLarge { .. } => 413,
-            _ => 400,
-        }
+        500
     }
 }
 

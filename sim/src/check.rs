@@ -5,11 +5,13 @@
 //! model adopts what the core says and marks nothing it cannot know as certain.
 
 use crate::fake_os::FakeOs;
-use crate::sim::RequestInfo;
+use crate::sim::{RequestInfo, BAD_HANDLES, IN_HOST_NETWORK, LONGEST_HANDLE, SPECIAL_NETWORKS};
 use std::collections::{BTreeMap, BTreeSet};
-use trellis_core::network::NetworkAssignment;
+use trellis_core::api::ContainerSpec;
+use trellis_core::limits::{self, EnvOwner, LimitExceeded};
+use trellis_core::network::{NetworkAssignment, NetworkError};
 use trellis_core::properties::{self, Properties};
-use trellis_core::{Command, Core, CoreView, Error, Reply, Time};
+use trellis_core::{Command, Config, Core, CoreView, Error, Reply, Time};
 
 #[derive(Debug, Default)]
 pub struct Model {
@@ -115,6 +117,10 @@ impl ModelContainer {
 
     /// A request that held the timer was answered (its pause already ended).
     pub fn note_answered(&mut self, command: &Command, result: &Result<Reply, Error>, _now: Time) {
+        // A refusal changed nothing; the sender takes back what it noted when sending.
+        if matches!(result, Err(e) if is_bound_refusal(e)) {
+            return;
+        }
         let not_durable = matches!(result, Err(Error::NotDurable(_)));
         match command {
             Command::SetProperty { key, .. } | Command::RemoveProperty { key, .. } => {
@@ -160,6 +166,269 @@ impl ModelContainer {
     fn due(&self, now: Time) -> bool {
         self.pauses == 0
             && (self.expect_expiry_now || (self.grace > 0 && now >= self.last_end.plus(self.grace)))
+    }
+}
+
+/// The core refusing a request for the handle rule or one of its bounds: such a refusal must
+/// come at once and change nothing.
+pub fn is_bound_refusal(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::InvalidHandle { .. }
+            | Error::LimitExceeded(_)
+            | Error::Network(NetworkError::Forbidden { .. })
+    )
+}
+
+/// Whether a create may use `handle`, by the workload's own reckoning: the bad handles it
+/// sends and anything longer than the longest allowed are not (an empty one asks for a
+/// generated handle).
+fn handle_is_usable(handle: &str) -> bool {
+    !BAD_HANDLES.contains(&handle) && handle.len() <= LONGEST_HANDLE
+}
+
+fn network_is_forbidden(network: &str, config: &Config) -> bool {
+    SPECIAL_NETWORKS.contains(&network)
+        || (network == IN_HOST_NETWORK && !config.host_networks.is_empty())
+}
+
+fn env_bytes(env: &[String]) -> usize {
+    env.iter().map(|e| e.len() + 1).sum()
+}
+
+/// The bounds a create breaks on its own, by our own counting, as `LimitExceeded` names them.
+fn spec_over_bounds(spec: &ContainerSpec) -> Vec<LimitExceeded> {
+    let mut broken = Vec::new();
+    for (key, value) in &spec.properties {
+        if key.len() > limits::MAX_PROPERTY_KEY_BYTES {
+            broken.push(LimitExceeded::PropertyKey { len: key.len() });
+        }
+        if value.len() > limits::MAX_PROPERTY_VALUE_BYTES {
+            broken.push(LimitExceeded::PropertyValue {
+                key: key.clone(),
+                len: value.len(),
+            });
+        }
+    }
+    if spec.properties.len() > limits::MAX_PROPERTIES {
+        broken.push(LimitExceeded::PropertyCount);
+    }
+    if spec.env.len() > limits::MAX_ENV_ENTRIES {
+        broken.push(LimitExceeded::EnvEntries {
+            whose: EnvOwner::Container,
+            count: spec.env.len(),
+        });
+    }
+    if env_bytes(&spec.env) > limits::MAX_ENV_BYTES {
+        broken.push(LimitExceeded::EnvBytes {
+            whose: EnvOwner::Container,
+            bytes: env_bytes(&spec.env),
+        });
+    }
+    if spec.bind_mounts.len() > limits::MAX_BIND_MOUNTS {
+        broken.push(LimitExceeded::BindMounts {
+            count: spec.bind_mounts.len(),
+        });
+    }
+    if spec.netout_rules.len() > limits::MAX_NETOUT_RULES {
+        broken.push(LimitExceeded::NetOutRules {
+            count: spec.netout_rules.len(),
+        });
+    }
+    broken
+}
+
+/// What is left of the record bound for a container's own data once the rest of its record is
+/// in: a generous allowance (handle, spec fields, network, image env, events).
+const RECORD_SLACK: usize = 64 * 1024;
+
+fn properties_bytes<'a>(pairs: impl Iterator<Item = (&'a String, &'a String)>) -> usize {
+    pairs.map(|(k, v)| k.len() + v.len()).sum()
+}
+
+/// The largest a container's properties may be as far as clients know: acknowledged ones and
+/// those still changing, each at its larger value.
+fn model_properties(m: &ModelContainer) -> (usize, usize) {
+    let mut sizes: BTreeMap<&String, usize> = m
+        .props
+        .iter()
+        .map(|(k, v)| (k, k.len() + v.len()))
+        .collect();
+    for (key, (_, value)) in &m.changing {
+        let size = key.len() + value.as_ref().map_or(0, String::len);
+        let entry = sizes.entry(key).or_insert(0);
+        *entry = (*entry).max(size);
+    }
+    (sizes.len(), sizes.values().sum())
+}
+
+/// Judges every answer against the handle rule and the bounds, from the request alone (and, for
+/// bounds that depend on the container, from what clients were told of it): nothing over a
+/// bound is accepted, and nothing is refused for a bound it does not come near.
+pub fn bounds(
+    command: &Command,
+    result: &Result<Reply, Error>,
+    model: &Model,
+    config: &Config,
+    core: &Core,
+) -> Result<(), String> {
+    let refusal = match result {
+        Err(e) if is_bound_refusal(e) => Some(e),
+        _ => None,
+    };
+    let near_record_bound = |handle: &str, adding: usize| {
+        model.containers.get(handle).is_none_or(|m| {
+            model_properties(m).1 + adding + RECORD_SLACK >= limits::MAX_RECORD_BYTES
+        })
+    };
+    let wrong = || {
+        Err(format!(
+            "{} was refused with '{}', which it does not come near",
+            command_name(command),
+            refusal.map(ToString::to_string).unwrap_or_default()
+        ))
+    };
+    match (command, result) {
+        (Command::Create(spec), Ok(Reply::Created { handle })) => {
+            if !handle_is_usable(handle) {
+                return Err(format!("create accepted the handle {handle:?}"));
+            }
+            if let Some(broken) = spec_over_bounds(spec).first() {
+                return Err(format!("create accepted over a bound: {broken}"));
+            }
+            if network_is_forbidden(&spec.network, config) {
+                return Err(format!("create accepted the network {}", spec.network));
+            }
+            Ok(())
+        }
+        (Command::Create(spec), Err(Error::InvalidHandle { handle, .. })) => {
+            if handle_is_usable(handle) || *handle != spec.handle {
+                return wrong();
+            }
+            Ok(())
+        }
+        (Command::Create(spec), Err(Error::Network(NetworkError::Forbidden { .. }))) => {
+            if !network_is_forbidden(&spec.network, config) {
+                return wrong();
+            }
+            Ok(())
+        }
+        (Command::Create(spec), Err(Error::LimitExceeded(e))) => match e {
+            LimitExceeded::RecordSize { bytes } => {
+                let own = properties_bytes(spec.properties.iter()) + env_bytes(&spec.env);
+                if *bytes <= limits::MAX_RECORD_BYTES
+                    || own + RECORD_SLACK < limits::MAX_RECORD_BYTES
+                {
+                    return wrong();
+                }
+                Ok(())
+            }
+            e if spec_over_bounds(spec).contains(e) => Ok(()),
+            _ => wrong(),
+        },
+        (Command::SetProperty { key, value, .. }, Ok(_)) => {
+            if limits::check_property(key, value).is_err() {
+                return Err(format!(
+                    "a property of {} + {} bytes was set",
+                    key.len(),
+                    value.len()
+                ));
+            }
+            Ok(())
+        }
+        (Command::SetProperty { handle, key, value }, Err(Error::LimitExceeded(e))) => {
+            let plausible = match e {
+                LimitExceeded::PropertyKey { len } => {
+                    *len == key.len() && *len > limits::MAX_PROPERTY_KEY_BYTES
+                }
+                LimitExceeded::PropertyValue { len, .. } => {
+                    *len == value.len() && *len > limits::MAX_PROPERTY_VALUE_BYTES
+                }
+                LimitExceeded::PropertyCount => model
+                    .containers
+                    .get(handle)
+                    .is_none_or(|m| model_properties(m).0 >= limits::MAX_PROPERTIES),
+                LimitExceeded::RecordSize { bytes } => {
+                    *bytes > limits::MAX_RECORD_BYTES
+                        && near_record_bound(handle, key.len() + value.len())
+                }
+                _ => false,
+            };
+            if !plausible {
+                return wrong();
+            }
+            Ok(())
+        }
+        (Command::NetOut { handle, rules }, Err(Error::LimitExceeded(e))) => {
+            let plausible = match e {
+                LimitExceeded::NetOutRules { count } => {
+                    let has = core
+                        .view()
+                        .containers
+                        .iter()
+                        .find(|c| c.handle == *handle)
+                        .map_or(0, |c| c.netout_rules);
+                    *count > limits::MAX_NETOUT_RULES && *count >= has + rules.len()
+                }
+                LimitExceeded::RecordSize { bytes } => {
+                    *bytes > limits::MAX_RECORD_BYTES && near_record_bound(handle, 0)
+                }
+                _ => false,
+            };
+            if !plausible {
+                return wrong();
+            }
+            Ok(())
+        }
+        (Command::NetIn { handle, .. }, Err(Error::LimitExceeded(e))) => match e {
+            LimitExceeded::RecordSize { bytes }
+                if *bytes > limits::MAX_RECORD_BYTES && near_record_bound(handle, 0) =>
+            {
+                Ok(())
+            }
+            _ => wrong(),
+        },
+        (Command::Run { spec, .. }, Ok(_)) => {
+            if limits::check_env(EnvOwner::Process, &spec.env).is_err() {
+                return Err(format!(
+                    "a process with {} env entries ({} bytes) was started",
+                    spec.env.len(),
+                    env_bytes(&spec.env)
+                ));
+            }
+            Ok(())
+        }
+        (Command::Run { spec, .. }, Err(Error::LimitExceeded(e))) => {
+            let plausible = match e {
+                LimitExceeded::EnvEntries {
+                    whose: EnvOwner::Process,
+                    count,
+                } => *count == spec.env.len() && *count > limits::MAX_ENV_ENTRIES,
+                LimitExceeded::EnvBytes {
+                    whose: EnvOwner::Process,
+                    bytes,
+                } => *bytes == env_bytes(&spec.env) && *bytes > limits::MAX_ENV_BYTES,
+                LimitExceeded::BindMounts { count } => {
+                    *count == spec.bind_mounts.len() && *count > limits::MAX_BIND_MOUNTS
+                }
+                _ => false,
+            };
+            if !plausible {
+                return wrong();
+            }
+            Ok(())
+        }
+        (_, Err(_)) if refusal.is_some() => wrong(),
+        _ => Ok(()),
+    }
+}
+
+fn command_name(command: &Command) -> String {
+    let debug = format!("{command:?}");
+    let name = debug.split([' ', '(', '{']).next().unwrap_or_default();
+    match command.handle() {
+        Some(handle) => format!("{name} on {}", trellis_core::handle::shown(handle)),
+        None => name.to_string(),
     }
 }
 

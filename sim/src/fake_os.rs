@@ -1,8 +1,10 @@
 //! An in-memory host: what exists per container, the depot of records, and the ports and
 //! addresses in use. It carries out effects like the Linux host would, including their failure
-//! modes (a failure may come before or after the work), and it notices effects that arrive in
-//! an order a real host could not carry out; those are reported as violations.
+//! modes (a failure may come before or after the work), and it notices effects that a real
+//! host could not carry out (in the order they came, with the names and sizes they have), or
+//! that break the bounds the core promises; those are reported as violations.
 
+use ipnetwork::Ipv4Network;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use trellis_core::api::Metrics;
@@ -10,8 +12,110 @@ use trellis_core::effect::{
     EffectError, EffectErrorKind, EffectKind, EffectOutput, ObservedContainer, ObservedHost,
     Outcome,
 };
+use trellis_core::limits;
 use trellis_core::network::NetworkAssignment;
 use trellis_core::record::ContainerRecord;
+
+/// Control files the kernel puts in cgroup directories (v1 and v2): a container's cgroup
+/// directory, named by its handle, cannot take one of these names beside its parent's.
+const CGROUP_CONTROL_FILES: [&str; 32] = [
+    "tasks",
+    "notify_on_release",
+    "release_agent",
+    "cgroup.procs",
+    "cgroup.clone_children",
+    "cgroup.controllers",
+    "cgroup.events",
+    "cgroup.freeze",
+    "cgroup.kill",
+    "cgroup.subtree_control",
+    "cgroup.threads",
+    "cgroup.type",
+    "memory.limit_in_bytes",
+    "memory.memsw.limit_in_bytes",
+    "memory.oom_control",
+    "memory.stat",
+    "memory.max",
+    "memory.events",
+    "pids.max",
+    "pids.current",
+    "cpu.shares",
+    "cpu.weight",
+    "cpu.stat",
+    "cpuacct.usage_all",
+    "cpuset.cpus",
+    "cpuset.mems",
+    "devices.allow",
+    "devices.deny",
+    "freezer.state",
+    "blkio.weight",
+    "io.max",
+    "hugetlb.2MB.limit_in_bytes",
+];
+
+/// Ranges a real host routes specially ("this network", loopback, link-local, multicast,
+/// limited broadcast): a container subnet there would take over their traffic.
+const SPECIAL_RANGES: [&str; 5] = [
+    "0.0.0.0/8",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "224.0.0.0/4",
+    "255.255.255.255/32",
+];
+
+fn overlaps(a: Ipv4Network, b: Ipv4Network) -> bool {
+    a.contains(b.network()) || b.contains(a.network())
+}
+
+/// Why a Linux host could not name its objects after `handle`: the record's temporary file
+/// `.<handle>.json.tmp` must fit in 255 bytes, every name must be one path component, a hidden
+/// record would be skipped at the next start, and the cgroup directory must not collide with
+/// a control file.
+fn unnameable(handle: &str) -> Option<&'static str> {
+    if handle.is_empty() || handle == "." || handle == ".." || handle.contains(['/', '\0']) {
+        Some("not a path component")
+    } else if format!(".{handle}.json.tmp").len() > 255 {
+        Some("its record's temporary file name is too long")
+    } else if handle.starts_with('.') {
+        Some("its record would be hidden, and skipped at the next start")
+    } else if CGROUP_CONTROL_FILES.contains(&handle) {
+        Some("its cgroup directory collides with a control file")
+    } else {
+        None
+    }
+}
+
+/// Whether an env is within the bounds the core promises, by our own counting.
+fn env_within_bounds(env: &[String]) -> bool {
+    env.len() <= limits::MAX_ENV_ENTRIES
+        && env.iter().map(|e| e.len() + 1).sum::<usize>() <= limits::MAX_ENV_BYTES
+}
+
+/// Which bound a record the core asked to store breaks, by our own counting.
+fn record_over_bounds(record: &ContainerRecord) -> Option<String> {
+    let encoded = serde_json::to_vec(record).expect("records encode").len();
+    if encoded > limits::MAX_RECORD_BYTES {
+        return Some(format!("it is {encoded} bytes"));
+    }
+    if record.properties.len() > limits::MAX_PROPERTIES {
+        return Some(format!("it has {} properties", record.properties.len()));
+    }
+    if let Some((key, value)) = record.properties.iter().find(|(k, v)| {
+        k.len() > limits::MAX_PROPERTY_KEY_BYTES || v.len() > limits::MAX_PROPERTY_VALUE_BYTES
+    }) {
+        return Some(format!("property of {} + {} bytes", key.len(), value.len()));
+    }
+    if !env_within_bounds(&record.spec.env) || !env_within_bounds(&record.image_env) {
+        return Some("an env over its bounds".into());
+    }
+    if record.spec.bind_mounts.len() > limits::MAX_BIND_MOUNTS {
+        return Some(format!("{} bind mounts", record.spec.bind_mounts.len()));
+    }
+    if record.netout_rules.len() > limits::MAX_NETOUT_RULES {
+        return Some(format!("{} net-out rules", record.netout_rules.len()));
+    }
+    None
+}
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FakeContainer {
@@ -57,6 +161,8 @@ pub struct FakeOs {
     pub violations: Vec<String>,
     /// Processes that ended because of an effect (kill, stop), to be reported as observations.
     pub ended: Vec<(String, String)>,
+    /// The host's own networks, which container subnets must stay off.
+    pub host_networks: Vec<Ipv4Network>,
 }
 
 fn host_error(message: impl Into<String>) -> EffectError {
@@ -100,6 +206,22 @@ impl FakeOs {
     fn carry_out(&mut self, effect: &EffectKind) -> Outcome {
         use EffectKind::*;
         let handle = effect.handle().unwrap_or_default().to_string();
+        let creates_something = matches!(
+            effect,
+            PrepareRootfs { .. }
+                | CreateCgroup { .. }
+                | SetupNetwork { .. }
+                | StartInit { .. }
+                | PersistRecord { .. }
+        );
+        if creates_something {
+            if let Some(why) = unnameable(&handle) {
+                return self.violation(format!(
+                    "{} for handle {handle:?}, which a host cannot use: {why}",
+                    effect.name()
+                ));
+            }
+        }
         match effect {
             PrepareRootfs { image, .. } => {
                 if image.uri == "/missing" {
@@ -121,6 +243,17 @@ impl FakeOs {
                 Ok(EffectOutput::Done)
             }
             SetupNetwork { config, .. } => {
+                let subnet = config.assignment.subnet;
+                let forbidden = SPECIAL_RANGES
+                    .iter()
+                    .map(|r| r.parse::<Ipv4Network>().expect("valid range"))
+                    .chain(self.host_networks.iter().copied())
+                    .find(|r| overlaps(*r, subnet));
+                if let Some(range) = forbidden {
+                    return self.violation(format!(
+                        "setup-network for {handle}: {subnet} overlaps {range}, which the host uses"
+                    ));
+                }
                 let ip = config.assignment.container_ip;
                 if let Some(other) = self.ip_owner(ip).filter(|o| *o != handle) {
                     return self.violation(format!(
@@ -158,6 +291,11 @@ impl FakeOs {
                 Ok(EffectOutput::Done)
             }
             PersistRecord { record, .. } => {
+                if let Some(why) = record_over_bounds(record) {
+                    return self.violation(format!(
+                        "persist-record for {handle}: the record is over a bound: {why}"
+                    ));
+                }
                 let newer = self
                     .records
                     .get(&handle)
@@ -222,6 +360,15 @@ impl FakeOs {
             SpawnProcess {
                 process_id, spec, ..
             } => {
+                if !env_within_bounds(&spec.env) || spec.bind_mounts.len() > limits::MAX_BIND_MOUNTS
+                {
+                    return self.violation(format!(
+                        "spawn-process for {handle}: {} env entries and {} bind mounts are over \
+                         the bounds",
+                        spec.env.len(),
+                        spec.bind_mounts.len()
+                    ));
+                }
                 let Some(c) = self.containers.get_mut(&handle).filter(|c| c.init) else {
                     return Err(host_error(format!("container {handle} is not running")));
                 };

@@ -101,8 +101,8 @@ fn main() -> ExitCode {
         } else if single {
             let s = &report.stats;
             println!(
-                "seed {seed}: ok, {} steps, {} commands, {} effects ({} faulted), {} creates, {} destroys, {} expiries, {} crashes",
-                report.steps, s.commands, s.effects, s.faults, s.creates, s.destroys, s.expiries, s.crashes
+                "seed {seed}: ok, {} steps, {} commands, {} effects ({} faulted), {} creates, {} destroys, {} expiries, {} crashes, {} refused for the handle rule or a bound",
+                report.steps, s.commands, s.effects, s.faults, s.creates, s.destroys, s.expiries, s.crashes, s.refusals
             );
         }
         single_trace = report.trace;

@@ -7,12 +7,15 @@ use crate::check::{self, Model, ModelContainer};
 use crate::fake_os::{FakeOs, Fault};
 use crate::rng::SimRng;
 use std::collections::BTreeMap;
-use trellis_core::api::{ContainerSpec, ImageRef, NetIn, NetOutRule, ProcessSpec, Protocol};
+use trellis_core::api::{
+    BindMount, ContainerSpec, ImageRef, NetIn, NetOutRule, ProcessSpec, Protocol,
+};
 use trellis_core::effect::Observation;
+use trellis_core::limits;
 use trellis_core::properties::{self, Properties};
 use trellis_core::{
-    Command, Config, Core, Effect, InjectedBugs, Input, LeaseId, Output, Reply, RequestId, Time,
-    SECOND,
+    Command, Config, Core, CoreView, Effect, InjectedBugs, Input, LeaseId, Output, Reply,
+    RequestId, Time, SECOND,
 };
 
 #[derive(Debug, Clone)]
@@ -33,6 +36,8 @@ pub struct Stats {
     pub destroys: u64,
     pub expiries: u64,
     pub crashes: u64,
+    /// Requests refused for the handle rule or a bound.
+    pub refusals: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -48,6 +53,75 @@ pub struct SimReport {
     pub trace: u64,
     pub stats: Stats,
     pub failure: Option<Failure>,
+}
+
+/// The run's trace hash, fed the text of every event as it is formatted (no string is built):
+/// FNV-1a over 8-byte little-endian words, so that large requests stay cheap to hash. The same
+/// events give the same hash on any machine.
+struct Trace {
+    hash: u64,
+    /// Bytes waiting for a whole word.
+    pending: [u8; 8],
+    filled: usize,
+}
+
+impl Default for Trace {
+    fn default() -> Trace {
+        Trace {
+            hash: 0xcbf2_9ce4_8422_2325,
+            pending: [0; 8],
+            filled: 0,
+        }
+    }
+}
+
+impl Trace {
+    fn mix(&mut self, word: u64) {
+        self.hash = (self.hash ^ word).wrapping_mul(0x0100_0000_01b3);
+    }
+
+    fn finish(mut self) -> u64 {
+        // Only the bytes written count, not what earlier words left in the buffer.
+        self.pending[self.filled..].fill(0);
+        let tail = u64::from_le_bytes(self.pending) ^ self.filled as u64;
+        self.mix(tail);
+        self.hash
+    }
+}
+
+impl std::fmt::Write for Trace {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        let mut bytes = s.as_bytes();
+        while self.filled > 0 && !bytes.is_empty() {
+            self.pending[self.filled] = bytes[0];
+            self.filled = (self.filled + 1) % 8;
+            bytes = &bytes[1..];
+            if self.filled == 0 {
+                self.mix(u64::from_le_bytes(self.pending));
+            }
+        }
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            self.mix(u64::from_le_bytes(word.try_into().expect("8 bytes")));
+        }
+        for &byte in words.remainder() {
+            self.pending[self.filled] = byte;
+            self.filled += 1;
+        }
+        Ok(())
+    }
+}
+
+/// Adds one event to the trace (and prints it when verbose).
+fn record(trace: &mut Trace, verbose: bool, line: std::fmt::Arguments<'_>) {
+    use std::fmt::Write;
+    if verbose {
+        let line = line.to_string();
+        println!("{line}");
+        let _ = writeln!(trace, "{line}");
+    } else {
+        let _ = writeln!(trace, "{line}");
+    }
 }
 
 /// Per-seed shape of the run, so different seeds explore different regimes.
@@ -85,14 +159,69 @@ pub struct Sim {
     next_request: u64,
     leases: Vec<(LeaseId, String, u64)>,
     model: Model,
-    trace: u64,
+    trace: Trace,
     step: u64,
     stats: Stats,
+    /// The core's state as the last step's checks saw it.
+    checked_view: Option<CoreView>,
+    /// The request being sent: a refusal must answer this one, at once.
+    sending: Option<RequestId>,
+    /// The request being sent was refused (for the handle rule or a bound).
+    refused_at_once: bool,
 }
 
 const HANDLES: [&str; 8] = ["h0", "h1", "h2", "h3", "h4", "h5", "h6", "h7"];
 const KEYS: [&str; 3] = ["a", "b", "c"];
 const VALUES: [&str; 3] = ["1", "2", ""];
+
+/// Handles no host object can be named after (`check::handle_is_usable` says why); the core
+/// must refuse them.
+pub(crate) const BAD_HANDLES: [&str; 9] = [
+    ".hidden",
+    "tasks",
+    "notify_on_release",
+    "release_agent",
+    "cgroup.procs",
+    "memory.limit_in_bytes",
+    "pids.max",
+    "a/b",
+    "..",
+];
+
+/// Networks no container may have on any host, and one inside the host network some seeds
+/// configure.
+pub(crate) const SPECIAL_NETWORKS: [&str; 5] = [
+    "127.0.0.1",
+    "169.254.3.0/24",
+    "224.0.0.0/24",
+    "0.0.0.0/8",
+    "255.255.255.252/30",
+];
+pub(crate) const HOST_NETWORK: &str = "192.168.50.0/24";
+pub(crate) const IN_HOST_NETWORK: &str = "192.168.50.4/30";
+
+/// The core's state as a refused request must leave it: everything but when grace timers
+/// expire (an answered request restarts its container's countdown, refused or not).
+fn without_countdowns(mut view: CoreView) -> CoreView {
+    for c in &mut view.containers {
+        c.expires_at = None;
+    }
+    view
+}
+
+/// The longest handle a Linux host can name everything after, reckoned here independently of
+/// the core: the longest name made from a handle, the record's temporary file
+/// `.<handle>.json.tmp`, must fit in a file name (255 bytes).
+pub(crate) const LONGEST_HANDLE: usize = 255 - ".".len() - ".json.tmp".len();
+
+/// The keys large property values go under.
+fn big_key(i: u64) -> String {
+    format!("big{i:02}")
+}
+
+fn longest_handle() -> String {
+    "l".repeat(LONGEST_HANDLE)
+}
 
 impl Sim {
     pub fn new(opts: SimOptions) -> Sim {
@@ -114,25 +243,35 @@ impl Sim {
             depot: "/depot".into(),
             seed: rng.next_u64(),
             disable_privileged_containers: rng.below(2) == 0,
+            host_networks: if rng.below(2) == 0 {
+                vec![HOST_NETWORK.parse().expect("valid network")]
+            } else {
+                vec![]
+            },
             bugs: opts.bugs,
         };
         let now = Time(1_000 * SECOND);
+        let mut os = FakeOs::new();
+        os.host_networks = config.host_networks.clone();
         Sim {
             core: Core::new(config.clone(), now),
             config,
             regime,
             rng,
             now,
-            os: FakeOs::new(),
+            os,
             effects: Vec::new(),
             observations: Vec::new(),
             requests: BTreeMap::new(),
             next_request: 1,
             leases: Vec::new(),
             model: Model::default(),
-            trace: 0xcbf2_9ce4_8422_2325,
+            trace: Trace::default(),
             step: 0,
             stats: Stats::default(),
+            checked_view: None,
+            sending: None,
+            refused_at_once: false,
             opts,
         }
     }
@@ -160,19 +299,9 @@ impl Sim {
         SimReport {
             seed: self.opts.seed,
             steps: self.step,
-            trace: self.trace,
+            trace: self.trace.finish(),
             stats: self.stats,
             failure,
-        }
-    }
-
-    fn record(&mut self, line: String) {
-        for byte in line.bytes().chain([b'\n']) {
-            self.trace ^= u64::from(byte);
-            self.trace = self.trace.wrapping_mul(0x0100_0000_01b3);
-        }
-        if self.opts.verbose {
-            println!("{line}");
         }
     }
 
@@ -221,10 +350,14 @@ impl Sim {
                 Fault::None
             };
             let outcome = self.os.apply(&self.effects[at].effect.kind, fault);
-            self.record(format!(
-                "{} {} carry {} {:?}",
-                self.step, self.now.0, self.effects[at].effect.id, outcome
-            ));
+            record(
+                &mut self.trace,
+                self.opts.verbose,
+                format_args!(
+                    "{} {} carry {} {:?}",
+                    self.step, self.now.0, self.effects[at].effect.id, outcome
+                ),
+            );
             self.effects[at].outcome = Some(outcome);
             self.collect_ended();
             return check::host(&self.os, &self.core);
@@ -274,6 +407,24 @@ impl Sim {
             .as_deref()
             .and_then(|h| self.model.containers.get(h))
             .map(|m| m.id);
+        // What a refusal must leave as it is: the core's state (but for the grace countdown a
+        // refused request restarts, as any answered request does), and the model's note of
+        // the property change, which the refusal takes back.
+        // The state as the last step's checks saw it: nothing has changed the core since.
+        let before = match self.checked_view.take() {
+            Some(view) => view,
+            None => without_countdowns(self.core.view()),
+        };
+        let effects_before = self.effects.len();
+        let noted_change = match (&command, &handle) {
+            (Command::SetProperty { key, .. } | Command::RemoveProperty { key, .. }, Some(h)) => {
+                self.model
+                    .containers
+                    .get(h)
+                    .map(|m| (key.clone(), m.changing.get(key).cloned()))
+            }
+            _ => None,
+        };
         if let Some(h) = &handle {
             if let Some(m) = self.model.containers.get_mut(h) {
                 if paused {
@@ -307,11 +458,37 @@ impl Sim {
                 target,
             },
         );
-        self.feed(Input::Command { request, command })
+        self.sending = Some(request);
+        self.refused_at_once = false;
+        let fed = self.feed(Input::Command { request, command });
+        self.sending = None;
+        fed?;
+        if !self.refused_at_once {
+            return Ok(());
+        }
+        if self.effects.len() != effects_before {
+            return Err("a refused request emitted an effect".into());
+        }
+        if self.checked_view.as_ref() != Some(&before) {
+            return Err("a refused request changed the core's state".into());
+        }
+        if let (Some(h), Some((key, noted))) = (&handle, noted_change) {
+            if let Some(m) = self.model.containers.get_mut(h) {
+                match noted {
+                    Some(entry) => m.changing.insert(key, entry),
+                    None => m.changing.remove(&key),
+                };
+            }
+        }
+        Ok(())
     }
 
     fn feed(&mut self, input: Input) -> Result<(), String> {
-        self.record(format!("{} {} in {:?}", self.step, self.now.0, input));
+        record(
+            &mut self.trace,
+            self.opts.verbose,
+            format_args!("{} {} in {:?}", self.step, self.now.0, input),
+        );
         let outputs = self.core.step(self.now, input);
         self.handle_outputs(outputs)?;
         self.check_step()
@@ -319,7 +496,11 @@ impl Sim {
 
     fn handle_outputs(&mut self, outputs: Vec<Output>) -> Result<(), String> {
         for output in outputs {
-            self.record(format!("{} {} out {:?}", self.step, self.now.0, output));
+            record(
+                &mut self.trace,
+                self.opts.verbose,
+                format_args!("{} {} out {:?}", self.step, self.now.0, output),
+            );
             match output {
                 Output::Effect(effect) => {
                     self.stats.effects += 1;
@@ -332,7 +513,7 @@ impl Sim {
                     let info = self.requests.remove(&request).ok_or_else(|| {
                         format!("reply to {request:?}, which is not waiting for one")
                     })?;
-                    self.on_reply(info, result)?;
+                    self.on_reply(request, info, result)?;
                 }
             }
         }
@@ -341,10 +522,28 @@ impl Sim {
 
     fn on_reply(
         &mut self,
+        request: RequestId,
         info: RequestInfo,
         result: Result<Reply, trellis_core::Error>,
     ) -> Result<(), String> {
         let now = self.now;
+        check::bounds(
+            &info.command,
+            &result,
+            &self.model,
+            &self.config,
+            &self.core,
+        )?;
+        if matches!(&result, Err(e) if check::is_bound_refusal(e)) {
+            if self.sending != Some(request) {
+                return Err(format!(
+                    "{request:?} was refused ({}) only after it was sent: a refusal must come at once",
+                    result.as_ref().err().map(ToString::to_string).unwrap_or_default()
+                ));
+            }
+            self.refused_at_once = true;
+            self.stats.refusals += 1;
+        }
         match (&info.command, &result) {
             (Command::Create(spec), Ok(Reply::Created { .. }))
                 if spec.privileged && self.config.disable_privileged_containers =>
@@ -447,12 +646,18 @@ impl Sim {
         let view = self.core.view();
         check::allocations(&view)?;
         check::host(&self.os, &self.core)?;
-        check::pauses(&self.model, &view)
+        check::pauses(&self.model, &view)?;
+        self.checked_view = Some(without_countdowns(view));
+        Ok(())
     }
 
     fn crash_and_restart(&mut self) -> Result<(), String> {
         self.stats.crashes += 1;
-        self.record(format!("{} {} crash", self.step, self.now.0));
+        record(
+            &mut self.trace,
+            self.opts.verbose,
+            format_args!("{} {} crash", self.step, self.now.0),
+        );
         // Effects already handed to the host may or may not have happened before the crash.
         for inflight in std::mem::take(&mut self.effects) {
             if inflight.outcome.is_none() && self.rng.below(2) == 0 {
@@ -471,7 +676,11 @@ impl Sim {
         };
         self.core = Core::restore(config, self.now, self.os.load_records());
         let input = Input::Reconcile(self.os.observe());
-        self.record(format!("{} {} in {:?}", self.step, self.now.0, input));
+        record(
+            &mut self.trace,
+            self.opts.verbose,
+            format_args!("{} {} in {:?}", self.step, self.now.0, input),
+        );
         let outputs = self.core.step(self.now, input);
         self.handle_outputs(outputs)?;
         check::after_restart(&mut self.model, &self.core, self.now)?;
@@ -530,11 +739,25 @@ impl Sim {
                 handle,
                 key: self.rng.pick(&KEYS).to_string(),
             },
-            51..=57 => Command::SetProperty {
-                handle,
-                key: self.rng.pick(&KEYS).to_string(),
-                value: self.rng.pick(&VALUES).to_string(),
-            },
+            51..=57 => {
+                let (key, value) = self.random_property();
+                // A large value goes to the container nearest its record bound, under a key
+                // it does not have yet: the request that takes a record over its bound.
+                match self.fullest_container() {
+                    Some((fullest, keys)) if value.len() == limits::MAX_PROPERTY_VALUE_BYTES => {
+                        let key = (0..20)
+                            .map(big_key)
+                            .find(|k| !keys.contains(k))
+                            .unwrap_or(key);
+                        Command::SetProperty {
+                            handle: fullest,
+                            key,
+                            value,
+                        }
+                    }
+                    _ => Command::SetProperty { handle, key, value },
+                }
+            }
             58..=61 => Command::RemoveProperty {
                 handle,
                 key: self.rng.pick(&KEYS).to_string(),
@@ -564,7 +787,7 @@ impl Sim {
             },
             77..=79 => Command::NetOut {
                 handle,
-                rules: self.random_rules(),
+                rules: self.random_rules(3),
             },
             80..=89 => Command::Run {
                 handle,
@@ -574,6 +797,13 @@ impl Sim {
                         .rng
                         .pick(&["sh", "sh", "missing-binary", ""])
                         .to_string(),
+                    // Now and then at the env bounds, or just over them.
+                    env: match self.rng.below(40) {
+                        0 => vec!["A=1".into(); limits::MAX_ENV_ENTRIES],
+                        1 => vec!["A=1".into(); limits::MAX_ENV_ENTRIES + 1],
+                        2 => vec![format!("A={}", "x".repeat(limits::MAX_ENV_BYTES))],
+                        _ => vec![],
+                    },
                     ..Default::default()
                 }),
             },
@@ -588,6 +818,105 @@ impl Sim {
             return self.rng.pick(&live).clone();
         }
         self.rng.pick(&HANDLES).to_string()
+    }
+
+    /// The live container with the most property bytes, as clients know them, with its keys.
+    fn fullest_container(&self) -> Option<(String, Vec<String>)> {
+        self.model
+            .containers
+            .iter()
+            .filter(|(_, m)| !m.gone())
+            .max_by_key(|(_, m)| {
+                m.props
+                    .iter()
+                    .map(|(k, v)| k.len() + v.len())
+                    .sum::<usize>()
+            })
+            .map(|(handle, m)| (handle.clone(), m.props.keys().cloned().collect()))
+    }
+
+    /// A handle for a create: mostly a usual one, sometimes the longest one allowed, sometimes
+    /// one the core must refuse.
+    fn create_handle(&mut self) -> String {
+        match self.rng.below(40) {
+            0 => self.rng.pick(&BAD_HANDLES).to_string(),
+            1 => "x".repeat(LONGEST_HANDLE + 1),
+            2 => longest_handle(),
+            3..=20 => self.rng.pick(&HANDLES).to_string(),
+            _ => String::new(),
+        }
+    }
+
+    /// A property to set: mostly small; now and then a large value under one of 20 keys (so a
+    /// container's record can grow to its bound), or a key or value just over its bound.
+    fn random_property(&mut self) -> (String, String) {
+        match self.rng.below(40) {
+            0 => (
+                big_key(self.rng.below(20)),
+                "v".repeat(limits::MAX_PROPERTY_VALUE_BYTES),
+            ),
+            1 => (
+                "big".into(),
+                "v".repeat(limits::MAX_PROPERTY_VALUE_BYTES + 1),
+            ),
+            2 => ("k".repeat(limits::MAX_PROPERTY_KEY_BYTES + 1), "1".into()),
+            3 => ("k".repeat(limits::MAX_PROPERTY_KEY_BYTES), "1".into()),
+            _ => (
+                self.rng.pick(&KEYS).to_string(),
+                self.rng.pick(&VALUES).to_string(),
+            ),
+        }
+    }
+
+    /// Now and then, puts a create at one of the bounds or just over it.
+    fn random_bounds(&mut self, spec: &mut ContainerSpec) {
+        let many = |n: usize, value: usize| -> BTreeMap<String, String> {
+            (0..n)
+                .map(|i| (format!("p{i:03}"), "v".repeat(value)))
+                .collect()
+        };
+        // Under the keys large values are set with later, so that one more is too much.
+        let large = |n: usize| -> BTreeMap<String, String> {
+            (0..n)
+                .map(|i| {
+                    (
+                        big_key(i as u64),
+                        "v".repeat(limits::MAX_PROPERTY_VALUE_BYTES),
+                    )
+                })
+                .collect()
+        };
+        let big = limits::MAX_PROPERTY_VALUE_BYTES;
+        let mount = BindMount {
+            src_path: "/src".into(),
+            dst_path: "/dst".into(),
+            ..Default::default()
+        };
+        match self.rng.below(200) {
+            0 => {
+                spec.properties
+                    .insert("k".repeat(limits::MAX_PROPERTY_KEY_BYTES + 1), "1".into());
+            }
+            1 => {
+                spec.properties.insert("big".into(), "v".repeat(big + 1));
+            }
+            2 => {
+                spec.properties.insert("big".into(), "v".repeat(big));
+            }
+            3 => spec.properties = many(limits::MAX_PROPERTIES + 1, 1),
+            4 => spec.properties = many(limits::MAX_PROPERTIES, 1),
+            // Each value within bounds, too much together; and nearly too much.
+            5 => spec.properties = large(limits::MAX_RECORD_BYTES / big),
+            6..=8 => spec.properties = large(limits::MAX_RECORD_BYTES / big - 1),
+            9 => spec.env = vec!["A=1".into(); limits::MAX_ENV_ENTRIES + 1],
+            10 => spec.env = vec![format!("A={}", "x".repeat(limits::MAX_ENV_BYTES / 2)); 2],
+            11 => spec.env = vec!["A=1".into(); limits::MAX_ENV_ENTRIES],
+            12 => spec.bind_mounts = vec![mount; limits::MAX_BIND_MOUNTS + 1],
+            13 => spec.bind_mounts = vec![mount; limits::MAX_BIND_MOUNTS],
+            14 => spec.netout_rules = vec![NetOutRule::default(); limits::MAX_NETOUT_RULES + 1],
+            15 => spec.netout_rules = vec![NetOutRule::default(); limits::MAX_NETOUT_RULES],
+            _ => {}
+        }
     }
 
     fn random_spec(&mut self) -> ContainerSpec {
@@ -607,21 +936,13 @@ impl Sim {
                 container_port: 8080,
             })
             .collect();
-        ContainerSpec {
-            handle: if self.rng.below(2) == 0 {
-                self.rng.pick(&HANDLES).to_string()
-            } else {
-                String::new()
-            },
-            grace_time: *self.rng.pick(&[
-                0,
-                0,
-                SECOND as i64,
-                3 * SECOND as i64,
-                20 * SECOND as i64,
-            ]),
-            network: self
-                .rng
+        let network = if self.rng.below(20) == 0 {
+            match self.rng.below(6) {
+                0 => IN_HOST_NETWORK.to_string(),
+                _ => self.rng.pick(&SPECIAL_NETWORKS).to_string(),
+            }
+        } else {
+            self.rng
                 .pick(&[
                     "",
                     "",
@@ -633,21 +954,42 @@ impl Sim {
                     "bad",
                     "10.1.0.0/16",
                 ])
-                .to_string(),
+                .to_string()
+        };
+        let mut spec = ContainerSpec {
+            handle: self.create_handle(),
+            grace_time: *self.rng.pick(&[
+                0,
+                0,
+                SECOND as i64,
+                3 * SECOND as i64,
+                20 * SECOND as i64,
+            ]),
+            network,
             properties,
             image: ImageRef {
                 uri: self.rng.pick(&["", "", "/img", "/missing"]).to_string(),
                 ..Default::default()
             },
             netin,
-            netout_rules: self.random_rules(),
+            netout_rules: self.random_rules(40),
             privileged: self.rng.below(4) == 0,
             ..Default::default()
-        }
+        };
+        self.random_bounds(&mut spec);
+        spec
     }
 
-    fn random_rules(&mut self) -> Vec<NetOutRule> {
-        (0..self.rng.below(3))
+    /// A few rules; now and then (one time in `big_every`) just over half of what a container
+    /// may have, so that two such requests in flight at once are too many together, or more
+    /// than that in one go.
+    fn random_rules(&mut self, big_every: u64) -> Vec<NetOutRule> {
+        let count = match self.rng.below(big_every * 4) {
+            0..=2 => limits::MAX_NETOUT_RULES / 2 + 1,
+            3 => limits::MAX_NETOUT_RULES + 1,
+            n => (n % 3) as usize,
+        };
+        (0..count)
             .map(|_| NetOutRule {
                 protocol: *self
                     .rng

@@ -539,7 +539,8 @@ async fn hijack_framing_is_what_the_go_client_needs() {
     let response = raw_exchange(target, bad.as_bytes(), Duration::from_secs(20))
         .await
         .unwrap();
-    assert_eq!(response.status, 400);
+    assert_eq!(response.status, 500);
+    assert_eq!(response.json()["Type"], "");
     assert!(response.header("content-length").is_some());
 
     // An unknown stream id: 200 headers, then the connection closes.

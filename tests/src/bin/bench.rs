@@ -5,6 +5,7 @@
 //! trellis-bench [--target 127.0.0.1:7777 | --target /path/to.sock] [--cycles 100]
 //!               [--runs 200] [--stdout-mib 1024] [--parallel 50] [--rootfs URI]
 //! trellis-bench [--target ...] --idle 250x4 [--server-pid PID] [--rootfs URI]
+//! trellis-bench [--target ...] --bulk-info 500 --server-pid PID [--rootfs URI]
 //! ```
 //!
 //! - create+destroy latency (p50/p95): one container at a time, each with its own network;
@@ -15,6 +16,11 @@
 //! `--idle CxP` instead starts C containers with P idle processes each (stdout and stderr
 //! attached, as Diego's executor attaches them) and prints the server's threads and resident
 //! memory (of `--server-pid`, read from /proc) before and with them; then destroys them.
+//!
+//! `--bulk-info N` fills one container's properties up to the record bound (64 KiB values until
+//! the server refuses one more), then sends N BulkInfo calls for it at once and prints the
+//! server's resident memory before, at its peak during the burst (sampled every 5 ms), and
+//! after it (at once, and after a second of rest); then destroys the container.
 //!
 //! Only the given server is contacted; run it on loopback or a unix socket.
 
@@ -37,6 +43,8 @@ struct Options {
     /// (containers, processes per container) for the idle-load figures.
     idle: Option<(usize, usize)>,
     server_pid: Option<u32>,
+    /// Concurrent BulkInfo calls for the memory figures.
+    bulk_info: Option<usize>,
 }
 
 fn parse_args() -> Result<Options, String> {
@@ -49,6 +57,7 @@ fn parse_args() -> Result<Options, String> {
         rootfs: String::new(),
         idle: None,
         server_pid: None,
+        bulk_info: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -69,11 +78,12 @@ fn parse_args() -> Result<Options, String> {
                 options.idle = Some((number(c.into())? as usize, number(p.into())? as usize));
             }
             "--server-pid" => options.server_pid = Some(number(value()?)? as u32),
+            "--bulk-info" => options.bulk_info = Some(number(value()?)? as usize),
             "-h" | "--help" => {
                 println!(
                     "usage: trellis-bench [--target ADDR|SOCKET] [--cycles N] [--runs N] \
                      [--stdout-mib N] [--parallel N] [--rootfs URI] \
-                     [--idle CxP [--server-pid PID]]"
+                     [--idle CxP [--server-pid PID]] [--bulk-info N --server-pid PID]"
                 );
                 std::process::exit(0);
             }
@@ -321,6 +331,101 @@ async fn idle_load(
     result
 }
 
+/// The server's resident memory in MiB, or 0 when it cannot be read.
+fn server_rss(options: &Options) -> u64 {
+    options
+        .server_pid
+        .and_then(threads_and_rss)
+        .map_or(0, |(_, rss)| rss)
+}
+
+/// One container at the property bounds, and `calls` BulkInfo calls for it at once: the
+/// server's resident memory before, at the peak of the burst, and after it.
+async fn bulk_info_burst(client: &Client, options: &Options, calls: usize) -> BenchResult<()> {
+    if options.server_pid.is_none() {
+        eprintln!("--bulk-info needs --server-pid to read the server's memory");
+        return Ok(());
+    }
+    let handle = format!("bench-bulk-{}", std::process::id());
+    let container = client.create(spec(options, handle.clone())).await?;
+    let value = "v".repeat(trellis_core::limits::MAX_PROPERTY_VALUE_BYTES);
+    let mut stored = 0;
+    let filled = loop {
+        match container
+            .set_property(&format!("big{stored:03}"), &value)
+            .await
+        {
+            Ok(()) => stored += 1,
+            Err(trellis_client::Error::Server { message, .. }) if message.contains("limit") => {
+                break Ok(());
+            }
+            Err(e) => break Err(e),
+        }
+    };
+    let result = match filled {
+        Ok(()) => burst(client, options, &handle, calls, stored).await,
+        Err(e) => Err(e),
+    };
+    let _ = client.destroy(&handle).await;
+    result
+}
+
+async fn burst(
+    client: &Client,
+    options: &Options,
+    handle: &str,
+    calls: usize,
+    stored: usize,
+) -> BenchResult<()> {
+    let one = client.bulk_info(&[handle]).await?;
+    let reply_bytes = serde_json::to_vec(&one).map_or(0, |b| b.len());
+    println!(
+        "one container with {stored} properties of 64 KiB (the most its record takes); \
+         one BulkInfo reply is {:.2} MiB",
+        reply_bytes as f64 / (1 << 20) as f64
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = server_rss(options);
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let peak = Arc::new(AtomicU64::new(before));
+    let sampler = {
+        let (done, peak, pid) = (done.clone(), peak.clone(), options.server_pid);
+        std::thread::spawn(move || {
+            while !done.load(Ordering::Relaxed) {
+                if let Some((_, rss)) = pid.and_then(threads_and_rss) {
+                    peak.fetch_max(rss, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    let start = Instant::now();
+    let calls_made = (0..calls).map(|_| {
+        let client = client.clone();
+        let handle = handle.to_string();
+        tokio::spawn(async move { client.bulk_info(&[handle.as_str()]).await.map(|_| ()) })
+    });
+    let mut failures = 0;
+    for call in calls_made.collect::<Vec<_>>() {
+        if !matches!(call.await, Ok(Ok(()))) {
+            failures += 1;
+        }
+    }
+    let took = start.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let _ = sampler.join();
+    let right_after = server_rss(options);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rested = server_rss(options);
+    println!(
+        "{calls} concurrent BulkInfo calls in {:.2} s ({failures} failed); server resident memory: \
+         before {before} MiB, peak during {} MiB, right after {right_after} MiB, after 1 s {rested} MiB",
+        took.as_secs_f64(),
+        peak.load(Ordering::Relaxed)
+    );
+    Ok(())
+}
+
 /// Raises this process's open-file limit to its hard limit (each attached process holds
 /// three connections).
 fn raise_nofile_limit() {
@@ -345,6 +450,10 @@ async fn bench(options: Options) -> BenchResult<()> {
     if let Some(idle) = options.idle {
         raise_nofile_limit();
         return idle_load(&client, &options, idle).await;
+    }
+    if let Some(calls) = options.bulk_info {
+        raise_nofile_limit();
+        return bulk_info_burst(&client, &options, calls).await;
     }
 
     let mut samples = create_destroy(&client, &options).await?;

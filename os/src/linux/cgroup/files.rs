@@ -89,11 +89,15 @@ pub fn parse_pids(text: &str, into: &mut Vec<u32>) {
     into.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
 }
 
-/// Collects the pids of `dir` and of every cgroup below it.
+/// Collects the pids of `dir` and of every cgroup below it (none when `dir` is not a cgroup).
 pub fn pids_recursive(dir: &Path, into: &mut Vec<u32>) -> HostResult<()> {
     match std::fs::read_to_string(dir.join("cgroup.procs")) {
         Ok(text) => parse_pids(&text, into),
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e)
+            if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(nix::libc::ENOTDIR) =>
+        {
+            return Ok(())
+        }
         Err(e) => {
             return Err(HostError::io(
                 format!("read {}", dir.join("cgroup.procs").display()),
@@ -128,8 +132,15 @@ pub fn subdirs(dir: &Path) -> HostResult<Vec<String>> {
 }
 
 /// Removes the cgroup `dir` and its descendants, deepest first. `Ok(false)` when a cgroup is
-/// still busy (it has processes, or the kernel has not released them yet).
+/// still busy (it has processes, or the kernel has not released them yet). A path that is not
+/// a directory is no cgroup (a control file of the parent) and is left alone.
 pub fn remove_tree(dir: &Path) -> HostResult<bool> {
+    match std::fs::symlink_metadata(dir) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => return Ok(true),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(true),
+        Err(e) => return Err(HostError::io(format!("stat {}", dir.display()), e)),
+    }
     for child in subdirs(dir)? {
         if !remove_tree(&dir.join(child))? {
             return Ok(false);

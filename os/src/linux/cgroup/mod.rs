@@ -163,7 +163,13 @@ impl Cgroups {
     /// containers may also use /dev/fuse). Idempotent: an existing cgroup gets them written
     /// again.
     pub fn create(&self, handle: &str, limits: &Limits, privileged: bool) -> HostResult<()> {
-        validate_name(handle)?;
+        // The core admits no other handle; this keeps anyone else from making a cgroup that
+        // collides with a control file of our parent.
+        trellis_core::handle::validate(handle).map_err(|reason| {
+            HostError::Invalid(format!(
+                "cannot make a cgroup for handle {handle:?}: {reason}"
+            ))
+        })?;
         let devices = devices::allow_rules(privileged, devices::host_has_fuse());
         let created = self
             .backend
@@ -301,7 +307,9 @@ impl Drop for Cgroups {
 /// How long `remove` keeps killing before it reports failure.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Cgroup directory names come from handles; refuse anything that could leave our parent.
+/// Cgroup directory names come from handles; refuse anything that could leave our parent. (A
+/// name that could never be a container's cgroup, such as a control file's, is only ever
+/// looked at: a non-directory is never taken for a cgroup.)
 fn validate_name(name: &str) -> HostResult<()> {
     if name.is_empty()
         || name == "."

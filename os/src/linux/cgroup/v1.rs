@@ -253,7 +253,7 @@ impl Backend for V1 {
     fn exists(&self, handle: &str) -> bool {
         self.hierarchies
             .iter()
-            .any(|h| self.dir(&h.mount, handle).exists())
+            .any(|h| self.dir(&h.mount, handle).is_dir())
     }
 
     fn handles(&self) -> HostResult<Vec<String>> {

@@ -195,7 +195,7 @@ impl Backend for V2 {
     }
 
     fn exists(&self, handle: &str) -> bool {
-        self.dir(handle).exists()
+        self.dir(handle).is_dir()
     }
 
     fn handles(&self) -> HostResult<Vec<String>> {

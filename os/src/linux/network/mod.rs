@@ -112,6 +112,30 @@ pub fn detect_external_ip() -> HostResult<Option<Ipv4Addr>> {
     netlink::with_netlink(None, |nl| nl.default_route_address())
 }
 
+/// The host's own IPv4 networks, which no container subnet may overlap: the subnet of every
+/// address and every route of the main table but the default one. What is on Trellis's own
+/// bridges (`trbr*`, this server's or another's: the pool's subnets and static container
+/// subnets) is the containers' and left out. Reads kernel state only.
+pub fn host_networks() -> HostResult<Vec<ipnetwork::Ipv4Network>> {
+    netlink::with_netlink(None, |nl| {
+        let ours: std::collections::BTreeSet<u32> = nl
+            .links()?
+            .into_iter()
+            .filter(|link| link.name.starts_with(naming::BRIDGE_PREFIX))
+            .map(|link| link.index)
+            .collect();
+        let mut networks: Vec<ipnetwork::Ipv4Network> = nl
+            .ipv4_networks()?
+            .into_iter()
+            .filter(|(_, link)| !link.is_some_and(|index| ours.contains(&index)))
+            .map(|(network, _)| network)
+            .collect();
+        networks.sort();
+        networks.dedup();
+        Ok(networks)
+    })
+}
+
 fn write_sysctl(path: &str, value: &str) -> HostResult<()> {
     std::fs::write(path, value).map_err(|e| HostError::io(format!("write {path}"), e))
 }

@@ -285,6 +285,80 @@ impl Netlink {
         Ok(index)
     }
 
+    /// The host's IPv4 networks as its links and main routing table have them: the subnet of
+    /// every address, and the destination of every route but the default one, each with the
+    /// link it is on (`None` for a route without one, such as a blackhole).
+    pub fn ipv4_networks(&self) -> HostResult<Vec<(ipnetwork::Ipv4Network, Option<u32>)>> {
+        use rtnetlink::packet_route::route::{RouteAddress, RouteHeader};
+        let subnet = |ip: Ipv4Addr, prefix: u8| {
+            ipnetwork::Ipv4Network::new(ip, prefix)
+                .and_then(|n| ipnetwork::Ipv4Network::new(n.network(), prefix))
+                .ok()
+        };
+        let addresses = self
+            .block(async {
+                self.handle
+                    .address()
+                    .get()
+                    .execute()
+                    .try_collect::<Vec<_>>()
+                    .await
+            })
+            .map_err(|e| failed("list addresses", e))?;
+        let mut networks = Vec::new();
+        for message in &addresses {
+            // IFA_LOCAL is the address itself; IFA_ADDRESS is the peer's on point-to-point
+            // links, and the address itself (alone) elsewhere.
+            let local = message.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            let address = message.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Address(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            if let Some(network) = local
+                .or(address)
+                .and_then(|ip| subnet(ip, message.header.prefix_len))
+            {
+                networks.push((network, Some(message.header.index)));
+            }
+        }
+        let routes: Vec<RouteMessage> = self
+            .block(async {
+                self.handle
+                    .route()
+                    .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+                    .execute()
+                    .try_collect::<Vec<_>>()
+                    .await
+            })
+            .map_err(|e| failed("list routes", e))?;
+        for route in &routes {
+            let main = route.header.table == RouteHeader::RT_TABLE_MAIN
+                || route
+                    .attributes
+                    .iter()
+                    .any(|a| matches!(a, RouteAttribute::Table(t) if *t == u32::from(RouteHeader::RT_TABLE_MAIN)));
+            let prefix = route.header.destination_prefix_length;
+            if !main || prefix == 0 {
+                continue;
+            }
+            let destination = route.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Destination(RouteAddress::Inet(ip)) => Some(*ip),
+                _ => None,
+            });
+            let link = route.attributes.iter().find_map(|a| match a {
+                RouteAttribute::Oif(index) => Some(*index),
+                _ => None,
+            });
+            if let Some(network) = destination.and_then(|ip| subnet(ip, prefix)) {
+                networks.push((network, link));
+            }
+        }
+        Ok(networks)
+    }
+
     /// The first IPv4 address of the interface that carries the main table's default route:
     /// the address other hosts know this one by. Reads kernel state only; sends nothing.
     pub fn default_route_address(&self) -> HostResult<Option<Ipv4Addr>> {

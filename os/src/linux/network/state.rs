@@ -18,17 +18,26 @@ pub struct NetworkState {
     pub bandwidth: BandwidthLimits,
 }
 
-/// The directory of state files, one per handle (the file name is the handle).
+/// The directory of state files, one per handle (the file name is the handle). The store's own
+/// files (temporary files, retired states) have hidden names, which no handle has.
 #[derive(Debug, Clone)]
 pub struct StateStore {
     dir: PathBuf,
 }
 
 impl StateStore {
+    /// The states in `dir`. Temporary files a crash left there (a save cut short before its
+    /// rename) are removed: nothing is saving at start.
     pub fn new(dir: PathBuf) -> HostResult<StateStore> {
         std::fs::create_dir_all(&dir)
             .map_err(|e| HostError::io(format!("create {}", dir.display()), e))?;
-        Ok(StateStore { dir })
+        let store = StateStore { dir };
+        for name in hidden_names(&store.dir)? {
+            if is_temp_file_name(&name) {
+                remove_file_if_exists(&store.dir.join(name))?;
+            }
+        }
+        Ok(store)
     }
 
     fn path(&self, handle: &str) -> PathBuf {
@@ -49,7 +58,7 @@ impl StateStore {
     /// Atomically replaces the handle's state (write to a temporary file, fsync, rename).
     pub fn save(&self, state: &NetworkState) -> HostResult<()> {
         let path = self.path(&state.handle);
-        let tmp = self.dir.join(format!(".{}.tmp", state.id));
+        let tmp = self.dir.join(temp_file_name(&state.id));
         let bytes = serde_json::to_vec(state).expect("network state serialises");
         let write = || -> std::io::Result<()> {
             let mut file = std::fs::File::create(&tmp)?;
@@ -115,8 +124,34 @@ pub fn remove_file_if_exists(path: &Path) -> HostResult<()> {
     }
 }
 
-/// The names in `dir` (missing means empty), skipping hidden temporary files.
+/// A state's temporary file, named by its network id (ids are 10 base-32 digits).
+fn temp_file_name(id: &str) -> String {
+    format!(".{id}.tmp")
+}
+
+fn is_temp_file_name(name: &str) -> bool {
+    name.strip_prefix('.')
+        .and_then(|n| n.strip_suffix(".tmp"))
+        .is_some_and(crate::linux::network::naming::is_valid_id)
+}
+
+/// The names in `dir` (missing means empty), without hidden ones: those are the store's own
+/// files, and no handle is hidden (`trellis_core::handle::is_hidden`).
 pub fn list_names(dir: &Path) -> HostResult<Vec<String>> {
+    Ok(names(dir)?
+        .into_iter()
+        .filter(|n| !trellis_core::handle::is_hidden(n))
+        .collect())
+}
+
+fn hidden_names(dir: &Path) -> HostResult<Vec<String>> {
+    Ok(names(dir)?
+        .into_iter()
+        .filter(|n| trellis_core::handle::is_hidden(n))
+        .collect())
+}
+
+fn names(dir: &Path) -> HostResult<Vec<String>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -126,10 +161,43 @@ pub fn list_names(dir: &Path) -> HostResult<Vec<String>> {
     for entry in entries {
         let entry = entry.map_err(|e| HostError::io(format!("list {}", dir.display()), e))?;
         if let Some(name) = entry.file_name().to_str() {
-            if !name.starts_with('.') {
-                names.push(name.to_string());
-            }
+            names.push(name.to_string());
         }
     }
     Ok(names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(handle: &str, id: &str) -> NetworkState {
+        NetworkState {
+            handle: handle.into(),
+            id: id.into(),
+            assignment: NetworkAssignment {
+                subnet: "10.254.0.0/30".parse().unwrap(),
+                container_ip: "10.254.0.1".parse().unwrap(),
+            },
+            port_mappings: vec![],
+            bandwidth: BandwidthLimits::default(),
+        }
+    }
+
+    #[test]
+    fn a_save_cut_short_leaves_a_temporary_file_that_the_next_start_removes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = StateStore::new(dir.path().to_path_buf()).unwrap();
+        store.save(&state("web", "0123456789")).unwrap();
+        store.retire(&state("web", "0123456789")).unwrap();
+        store.save(&state("db", "abcdefghij")).unwrap();
+        std::fs::write(dir.path().join(".klmnopqrst.tmp"), b"{").unwrap();
+
+        let store = StateStore::new(dir.path().to_path_buf()).unwrap();
+        let mut all = names(dir.path()).unwrap();
+        all.sort();
+        assert_eq!(all, [".retired", "db"], "the retired states stay");
+        assert_eq!(store.handles().unwrap(), ["db"]);
+        assert_eq!(store.retired().unwrap().len(), 1);
+    }
 }
