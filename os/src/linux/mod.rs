@@ -10,6 +10,7 @@ pub mod disk;
 pub mod image;
 pub mod mount_api;
 pub mod network;
+pub mod parallel;
 pub mod registry;
 pub mod rootfs;
 pub mod runtime;
@@ -49,6 +50,11 @@ pub struct LinuxHost {
     pub runtime: runtime::Runtime,
 }
 
+/// How many containers `observe` looks at at once. Observing one is mostly waiting: for its
+/// init to be scheduled and answer over its socket (the first time after the init started,
+/// also for it to fault in the code that answers). So many more than the CPUs keep them busy.
+const OBSERVE_WORKERS: usize = 32;
+
 impl LinuxHost {
     pub fn new(config: LinuxConfig) -> HostResult<LinuxHost> {
         let layout = config.layout.clone();
@@ -59,6 +65,28 @@ impl LinuxHost {
             network: network::Networker::new(&config)?,
             runtime: runtime::Runtime::new(&config)?,
             layout,
+        })
+    }
+
+    /// What the host has of one container.
+    fn observe_container(&self, handle: &str) -> HostResult<ObservedContainer> {
+        let (network, ports) = match self.network.observe(handle)? {
+            Some((assignment, ports)) => (Some(assignment), ports),
+            None => (None, Vec::new()),
+        };
+        let init = self.runtime.init_running(handle);
+        Ok(ObservedContainer {
+            rootfs: self.rootfs.exists(handle),
+            cgroup: self.cgroups.exists(handle),
+            network,
+            ports,
+            init,
+            // A container without a running init has no processes to ask it for.
+            processes: if init {
+                self.runtime.processes(handle)
+            } else {
+                Vec::new()
+            },
         })
     }
 }
@@ -209,23 +237,13 @@ impl Host for LinuxHost {
         handles.extend(self.cgroups.handles()?);
         handles.extend(self.network.handles()?);
         handles.extend(self.runtime.handles()?);
+        let handles: Vec<String> = handles.into_iter().collect();
+        let observed = parallel::map(&handles, OBSERVE_WORKERS, |handle| {
+            self.observe_container(handle)
+        });
         let mut host = ObservedHost::default();
-        for handle in handles {
-            let (network, ports) = match self.network.observe(&handle)? {
-                Some((assignment, ports)) => (Some(assignment), ports),
-                None => (None, Vec::new()),
-            };
-            host.containers.insert(
-                handle.clone(),
-                ObservedContainer {
-                    rootfs: self.rootfs.exists(&handle),
-                    cgroup: self.cgroups.exists(&handle),
-                    network,
-                    ports,
-                    init: self.runtime.init_running(&handle),
-                    processes: self.runtime.processes(&handle),
-                },
-            );
+        for (handle, container) in handles.into_iter().zip(observed) {
+            host.containers.insert(handle, container?);
         }
         Ok(host)
     }
