@@ -58,12 +58,34 @@ const OBSERVE_WORKERS: usize = 32;
 impl LinuxHost {
     pub fn new(config: LinuxConfig) -> HostResult<LinuxHost> {
         let layout = config.layout.clone();
+        // The quick checks first: a host that cannot run containers is refused before the
+        // networker changes anything.
+        let depot = depot::Depot::new(layout.records_dir())?;
+        let rootfs = rootfs::RootfsManager::new(&config)?;
+        let cgroups = cgroup::Cgroups::new(&config)?;
+        // The networker (nft, netlink dumps of every link) and the runtime (a sealed copy of
+        // the binary) take most of a start's setup, and neither needs the other: set them up
+        // side by side.
+        let (network, runtime) = std::thread::scope(|scope| {
+            let network = std::thread::Builder::new()
+                .name("networker-setup".into())
+                .spawn_scoped(scope, || network::Networker::new(&config));
+            let runtime = runtime::Runtime::new(&config);
+            let network = match network {
+                Ok(thread) => thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                // No thread to spare: do it here.
+                Err(_) => network::Networker::new(&config),
+            };
+            (network, runtime)
+        });
         Ok(LinuxHost {
-            depot: depot::Depot::new(layout.records_dir())?,
-            rootfs: rootfs::RootfsManager::new(&config)?,
-            cgroups: cgroup::Cgroups::new(&config)?,
-            network: network::Networker::new(&config)?,
-            runtime: runtime::Runtime::new(&config)?,
+            depot,
+            rootfs,
+            cgroups,
+            network: network?,
+            runtime: runtime?,
             layout,
         })
     }
