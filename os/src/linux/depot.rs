@@ -8,6 +8,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use trellis_core::record::ContainerRecord;
 
+/// How many records `load_all` reads at once.
+const LOAD_WORKERS: usize = 8;
+
 pub struct Depot {
     dir: PathBuf,
 }
@@ -50,25 +53,29 @@ impl Depot {
     }
 
     /// Every readable record. A record that cannot be read is skipped and reported: its
-    /// container is then found as a leftover and cleaned up.
+    /// container is then found as a leftover and cleaned up. Records are read a few at once
+    /// (a start may have thousands, and reading one is mostly syscalls and parsing).
     pub fn load_all(&self) -> HostResult<Vec<ContainerRecord>> {
         let entries = fs::read_dir(&self.dir)
             .map_err(|e| HostError::io(format!("reading {}", self.dir.display()), e))?;
-        let mut records = Vec::new();
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            if name.starts_with('.') || !name.ends_with(".json") {
-                continue;
-            }
-            match fs::read(entry.path())
+        let paths: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|entry| {
+                let name = entry.file_name().to_string_lossy().to_string();
+                !name.starts_with('.') && name.ends_with(".json")
+            })
+            .map(|entry| entry.path())
+            .collect();
+        let loaded = super::parallel::map(&paths, LOAD_WORKERS, |path| {
+            fs::read(path)
                 .ok()
                 .and_then(|b| serde_json::from_slice::<ContainerRecord>(&b).ok())
-            {
+        });
+        let mut records = Vec::with_capacity(paths.len());
+        for (path, record) in paths.iter().zip(loaded) {
+            match record {
                 Some(record) => records.push(record),
-                None => eprintln!(
-                    "trellis: ignoring unreadable record {}",
-                    entry.path().display()
-                ),
+                None => eprintln!("trellis: ignoring unreadable record {}", path.display()),
             }
         }
         records.sort_by(|a, b| a.handle.cmp(&b.handle));
