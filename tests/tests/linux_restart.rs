@@ -126,7 +126,7 @@ async fn fifty_containers_and_their_processes_survive_a_crash() {
                 })
                 .await
                 .expect("create");
-            let mut spec = linux_support::sh("sleep 1000");
+            let mut spec = linux_support::sh(&format!("echo many-{i}; exec sleep 1000"));
             spec.id = format!("sleeper-{i}");
             // The process keeps running after its connection is gone.
             drop(
@@ -170,6 +170,35 @@ async fn fifty_containers_and_their_processes_survive_a_crash() {
             info.properties.unwrap_or_default().get("index"),
             Some(&i.to_string())
         );
+    }
+    // Each re-attaches to its own process: what it wrote before the crash, which nobody has
+    // read, comes from it (processes are taken over many containers at a time).
+    for i in 0..COUNT {
+        let (writer, mut reader) = tokio::io::duplex(1 << 12);
+        let io = trellis_client::ProcessIo {
+            stdout: Some(Box::new(writer)),
+            ..Default::default()
+        };
+        let attached = client
+            .container(format!("many-{i}"))
+            .attach(&format!("sleeper-{i}"), io)
+            .await
+            .expect("attach after the restart");
+        let expected = format!("many-{i}\n");
+        let mut seen = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut chunk = [0u8; 64];
+            while seen.len() < expected.len() {
+                match tokio::io::AsyncReadExt::read(&mut reader, &mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "many-{i}: nothing came");
+        assert_eq!(String::from_utf8_lossy(&seen), expected);
+        drop(attached);
     }
     // The processes are known, not just listed: their ids stay taken.
     let mut again = linux_support::sh("true");
