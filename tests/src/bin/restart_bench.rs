@@ -2,21 +2,25 @@
 //! containers. It prints figures; it asserts nothing.
 //!
 //! ```text
-//! trellis-restart-bench [--containers 1000] [--rounds 3] [--stop kill|term] [--parallel 8]
-//!                       [--network-pool CIDR]
+//! trellis-restart-bench [--containers 1000] [--processes 1] [--output 0] [--rounds 3]
+//!                       [--stop kill|term] [--parallel 8] [--network-pool CIDR]
 //! ```
 //!
 //! As root, with the busybox test rootfs (`$TRELLIS_TEST_ROOTFS`, or built on demand) and the
 //! `trellis` binary built (`cargo build --release -p trellis-server`; or `$TRELLIS_BIN`). It
 //! starts a Linux server of its own (the test harness's: its own depot, tag and cgroup parent),
-//! creates the containers, and then each round stops the server (SIGKILL by default: a crash;
+//! creates the containers (each running `--processes` idle processes, which its init keeps and
+//! a restarted server takes over; each process first writes `--output` bytes to stdout and as
+//! many to stderr, which nobody reads), and then each round stops the server (SIGKILL by default: a crash;
 //! `--stop term` for a clean stop), starts it again with the same flags and times:
 //!
 //! - ping: from starting the process until it answers Ping (it serves nothing before it has
 //!   restored every container);
 //! - list: until List returns every container;
 //! - the server's own phases, from its log: start to `restoring containers` (host set up,
-//!   records loaded, the host observed), and from there to `trellis server started`.
+//!   records loaded, the host observed), and from there to `trellis server started`;
+//! - the server's resident memory once List has answered (VmRSS) and its peak (VmHWM), and the
+//!   same before the first restart, for comparison.
 //!
 //! Subnets come from `--network-pool`, by default the smallest block of 10.216.0.0/16 with room
 //! for a /30 per container (no test, benchmark or default server uses 10.216/16). Only
@@ -24,8 +28,8 @@
 //! end.
 
 use std::time::{Duration, Instant};
-use trellis_client::Client;
-use trellis_core::api::ContainerSpec;
+use trellis_client::{Client, ProcessIo};
+use trellis_core::api::{ContainerSpec, ProcessSpec};
 use trellis_tests::TestServer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +40,8 @@ enum Stop {
 
 struct Options {
     containers: usize,
+    processes: usize,
+    output: usize,
     rounds: usize,
     stop: Stop,
     parallel: usize,
@@ -48,6 +54,8 @@ const MAX_CONTAINERS: usize = 1 << 14;
 fn parse_args() -> Result<Options, String> {
     let mut options = Options {
         containers: 1000,
+        processes: 1,
+        output: 0,
         rounds: 3,
         stop: Stop::Kill,
         parallel: 8,
@@ -59,6 +67,8 @@ fn parse_args() -> Result<Options, String> {
         let number = |v: String| v.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
         match flag.as_str() {
             "--containers" => options.containers = number(value()?)?,
+            "--processes" => options.processes = number(value()?)?,
+            "--output" => options.output = number(value()?)?,
             "--rounds" => options.rounds = number(value()?)?,
             "--parallel" => options.parallel = number(value()?)?,
             "--stop" => {
@@ -71,8 +81,8 @@ fn parse_args() -> Result<Options, String> {
             "--network-pool" => options.network_pool = Some(value()?),
             "-h" | "--help" => {
                 println!(
-                    "usage: trellis-restart-bench [--containers N] [--rounds N] \
-                     [--stop kill|term] [--parallel N] [--network-pool CIDR]"
+                    "usage: trellis-restart-bench [--containers N] [--processes N] \
+                     [--output BYTES] [--rounds N] [--stop kill|term] [--parallel N] [--network-pool CIDR]"
                 );
                 std::process::exit(0);
             }
@@ -99,6 +109,27 @@ fn default_pool(containers: usize) -> String {
 
 fn ms(d: Duration) -> String {
     format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// (VmRSS, VmHWM) of a process, from /proc.
+fn memory(pid: u32) -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok()
+    };
+    Some((field("VmRSS:")? * 1024, field("VmHWM:")? * 1024))
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.0} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
+fn memory_text(pid: Option<u32>) -> String {
+    match pid.and_then(memory) {
+        Some((rss, peak)) => format!("RSS {} (peak {})", mib(rss), mib(peak)),
+        None => "RSS unknown".into(),
+    }
 }
 
 fn median(samples: &mut [Duration]) -> Duration {
@@ -145,20 +176,43 @@ async fn create_all(client: &Client, options: &Options) -> Result<Duration, Stri
         let client = client.clone();
         let next = next.clone();
         let total = options.containers;
+        let processes = options.processes;
+        let output = options.output;
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if i >= total {
                     return Ok::<(), String>(());
                 }
-                client
+                let container = client
                     .create(ContainerSpec {
                         handle: format!("restart-bench-{i}"),
                         ..Default::default()
                     })
                     .await
                     .map_err(|e| format!("creating container {i}: {e}"))?;
-                if (i + 1) % 100 == 0 {
+                for _ in 0..processes {
+                    // Its init keeps it (and its output) whether or not anyone attaches.
+                    let process = container
+                        .run(
+                            ProcessSpec {
+                                path: "sh".into(),
+                                args: vec![
+                                    "-c".into(),
+                                    format!(
+                                        "head -c {output} /dev/zero; head -c {output} /dev/zero >&2; \
+                                         exec sleep 1000000"
+                                    ),
+                                ],
+                                ..Default::default()
+                            },
+                            ProcessIo::default(),
+                        )
+                        .await
+                        .map_err(|e| format!("running a process in container {i}: {e}"))?;
+                    drop(process);
+                }
+                if (i + 1).is_multiple_of(100) {
                     eprintln!("  {} created", i + 1);
                 }
             }
@@ -214,16 +268,19 @@ async fn bench(options: Options) -> Result<(), String> {
     let result = async {
         let created = create_all(&client, &options).await?;
         println!(
-            "created {} containers in {:.1} s ({} in parallel)",
+            "created {} containers with {} process(es) each in {:.1} s ({} in parallel); \
+             server {}",
             options.containers,
+            options.processes,
             created.as_secs_f64(),
-            options.parallel
+            options.parallel,
+            memory_text(server.pid())
         );
         let mut pings = Vec::new();
         let mut lists = Vec::new();
         for round in 1..=options.rounds {
             match options.stop {
-                Stop::Kill => drop(server.kill()),
+                Stop::Kill => server.kill(),
                 Stop::Term => drop(server.terminate()),
             }
             let start = Instant::now();
@@ -250,10 +307,11 @@ async fn bench(options: Options) -> Result<(), String> {
                 None => String::new(),
             };
             println!(
-                "round {round}: ping after {}, list of {} after {}{phases}",
+                "round {round}: ping after {}, list of {} after {}{phases}; server {}",
                 ms(ping),
                 listed.len(),
-                ms(list)
+                ms(list),
+                memory_text(server.pid())
             );
             pings.push(ping);
             lists.push(list);
