@@ -18,6 +18,7 @@ pub mod processes;
 pub mod reply;
 pub mod routes;
 pub mod server;
+pub mod startup;
 pub mod wire;
 
 use std::pin::Pin;

@@ -10,11 +10,14 @@ pub mod disk;
 pub mod image;
 pub mod mount_api;
 pub mod network;
+pub mod open_files;
 pub mod parallel;
 pub mod registry;
 pub mod rootfs;
 pub mod runtime;
 pub mod security;
+pub mod server_lock;
+pub mod temp_files;
 
 use crate::host::*;
 use crate::layout::Layout;
