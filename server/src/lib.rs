@@ -7,6 +7,7 @@
 
 pub mod alloc_stats;
 pub mod api;
+pub mod cleanup;
 pub mod config;
 pub mod debug;
 pub mod driver;

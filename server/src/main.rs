@@ -26,6 +26,9 @@ struct Cli {
 enum Top {
     /// Run the Garden API server.
     Server(Box<ServerArgs>),
+    /// Remove everything a server left on this host (its containers, mounts, cgroups, links,
+    /// firewall tables and files), given the flags it was started with; refused while it runs.
+    Cleanup(Box<ServerArgs>),
     #[command(flatten)]
     Client(trellis_client::cli::Command),
 }
@@ -93,6 +96,8 @@ fn main() -> ExitCode {
             }
         },
         Top::Client(command) => runtime.block_on(trellis_client::cli::run(cli.global, command)),
+        // Synchronous: not on the async runtime.
+        Top::Cleanup(args) => trellis_server::cleanup::run(&args),
     };
     // Streams still being served (processes keep running) must not hold the exit up.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));

@@ -1,7 +1,8 @@
-//! A Linux server's start (as root): `--destroy-containers-on-startup`, the temporary files a
-//! crash left, the open-file limit it raises for itself but not for its containers, and the
-//! lock that keeps a second server off its directories. Every host object inspected here
-//! belongs to a server the test started (its own directories, tag and cgroup parent).
+//! A Linux server's start and its end of life (as root): `--destroy-containers-on-startup`,
+//! the open-file limit it raises for itself but not for its containers, the lock that keeps a
+//! second server off its directories, and `trellis cleanup`, which removes everything a
+//! server left on the host. Every host object inspected here belongs to a server the test
+//! started (its own directories, tag and cgroup parent).
 
 mod linux_support;
 
@@ -220,6 +221,20 @@ fn entries(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// `trellis cleanup` with the server's own flags: (success, stdout, stderr).
+fn cleanup(server: &TestServer) -> (bool, String, String) {
+    let output = Command::new(trellis_tests::binary())
+        .arg("cleanup")
+        .args(server.server_flags())
+        .output()
+        .expect("running trellis cleanup");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn destroy_containers_on_startup_leaves_nothing_of_them() {
     let mut server = TestServer::linux();
@@ -385,6 +400,82 @@ async fn a_second_server_on_the_same_directories_is_refused() {
         .ping()
         .await
         .expect("the first one serves on");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cleanup_refuses_while_the_server_runs() {
+    let server = TestServer::linux();
+    let container = server
+        .client()
+        .create(ContainerSpec {
+            handle: "cr-kept".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+    let (success, _, stderr) = cleanup(&server);
+    assert!(!success);
+    assert!(stderr.contains("server.lock"), "{stderr}");
+    assert_eq!(ok(&container, "echo untouched").await, "untouched\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cleanup_removes_everything_a_killed_server_left() {
+    let mut server = TestServer::linux();
+    populate(&server, "cl", own_port(&server)).await;
+    let inits = init_pids(&server);
+    let ids = network_ids(&server);
+    let parent = server.cgroup_parent();
+    let tag = server.tag().to_string();
+    let depot = server.depot();
+    let state = server.dir().join("state");
+    let run = server.dir().join("run");
+    // All of it is there to begin with.
+    assert_eq!(inits.len(), 3);
+    assert!(!mounts_under(server.dir()).is_empty());
+    assert_eq!(loops_under(&depot).len(), 1);
+    assert!(!cgroups_named(&parent).is_empty());
+    assert!(!server_links(&server, &ids).is_empty());
+    assert!(!trellis_os::linux::network::firewall::server_tables(&tag).is_empty());
+
+    server.kill();
+    let (success, stdout, stderr) = cleanup(&server);
+    assert!(success, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("3 containers (3 inits were running)"),
+        "{stdout}"
+    );
+
+    assert!(inits.iter().all(|pid| !alive(*pid)), "an init survived");
+    assert_eq!(mounts_under(server.dir()), Vec::<PathBuf>::new());
+    assert_eq!(loops_under(&depot), Vec::<String>::new());
+    assert_eq!(loops_under(&state), Vec::<String>::new());
+    assert_eq!(cgroups_named(&parent), Vec::<PathBuf>::new());
+    assert_eq!(server_links(&server, &ids), Vec::<String>::new());
+    assert_eq!(
+        trellis_os::linux::network::firewall::server_tables(&tag),
+        Vec::<String>::new()
+    );
+    let bridge_locks: Vec<String> = entries(Path::new("/run/trellis-network-locks"))
+        .into_iter()
+        .filter(|name| name.starts_with(&format!("trbr{tag}-")))
+        .collect();
+    assert_eq!(bridge_locks, Vec::<String>::new());
+    for dir in [&depot, &state, &run] {
+        assert_eq!(entries(dir), Vec::<String>::new(), "{}", dir.display());
+    }
+
+    // Nothing left to do the second time; and a server starts afresh on the directories.
+    let (success, stdout, stderr) = cleanup(&server);
+    assert!(success, "{stdout}{stderr}");
+    assert!(stdout.contains("0 containers"), "{stdout}");
+    server.restart();
+    assert!(server
+        .client()
+        .containers(&Default::default())
+        .await
+        .expect("list")
+        .is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread")]

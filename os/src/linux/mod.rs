@@ -5,6 +5,7 @@
 //! and `depot` (durable records). `LinuxHost` only routes effects to them.
 
 pub mod cgroup;
+pub mod cleanup;
 pub mod depot;
 pub mod disk;
 pub mod image;
