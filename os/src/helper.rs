@@ -14,6 +14,12 @@ use std::process::ExitCode;
 pub fn run_if_helper(args: &[String]) -> Option<ExitCode> {
     match args.get(1).map(String::as_str) {
         Some(crate::linux::runtime::zygote::SUBCOMMAND) => {
+            // Every container's init descends from the zygote: it takes back the open-file
+            // limit the server started with (see `linux::open_files`).
+            // SAFETY: the zygote has just started; it has no other thread.
+            if let Err(e) = unsafe { crate::linux::open_files::restore_inherited_soft_limit() } {
+                eprintln!("trellis zygote: restoring the open-file limit: {e}");
+            }
             Some(crate::linux::runtime::zygote::zygote_main(args))
         }
         _ => None,

@@ -724,6 +724,10 @@ fn startup_removes_orphan_bridges_and_container_chains() {
         .unwrap()
         .success());
     let again = Fixture::new("c2");
+    // The chain goes before the start returns; the bridge in the background, which settling
+    // waits for.
+    assert!(!cmd("nft", &["list", "chains", "netdev"]).contains("c-0000000000"));
+    again.networker.settle();
     assert!(!cmd("ip", &["-o", "link"]).contains("trbrc2-0ad31f00"));
     assert!(!cmd("nft", &["list", "chains", "netdev"]).contains("c-0000000000"));
     drop(again);

@@ -110,6 +110,10 @@ pub struct ServerArgs {
     /// Refuse to create privileged containers.
     #[arg(long)]
     pub disable_privileged_containers: bool,
+    /// Destroy every container found at start (recorded ones and whatever the host still has
+    /// of others), before serving.
+    #[arg(long)]
+    pub destroy_containers_on_startup: bool,
 }
 
 impl ServerArgs {

@@ -100,6 +100,9 @@ pub fn now() -> Time {
     )
 }
 
+/// How many containers' processes are taken over at once at start.
+const ADOPT_WORKERS: usize = 16;
+
 pub struct Driver {
     core: Core,
     host: Arc<dyn Host>,
@@ -156,37 +159,14 @@ impl Driver {
     /// Takes over the processes the host still keeps for these containers (started by an
     /// earlier server): their output, their exit, attaching to them by id.
     fn adopt_processes(&self, containers: &[String]) {
-        let mut adopted = 0;
-        for container in containers {
-            let states = match self.host.processes(container) {
-                Ok(states) => states,
-                Err(e) => {
-                    warn!(handle = %container, error = %e, "listing the container's processes failed");
-                    continue;
-                }
-            };
-            for state in states {
-                let io = match self.host.attach_process(container, &state.id) {
-                    Ok(io) => io,
-                    Err(e) => {
-                        warn!(handle = %container, process_id = %state.id, error = %e, "re-attaching a process failed");
-                        continue;
-                    }
-                };
-                let exited = {
-                    let core = self.handle.clone();
-                    let handle = container.clone();
-                    let process_id = state.id.clone();
-                    move || core.observe(Observation::ProcessExited { handle, process_id })
-                };
-                match self.processes.register(container, &state.id, io, exited) {
-                    Ok(_) => adopted += 1,
-                    Err(e) => {
-                        warn!(handle = %container, process_id = %state.id, error = %e, "serving a re-attached process failed")
-                    }
-                }
-            }
-        }
+        // Each container's init answers over its own socket: ask several at once, so that a
+        // thousand containers do not make a thousand round trips in a row before serving.
+        let (host, processes, core) = (&*self.host, &self.processes, &self.handle);
+        let adopted: usize = trellis_os::linux::parallel::map(containers, ADOPT_WORKERS, |c| {
+            adopt_processes_of(host, processes, core, c)
+        })
+        .into_iter()
+        .sum();
         if adopted > 0 {
             info!(
                 processes = adopted,
@@ -344,4 +324,43 @@ fn spawn(
                 format!("serving the process's streams: {e}"),
             )
         })
+}
+
+/// Takes over one container's processes; returns how many.
+fn adopt_processes_of(
+    host: &dyn Host,
+    processes: &Arc<ProcessTable>,
+    core: &CoreHandle,
+    container: &str,
+) -> usize {
+    let states = match host.processes(container) {
+        Ok(states) => states,
+        Err(e) => {
+            warn!(handle = %container, error = %e, "listing the container's processes failed");
+            return 0;
+        }
+    };
+    let mut adopted = 0;
+    for state in states {
+        let io = match host.attach_process(container, &state.id) {
+            Ok(io) => io,
+            Err(e) => {
+                warn!(handle = %container, process_id = %state.id, error = %e, "re-attaching a process failed");
+                continue;
+            }
+        };
+        let exited = {
+            let core = core.clone();
+            let handle = container.to_string();
+            let process_id = state.id.clone();
+            move || core.observe(Observation::ProcessExited { handle, process_id })
+        };
+        match processes.register(container, &state.id, io, exited) {
+            Ok(_) => adopted += 1,
+            Err(e) => {
+                warn!(handle = %container, process_id = %state.id, error = %e, "serving a re-attached process failed")
+            }
+        }
+    }
+    adopted
 }

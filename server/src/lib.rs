@@ -7,6 +7,7 @@
 
 pub mod alloc_stats;
 pub mod api;
+pub mod cleanup;
 pub mod config;
 pub mod debug;
 pub mod driver;
@@ -18,6 +19,7 @@ pub mod processes;
 pub mod reply;
 pub mod routes;
 pub mod server;
+pub mod startup;
 pub mod wire;
 
 use std::pin::Pin;

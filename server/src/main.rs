@@ -26,6 +26,9 @@ struct Cli {
 enum Top {
     /// Run the Garden API server.
     Server(Box<ServerArgs>),
+    /// Remove everything a server left on this host (its containers, mounts, cgroups, links,
+    /// firewall tables and files), given the flags it was started with; refused while it runs.
+    Cleanup(Box<ServerArgs>),
     #[command(flatten)]
     Client(trellis_client::cli::Command),
 }
@@ -47,14 +50,32 @@ fn init_logging(level: LogLevel) {
         .init();
 }
 
+/// Raises the server's open-file limit to the hard limit (its containers' processes keep the
+/// one it started with; see `trellis_os::linux::open_files`).
+fn raise_open_files_limit() {
+    // SAFETY: called before the async runtime, or anything else, starts a thread.
+    match unsafe { trellis_os::linux::open_files::raise_soft_limit() } {
+        Ok(limits) => tracing::info!(
+            soft = limits.soft,
+            hard = limits.hard,
+            started_with = limits.started_with,
+            "open files limit (RLIMIT_NOFILE) raised to the hard limit; container processes \
+             keep the one the server started with"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open files limit"),
+    }
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if let Some(code) = trellis_os::helper::run_if_helper(&args) {
         return code;
     }
     let cli = Cli::parse();
-    if matches!(cli.command, Top::Server(_)) {
+    if let Top::Server(args) = &cli.command {
         trellis_server::alloc_stats::return_freed_memory_to_the_system();
+        init_logging(args.log_level);
+        raise_open_files_limit();
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -67,18 +88,17 @@ fn main() -> ExitCode {
         }
     };
     let code = match cli.command {
-        Top::Server(args) => {
-            init_logging(args.log_level);
-            match runtime.block_on(trellis_server::server::run(*args)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    tracing::error!(error = %e, "trellis server failed");
-                    eprintln!("trellis server: {e}");
-                    ExitCode::FAILURE
-                }
+        Top::Server(args) => match runtime.block_on(trellis_server::server::run(*args)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "trellis server failed");
+                eprintln!("trellis server: {e}");
+                ExitCode::FAILURE
             }
-        }
+        },
         Top::Client(command) => runtime.block_on(trellis_client::cli::run(cli.global, command)),
+        // Synchronous: not on the async runtime.
+        Top::Cleanup(args) => trellis_server::cleanup::run(&args),
     };
     // Streams still being served (processes keep running) must not hold the exit up.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));

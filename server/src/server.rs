@@ -35,6 +35,8 @@ pub enum StartError {
     IdMapping(#[from] trellis_os::linux::security::userns::IdMapError),
     #[error("invalid --network-pool: {0}")]
     NetworkPool(#[from] trellis_core::network::PoolForbidden),
+    #[error(transparent)]
+    Locked(#[from] trellis_os::linux::server_lock::LockError),
     #[error("listening on {what}: {source}")]
     Listen {
         what: String,
@@ -61,9 +63,38 @@ fn make_host(args: &ServerArgs) -> Result<Arc<dyn Host>, StartError> {
     }
 }
 
+fn backend_name(backend: Backend) -> &'static str {
+    match backend {
+        Backend::Fake => "fake",
+        Backend::Linux => "linux",
+    }
+}
+
 /// Runs the server until SIGTERM or SIGINT.
 pub async fn run(mut args: ServerArgs) -> Result<(), StartError> {
+    // Held until the process ends: no second server, and no `trellis cleanup`, on these
+    // directories meanwhile.
+    let _directories = match args.backend {
+        Backend::Linux => {
+            let layout = trellis_os::Layout::new(&args.depot, &args.state_dir, &args.run_dir);
+            let lock = trellis_os::linux::server_lock::ServerLock::acquire(&layout)?;
+            // Ours alone now: what a crash left half-written can go.
+            match trellis_os::linux::temp_files::remove_leftovers(&layout) {
+                Ok(0) => {}
+                Ok(removed) => info!(removed, "removed temporary files a crash left"),
+                Err(e) => warn!(error = %e, "removing temporary files a crash left"),
+            }
+            Some(lock)
+        }
+        Backend::Fake => None,
+    };
     let host = make_host(&args)?;
+    if args.destroy_containers_on_startup {
+        crate::startup::destroy_all_containers(&*host).map_err(|source| StartError::Host {
+            backend: backend_name(args.backend),
+            source,
+        })?;
+    }
     if args.external_ip.is_none() && args.backend == Backend::Linux {
         // As gdn: without --external-ip, the address of the interface holding the default route.
         match trellis_os::linux::network::detect_external_ip() {
@@ -86,15 +117,10 @@ pub async fn run(mut args: ServerArgs) -> Result<(), StartError> {
     }
     core_config.validate()?;
     let processes = ProcessTable::new(tokio::runtime::Handle::current(), host.clone());
-    let (driver, core) =
-        Driver::start(core_config, host.clone(), processes.clone()).map_err(|source| {
-            StartError::Host {
-                backend: match args.backend {
-                    Backend::Fake => "fake",
-                    Backend::Linux => "linux",
-                },
-                source,
-            }
+    let (driver, core) = Driver::start(core_config, host.clone(), processes.clone())
+        .map_err(|source| StartError::Host {
+            backend: backend_name(args.backend),
+            source,
         })?;
     tokio::spawn(driver.run());
     let state = Arc::new(State::new(core, host, processes));

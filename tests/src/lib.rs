@@ -54,6 +54,8 @@ pub struct ServerOptions {
     pub extra_args: Vec<String>,
     /// `RUST_LOG` for the server (its log goes to a file in its directory).
     pub log_filter: Option<String>,
+    /// The soft RLIMIT_NOFILE the server process starts with (its hard limit stays the test's).
+    pub soft_nofile: Option<u64>,
 }
 
 pub struct TestServer {
@@ -146,6 +148,7 @@ impl TestServer {
             debug: false,
             extra_args: Vec::new(),
             log_filter: None,
+            soft_nofile: None,
         }
     }
 
@@ -295,6 +298,25 @@ impl TestServer {
         if let Some(filter) = &self.options.log_filter {
             command.env("RUST_LOG", filter);
         }
+        if let Some(soft) = self.options.soft_nofile {
+            // SAFETY: only async-signal-safe calls between fork and exec.
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                    let mut limit = libc::rlimit {
+                        rlim_cur: 0,
+                        rlim_max: 0,
+                    };
+                    if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    limit.rlim_cur = soft.min(limit.rlim_max);
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -329,7 +351,8 @@ impl TestServer {
                     self.logs()
                 );
             }
-            std::thread::sleep(Duration::from_millis(20));
+            // Short, so that benchmarks timing a restart through this see the moment it is up.
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 
@@ -459,6 +482,19 @@ impl TestServer {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "terminate the server first");
         self.spawn();
+    }
+
+    /// As [`TestServer::restart`], with `extra` flags added to the command line (for this and
+    /// every later restart).
+    pub fn restart_with_args(&mut self, extra: &[&str]) {
+        self.args.extend(extra.iter().map(|a| a.to_string()));
+        self.restart();
+    }
+
+    /// The `trellis server` command line's flags (after the `server` subcommand), the same on
+    /// every restart: what an operator tool such as `trellis cleanup` is given.
+    pub fn server_flags(&self) -> &[String] {
+        &self.args[1..]
     }
 }
 

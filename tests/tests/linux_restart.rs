@@ -104,3 +104,113 @@ async fn containers_survive_a_restart_and_dead_inits_are_noticed() {
     );
     client.destroy("rs-kept").await.expect("destroy");
 }
+
+/// Many containers across a crash (SIGKILL, so nothing is shut down): the restarted server
+/// lists every one with its properties, and knows each one's own running process. The host
+/// observes containers many at a time at start; nothing may be mixed up between them. (The
+/// time a restart takes is measured by `trellis-restart-bench`, not here.)
+#[tokio::test(flavor = "multi_thread")]
+async fn fifty_containers_and_their_processes_survive_a_crash() {
+    const COUNT: usize = 50;
+    let mut server = TestServer::linux();
+    let client = server.client();
+    let mut creates = Vec::new();
+    for i in 0..COUNT {
+        let client = client.clone();
+        creates.push(tokio::spawn(async move {
+            let container = client
+                .create(ContainerSpec {
+                    handle: format!("many-{i}"),
+                    properties: [("index".to_string(), i.to_string())].into(),
+                    ..Default::default()
+                })
+                .await
+                .expect("create");
+            let mut spec = linux_support::sh(&format!("echo many-{i}; exec sleep 1000"));
+            spec.id = format!("sleeper-{i}");
+            // The process keeps running after its connection is gone.
+            drop(
+                container
+                    .run(spec, trellis_client::ProcessIo::default())
+                    .await
+                    .expect("run"),
+            );
+        }));
+    }
+    for create in creates {
+        create.await.expect("create task");
+    }
+
+    server.kill();
+    server.restart();
+
+    let mut listed: Vec<String> = client
+        .containers(&Default::default())
+        .await
+        .expect("list")
+        .iter()
+        .map(|c| c.handle().to_string())
+        .collect();
+    listed.sort();
+    let mut expected: Vec<String> = (0..COUNT).map(|i| format!("many-{i}")).collect();
+    expected.sort();
+    assert_eq!(listed, expected);
+    for i in 0..COUNT {
+        let info = client
+            .container(format!("many-{i}"))
+            .info()
+            .await
+            .expect("info");
+        assert_eq!(
+            info.process_ids,
+            Some(vec![format!("sleeper-{i}")]),
+            "many-{i}'s processes"
+        );
+        assert_eq!(
+            info.properties.unwrap_or_default().get("index"),
+            Some(&i.to_string())
+        );
+    }
+    // Each re-attaches to its own process: what it wrote before the crash, which nobody has
+    // read, comes from it (processes are taken over many containers at a time).
+    for i in 0..COUNT {
+        let (writer, mut reader) = tokio::io::duplex(1 << 12);
+        let io = trellis_client::ProcessIo {
+            stdout: Some(Box::new(writer)),
+            ..Default::default()
+        };
+        let attached = client
+            .container(format!("many-{i}"))
+            .attach(&format!("sleeper-{i}"), io)
+            .await
+            .expect("attach after the restart");
+        let expected = format!("many-{i}\n");
+        let mut seen = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut chunk = [0u8; 64];
+            while seen.len() < expected.len() {
+                match tokio::io::AsyncReadExt::read(&mut reader, &mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&chunk[..n]),
+                }
+            }
+        })
+        .await;
+        assert!(read.is_ok(), "many-{i}: nothing came");
+        assert_eq!(String::from_utf8_lossy(&seen), expected);
+        drop(attached);
+    }
+    // The processes are known, not just listed: their ids stay taken.
+    let mut again = linux_support::sh("true");
+    again.id = "sleeper-7".into();
+    match client
+        .container("many-7")
+        .run(again, trellis_client::ProcessIo::default())
+        .await
+    {
+        Err(err) => assert!(err.to_string().contains("already in use"), "{err}"),
+        Ok(_) => panic!("a second process took a running process's id"),
+    }
+    // And the containers work.
+    assert_eq!(ok(&client.container("many-49"), "echo up").await, "up\n");
+}

@@ -9,6 +9,9 @@ use std::io::Write;
 use std::path::PathBuf;
 use trellis_core::record::{self, ContainerRecord};
 
+/// How many records `load_all` reads at once.
+const LOAD_WORKERS: usize = 8;
+
 pub struct Depot {
     dir: PathBuf,
 }
@@ -83,24 +86,24 @@ impl Depot {
     /// Every readable record. A record that cannot be read is skipped and reported: its
     /// container is then found as a leftover and cleaned up. Hidden names are the depot's own
     /// (temporary files); no handle is hidden, so no container's record is skipped for its name.
+    /// Records are read a few at once (a start may have thousands, and reading one is mostly
+    /// syscalls and parsing).
     pub fn load_all(&self) -> HostResult<Vec<ContainerRecord>> {
         let entries = fs::read_dir(&self.dir)
             .map_err(|e| HostError::io(format!("reading {}", self.dir.display()), e))?;
-        let mut records = Vec::new();
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().to_string();
-            if !record::is_record_file_name(&name) {
-                continue;
-            }
-            match fs::read(entry.path())
-                .ok()
-                .and_then(|b| record::decode(&b).ok())
-            {
+        let paths: Vec<PathBuf> = entries
+            .flatten()
+            .filter(|entry| record::is_record_file_name(&entry.file_name().to_string_lossy()))
+            .map(|entry| entry.path())
+            .collect();
+        let loaded = super::parallel::map(&paths, LOAD_WORKERS, |path| {
+            fs::read(path).ok().and_then(|b| record::decode(&b).ok())
+        });
+        let mut records = Vec::with_capacity(paths.len());
+        for (path, record) in paths.iter().zip(loaded) {
+            match record {
                 Some(record) => records.push(record),
-                None => eprintln!(
-                    "trellis: ignoring unreadable record {}",
-                    entry.path().display()
-                ),
+                None => eprintln!("trellis: ignoring unreadable record {}", path.display()),
             }
         }
         records.sort_by(|a, b| a.handle.cmp(&b.handle));

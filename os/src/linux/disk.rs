@@ -468,11 +468,22 @@ fn unmount_all(dir: &Path) -> HostResult<()> {
 
 /// Detaches loop devices still backed by `image` (autoclear normally did it already).
 fn detach_loops_of(image: &Path) -> HostResult<()> {
+    detach_loops_where(|backing| backing == image).map(drop)
+}
+
+/// Detaches every loop device backed by a file under one of `dirs` (given as the kernel names
+/// them: absolute, symlinks resolved), deleted files included; returns how many. For `trellis
+/// cleanup`, which must find the scratch images of containers it knows nothing else about.
+pub fn detach_loops_under(dirs: &[PathBuf]) -> HostResult<usize> {
+    detach_loops_where(|backing| dirs.iter().any(|dir| backing.starts_with(dir)))
+}
+
+fn detach_loops_where(wanted: impl Fn(&Path) -> bool) -> HostResult<usize> {
     let entries = match std::fs::read_dir("/sys/block") {
         Ok(entries) => entries,
-        Err(_) => return Ok(()),
+        Err(_) => return Ok(0),
     };
-    let wanted = image.as_os_str().to_string_lossy().into_owned();
+    let mut detached = 0;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if !name.starts_with("loop") {
@@ -483,11 +494,12 @@ fn detach_loops_of(image: &Path) -> HostResult<()> {
         };
         let backing = backing.trim_end();
         let backing = backing.strip_suffix(" (deleted)").unwrap_or(backing);
-        if backing == wanted {
+        if wanted(Path::new(backing)) {
             loopdev::detach(&Path::new("/dev").join(&name))?;
+            detached += 1;
         }
     }
-    Ok(())
+    Ok(detached)
 }
 
 /// Bytes (allocated blocks) and inodes under `dir`, hard links counted once, without

@@ -5,15 +5,20 @@
 //! and `depot` (durable records). `LinuxHost` only routes effects to them.
 
 pub mod cgroup;
+pub mod cleanup;
 pub mod depot;
 pub mod disk;
 pub mod image;
 pub mod mount_api;
 pub mod network;
+pub mod open_files;
+pub mod parallel;
 pub mod registry;
 pub mod rootfs;
 pub mod runtime;
 pub mod security;
+pub mod server_lock;
+pub mod temp_files;
 
 use crate::host::*;
 use crate::layout::Layout;
@@ -49,16 +54,65 @@ pub struct LinuxHost {
     pub runtime: runtime::Runtime,
 }
 
+/// How many containers `observe` looks at at once. Observing one is mostly waiting: for its
+/// init to be scheduled and answer over its socket (the first time after the init started,
+/// also for it to fault in the code that answers). So many more than the CPUs keep them busy.
+const OBSERVE_WORKERS: usize = 32;
+
 impl LinuxHost {
     pub fn new(config: LinuxConfig) -> HostResult<LinuxHost> {
         let layout = config.layout.clone();
+        // The quick checks first: a host that cannot run containers is refused before the
+        // networker changes anything.
+        let depot = depot::Depot::new(layout.records_dir())?;
+        let rootfs = rootfs::RootfsManager::new(&config)?;
+        let cgroups = cgroup::Cgroups::new(&config)?;
+        // The networker (nft, netlink dumps of every link) and the runtime (a sealed copy of
+        // the binary) take most of a start's setup, and neither needs the other: set them up
+        // side by side.
+        let (network, runtime) = std::thread::scope(|scope| {
+            let network = std::thread::Builder::new()
+                .name("networker-setup".into())
+                .spawn_scoped(scope, || network::Networker::new(&config));
+            let runtime = runtime::Runtime::new(&config);
+            let network = match network {
+                Ok(thread) => thread
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                // No thread to spare: do it here.
+                Err(_) => network::Networker::new(&config),
+            };
+            (network, runtime)
+        });
         Ok(LinuxHost {
-            depot: depot::Depot::new(layout.records_dir())?,
-            rootfs: rootfs::RootfsManager::new(&config)?,
-            cgroups: cgroup::Cgroups::new(&config)?,
-            network: network::Networker::new(&config)?,
-            runtime: runtime::Runtime::new(&config)?,
+            depot,
+            rootfs,
+            cgroups,
+            network: network?,
+            runtime: runtime?,
             layout,
+        })
+    }
+
+    /// What the host has of one container.
+    fn observe_container(&self, handle: &str) -> HostResult<ObservedContainer> {
+        let (network, ports) = match self.network.observe(handle)? {
+            Some((assignment, ports)) => (Some(assignment), ports),
+            None => (None, Vec::new()),
+        };
+        let init = self.runtime.init_running(handle);
+        Ok(ObservedContainer {
+            rootfs: self.rootfs.exists(handle),
+            cgroup: self.cgroups.exists(handle),
+            network,
+            ports,
+            init,
+            // A container without a running init has no processes to ask it for.
+            processes: if init {
+                self.runtime.processes(handle)
+            } else {
+                Vec::new()
+            },
         })
     }
 }
@@ -209,23 +263,13 @@ impl Host for LinuxHost {
         handles.extend(self.cgroups.handles()?);
         handles.extend(self.network.handles()?);
         handles.extend(self.runtime.handles()?);
+        let handles: Vec<String> = handles.into_iter().collect();
+        let observed = parallel::map(&handles, OBSERVE_WORKERS, |handle| {
+            self.observe_container(handle)
+        });
         let mut host = ObservedHost::default();
-        for handle in handles {
-            let (network, ports) = match self.network.observe(&handle)? {
-                Some((assignment, ports)) => (Some(assignment), ports),
-                None => (None, Vec::new()),
-            };
-            host.containers.insert(
-                handle.clone(),
-                ObservedContainer {
-                    rootfs: self.rootfs.exists(&handle),
-                    cgroup: self.cgroups.exists(&handle),
-                    network,
-                    ports,
-                    init: self.runtime.init_running(&handle),
-                    processes: self.runtime.processes(&handle),
-                },
-            );
+        for (handle, container) in handles.into_iter().zip(observed) {
+            host.containers.insert(handle, container?);
         }
         Ok(host)
     }

@@ -103,7 +103,7 @@ impl RootfsManager {
     /// Attaches every layer id-mapped under the container's directory; returns where.
     fn attach_idmapped_lowers(&self, handle: &str, lowers: &[PathBuf]) -> HostResult<Vec<PathBuf>> {
         let dir = self.layout.idmapped_lowers_dir(handle);
-        self.detach_idmapped_lowers(handle)?;
+        detach_idmapped_lowers(&self.layout, handle)?;
         let mut attached = Vec::with_capacity(lowers.len());
         for (i, lower) in lowers.iter().enumerate() {
             let at = dir.join(i.to_string());
@@ -117,30 +117,6 @@ impl RootfsManager {
             attached.push(at);
         }
         Ok(attached)
-    }
-
-    /// Detaches and removes the id-mapped layer attachments (left by a crash mid-prepare, too).
-    fn detach_idmapped_lowers(&self, handle: &str) -> HostResult<()> {
-        let dir = self.layout.idmapped_lowers_dir(handle);
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(HostError::io(format!("reading {}", dir.display()), e)),
-        };
-        for entry in entries.flatten() {
-            let path = entry.path();
-            mount_api::detach_all(&path)
-                .map_err(|e| HostError::io(format!("detaching {}", path.display()), e))?;
-        }
-        std::fs::remove_dir_all(&dir)
-            .or_else(|e| {
-                if e.kind() == io::ErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })
-            .map_err(|e| HostError::io(format!("removing {}", dir.display()), e))
     }
 
     pub fn prepare(
@@ -199,7 +175,7 @@ impl RootfsManager {
         )
         .map_err(|e| HostError::io(format!("mounting the overlay of {handle}"), e.into()));
         if !privileged {
-            self.detach_idmapped_lowers(handle)?;
+            detach_idmapped_lowers(&self.layout, handle)?;
         }
         mounted?;
         Ok(Rootfs {
@@ -235,29 +211,7 @@ impl RootfsManager {
 
     /// Unmounts the overlay and removes the container's directory (upper dir included).
     pub fn remove(&self, handle: &str) -> HostResult<()> {
-        let rootfs = self.layout.rootfs_dir(handle);
-        for _ in 0..16 {
-            match umount2(&rootfs, MntFlags::MNT_DETACH) {
-                Ok(()) => continue,
-                Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => break,
-                Err(e) => {
-                    return Err(HostError::io(
-                        format!("unmounting {}", rootfs.display()),
-                        e.into(),
-                    ))
-                }
-            }
-        }
-        self.detach_idmapped_lowers(handle)?;
-        // The scratch filesystem (if the container had a disk limit) goes before its mount
-        // point does.
-        self.disk.release_scratch(handle)?;
-        let dir = self.layout.container_dir(handle);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(HostError::io(format!("removing {}", dir.display()), e)),
-        }
+        remove_container_files(&self.layout, &self.disk, handle)
     }
 
     pub fn exists(&self, handle: &str) -> bool {
@@ -286,6 +240,59 @@ impl RootfsManager {
     pub fn capacity(&self) -> HostResult<HostCapacity> {
         self.disk.capacity()
     }
+}
+
+/// Unmounts the container's overlay (and its id-mapped layers and scratch filesystem) and
+/// removes its directory. What [`RootfsManager::remove`] does, without a manager: `trellis
+/// cleanup` removes what a server left without needing what creating containers needs.
+pub fn remove_container_files(layout: &Layout, disk: &DiskQuotas, handle: &str) -> HostResult<()> {
+    let rootfs = layout.rootfs_dir(handle);
+    for _ in 0..16 {
+        match umount2(&rootfs, MntFlags::MNT_DETACH) {
+            Ok(()) => continue,
+            Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => break,
+            Err(e) => {
+                return Err(HostError::io(
+                    format!("unmounting {}", rootfs.display()),
+                    e.into(),
+                ))
+            }
+        }
+    }
+    detach_idmapped_lowers(layout, handle)?;
+    // The scratch filesystem (if the container had a disk limit) goes before its mount
+    // point does.
+    disk.release_scratch(handle)?;
+    let dir = layout.container_dir(handle);
+    match std::fs::remove_dir_all(&dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(HostError::io(format!("removing {}", dir.display()), e)),
+    }
+}
+
+/// Detaches and removes the id-mapped layer attachments (left by a crash mid-prepare, too).
+fn detach_idmapped_lowers(layout: &Layout, handle: &str) -> HostResult<()> {
+    let dir = layout.idmapped_lowers_dir(handle);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(HostError::io(format!("reading {}", dir.display()), e)),
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        mount_api::detach_all(&path)
+            .map_err(|e| HostError::io(format!("detaching {}", path.display()), e))?;
+    }
+    std::fs::remove_dir_all(&dir)
+        .or_else(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })
+        .map_err(|e| HostError::io(format!("removing {}", dir.display()), e))
 }
 
 fn copy_owner_and_mode(from: &Path, to: &Path) -> HostResult<()> {

@@ -111,6 +111,9 @@ pub(crate) struct Settings {
     pub shares: u64,
 }
 
+/// How many containers' OOM watches a start registers at once.
+const OOM_WATCH_WORKERS: usize = 8;
+
 pub struct Cgroups {
     backend: Box<dyn Backend>,
     oom: Arc<OomWatcher>,
@@ -287,12 +290,13 @@ impl Cgroups {
     }
 
     /// Reports `Observation::OutOfMemory` for every OOM kill in a container's cgroup, from a
-    /// thread of its own. Containers that already exist are watched from now on.
+    /// thread of its own. Containers that already exist are watched from now on (a few at
+    /// once: each registration is a handful of syscalls, and a start may find thousands).
     pub fn watch_oom(&self, sink: ObservationSink) {
         if let Ok(handles) = self.backend.handles() {
-            for handle in handles {
-                self.oom.watch(&handle, self.backend.oom_source(&handle));
-            }
+            super::parallel::map(&handles, OOM_WATCH_WORKERS, |handle| {
+                self.oom.watch(handle, self.backend.oom_source(handle))
+            });
         }
         OomWatcher::start(&self.oom, sink);
     }

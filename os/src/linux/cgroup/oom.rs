@@ -88,14 +88,19 @@ impl OomWatcher {
     }
 
     /// Starts listening for `handle`'s OOM kills. Idempotent; failures only cost the events.
+    /// Opening happens outside the lock, so that a start registers many containers at once.
     pub fn watch(&self, handle: &str, source: Source) {
-        let mut watches = self.lock();
-        if watches.by_handle.contains_key(handle) {
+        if self.lock().by_handle.contains_key(handle) {
             return;
         }
         let Ok(Some(watch)) = open(handle, source) else {
             return;
         };
+        let mut watches = self.lock();
+        // Another thread watched it meanwhile: this registration goes with its eventfd.
+        if watches.by_handle.contains_key(handle) {
+            return;
+        }
         let token = watches.next_token;
         let flags = match watch {
             Watch::V1 { .. } => EpollFlags::EPOLLIN,

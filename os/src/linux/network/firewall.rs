@@ -78,30 +78,42 @@ impl NftRunner for NftCommand {
 }
 
 /// Deletes every nftables table of the server tagged `tag`: `ip trellis<tag>` and its egress
-/// tables. For tests and benchmarks cleaning up after a server whose containers are gone (a
-/// server leaves its tables in place when it stops, for the containers that keep running).
+/// tables. For tests, benchmarks and `trellis cleanup`, after a server whose containers are
+/// gone (a server leaves its tables in place when it stops, for the containers that keep
+/// running). [`server_tables`] tells what is left.
 pub fn delete_server_tables(tag: &str) {
+    let mut script = String::new();
+    for table in server_tables(tag) {
+        let _ = writeln!(script, "delete table {table}");
+    }
+    if !script.is_empty() {
+        let _ = NftCommand.run(&script);
+    }
+}
+
+/// The nftables tables of the server tagged `tag`, as `<family> <name>`: `ip trellis<tag>` and
+/// `netdev trellis<tag>-egress-*` (the `-` keeps tags apart: `trellisa-` is not `trellisab-`).
+pub fn server_tables(tag: &str) -> Vec<String> {
     let prefix = super::naming::firewall_table_prefix(tag);
     let listing = std::process::Command::new("nft")
         .args(["list", "tables"])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    let mut script = String::new();
-    for line in listing.lines() {
-        match line.split_whitespace().collect::<Vec<_>>()[..] {
-            ["table", "ip", name] if name == format!("trellis{tag}") => {
-                let _ = writeln!(script, "delete table ip {name}");
-            }
-            ["table", "netdev", name] if name.starts_with(&prefix) => {
-                let _ = writeln!(script, "delete table netdev {name}");
-            }
-            _ => {}
-        }
-    }
-    if !script.is_empty() {
-        let _ = NftCommand.run(&script);
-    }
+    listing
+        .lines()
+        .filter_map(
+            |line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+                ["table", "ip", name] if name == format!("trellis{tag}") => {
+                    Some(format!("ip {name}"))
+                }
+                ["table", "netdev", name] if name.starts_with(&prefix) => {
+                    Some(format!("netdev {name}"))
+                }
+                _ => None,
+            },
+        )
+        .collect()
 }
 
 /// Operator settings for the firewall.

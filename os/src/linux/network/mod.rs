@@ -211,23 +211,46 @@ impl Networker {
                     .is_some_and(|id| live_ids.contains(id))
             },
         )?;
-        let networker = Networker {
+        // Bridges a crash left empty are removed in the background: listing every link of
+        // the host takes about 0.1 s when thousands exist (this server's and others'), and
+        // nothing before serving needs them gone (a create on the subnet takes the bridge's
+        // lock and uses the bridge, or waits until it is gone).
+        let orphans = removal.clone();
+        let remove_orphans = move || {
+            if let Err(e) = orphans.remove_orphan_bridges() {
+                eprintln!("removing bridges left without containers: {e}");
+            }
+        };
+        let mut pending_cleanups = Vec::new();
+        match std::thread::Builder::new()
+            .name("orphan-bridges".into())
+            .spawn(remove_orphans.clone())
+        {
+            Ok(thread) => pending_cleanups.push(thread),
+            Err(_) => remove_orphans(),
+        }
+        Ok(Networker {
             layout,
             settings,
             id_mapping: config.security.id_mapping.clone(),
             no_new_privileges: config.security.no_new_privileges,
             removal,
-            pending_cleanups: Default::default(),
+            pending_cleanups: std::sync::Mutex::new(pending_cleanups),
             expedite_cleanups: Default::default(),
             announcers: Default::default(),
-        };
-        networker.remove_orphan_bridges()?;
-        Ok(networker)
+        })
     }
 
-    /// Bridges of ours with no container attached (left by a crash or an older server).
+    fn bridge_of(&self, subnet: ipnetwork::Ipv4Network) -> String {
+        naming::bridge_name(&self.removal.bridge_prefix, subnet)
+    }
+}
+
+impl Removal {
+    /// Removes bridges of ours with no container attached (left by a crash or an older
+    /// server).
     fn remove_orphan_bridges(&self) -> HostResult<()> {
-        let prefix = &self.removal.bridge_prefix;
+        let prefix = &self.bridge_prefix;
         let bridges: Vec<String> = netlink::with_netlink(None, |nl| {
             let links = nl.links()?;
             Ok(links
@@ -238,18 +261,12 @@ impl Networker {
                 .collect())
         })?;
         for bridge in bridges {
-            let _lock = self.removal.lock_bridge(&bridge)?;
+            let _lock = self.lock_bridge(&bridge)?;
             netlink::with_netlink(None, |nl| delete_bridge_if_unused(nl, &bridge))?;
         }
         Ok(())
     }
 
-    fn bridge_of(&self, subnet: ipnetwork::Ipv4Network) -> String {
-        naming::bridge_name(&self.removal.bridge_prefix, subnet)
-    }
-}
-
-impl Removal {
     /// Serialises creating and deleting a subnet's bridge across threads and processes.
     fn lock_bridge(&self, bridge: &str) -> HostResult<Flock<std::fs::File>> {
         lock_file(&self.locks_dir.join(bridge))
@@ -645,7 +662,8 @@ impl Networker {
         pending.push(cleanup);
     }
 
-    /// Waits until every link and bridge removal started by a teardown is done.
+    /// Waits until every link and bridge removal started by a teardown, and the start's
+    /// removal of bridges left empty, is done.
     pub fn settle(&self) {
         self.expedite_cleanups
             .store(true, std::sync::atomic::Ordering::Relaxed);
