@@ -155,15 +155,37 @@ pub fn new_namespaces(mapping: &IdMapping, with_network: bool) -> io::Result<Nam
     const STACK_SIZE: usize = 64 * 1024;
     // The child runs on this stack in our memory; it is dropped only after the child is reaped.
     let mut stack = vec![0u8; STACK_SIZE];
-    // Blocks every blockable signal (so no handler of ours ever runs on the child's stack),
-    // then sleeps until killed. Only raw syscalls: errno lives in the parent thread's TLS.
-    extern "C" fn hold(mask: *mut libc::c_void) -> libc::c_int {
-        // SAFETY: `mask` points at a sigset_t the parent keeps alive until the child is reaped.
+    /// What the child is given: the signals to block and who its parent must be.
+    #[repr(C)]
+    struct Hold {
+        mask: libc::sigset_t,
+        parent: libc::pid_t,
+    }
+    // Dies with its parent, blocks every blockable signal (so no handler of ours ever runs on
+    // the child's stack), then sleeps until killed. Only raw syscalls: errno lives in the
+    // parent thread's TLS.
+    extern "C" fn hold(arg: *mut libc::c_void) -> libc::c_int {
+        // SAFETY: `arg` points at a `Hold` the parent keeps alive until the child is reaped.
         unsafe {
+            let hold = &*(arg as *const Hold);
+            // A holder outliving a killed server would keep a copy of every descriptor the
+            // server had (its directory locks included) and pause forever.
+            libc::syscall(
+                libc::SYS_prctl,
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL,
+                0,
+                0,
+                0,
+            );
+            if libc::syscall(libc::SYS_getppid) != libc::c_long::from(hold.parent) {
+                // The parent died before the line above took effect.
+                libc::syscall(libc::SYS_exit, 0);
+            }
             libc::syscall(
                 libc::SYS_rt_sigprocmask,
                 libc::SIG_SETMASK,
-                mask as *const libc::sigset_t,
+                &hold.mask as *const libc::sigset_t,
                 std::ptr::null_mut::<libc::sigset_t>(),
                 8usize,
             );
@@ -172,9 +194,13 @@ pub fn new_namespaces(mapping: &IdMapping, with_network: bool) -> io::Result<Nam
             }
         }
     }
+    let mut arg = Hold {
+        // SAFETY: an all-zero sigset_t is a valid (empty) set; sigfillset fills it below.
+        mask: unsafe { std::mem::zeroed() },
+        parent: std::process::id() as libc::pid_t,
+    };
     // SAFETY: sigfillset initialises the set we own.
-    let mut mask: libc::sigset_t = unsafe { std::mem::zeroed() };
-    unsafe { libc::sigfillset(&mut mask) };
+    unsafe { libc::sigfillset(&mut arg.mask) };
     let mut flags = libc::CLONE_VM | libc::CLONE_NEWUSER | libc::SIGCHLD;
     if with_network {
         flags |= libc::CLONE_NEWNET;
@@ -182,7 +208,7 @@ pub fn new_namespaces(mapping: &IdMapping, with_network: bool) -> io::Result<Nam
     // The stack grows down from its (16-byte aligned) top.
     let top = ((stack.as_mut_ptr() as usize + STACK_SIZE) & !15) as *mut libc::c_void;
     // SAFETY: the child only runs `hold` on its own stack, touching nothing else of ours.
-    let pid = unsafe { libc::clone(hold, top, flags, &mut mask as *mut _ as *mut libc::c_void) };
+    let pid = unsafe { libc::clone(hold, top, flags, &mut arg as *mut _ as *mut libc::c_void) };
     if pid < 0 {
         return Err(io::Error::last_os_error());
     }
