@@ -117,10 +117,12 @@ pub async fn run(mut args: ServerArgs) -> Result<(), StartError> {
     }
     core_config.validate()?;
     let processes = ProcessTable::new(tokio::runtime::Handle::current(), host.clone());
-    let (driver, core) = Driver::start(core_config, host.clone(), processes.clone())
-        .map_err(|source| StartError::Host {
-            backend: backend_name(args.backend),
-            source,
+    let (driver, core) =
+        Driver::start(core_config, host.clone(), processes.clone()).map_err(|source| {
+            StartError::Host {
+                backend: backend_name(args.backend),
+                source,
+            }
         })?;
     tokio::spawn(driver.run());
     let state = Arc::new(State::new(core, host, processes));

@@ -117,21 +117,35 @@ fn lock(path: &Path) -> Result<Flock<File>, LockError> {
         .write(true)
         .open(path)
         .map_err(io)?;
-    let mut file = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-        Ok(locked) => locked,
-        Err((mut file, nix::errno::Errno::EWOULDBLOCK)) => {
-            let mut holder = String::new();
-            let _ = file.read_to_string(&mut holder);
-            let holder = match holder.trim() {
-                "" => "pid unknown".to_string(),
-                pid => format!("pid {pid}"),
-            };
-            return Err(LockError::Held {
-                path: path.to_path_buf(),
-                holder,
-            });
+    let started = std::time::Instant::now();
+    let mut file = file;
+    let mut file = loop {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(locked) => break locked,
+            Err((mut unlocked, nix::errno::Errno::EWOULDBLOCK)) => {
+                let mut holder = String::new();
+                let _ = unlocked.rewind();
+                let _ = unlocked.read_to_string(&mut holder);
+                let pid = holder.trim().parse::<i32>().ok();
+                // A server killed a moment ago is gone, but a child it was making (which
+                // shares its descriptors until it runs again and dies with it) may still hold
+                // the lock for a few milliseconds: wait for that, never for a live server.
+                if pid.is_some_and(|pid| !is_alive(pid)) && started.elapsed() < DYING_HOLDER_WAIT {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                    file = unlocked;
+                    continue;
+                }
+                let holder = match pid {
+                    None => "pid unknown".to_string(),
+                    Some(pid) => format!("pid {pid}"),
+                };
+                return Err(LockError::Held {
+                    path: path.to_path_buf(),
+                    holder,
+                });
+            }
+            Err((_, errno)) => return Err(io(errno.into())),
         }
-        Err((_, errno)) => return Err(io(errno.into())),
     };
     let record_pid = |file: &mut File| -> std::io::Result<()> {
         file.set_len(0)?;
@@ -140,6 +154,20 @@ fn lock(path: &Path) -> Result<Flock<File>, LockError> {
     };
     record_pid(&mut file).map_err(io)?;
     Ok(file)
+}
+
+/// How long a lock whose recorded holder is dead may take to be let go.
+const DYING_HOLDER_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Whether `pid` runs (a zombie does not: it holds no descriptor).
+fn is_alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            stat.rsplit_once(')')
+                .map(|(_, rest)| rest.trim_start().to_string())
+        })
+        .is_some_and(|state| !state.starts_with(['Z', 'X']))
 }
 
 fn same_file(a: &Path, b: &Path) -> bool {
@@ -185,6 +213,27 @@ mod tests {
         again.release_and_remove().unwrap();
         assert!(!dir.path().join("state").join(LOCK_FILE).exists());
         assert!(!dir.path().join("run").join(LOCK_FILE).exists());
+    }
+
+    #[test]
+    fn a_lock_whose_recorded_holder_is_dead_is_awaited_not_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = ServerLock::acquire(&layout(dir.path())).unwrap();
+        // As if the server that took it had died, leaving a dying child holding the lock: the
+        // recorded pid is one that no longer runs.
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        for path in first.paths() {
+            std::fs::write(path, format!("{dead}\n")).unwrap();
+        }
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(first);
+        });
+        let second = ServerLock::acquire(&layout(dir.path()));
+        release.join().unwrap();
+        assert!(second.is_ok(), "{second:?}");
     }
 
     #[test]
