@@ -1034,10 +1034,14 @@ fn follow(
         let handle = proc.handle.clone();
         let destroying = model.live.get(&handle).is_none_or(|e| e.destroying);
         let proc = model.processes.get_mut(&id).expect("looked up above");
-        if destroying {
+        let cut_by_the_kill = killed && !matches!(status, Ok(Ok(_)));
+        if destroying && !cut_by_the_kill {
             // Its container is going: how its stream ends is not a promise.
+            model.settle_process_ended(&id);
             return;
         }
+        // A destroy the kill cut short may not have happened: the container and this process
+        // may be back after the restart, so what was delivered counts.
         let merged = merge(&proc.expected, &proc.received, &segment);
         let outcome = match merged {
             Ok(received) => {
