@@ -116,4 +116,7 @@ pub struct InjectedBugs {
     pub double_alloc: bool,
     /// Grace timers never fire.
     pub skip_expiry: bool,
+    /// A restart forgets the processes the host still runs.
+    #[serde(default)]
+    pub forget_processes: bool,
 }

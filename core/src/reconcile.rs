@@ -1,7 +1,10 @@
 //! Restart: rebuild the core from its records, then reconcile with what the host really has.
 //!
 //! - A recorded container whose pieces are all present keeps running; its grace timer starts a
-//!   fresh countdown.
+//!   fresh countdown. Its processes outlived the server: the core takes their ids from what the
+//!   host found running (their ids stay taken until each one's exit is observed); a process that
+//!   ended while the server was down is not among them, so its id is free again. No lease and no
+//!   request holds a container after a restart.
 //! - A recorded container with a piece missing cannot work: it is torn down (every teardown
 //!   effect tolerates absent pieces) and its address is released.
 //! - Anything on the host that no record explains (a create cut short by the crash, a destroy
@@ -10,7 +13,7 @@
 //!   their teardown is done; an address a half-created container held is free again after.
 
 use crate::container::{Container, Durability, Phase, TeardownStep};
-use crate::effect::ObservedHost;
+use crate::effect::{ObservedContainer, ObservedHost};
 use crate::machine::Core;
 use crate::record::{ContainerRecord, RecordState};
 use crate::{Config, Time};
@@ -111,10 +114,13 @@ impl Core {
                         .push(mapping.host_port);
                 }
             }
+            // The processes outlived the server: their ids stay taken until their exits are
+            // observed, also in a container about to be torn down (its kill reports them).
+            let processes = self.bugs_aside(observed_processes(&observed));
             let c = self.containers.get_mut(&handle).expect("listed above");
+            c.processes = processes;
             // A clashing record was loaded without its network.
             if c.network.is_some() && observed.complete() {
-                c.processes = observed.processes.iter().cloned().collect();
                 c.arm(now);
             } else {
                 self.begin_teardown(&handle, TeardownStep::ALL, None, None);
@@ -126,6 +132,7 @@ impl Core {
             }
             self.next_incarnation += 1;
             let mut container = leftover(handle.clone(), self.next_incarnation, now);
+            container.processes = self.bugs_aside(observed_processes(&observed));
             // What the leftover holds on the host stays taken until its teardown is done.
             if let Some(assignment) = observed.network {
                 if self.network.claim(assignment).is_ok() {
@@ -139,6 +146,26 @@ impl Core {
             }
             self.containers.insert(handle.clone(), container);
             self.begin_teardown(&handle, TeardownStep::ALL, None, None);
+        }
+    }
+}
+
+/// The processes a container's init still runs (none run without it: they die with it).
+fn observed_processes(observed: &ObservedContainer) -> BTreeSet<String> {
+    if observed.init {
+        observed.processes.iter().cloned().collect()
+    } else {
+        BTreeSet::new()
+    }
+}
+
+impl Core {
+    /// `--inject-bug forget-processes`: a restart forgets the processes it found.
+    fn bugs_aside(&self, processes: BTreeSet<String>) -> BTreeSet<String> {
+        if self.config.bugs.forget_processes {
+            BTreeSet::new()
+        } else {
+            processes
         }
     }
 }
