@@ -570,11 +570,21 @@ impl Networker {
         }
         check_host_port_free(mapping.host_port)?;
         let names = LinkNames::for_id(&self.removal.tag, &state.id);
-        self.removal
-            .firewall
-            .map_port(&Self::rules(&state, &names), mapping)?;
+        // Recorded before it is made: a crash in between leaves a mapping the state names (the
+        // next start holds its port, and teardown removes it, present or not) rather than a
+        // forwarding rule nothing accounts for, whose port would be handed out again.
+        let before = state.clone();
         state.port_mappings.push(*mapping);
-        self.removal.states.save(&state)
+        self.removal.states.save(&state)?;
+        if let Err(e) = self
+            .removal
+            .firewall
+            .map_port(&Self::rules(&before, &names), mapping)
+        {
+            self.removal.states.save(&before)?;
+            return Err(e);
+        }
+        Ok(())
     }
 
     pub fn add_netout_rules(
