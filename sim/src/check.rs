@@ -11,11 +11,14 @@ use trellis_core::api::ContainerSpec;
 use trellis_core::limits::{self, EnvOwner, LimitExceeded};
 use trellis_core::network::{NetworkAssignment, NetworkError};
 use trellis_core::properties::{self, Properties};
-use trellis_core::{Command, Config, Core, CoreView, Error, Reply, Time};
+use trellis_core::{Command, Config, Core, CoreView, Error, LeaseId, Reply, Time};
 
 #[derive(Debug, Default)]
 pub struct Model {
     pub containers: BTreeMap<String, ModelContainer>,
+    /// Processes clients were told started, by the host's serial: (handle, process id). Kept
+    /// until the host has recorded their exit.
+    pub processes: BTreeMap<u64, (String, String)>,
     last_id: u64,
 }
 
@@ -702,6 +705,100 @@ pub fn after_restart(model: &mut Model, core: &Core, now: Time) -> Result<(), St
     Ok(())
 }
 
+/// The core lists exactly the processes the host runs in each container (once reconciled),
+/// but for those in motion: a spawn on its way to the host or back, an exit on its way to the
+/// core. A running process the core does not list would have its id handed out twice; one it
+/// lists that neither runs nor moves holds its id (and Info shows it) forever.
+pub fn processes(
+    view: &CoreView,
+    os: &FakeOs,
+    in_motion: &BTreeSet<(&str, &str)>,
+) -> Result<(), String> {
+    for c in &view.containers {
+        let running = os.containers.get(&c.handle).map(|h| &h.processes);
+        if let Some(p) = running
+            .into_iter()
+            .flat_map(|r| r.keys())
+            .find(|p| !c.processes.contains(p))
+        {
+            return Err(format!(
+                "the host runs process {p} in {} but the core does not list it (it lists {:?})",
+                c.handle, c.processes
+            ));
+        }
+        if let Some(p) = c.processes.iter().find(|p| {
+            !running.is_some_and(|r| r.contains_key(*p))
+                && !in_motion.contains(&(c.handle.as_str(), p.as_str()))
+        }) {
+            return Err(format!(
+                "the core lists process {p} in {}, which does not run, is not starting and has \
+                 no exit on its way",
+                c.handle
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Every process clients were told started either runs on the host or has its exit recorded:
+/// none vanishes (across crashes too). Those with an exit recorded are accounted for and
+/// dropped from the model.
+pub fn processes_accounted(model: &mut Model, os: &FakeOs) -> Result<(), String> {
+    let mut ended = Vec::new();
+    for (serial, (handle, process_id)) in &model.processes {
+        if os.running(handle, process_id) == Some(*serial) {
+            continue;
+        }
+        if !os.exits.contains(serial) {
+            return Err(format!(
+                "process {process_id} of {handle} (serial {serial}) was started and acknowledged \
+                 but neither runs nor has an exit recorded"
+            ));
+        }
+        ended.push(*serial);
+    }
+    for serial in ended {
+        model.processes.remove(&serial);
+    }
+    Ok(())
+}
+
+/// A lease not being released: the lease, its container, and the process it is held for (by id
+/// and serial), if any.
+pub type OpenLease<'a> = (LeaseId, &'a str, Option<(&'a str, u64)>);
+
+/// The core holds exactly the leases clients hold, and no process connection's lease outlives
+/// its process: once the exit reached the core the connection ends (`open` are the leases not
+/// being released: lease, handle, and the process by id and serial).
+pub fn leases(
+    view: &CoreView,
+    held: usize,
+    open: &[OpenLease<'_>],
+    os: &FakeOs,
+    in_motion: &BTreeSet<(&str, &str)>,
+) -> Result<(), String> {
+    if view.leases != held {
+        return Err(format!(
+            "the core holds {} leases but clients hold {held}",
+            view.leases
+        ));
+    }
+    for (lease, handle, process) in open {
+        let Some((process_id, serial)) = process else {
+            continue;
+        };
+        let runs = os.running(handle, process_id) == Some(*serial);
+        let exit_on_its_way = in_motion.contains(&(*handle, *process_id));
+        if !runs && !exit_on_its_way {
+            return Err(format!(
+                "{lease:?} on {handle} is held for process {process_id}, whose exit the core has \
+                 had"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Once nothing is in flight: every request answered, nothing stuck half-way, and the host
 /// holds exactly the live containers, complete.
 pub fn at_rest(core: &Core, os: &FakeOs, unanswered: usize) -> Result<(), String> {
@@ -709,6 +806,12 @@ pub fn at_rest(core: &Core, os: &FakeOs, unanswered: usize) -> Result<(), String
         return Err(format!("{unanswered} requests were never answered"));
     }
     let view = core.view();
+    if view.leases > 0 {
+        return Err(format!(
+            "{} leases are held after every client hung up",
+            view.leases
+        ));
+    }
     if view.effects_in_flight > 0 {
         return Err(format!(
             "{} effects still in flight at rest",
@@ -737,7 +840,7 @@ pub fn at_rest(core: &Core, os: &FakeOs, unanswered: usize) -> Result<(), String
         if !os.records.contains_key(&c.handle) {
             return Err(format!("{} is live but has no record", c.handle));
         }
-        let running: Vec<String> = on_host.processes.iter().cloned().collect();
+        let running: Vec<String> = on_host.processes.keys().cloned().collect();
         if running != c.processes {
             return Err(format!(
                 "{}: the host runs {running:?} but the core lists {:?}",

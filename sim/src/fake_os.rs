@@ -123,7 +123,11 @@ pub struct FakeContainer {
     pub cgroup: bool,
     pub network: Option<NetworkAssignment>,
     pub init: bool,
-    pub processes: BTreeSet<String>,
+    /// Running processes: id -> serial (which spawn started it; ids are reused, serials not).
+    pub processes: BTreeMap<String, u64>,
+    /// Processes that ended whose exit the container's init (their keeper) still holds for the
+    /// server: until the server releases them, or the init dies.
+    pub exited: BTreeSet<String>,
     /// Host port -> container port.
     pub ports: BTreeMap<u32, u32>,
     pub netout_rules: usize,
@@ -163,6 +167,10 @@ pub struct FakeOs {
     pub ended: Vec<(String, String)>,
     /// The host's own networks, which container subnets must stay off.
     pub host_networks: Vec<Ipv4Network>,
+    /// Serials of every process that ended: its exit is recorded (in its keeper, or as killed
+    /// with its container).
+    pub exits: BTreeSet<u64>,
+    next_serial: u64,
 }
 
 fn host_error(message: impl Into<String>) -> EffectError {
@@ -308,7 +316,10 @@ impl FakeOs {
             KillContainer { .. } => {
                 if let Some(c) = self.containers.get_mut(&handle) {
                     c.init = false;
-                    for p in std::mem::take(&mut c.processes) {
+                    // The keeper dies with the init: the exits it held go with it.
+                    c.exited.clear();
+                    for (p, serial) in std::mem::take(&mut c.processes) {
+                        self.exits.insert(serial);
                         self.ended.push((handle.clone(), p));
                     }
                 }
@@ -378,18 +389,27 @@ impl FakeOs {
                         "exec: \"missing-binary\": executable file not found in $PATH",
                     ));
                 }
-                if !c.processes.insert(process_id.clone()) {
+                if c.processes.contains_key(process_id) {
                     return self.violation(format!(
                         "spawn-process for {handle}: process {process_id} already runs"
                     ));
                 }
+                // The keeper replaces an exited process of the same id (the server let it go).
+                self.next_serial += 1;
+                let c = self.containers.get_mut(&handle).expect("checked above");
+                c.exited.remove(process_id);
+                c.processes.insert(process_id.clone(), self.next_serial);
                 Ok(EffectOutput::Done)
             }
             StopProcesses { .. } => {
-                if let Some(c) = self.containers.get_mut(&handle) {
-                    for p in std::mem::take(&mut c.processes) {
-                        self.ended.push((handle.clone(), p));
-                    }
+                let running: Vec<String> = self
+                    .containers
+                    .get(&handle)
+                    .map(|c| c.processes.keys().cloned().collect())
+                    .unwrap_or_default();
+                for p in running {
+                    self.end_process(&handle, &p);
+                    self.ended.push((handle.clone(), p));
                 }
                 Ok(EffectOutput::Done)
             }
@@ -465,11 +485,41 @@ impl FakeOs {
             .map(|(h, _)| h.clone())
     }
 
-    /// A process ended on its own.
+    /// A process ended (on its own, or stopped): its keeper holds its exit.
     pub fn end_process(&mut self, handle: &str, process_id: &str) -> bool {
+        let Some(c) = self.containers.get_mut(handle) else {
+            return false;
+        };
+        let Some(serial) = c.processes.remove(process_id) else {
+            return false;
+        };
+        c.exited.insert(process_id.to_string());
+        self.exits.insert(serial);
+        true
+    }
+
+    /// The server has delivered an exit: the keeper lets the process go (unless a new process
+    /// took its id since).
+    pub fn release_exited(&mut self, handle: &str, process_id: &str) {
+        if let Some(c) = self.containers.get_mut(handle) {
+            c.exited.remove(process_id);
+        }
+    }
+
+    /// The serial of the process running as `process_id` in `handle`, if one does.
+    pub fn running(&self, handle: &str, process_id: &str) -> Option<u64> {
         self.containers
-            .get_mut(handle)
-            .is_some_and(|c| c.processes.remove(process_id))
+            .get(handle)
+            .and_then(|c| c.processes.get(process_id))
+            .copied()
+    }
+
+    /// Every running process, as (handle, id).
+    pub fn running_processes(&self) -> Vec<(String, String)> {
+        self.containers
+            .iter()
+            .flat_map(|(h, c)| c.processes.keys().map(move |p| (h.clone(), p.clone())))
+            .collect()
     }
 
     pub fn observe(&self) -> ObservedHost {
@@ -493,7 +543,12 @@ impl FakeOs {
                                 })
                                 .collect(),
                             init: c.init,
-                            processes: c.processes.iter().cloned().collect(),
+                            // Only running ones, and only while the init runs (as Linux).
+                            processes: if c.init {
+                                c.processes.keys().cloned().collect()
+                            } else {
+                                Vec::new()
+                            },
                         },
                     )
                 })

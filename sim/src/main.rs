@@ -5,12 +5,14 @@ use std::time::Instant;
 use trellis_core::InjectedBugs;
 use trellis_sim::{Sim, SimOptions};
 
-const USAGE: &str = "usage: trellis-sim [--seed S | --seeds A..B] [--steps N] [--inject-bug leak-ip|double-alloc|skip-expiry] [--verbose]";
+const USAGE: &str = "usage: trellis-sim [--seed S | --seeds A..B] [--steps N] [--inject-bug leak-ip|double-alloc|skip-expiry|forget-processes|late-adopt-exits] [--verbose]";
 
 struct Args {
     seeds: std::ops::Range<u64>,
     steps: u64,
     bugs: InjectedBugs,
+    /// Not a core bug: the driver delivering adopted exits late (see `SimOptions`).
+    late_adopt_exits: bool,
     verbose: bool,
 }
 
@@ -19,6 +21,7 @@ fn parse() -> Result<Args, String> {
         seeds: 0..1,
         steps: 10_000,
         bugs: InjectedBugs::default(),
+        late_adopt_exits: false,
         verbose: false,
     };
     let mut it = std::env::args().skip(1);
@@ -41,6 +44,8 @@ fn parse() -> Result<Args, String> {
                 "leak-ip" => args.bugs.leak_ip = true,
                 "double-alloc" => args.bugs.double_alloc = true,
                 "skip-expiry" => args.bugs.skip_expiry = true,
+                "forget-processes" => args.bugs.forget_processes = true,
+                "late-adopt-exits" => args.late_adopt_exits = true,
                 other => return Err(format!("unknown bug {other}")),
             },
             "--verbose" => args.verbose = true,
@@ -77,6 +82,7 @@ fn main() -> ExitCode {
             seed,
             steps: args.steps,
             bugs: args.bugs,
+            late_adopt_exits: args.late_adopt_exits,
             verbose: args.verbose,
         })
         .run();
@@ -92,6 +98,8 @@ fn main() -> ExitCode {
                 (args.bugs.leak_ip, "leak-ip"),
                 (args.bugs.double_alloc, "double-alloc"),
                 (args.bugs.skip_expiry, "skip-expiry"),
+                (args.bugs.forget_processes, "forget-processes"),
+                (args.late_adopt_exits, "late-adopt-exits"),
             ] {
                 if on {
                     replay += &format!(" --inject-bug {name}");

@@ -6,11 +6,11 @@
 use crate::check::{self, Model, ModelContainer};
 use crate::fake_os::{FakeOs, Fault};
 use crate::rng::SimRng;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use trellis_core::api::{
     BindMount, ContainerSpec, ImageRef, NetIn, NetOutRule, ProcessSpec, Protocol,
 };
-use trellis_core::effect::Observation;
+use trellis_core::effect::{EffectKind, Observation};
 use trellis_core::limits;
 use trellis_core::properties::{self, Properties};
 use trellis_core::{
@@ -25,6 +25,10 @@ pub struct SimOptions {
     pub bugs: InjectedBugs,
     /// Print one line per event.
     pub verbose: bool,
+    /// `--inject-bug late-adopt-exits`: after a restart, the exits of processes that ended while
+    /// the server was down reach the core at any later moment, not before it serves (a driver
+    /// that does not order them first).
+    pub late_adopt_exits: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -133,6 +137,8 @@ struct Regime {
 
 struct InFlight {
     effect: Effect,
+    /// The Run request a `SpawnProcess` serves.
+    request: Option<RequestId>,
     /// Set once the fake OS has carried it out; delivered to the core later.
     outcome: Option<trellis_core::Outcome>,
 }
@@ -143,6 +149,31 @@ pub(crate) struct RequestInfo {
     pub paused: bool,
     /// The model container the request was aimed at when it was sent.
     pub target: Option<u64>,
+    /// An Acquire that attaches to this process (by id) once it holds the container.
+    pub attach: Option<String>,
+    /// A Run with an id: whether that id was taken when it was sent.
+    pub id_state: IdState,
+}
+
+/// Whether a process id was taken in a container when a Run named it, as the host has it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IdState {
+    /// A process with this id runs: the Run must be refused.
+    Taken,
+    /// None runs, none is starting and no exit is on its way to the core: the id is free.
+    Free,
+    /// Something with the id is in motion, or the Run names no id or no usable container.
+    Unsure,
+}
+
+/// A lease a simulated client holds: on a container (Acquire), and for a process connection
+/// (Run, or an attach) on that process, by id and serial.
+#[derive(Debug, Clone)]
+struct SimLease {
+    lease: LeaseId,
+    handle: String,
+    target: u64,
+    process: Option<(String, u64)>,
 }
 
 pub struct Sim {
@@ -157,7 +188,12 @@ pub struct Sim {
     observations: Vec<Observation>,
     requests: BTreeMap<RequestId, RequestInfo>,
     next_request: u64,
-    leases: Vec<(LeaseId, String, u64)>,
+    leases: Vec<SimLease>,
+    /// Leases whose connection ends (its process's exit was delivered, or there was nothing to
+    /// attach to): released at the end of the step.
+    closing: Vec<LeaseId>,
+    /// Run requests whose process the host started, with its serial.
+    spawned: BTreeMap<RequestId, u64>,
     model: Model,
     trace: Trace,
     step: u64,
@@ -265,6 +301,8 @@ impl Sim {
             requests: BTreeMap::new(),
             next_request: 1,
             leases: Vec::new(),
+            closing: Vec::new(),
+            spawned: BTreeMap::new(),
             model: Model::default(),
             trace: Trace::default(),
             step: 0,
@@ -314,12 +352,12 @@ impl Sim {
         } else if roll < 400 && !self.observations.is_empty() {
             let at = self.rng.below(self.observations.len() as u64) as usize;
             let observation = self.observations.remove(at);
-            self.feed(Input::Observed(observation))?;
+            self.deliver(observation)?;
         } else if roll < 430 {
             self.end_random_process()?;
         } else if roll < 460 && !self.leases.is_empty() {
             let at = self.rng.below(self.leases.len() as u64) as usize;
-            let (lease, _, _) = self.leases[at].clone();
+            let lease = self.leases[at].lease;
             self.send(Command::Release { lease })?;
         } else if roll < 540 {
             let nanos =
@@ -329,10 +367,88 @@ impl Sim {
             self.now = self.now.plus(nanos);
             self.feed(Input::Tick)?;
         } else {
-            let command = self.random_command();
-            self.send(command)?;
+            let (command, attach) = self.random_command();
+            self.send_attaching(command, attach)?;
+        }
+        self.close_leases()
+    }
+
+    /// Connections that ended release their leases, as the server's connections do.
+    fn close_leases(&mut self) -> Result<(), String> {
+        // One at a time: the others are still closing while each is released.
+        while let Some(lease) = self.closing.pop() {
+            if self.leases.iter().any(|l| l.lease == lease) {
+                self.send(Command::Release { lease })?;
+            }
         }
         Ok(())
+    }
+
+    /// Delivers an observation to the core. An exit reaches the clients attached to the
+    /// process (their connections end) and lets the keeper forget the process.
+    fn deliver(&mut self, observation: Observation) -> Result<(), String> {
+        let exited = match &observation {
+            Observation::ProcessExited { handle, process_id } => {
+                Some((handle.clone(), process_id.clone()))
+            }
+            _ => None,
+        };
+        // The exit reaches the core and the attached clients together.
+        if let Some((handle, process_id)) = &exited {
+            for l in &self.leases {
+                if l.handle == *handle && l.process.as_ref().is_some_and(|(p, _)| p == process_id) {
+                    self.closing.push(l.lease);
+                }
+            }
+        }
+        self.feed(Input::Observed(observation))?;
+        if let Some((handle, process_id)) = exited {
+            self.os.release_exited(&handle, &process_id);
+        }
+        Ok(())
+    }
+
+    /// Carries out the in-flight effect at `at`; a process started for a Run is noted by its
+    /// serial.
+    fn carry(&mut self, at: usize, fault: Fault) -> trellis_core::Outcome {
+        let outcome = self.os.apply(&self.effects[at].effect.kind, fault);
+        if let (
+            EffectKind::SpawnProcess {
+                handle, process_id, ..
+            },
+            Some(request),
+            Ok(_),
+        ) = (
+            &self.effects[at].effect.kind,
+            self.effects[at].request,
+            &outcome,
+        ) {
+            if let Some(serial) = self.os.running(handle, process_id) {
+                self.spawned.insert(request, serial);
+            }
+        }
+        outcome
+    }
+
+    /// Runs and exits on their way between the host and the core: (handle, process id).
+    fn processes_in_motion(&self) -> BTreeSet<(&str, &str)> {
+        let spawns = self
+            .effects
+            .iter()
+            .filter_map(|inflight| match &inflight.effect.kind {
+                EffectKind::SpawnProcess {
+                    handle, process_id, ..
+                } => Some((handle.as_str(), process_id.as_str())),
+                _ => None,
+            });
+        let exits = self.observations.iter().filter_map(|o| match o {
+            Observation::ProcessExited { handle, process_id } => {
+                Some((handle.as_str(), process_id.as_str()))
+            }
+            _ => None,
+        });
+        let ended = self.os.ended.iter().map(|(h, p)| (h.as_str(), p.as_str()));
+        spawns.chain(exits).chain(ended).collect()
     }
 
     /// Moves one in-flight effect forward: carried out by the fake OS, or its outcome delivered.
@@ -349,7 +465,7 @@ impl Sim {
             } else {
                 Fault::None
             };
-            let outcome = self.os.apply(&self.effects[at].effect.kind, fault);
+            let outcome = self.carry(at, fault);
             record(
                 &mut self.trace,
                 self.opts.verbose,
@@ -378,12 +494,7 @@ impl Sim {
     }
 
     fn end_random_process(&mut self) -> Result<(), String> {
-        let running: Vec<(String, String)> = self
-            .os
-            .containers
-            .iter()
-            .flat_map(|(h, c)| c.processes.iter().map(move |p| (h.clone(), p.clone())))
-            .collect();
+        let running = self.os.running_processes();
         if running.is_empty() {
             return Ok(());
         }
@@ -395,6 +506,11 @@ impl Sim {
     }
 
     fn send(&mut self, command: Command) -> Result<(), String> {
+        self.send_attaching(command, None)
+    }
+
+    /// Sends `command`; an Acquire with `attach` is an attach to that process.
+    fn send_attaching(&mut self, command: Command, attach: Option<String>) -> Result<(), String> {
         self.stats.commands += 1;
         let request = RequestId(self.next_request);
         self.next_request += 1;
@@ -435,9 +551,26 @@ impl Sim {
                 }
             }
         }
+        let id_state = match &command {
+            Command::Run { handle, spec } if usable && !spec.id.is_empty() => {
+                if self.os.running(handle, &spec.id).is_some() {
+                    IdState::Taken
+                } else if self
+                    .processes_in_motion()
+                    .contains(&(handle.as_str(), spec.id.as_str()))
+                {
+                    IdState::Unsure
+                } else {
+                    IdState::Free
+                }
+            }
+            _ => IdState::Unsure,
+        };
         if let Command::Release { lease } = &command {
-            if let Some(at) = self.leases.iter().position(|(l, _, _)| l == lease) {
-                let (_, handle, id) = self.leases.remove(at);
+            if let Some(at) = self.leases.iter().position(|l| l.lease == *lease) {
+                let SimLease {
+                    handle, target: id, ..
+                } = self.leases.remove(at);
                 let now = self.now;
                 if let Some(m) = self
                     .model
@@ -456,6 +589,8 @@ impl Sim {
                 command: command.clone(),
                 paused,
                 target,
+                attach,
+                id_state,
             },
         );
         self.sending = Some(request);
@@ -504,8 +639,13 @@ impl Sim {
             match output {
                 Output::Effect(effect) => {
                     self.stats.effects += 1;
+                    let request = match &effect.kind {
+                        EffectKind::SpawnProcess { .. } => self.sending,
+                        _ => None,
+                    };
                     self.effects.push(InFlight {
                         effect,
+                        request,
                         outcome: None,
                     });
                 }
@@ -604,10 +744,63 @@ impl Sim {
                     m.destroy_requested = true;
                 }
             }
-            (Command::Acquire { handle }, Ok(Reply::Leased(lease)))
-            | (Command::Run { handle, .. }, Ok(Reply::ProcessStarted { lease, .. })) => {
-                let id = info.target.unwrap_or(0);
-                self.leases.push((*lease, handle.clone(), id));
+            (Command::Acquire { handle }, Ok(Reply::Leased(lease))) => {
+                // An attach finds the process in the keeper: a running one holds the
+                // connection (and the lease) until its exit; an exited one answers its status
+                // at once, and an unknown one is refused; either way the lease goes.
+                let process = info
+                    .attach
+                    .as_ref()
+                    .and_then(|p| self.os.running(handle, p).map(|serial| (p.clone(), serial)));
+                if info.attach.is_some() && process.is_none() {
+                    self.closing.push(*lease);
+                }
+                self.leases.push(SimLease {
+                    lease: *lease,
+                    handle: handle.clone(),
+                    target: info.target.unwrap_or(0),
+                    process,
+                });
+            }
+            (Command::Run { handle, spec }, Ok(Reply::ProcessStarted { lease, process_id })) => {
+                if info.id_state == IdState::Taken {
+                    return Err(format!(
+                        "Run on {handle} started {process_id}, an id a running process has"
+                    ));
+                }
+                if !spec.id.is_empty() && spec.id != *process_id {
+                    return Err(format!("Run of {} answered as {process_id}", spec.id));
+                }
+                let Some(serial) = self.spawned.remove(&request) else {
+                    return Err(format!(
+                        "Run on {handle} answered that {process_id} started, which the host never started"
+                    ));
+                };
+                self.model
+                    .processes
+                    .insert(serial, (handle.clone(), process_id.clone()));
+                let running = self.os.running(handle, process_id) == Some(serial);
+                if !running {
+                    // It ended already: the connection gets its status at once.
+                    self.closing.push(*lease);
+                }
+                self.leases.push(SimLease {
+                    lease: *lease,
+                    handle: handle.clone(),
+                    target: info.target.unwrap_or(0),
+                    process: running.then(|| (process_id.clone(), serial)),
+                });
+            }
+            (Command::Run { handle, spec }, Err(trellis_core::Error::ProcessIdInUse { .. }))
+                if info.id_state == IdState::Free =>
+            {
+                return Err(format!(
+                    "Run on {handle} refused {} as in use, though no process has it",
+                    spec.id
+                ));
+            }
+            (Command::Run { .. }, _) => {
+                self.spawned.remove(&request);
             }
             (Command::List { filter }, Ok(Reply::Handles(handles))) => {
                 check::list(&self.model, &self.core, filter, handles)?;
@@ -647,6 +840,22 @@ impl Sim {
         check::allocations(&view)?;
         check::host(&self.os, &self.core)?;
         check::pauses(&self.model, &view)?;
+        check::processes_accounted(&mut self.model, &self.os)?;
+        let moving = self.processes_in_motion();
+        check::processes(&view, &self.os, &moving)?;
+        let leases: Vec<check::OpenLease<'_>> = self
+            .leases
+            .iter()
+            .filter(|l| !self.closing.contains(&l.lease))
+            .map(|l| {
+                (
+                    l.lease,
+                    l.handle.as_str(),
+                    l.process.as_ref().map(|(p, s)| (p.as_str(), *s)),
+                )
+            })
+            .collect();
+        check::leases(&view, self.leases.len(), &leases, &self.os, &moving)?;
         self.checked_view = Some(without_countdowns(view));
         Ok(())
     }
@@ -664,11 +873,21 @@ impl Sim {
                 let _ = self.os.apply(&inflight.effect.kind, Fault::None);
             }
         }
+        // The server is gone, and whatever it was told with it; its clients' connections end.
         self.os.ended.clear();
         self.observations.clear();
         self.leases.clear();
+        self.closing.clear();
+        self.spawned.clear();
         for (_, info) in std::mem::take(&mut self.requests) {
             self.model.lost_in_crash(&info);
+        }
+        // The processes outlive the server, and some end while it is down: their keepers
+        // hold their exits.
+        for (handle, process_id) in self.os.running_processes() {
+            if self.rng.below(4) == 0 {
+                self.os.end_process(&handle, &process_id);
+            }
         }
         let config = Config {
             seed: self.rng.next_u64(),
@@ -684,17 +903,49 @@ impl Sim {
         let outputs = self.core.step(self.now, input);
         self.handle_outputs(outputs)?;
         check::after_restart(&mut self.model, &self.core, self.now)?;
-        self.check_step()
+        self.check_step()?;
+        // The server takes over the processes every init keeps (as the driver's
+        // `adopt_processes`). Those that ended are reported as exits, before it serves anything
+        // (they are none of the core's: their ids were free since the reconciliation).
+        let kept: Vec<(String, String)> = self
+            .os
+            .containers
+            .iter()
+            .filter(|(_, c)| c.init)
+            .flat_map(|(h, c)| c.exited.iter().map(move |p| (h.clone(), p.clone())))
+            .collect();
+        for (handle, process_id) in kept {
+            let exit = Observation::ProcessExited { handle, process_id };
+            if self.opts.late_adopt_exits {
+                self.observations.push(exit);
+            } else {
+                self.deliver(exit)?;
+            }
+        }
+        // Some of those found running end while they are taken over: their exits come later.
+        for (handle, process_id) in self.os.running_processes() {
+            if self.rng.below(8) == 0 {
+                self.os.end_process(&handle, &process_id);
+                self.observations
+                    .push(Observation::ProcessExited { handle, process_id });
+            }
+        }
+        self.close_leases()
     }
 
     /// With faults and crashes over, everything must come to rest in agreement.
     fn settle(&mut self) -> Result<(), String> {
         self.regime.fault_per_mille = 0;
-        self.leases.clear();
         for _ in 0..100_000 {
+            // Every client hangs up.
+            if let Some(l) = self.leases.first() {
+                let lease = l.lease;
+                self.send(Command::Release { lease })?;
+                continue;
+            }
             if let Some(inflight) = self.effects.first() {
                 if inflight.outcome.is_none() {
-                    let outcome = self.os.apply(&inflight.effect.kind, Fault::None);
+                    let outcome = self.carry(0, Fault::None);
                     self.effects[0].outcome = Some(outcome);
                     self.collect_ended();
                 } else {
@@ -707,7 +958,8 @@ impl Sim {
                 continue;
             }
             if let Some(observation) = self.observations.pop() {
-                self.feed(Input::Observed(observation))?;
+                self.deliver(observation)?;
+                self.close_leases()?;
                 continue;
             }
             // Only retries may remain; grace timers are left alone (containers may live on).
@@ -722,9 +974,14 @@ impl Sim {
         check::at_rest(&self.core, &self.os, self.requests.len())
     }
 
-    fn random_command(&mut self) -> Command {
+    /// A command, and for an attach the process it attaches to.
+    fn random_command(&mut self) -> (Command, Option<String>) {
         let handle = self.pick_handle();
-        match self.rng.below(100) {
+        let command = match self.rng.below(100) {
+            94..=96 => {
+                let (handle, process_id) = self.pick_process();
+                return (Command::Acquire { handle }, Some(process_id));
+            }
             0..=17 => Command::Create(Box::new(self.random_spec())),
             18..=27 => Command::Destroy { handle },
             28..=35 => Command::List {
@@ -807,9 +1064,23 @@ impl Sim {
                     ..Default::default()
                 }),
             },
-            90..=96 => Command::Acquire { handle },
+            90..=93 => Command::Acquire { handle },
             _ => Command::Capacity,
+        };
+        (command, None)
+    }
+
+    /// A process to attach to: mostly one that runs, else one clients started, else any id.
+    fn pick_process(&mut self) -> (String, String) {
+        let running = self.os.running_processes();
+        if !running.is_empty() && self.rng.below(4) != 0 {
+            return self.rng.pick(&running).clone();
         }
+        let known: Vec<(String, String)> = self.model.processes.values().cloned().collect();
+        if !known.is_empty() && self.rng.below(2) == 0 {
+            return self.rng.pick(&known).clone();
+        }
+        (self.pick_handle(), "p1".to_string())
     }
 
     fn pick_handle(&mut self) -> String {
