@@ -616,3 +616,48 @@ async fn containers_are_isolated_from_each_other_and_the_host() {
     );
     assert_eq!(ok(&a, "cat /tmp/a-only").await, "secret\n");
 }
+
+/// The host pid of the process whose command line is exactly `args`.
+fn host_pid_of(args: &[&str]) -> Option<u32> {
+    let wanted: Vec<u8> = args
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        (std::fs::read(e.path().join("cmdline")).ok()? == wanted).then_some(pid)
+    })
+}
+
+/// The capacity of the pipe a process has as descriptor `fd`, read from the host.
+fn pipe_capacity(pid: u32, fd: u32) -> i32 {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let pipe = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(format!("/proc/{pid}/fd/{fd}"))
+        .expect("the process's pipe");
+    // SAFETY: F_GETPIPE_SZ on a descriptor we own.
+    unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_GETPIPE_SZ) }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_process_gets_full_sized_output_pipes_however_many_run() {
+    // Every unprivileged container's root is one host user; past 64 MiB of pipes
+    // (fs.pipe-user-pages-soft) the kernel gives that user's new pipes two pages. Forty
+    // processes hold 80 MiB of output pipes: the last must still get 1 MiB ones.
+    let c = create_default().await;
+    let mut processes = Vec::new();
+    for i in 0..40 {
+        let spec = ProcessSpec {
+            path: "sleep".into(),
+            args: vec![format!("{}", 7000 + i)],
+            ..Default::default()
+        };
+        processes.push(c.run(spec, ProcessIo::default()).await.expect("run"));
+    }
+    let last = host_pid_of(&["sleep", "7039"]).expect("the last process on the host");
+    assert_eq!(pipe_capacity(last, 1), 1 << 20, "stdout");
+    assert_eq!(pipe_capacity(last, 2), 1 << 20, "stderr");
+}

@@ -31,8 +31,6 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use trellis_core::api::ProcessSpec;
 
-/// Output pipes (and TTY relays) hold this much before the writer waits.
-const PIPE_BYTES: i32 = 1 << 20;
 /// How much of a terminal's output the relay moves at a time.
 const RELAY_CHUNK: usize = 64 * 1024;
 
@@ -289,7 +287,7 @@ impl Keeper {
             _ => return,
         };
         match request {
-            Request::Spawn { id, spec, env } => self.spawn(conn, id, &spec, &env),
+            Request::Spawn { id, spec, env } => self.spawn(conn, id, &spec, &env, fds),
             Request::Attach { id } => match self.process_mut(&id) {
                 Some(p) => match p.attachment() {
                     Ok((message, fds)) => {
@@ -400,10 +398,19 @@ impl Keeper {
         })
     }
 
-    fn spawn(&mut self, conn: OwnedFd, id: String, spec: &ProcessSpec, env: &[String]) {
+    /// `given`: the output pipes the server made (read and write end of stdout's, then of
+    /// stderr's; one pipe with a TTY), or none (a server that makes none).
+    fn spawn(
+        &mut self,
+        conn: OwnedFd,
+        id: String,
+        spec: &ProcessSpec,
+        env: &[String],
+        given: Vec<OwnedFd>,
+    ) {
         // A finished process of the same id is replaced (the server has let it go).
         self.release_exited(&id);
-        let (child_stdio, kept) = match make_stdio(spec) {
+        let (child_stdio, kept) = match make_stdio(spec, given) {
             Ok(s) => s,
             Err(message) => return fail(&conn, FailureKind::Failed, message),
         };
@@ -629,11 +636,23 @@ struct Kept {
 }
 
 /// Pipes (or a pty and its relay pipe) for a new process.
-fn make_stdio(spec: &ProcessSpec) -> Result<(ChildStdio, Kept), String> {
+fn make_stdio(spec: &ProcessSpec, given: Vec<OwnedFd>) -> Result<(ChildStdio, Kept), String> {
     let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
-    let big_nonblocking = |fd: &OwnedFd| {
-        // Bigger pipes: far fewer wake-ups for a process that writes a lot.
-        let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETPIPE_SZ(PIPE_BYTES));
+    let mut given = given.into_iter();
+    // An output pipe: the server's (full-sized whatever this container's root has made), else
+    // one of our own, enlarged as far as the kernel lets this user.
+    let mut output_pipe = || -> Result<(OwnedFd, OwnedFd), String> {
+        match (given.next(), given.next()) {
+            (Some(read), Some(write)) => Ok((read, write)),
+            _ => {
+                let (read, write) = pipe()?;
+                let _ = nix::fcntl::fcntl(
+                    &write,
+                    nix::fcntl::FcntlArg::F_SETPIPE_SZ(super::OUTPUT_PIPE_BYTES),
+                );
+                Ok((read, write))
+            }
+        }
     };
     if let Some(tty) = &spec.tty {
         let master = nix::fcntl::open(
@@ -664,8 +683,7 @@ fn make_stdio(spec: &ProcessSpec) -> Result<(ChildStdio, Kept), String> {
         let size = tty.window_size.unwrap_or_default();
         super::set_window_size(master.as_fd(), size.columns, size.rows)
             .map_err(|e| format!("setting the window size: {e}"))?;
-        let (relay_r, relay_w) = pipe()?;
-        big_nonblocking(&relay_w);
+        let (relay_r, relay_w) = output_pipe()?;
         nix::fcntl::fcntl(&relay_w, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK))
             .map_err(|e| format!("fcntl: {e}"))?;
         let stdin = master.try_clone().map_err(|e| format!("dup: {e}"))?;
@@ -685,10 +703,8 @@ fn make_stdio(spec: &ProcessSpec) -> Result<(ChildStdio, Kept), String> {
         ))
     } else {
         let (in_r, in_w) = pipe()?;
-        let (out_r, out_w) = pipe()?;
-        let (err_r, err_w) = pipe()?;
-        big_nonblocking(&out_w);
-        big_nonblocking(&err_w);
+        let (out_r, out_w) = output_pipe()?;
+        let (err_r, err_w) = output_pipe()?;
         Ok((
             ChildStdio::Pipes {
                 stdin: in_r,

@@ -60,6 +60,10 @@ pub struct Runtime {
 /// How long a stop keeps sending SIGTERM (once a second) before it turns to SIGKILL.
 const TERM_ROUNDS: u32 = 10;
 
+/// A process's output pipes (and a TTY's) hold this much before the process waits: the most
+/// the kernel lets a pipe have without CAP_SYS_RESOURCE (fs.pipe-max-size).
+const OUTPUT_PIPE_BYTES: i32 = 1 << 20;
+
 impl Runtime {
     pub fn new(config: &LinuxConfig) -> HostResult<Runtime> {
         let source = config
@@ -184,15 +188,53 @@ impl Runtime {
     }
 
     pub fn spawn(&self, request: SpawnRequest<'_>) -> HostResult<ProcessIo> {
-        let reply = self.exchange(
-            request.handle,
+        // The output pipes are made here, by the server, and handed to init with the request:
+        // a pipe is charged to the user who makes it, and every unprivileged container's root
+        // is the same host user, over whose pipe allowance (fs.pipe-user-pages-soft) the
+        // kernel shrinks new pipes to two pages and refuses to enlarge them. The server is
+        // exempt (CAP_SYS_ADMIN), so each process gets a full-sized pipe whatever runs
+        // elsewhere. With a TTY, one pipe carries the terminal's output.
+        // They belong to the user init runs as (the container's root), as init's own pipes
+        // would, so that init may hand them on to the process's user.
+        let init = self.init_pid(request.handle).ok_or_else(|| {
+            HostError::Failed(format!(
+                "the init of container {} is not running",
+                request.handle
+            ))
+        })?;
+        let (uid, gid) = process_ids(init)?;
+        let count = if request.spec.tty.is_some() { 1 } else { 2 };
+        let mut pipes = Vec::with_capacity(2 * count);
+        for _ in 0..count {
+            let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+                .map_err(|e| HostError::io("pipe", e.into()))?;
+            let _ = nix::fcntl::fcntl(
+                &write,
+                nix::fcntl::FcntlArg::F_SETPIPE_SZ(OUTPUT_PIPE_BYTES),
+            );
+            nix::unistd::fchown(
+                &read,
+                Some(nix::unistd::Uid::from_raw(uid)),
+                Some(nix::unistd::Gid::from_raw(gid)),
+            )
+            .map_err(|e| HostError::io("handing a pipe to the container's root", e.into()))?;
+            pipes.push(read);
+            pipes.push(write);
+        }
+        let raw: Vec<RawFd> = pipes.iter().map(|p| p.as_raw_fd()).collect();
+        let conn = self.connect(request.handle)?;
+        protocol::send(
+            conn.as_raw_fd(),
             &Request::Spawn {
                 id: request.process_id.to_string(),
                 spec: Box::new(request.spec.clone()),
                 env: request.env.to_vec(),
             },
-        )?;
-        process_io(reply)
+            &raw,
+        )
+        .map_err(|e| HostError::io("talking to the container's init", e))?;
+        drop(pipes);
+        process_io(receive(&conn)?)
     }
 
     /// Fresh descriptors of a process init keeps (after a server restart, say).
@@ -429,6 +471,23 @@ impl Runtime {
             .map_err(|e| HostError::io("talking to the container's init", e))?;
         receive(&conn).map(|(reply, _)| reply)
     }
+}
+
+/// The effective user and group of process `pid`, as the host sees them.
+fn process_ids(pid: i32) -> HostResult<(u32, u32)> {
+    let status_path = format!("/proc/{pid}/status");
+    let status =
+        std::fs::read_to_string(&status_path).map_err(|e| HostError::io(status_path.clone(), e))?;
+    // "Uid:\treal\teffective\tsaved\tfs"
+    let effective = |key: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|rest| rest.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u32>().ok())
+            .ok_or_else(|| HostError::Failed(format!("no {key} line in {status_path}")))
+    };
+    Ok((effective("Uid:")?, effective("Gid:")?))
 }
 
 /// Where a container's init listens.
