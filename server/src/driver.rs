@@ -3,7 +3,7 @@
 //! host; their outcomes, the host's observations and timer ticks go back into the same loop.
 
 use crate::processes::ProcessTable;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
@@ -128,11 +128,12 @@ impl Driver {
             found = observed.containers.len(),
             "restoring containers"
         );
-        let running: Vec<String> = observed
+        // Containers whose init runs, with the processes the core is told are running.
+        let running: Vec<(String, BTreeSet<String>)> = observed
             .containers
             .iter()
             .filter(|(_, c)| c.init)
-            .map(|(handle, _)| handle.clone())
+            .map(|(handle, c)| (handle.clone(), c.processes.iter().cloned().collect()))
             .collect();
         let mut core = Core::restore(config, now(), records);
         let outputs = core.step(now(), Input::Reconcile(observed));
@@ -158,12 +159,12 @@ impl Driver {
 
     /// Takes over the processes the host still keeps for these containers (started by an
     /// earlier server): their output, their exit, attaching to them by id.
-    fn adopt_processes(&self, containers: &[String]) {
+    fn adopt_processes(&self, containers: &[(String, BTreeSet<String>)]) {
         // Each container's init answers over its own socket: ask several at once, so that a
         // thousand containers do not make a thousand round trips in a row before serving.
         let (host, processes, core) = (&*self.host, &self.processes, &self.handle);
         let adopted: usize = trellis_os::linux::parallel::map(containers, ADOPT_WORKERS, |c| {
-            adopt_processes_of(host, processes, core, c)
+            adopt_processes_of(host, processes, core, &c.0, &c.1)
         })
         .into_iter()
         .sum();
@@ -332,6 +333,7 @@ fn adopt_processes_of(
     processes: &Arc<ProcessTable>,
     core: &CoreHandle,
     container: &str,
+    observed_running: &BTreeSet<String>,
 ) -> usize {
     let states = match host.processes(container) {
         Ok(states) => states,
@@ -349,11 +351,19 @@ fn adopt_processes_of(
                 continue;
             }
         };
+        // Only the exit of a process the core took for running may reach it: one that had
+        // already ended when the host was observed was never the core's, and its id may be
+        // in use again by the time this exit would arrive.
         let exited = {
             let core = core.clone();
             let handle = container.to_string();
             let process_id = state.id.clone();
-            move || core.observe(Observation::ProcessExited { handle, process_id })
+            let known = observed_running.contains(&state.id);
+            move || {
+                if known {
+                    core.observe(Observation::ProcessExited { handle, process_id })
+                }
+            }
         };
         match processes.register(container, &state.id, io, exited) {
             Ok(_) => adopted += 1,
