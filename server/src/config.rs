@@ -76,9 +76,15 @@ pub struct ServerArgs {
     /// Let containers reach the host's own addresses.
     #[arg(long)]
     pub allow_host_access: bool,
-    /// DNS servers for containers' resolv.conf (repeatable).
+    /// DNS servers for containers' resolv.conf, instead of the host's (repeatable).
     #[arg(long)]
     pub dns_server: Vec<IpAddr>,
+    /// DNS servers appended after the others in containers' resolv.conf (repeatable).
+    #[arg(long)]
+    pub additional_dns_server: Vec<IpAddr>,
+    /// A line appended verbatim to containers' /etc/hosts (repeatable, kept in order).
+    #[arg(long)]
+    pub additional_host_entry: Vec<String>,
     /// Up to 2 letters or digits naming this server's bridges and firewall table, so that
     /// several servers on one host leave each other alone.
     #[arg(long, default_value = "")]
@@ -114,6 +120,158 @@ pub struct ServerArgs {
     /// of others), before serving.
     #[arg(long)]
     pub destroy_containers_on_startup: bool,
+    /// gdn's flags that have no effect in Trellis: accepted with gdn's value syntax, each
+    /// given one warns once at start (see `crate::gdn_flags`).
+    #[command(flatten)]
+    pub gdn: GdnOnlyArgs,
+}
+
+/// `gdn server` flags Trellis accepts, checks the value of, and does not act on: either not
+/// implemented yet or meaningless here (`crate::gdn_flags` says which, and why). Paths of
+/// gdn's file flags are not checked for existence: nothing is run from them.
+#[derive(Debug, Clone, Default, Args)]
+pub struct GdnOnlyArgs {
+    // Server Configuration
+    #[arg(long)]
+    pub skip_setup: bool,
+    #[arg(long, value_parser = parse_go_duration)]
+    pub read_header_timeout: Option<Duration>,
+    // Container Lifecycle
+    #[arg(long)]
+    pub properties_path: Option<PathBuf>,
+    #[arg(long)]
+    pub console_sockets_path: Option<PathBuf>,
+    #[arg(long)]
+    pub cleanup_process_dirs_on_wait: bool,
+    /// `TYPE MAJOR:MINOR ACCESS`, e.g. `c 10:229 rwm` (repeatable).
+    #[arg(long, value_parser = parse_device_cgroup_rule)]
+    pub device_cgroup_rule: Vec<DeviceCgroupRule>,
+    #[arg(long)]
+    pub apparmor: Option<String>,
+    // Binary Tools
+    #[arg(long)]
+    pub assets_dir: Option<PathBuf>,
+    #[arg(long)]
+    pub dadoo_bin: Option<PathBuf>,
+    #[arg(long)]
+    pub nstar_bin: Option<PathBuf>,
+    #[arg(long)]
+    pub tar_bin: Option<PathBuf>,
+    #[arg(long)]
+    pub iptables_bin: Option<PathBuf>,
+    #[arg(long)]
+    pub iptables_restore_bin: Option<PathBuf>,
+    #[arg(long)]
+    pub init_bin: Option<PathBuf>,
+    // Runtime
+    #[arg(long)]
+    pub runtime_plugin: Option<String>,
+    #[arg(long)]
+    pub runtime_plugin_extra_arg: Vec<String>,
+    // Image
+    #[arg(long)]
+    pub no_image_plugin: bool,
+    #[arg(long)]
+    pub image_plugin: Option<PathBuf>,
+    #[arg(long)]
+    pub image_plugin_extra_arg: Vec<String>,
+    #[arg(long)]
+    pub privileged_image_plugin: Option<PathBuf>,
+    #[arg(long)]
+    pub privileged_image_plugin_extra_arg: Vec<String>,
+    // Docker Image Fetching
+    #[arg(long)]
+    pub docker_registry: Option<String>,
+    #[arg(long)]
+    pub insecure_docker_registry: Vec<String>,
+    // Container Networking
+    #[arg(long)]
+    pub port_pool_properties_path: Option<PathBuf>,
+    #[arg(long)]
+    pub network_plugin: Option<PathBuf>,
+    #[arg(long)]
+    pub network_plugin_extra_arg: Vec<String>,
+    #[arg(long)]
+    pub enable_container_network_metrics: bool,
+    // Limits
+    #[arg(long)]
+    pub cpu_quota_per_share: Option<u64>,
+    #[arg(long)]
+    pub default_container_blockio_weight: Option<u16>,
+    #[arg(long)]
+    pub container_io_max_read_bps: Option<u64>,
+    #[arg(long)]
+    pub container_io_max_write_bps: Option<u64>,
+    #[arg(long)]
+    pub container_io_max_read_iops: Option<u64>,
+    #[arg(long)]
+    pub container_io_max_write_iops: Option<u64>,
+    #[arg(long)]
+    pub disable_swap_limit: bool,
+    // Metrics
+    #[arg(long, value_parser = parse_go_duration)]
+    pub metrics_emission_interval: Option<Duration>,
+    #[arg(long)]
+    pub dropsonde_origin: Option<String>,
+    #[arg(long)]
+    pub dropsonde_destination: Option<String>,
+    #[arg(long)]
+    pub cpu_entitlement_per_share: Option<f64>,
+    // Containerd
+    #[arg(long)]
+    pub containerd_socket: Option<PathBuf>,
+    #[arg(long)]
+    pub use_containerd_for_processes: bool,
+    // CPU Throttling
+    #[arg(long)]
+    pub enable_cpu_throttling: bool,
+    #[arg(long)]
+    pub cpu_throttling_check_interval: Option<u32>,
+    // Sysctl
+    #[arg(long)]
+    pub tcp_keepalive_time: Option<u32>,
+    #[arg(long)]
+    pub tcp_keepalive_interval: Option<u32>,
+    #[arg(long)]
+    pub tcp_keepalive_probes: Option<u32>,
+    #[arg(long)]
+    pub tcp_retries1: Option<u32>,
+    #[arg(long)]
+    pub tcp_retries2: Option<u32>,
+}
+
+/// A `--device-cgroup-rule` as gdn reads it: `TYPE MAJOR:MINOR ACCESS`, each number or `*`
+/// (`None`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceCgroupRule {
+    pub kind: String,
+    pub major: Option<i64>,
+    pub minor: Option<i64>,
+    pub access: String,
+}
+
+/// gdn's syntax: exactly three fields separated by single spaces.
+fn parse_device_cgroup_rule(value: &str) -> Result<DeviceCgroupRule, String> {
+    let fields: Vec<&str> = value.split(' ').collect();
+    let [kind, numbers, access] = fields[..] else {
+        return Err(format!("invalid device specification: {value}"));
+    };
+    let Some((major, minor)) = numbers.split_once(':') else {
+        return Err(format!("invalid device versions: {value}"));
+    };
+    let number = |n: &str, which: &str| match n {
+        "*" => Ok(None),
+        n => n
+            .parse::<i64>()
+            .map(Some)
+            .map_err(|_| format!("invalid device {which} version: {value}")),
+    };
+    Ok(DeviceCgroupRule {
+        kind: kind.trim().to_string(),
+        major: number(major, "major")?,
+        minor: number(minor, "minor")?,
+        access: access.trim().to_string(),
+    })
 }
 
 impl ServerArgs {
@@ -181,6 +339,8 @@ impl ServerArgs {
             network.mtu = self.mtu;
         }
         network.dns.dns_servers = self.dns_server.clone();
+        network.dns.additional_dns_servers = self.additional_dns_server.clone();
+        network.dns.additional_host_entries = self.additional_host_entry.clone();
         network.firewall.deny_networks = self.deny_network.clone();
         network.firewall.allow_host_access = self.allow_host_access;
         network.tag = self.tag.clone();

@@ -1,9 +1,11 @@
 //! The `trellis` binary: `trellis server` runs the Garden API server; the other subcommands are
 //! the client CLI (see `trellis --help`).
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use trellis_server::config::{LogLevel, ServerArgs};
+use trellis_server::config_file::{self, IniFile};
 
 #[global_allocator]
 static ALLOCATOR: trellis_server::alloc_stats::CountingAlloc =
@@ -18,6 +20,11 @@ static ALLOCATOR: trellis_server::alloc_stats::CountingAlloc =
 struct Cli {
     #[command(flatten)]
     global: trellis_client::cli::GlobalArgs,
+    /// gdn's config file (go-flags INI): its `[server]` section holds `trellis server`'s flags
+    /// by their long names (`[cleanup]` those of `trellis cleanup`); command-line flags
+    /// override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Top,
 }
@@ -66,16 +73,74 @@ fn raise_open_files_limit() {
     }
 }
 
+/// gdn reads `--config` with Go's flag package, which also takes `-config FILE` and
+/// `-config=FILE` before the subcommand: those become `--config`.
+fn go_style_config_flag(args: Vec<String>) -> Vec<String> {
+    let mut before_subcommand = true;
+    args.into_iter()
+        .map(|arg| {
+            if arg == "server" || arg == "cleanup" {
+                before_subcommand = false;
+            }
+            match arg.strip_prefix("-config") {
+                Some(rest) if before_subcommand && (rest.is_empty() || rest.starts_with('=')) => {
+                    format!("--config{rest}")
+                }
+                _ => arg,
+            }
+        })
+        .collect()
+}
+
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().collect();
     if let Some(code) = trellis_os::helper::run_if_helper(&args) {
         return code;
     }
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches_from(go_style_config_flag(args));
+    let mut cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let mut warnings = Vec::new();
+    if let Some((name @ ("server" | "cleanup"), sub)) = matches.subcommand() {
+        let name: &'static str = if name == "server" {
+            "server"
+        } else {
+            "cleanup"
+        };
+        let resolved = cli
+            .config
+            .as_deref()
+            .map(IniFile::read)
+            .transpose()
+            .and_then(|file| config_file::resolve(name, file.as_ref(), sub));
+        let args = match resolved {
+            Ok((args, w)) => {
+                warnings = w;
+                Box::new(args)
+            }
+            Err(e) => {
+                eprintln!("trellis {name}: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        cli.command = match cli.command {
+            Top::Server(_) => Top::Server(args),
+            _ => Top::Cleanup(args),
+        };
+    }
     if let Top::Server(args) = &cli.command {
         trellis_server::alloc_stats::return_freed_memory_to_the_system();
         init_logging(args.log_level);
+        for warning in &warnings {
+            tracing::warn!("{warning}");
+        }
         raise_open_files_limit();
+    } else {
+        for warning in &warnings {
+            eprintln!("trellis: {warning}");
+        }
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -52,6 +52,8 @@ pub struct ServerOptions {
     pub debug: bool,
     /// More flags, passed as given.
     pub extra_args: Vec<String>,
+    /// Arguments before `server` (e.g. `--config FILE`).
+    pub global_args: Vec<String>,
     /// `RUST_LOG` for the server (its log goes to a file in its directory).
     pub log_filter: Option<String>,
     /// The soft RLIMIT_NOFILE the server process starts with (its hard limit stays the test's).
@@ -147,6 +149,7 @@ impl TestServer {
             default_grace_time: None,
             debug: false,
             extra_args: Vec::new(),
+            global_args: Vec::new(),
             log_filter: None,
             soft_nofile: None,
         }
@@ -197,8 +200,9 @@ impl TestServer {
         let (port_start, port_size) = options.port_pool.unwrap_or((30000 + slot * 250, 250));
 
         let path = |p: &str| dir.path().join(p).display().to_string();
-        let mut args: Vec<String> = vec![
-            "server".into(),
+        let mut args: Vec<String> = options.global_args.clone();
+        args.extend::<[String; 1]>(["server".into()]);
+        args.extend::<Vec<String>>(vec![
             "--backend".into(),
             match options.backend {
                 Backend::Fake => "fake",
@@ -222,7 +226,7 @@ impl TestServer {
             // Names this server's bridges and firewall table apart from other servers'.
             "--tag".into(),
             tag(pid.wrapping_mul(31).wrapping_add(n)),
-        ];
+        ]);
         if let Some(addr) = tcp_addr {
             args.extend([
                 "--bind-ip".into(),
@@ -494,7 +498,8 @@ impl TestServer {
     /// The `trellis server` command line's flags (after the `server` subcommand), the same on
     /// every restart: what an operator tool such as `trellis cleanup` is given.
     pub fn server_flags(&self) -> &[String] {
-        &self.args[1..]
+        let server = self.options.global_args.len();
+        &self.args[server + 1..]
     }
 }
 
