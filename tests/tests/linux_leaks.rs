@@ -60,6 +60,32 @@ fn descendants(root: u32) -> usize {
     count
 }
 
+/// (pid, command, state) of each descendant of `root` but the zygote's subtree, to say what
+/// leaked.
+fn descendant_list(root: u32) -> Vec<(u32, String, String)> {
+    let table = process_table();
+    let mut found = Vec::new();
+    let mut stack = vec![root];
+    while let Some(parent) = stack.pop() {
+        for (pid, ppid, comm) in &table {
+            let zygote = std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == b"__trellis-zygote"));
+            if *ppid == parent && !zygote {
+                let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .ok()
+                    .and_then(|s| {
+                        s.rsplit_once(')')
+                            .map(|(_, r)| r.trim().chars().take(1).collect())
+                    })
+                    .unwrap_or_default();
+                found.push((*pid, comm.clone(), state));
+                stack.push(*pid);
+            }
+        }
+    }
+    found
+}
+
 /// The server's cgroup parent, found from a container init's cgroup (e.g. `/trellis-1a2b3c4d`).
 fn cgroup_parent(server_pid: u32) -> String {
     let init = process_table()
@@ -200,7 +226,11 @@ async fn a_thousand_create_destroy_cycles_through_the_server_leak_nothing() {
         elapsed.as_secs_f64(),
         elapsed.as_secs_f64() * 1000.0 / cycles as f64
     );
-    assert!(settled, "leaked: before {before:?}, after {after:?}");
+    assert!(
+        settled,
+        "leaked: before {before:?}, after {after:?}; the server's descendants: {:?}",
+        descendant_list(server.pid().expect("the server runs"))
+    );
     assert_eq!(
         client
             .containers(&BTreeMap::new())
