@@ -77,6 +77,7 @@ fn main() {
         helper_binary: Some(PathBuf::from(env!("CARGO_BIN_EXE_trellis-os-helper"))),
         network: Default::default(),
         security: Default::default(),
+        registry: Default::default(),
     })
     .unwrap();
 

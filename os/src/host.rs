@@ -36,6 +36,9 @@ pub enum HostError {
     /// Any other failure of the host, described.
     #[error("{0}")]
     Failed(String),
+    /// A `docker://` image could not be had.
+    #[error(transparent)]
+    Image(#[from] crate::linux::registry::RegistryError),
 }
 
 impl HostError {
@@ -53,7 +56,12 @@ impl HostError {
             HostError::Invalid(_) | HostError::ProcessNotFound(_) => {
                 EffectErrorKind::InvalidRequest
             }
-            HostError::Io { .. } | HostError::Failed(_) => EffectErrorKind::Host,
+            HostError::Image(crate::linux::registry::RegistryError::InvalidUri { .. }) => {
+                EffectErrorKind::InvalidRequest
+            }
+            HostError::Io { .. } | HostError::Failed(_) | HostError::Image(_) => {
+                EffectErrorKind::Host
+            }
         }
     }
 }

@@ -648,6 +648,7 @@ fn containers_outlive_the_host_object_and_are_observed_again() {
         helper_binary: Some(env!("CARGO_BIN_EXE_trellis-os-helper").into()),
         network: t.host.network.settings().clone(),
         security: Default::default(),
+        registry: Default::default(),
     };
     // A second host on the same layout (as after a server restart) finds everything.
     let again = trellis_os::LinuxHost::new(config).unwrap();

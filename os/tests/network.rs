@@ -41,6 +41,7 @@ impl Fixture {
             helper_binary: None,
             network: settings,
             security: Default::default(),
+            registry: Default::default(),
         };
         Fixture {
             networker: Networker::new(&config).expect("networker starts"),

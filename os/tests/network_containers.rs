@@ -25,6 +25,7 @@ fn host(name: &str, tag: &str) -> TestHost {
             ..Default::default()
         },
         security: Default::default(),
+        registry: Default::default(),
     })
     .expect("LinuxHost::new");
     TestHost { host, base }

@@ -124,6 +124,8 @@ pub struct ServerArgs {
     /// given one warns once at start (see `crate::gdn_flags`).
     #[command(flatten)]
     pub gdn: GdnOnlyArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// `gdn server` flags Trellis accepts, checks the value of, and does not act on: either not
@@ -179,11 +181,6 @@ pub struct GdnOnlyArgs {
     pub privileged_image_plugin: Option<PathBuf>,
     #[arg(long)]
     pub privileged_image_plugin_extra_arg: Vec<String>,
-    // Docker Image Fetching
-    #[arg(long)]
-    pub docker_registry: Option<String>,
-    #[arg(long)]
-    pub insecure_docker_registry: Vec<String>,
     // Container Networking
     #[arg(long)]
     pub port_pool_properties_path: Option<PathBuf>,
@@ -274,6 +271,38 @@ fn parse_device_cgroup_rule(value: &str) -> Result<DeviceCgroupRule, String> {
     })
 }
 
+/// Where `docker://` images come from (gdn's "Docker Image Fetching" flags).
+#[derive(Debug, Clone, Args)]
+pub struct RegistryArgs {
+    /// The registry (HOST[:PORT]) of image URIs without a host (`docker:///repo#tag`).
+    #[arg(long, default_value = trellis_os::linux::registry::DOCKER_HUB, value_parser = parse_registry)]
+    pub docker_registry: String,
+    /// A registry (HOST[:PORT] as written in image URIs, or a CIDR of registry addresses) that
+    /// may be spoken to over plain HTTP or unverified TLS; every other one must offer verified
+    /// HTTPS (repeatable).
+    #[arg(long)]
+    pub insecure_docker_registry: Vec<String>,
+}
+
+impl RegistryArgs {
+    /// With the proxies named by this process's environment (HTTPS_PROXY, HTTP_PROXY, NO_PROXY).
+    pub fn settings(&self) -> trellis_os::linux::registry::RegistrySettings {
+        trellis_os::linux::registry::RegistrySettings {
+            default_registry: self.docker_registry.clone(),
+            insecure: self.insecure_docker_registry.clone(),
+            proxy: trellis_os::linux::registry::ProxySettings::from_env(),
+        }
+    }
+}
+
+/// A registry is `host[:port]`, not a URL.
+fn parse_registry(value: &str) -> Result<String, String> {
+    if value.is_empty() || value.contains('/') || value.contains('#') {
+        return Err(format!("{value:?} is not HOST[:PORT]"));
+    }
+    Ok(value.to_string())
+}
+
 impl ServerArgs {
     /// The TCP address to listen on, if any.
     pub fn tcp_addr(&self) -> Option<SocketAddr> {
@@ -353,6 +382,7 @@ impl ServerArgs {
                 id_mapping: self.id_mapping()?,
                 no_new_privileges: self.no_new_privileges,
             },
+            registry: self.registry.settings(),
         })
     }
 }
@@ -426,6 +456,27 @@ mod tests {
             let args = parse(&["--default-rootfs", kept]).unwrap();
             assert_eq!(args.default_rootfs, kept);
         }
+    }
+
+    #[test]
+    fn registry_flags() {
+        let args = parse(&[]).unwrap();
+        assert_eq!(args.registry.docker_registry, "registry-1.docker.io");
+        assert!(args.registry.insecure_docker_registry.is_empty());
+        let args = parse(&[
+            "--docker-registry",
+            "127.0.0.1:5000",
+            "--insecure-docker-registry",
+            "127.0.0.1:5000",
+            "--insecure-docker-registry",
+            "10.0.0.0/8",
+        ])
+        .unwrap();
+        let settings = args.registry.settings();
+        assert_eq!(settings.default_registry, "127.0.0.1:5000");
+        assert_eq!(settings.insecure, ["127.0.0.1:5000", "10.0.0.0/8"]);
+        assert!(parse(&["--docker-registry", "https://registry.example/v2"]).is_err());
+        assert!(parse(&["--docker-registry", ""]).is_err());
     }
 
     #[test]

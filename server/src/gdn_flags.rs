@@ -74,8 +74,6 @@ const NO_CONTAINERD: &str = "Trellis does not use containerd";
 const STATE_DIR: &str = "Trellis keeps this state in each container's record under --state-dir";
 const IMAGE_PLUGIN: &str = "external image plugins: issue 14";
 const NETWORK_PLUGIN: &str = "external network plugins: issue 14";
-const REGISTRY: &str = "docker:// images without a host come from Docker Hub; loopback \
-                        registries are spoken to over HTTP";
 const IO_LIMITS: &str = "block IO limits";
 const SYSCTLS: &str = "per-container TCP sysctls";
 const THROTTLE: &str = "CPU throttling";
@@ -204,8 +202,20 @@ pub const GDN_FLAGS: &[GdnFlag] = &[
         "",
         NotYet(IMAGE_PLUGIN),
     ),
-    flag("docker-registry", DOCKER, Some("HOST"), "registry-1.docker.io", NotYet(REGISTRY)),
-    flag("insecure-docker-registry", DOCKER, Some("HOST..."), "", NotYet(REGISTRY)),
+    flag(
+        "docker-registry",
+        DOCKER,
+        Some("HOST"),
+        "registry-1.docker.io",
+        Yes("the registry of `docker:///repo` URIs; `library/` only on Docker Hub"),
+    ),
+    flag(
+        "insecure-docker-registry",
+        DOCKER,
+        Some("HOST..."),
+        "",
+        Yes("HOST[:PORT] as in image URIs, or a CIDR; unverified HTTPS, then plain HTTP"),
+    ),
     flag("network-pool", NETWORK, Some("CIDR"), "10.254.0.0/22", Yes("")),
     flag("allow-host-access", NETWORK, None, "", Yes("")),
     flag("deny-network", NETWORK, Some("CIDR..."), "", Yes("")),

@@ -160,10 +160,13 @@ impl TestServer {
         TestServer::start(TestServer::options(Backend::Fake))
     }
 
-    /// Options for a Linux-backend server whose default rootfs is the busybox test rootfs.
+    /// Options for a Linux-backend server whose default rootfs is the busybox test rootfs, and
+    /// which may pull over plain HTTP from loopback registries (the test registries,
+    /// [`images::Registry`], are plain HTTP on 127.0.0.1; no other registry is insecure).
     pub fn linux_options() -> ServerOptions {
         ServerOptions {
             default_rootfs: Some(images::busybox_rootfs().display().to_string()),
+            extra_args: vec!["--insecure-docker-registry".into(), "127.0.0.0/8".into()],
             ..TestServer::options(Backend::Linux)
         }
     }

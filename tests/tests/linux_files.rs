@@ -274,3 +274,134 @@ async fn a_missing_bind_mount_source_fails_the_create_cleanly() {
     .await;
     assert_eq!(ok(&c, "echo ok").await, "ok\n");
 }
+
+/// `security.capability` as `getfattr` shows it for `/bin/ping` (GATS streams this one in).
+const PING_CAPABILITY: &str = "0100000200200000000000000000000000000000";
+
+/// A tar holding `d/` and `d/capfile` (mode 0754) whose PAX header carries `security.capability`
+/// and `user.note=kept`, then `d/plain`, as Go's archive/tar and GNU tar write them.
+fn tar_with_xattrs() -> Vec<u8> {
+    let cap: Vec<u8> = (0..PING_CAPABILITY.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&PING_CAPABILITY[i..i + 2], 16).unwrap())
+        .collect();
+    let mut records = Vec::new();
+    for (key, value) in [
+        ("SCHILY.xattr.security.capability", cap.as_slice()),
+        ("SCHILY.xattr.user.note", b"kept".as_slice()),
+    ] {
+        // "<length> <key>=<value>\n", the length counting itself.
+        let rest = key.len() + value.len() + 3;
+        let mut len = rest + rest.to_string().len();
+        if len.to_string().len() != rest.to_string().len() {
+            len += 1;
+        }
+        records.extend_from_slice(format!("{len} {key}=").as_bytes());
+        records.extend_from_slice(value);
+        records.push(b'\n');
+    }
+    let mut builder = tar::Builder::new(Vec::new());
+    let header = |kind, size: usize, mode| {
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(kind);
+        h.set_size(size as u64);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h
+    };
+    builder
+        .append_data(
+            &mut header(tar::EntryType::Directory, 0, 0o755),
+            "d/",
+            std::io::empty(),
+        )
+        .unwrap();
+    builder
+        .append_data(
+            &mut header(tar::EntryType::XHeader, records.len(), 0o644),
+            "d/PaxHeaders/capfile",
+            records.as_slice(),
+        )
+        .unwrap();
+    builder
+        .append_data(
+            &mut header(tar::EntryType::Regular, 9, 0o754),
+            "d/capfile",
+            &b"some-body"[..],
+        )
+        .unwrap();
+    builder
+        .append_data(
+            &mut header(tar::EntryType::Regular, 5, 0o644),
+            "d/plain",
+            &b"plain"[..],
+        )
+        .unwrap();
+    builder.into_inner().unwrap()
+}
+
+/// An extended attribute of a file on the host, if set.
+fn host_xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: valid C strings and a buffer of the length given.
+    let len =
+        unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    let len = usize::try_from(len).ok()?;
+    buf.truncate(len);
+    Some(buf)
+}
+
+/// GATS (lifecycle_test.go) streams in, as a non-root user, a file carrying a
+/// `security.capability` only root may set. gdn's tar leaves that attribute out and carries on;
+/// so do we: the stream succeeds, the file is there with its contents and mode, and the
+/// attributes the user may set are set. Root still gets every attribute.
+#[tokio::test(flavor = "multi_thread")]
+async fn stream_in_skips_attributes_the_user_cannot_set() {
+    let c = create_default().await;
+    let upper = server().layout().overlay_upper_dir(c.handle());
+
+    stream_in(&c, "/home/vcap/in", "vcap", tar_with_xattrs())
+        .await
+        .expect("a non-root stream in with an attribute it cannot set");
+    let out = run(
+        &c,
+        sh_as(
+            "vcap",
+            "cat /home/vcap/in/d/capfile /home/vcap/in/d/plain; echo; \
+             stat -c '%a %u:%g' /home/vcap/in/d/capfile /home/vcap/in/d",
+        ),
+    )
+    .await;
+    assert_eq!(
+        (out.status, out.stdout.as_str()),
+        (0, "some-bodyplain\n754 1000:1000\n755 1000:1000\n"),
+        "{out:?}"
+    );
+    let file = upper.join("home/vcap/in/d/capfile");
+    assert!(file.exists(), "{} is not in the upper dir", file.display());
+    assert_eq!(host_xattr(&file, "security.capability"), None);
+    assert_eq!(
+        host_xattr(&file, "user.note").as_deref(),
+        Some(&b"kept"[..])
+    );
+
+    // As root, every attribute is set.
+    stream_in(&c, "/data/xattrs", "root", tar_with_xattrs())
+        .await
+        .expect("a root stream in");
+    assert_eq!(ok(&c, "cat /data/xattrs/d/capfile").await, "some-body");
+    let file = upper.join("data/xattrs/d/capfile");
+    assert_eq!(
+        host_xattr(&file, "user.note").as_deref(),
+        Some(&b"kept"[..])
+    );
+    assert!(
+        host_xattr(&file, "security.capability").is_some(),
+        "root's security.capability was not set"
+    );
+}

@@ -7,6 +7,7 @@ use linux_support::*;
 use trellis_client::Error;
 use trellis_core::api::{ContainerSpec, ImageRef};
 use trellis_tests::images::{busybox_rootfs, busybox_tar, oci_layout, Registry, IMAGE_VAR};
+use trellis_tests::{ServerOptions, TestServer};
 
 /// The layered image: the whiteout, the opaque directory and the image's env all show.
 async fn check_layered(uri: &str) {
@@ -85,13 +86,99 @@ async fn docker_images_from_a_loopback_registry() {
 }
 
 async fn assert_nothing_left(handle: &str) {
-    match client().container(handle).info().await {
+    assert_nothing_left_on(server(), handle).await;
+}
+
+async fn assert_nothing_left_on(server: &TestServer, handle: &str) {
+    match server.client().container(handle).info().await {
         Err(Error::ContainerNotFound { .. }) => {}
         other => panic!("{handle} is still known: {other:?}"),
     }
     assert!(
-        !server().depot().join(handle).exists(),
+        !server.depot().join(handle).exists(),
         "{handle}'s directory is left"
+    );
+}
+
+/// A Linux server started with `flags` (and none of the shared server's).
+fn server_with(flags: &[&str]) -> TestServer {
+    TestServer::start(ServerOptions {
+        extra_args: flags.iter().map(|f| f.to_string()).collect(),
+        ..TestServer::linux_options()
+    })
+}
+
+/// gdn's --docker-registry and --insecure-docker-registry, against a plain-HTTP registry on
+/// loopback (nothing is sent anywhere else): `docker:///repo#tag` comes from the configured
+/// registry when it is listed insecure; not listed, it is refused with the reason and nothing
+/// is left; an image the registry lacks is named with the cause.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_default_registry_and_the_insecure_list() {
+    let base = tempfile::tempdir().expect("a directory");
+    let layout = oci_layout(base.path());
+    let registry = Registry::start();
+    registry.push(&layout, "v1", "busybox");
+    let addr = format!("127.0.0.1:{}", registry.port);
+
+    let listed = server_with(&[
+        "--docker-registry",
+        &addr,
+        "--insecure-docker-registry",
+        &addr,
+    ]);
+    let client = listed.client();
+    for uri in [
+        "docker:///busybox#v1".to_string(),
+        registry.uri("busybox", "v1"),
+    ] {
+        let c = client.create(with_image(&uri)).await.expect(&uri);
+        assert_eq!(ok(&c, "cat /data/added").await, "second layer\n", "{uri}");
+        client.destroy(c.handle()).await.expect("destroy");
+    }
+    for (uri, named) in [
+        ("docker:///trellis/missing#v1", "trellis/missing#v1"),
+        ("docker:///busybox#no-such-tag", "busybox#no-such-tag"),
+    ] {
+        let err = client
+            .create(ContainerSpec {
+                handle: "lx-unknown-image".into(),
+                ..with_image(uri)
+            })
+            .await
+            .expect_err(uri);
+        let expected = format!("pulling docker://{addr}/{named}: manifest not found (404)");
+        assert!(err.to_string().contains(&expected), "{uri}: {err}");
+        assert_nothing_left_on(&listed, "lx-unknown-image").await;
+    }
+    drop(listed);
+
+    // The same registry, not listed: only verified HTTPS is allowed, and it speaks plain HTTP.
+    let unlisted = server_with(&["--docker-registry", &addr]);
+    for uri in [
+        "docker:///busybox#v1".to_string(),
+        registry.uri("busybox", "v1"),
+    ] {
+        let err = unlisted
+            .client()
+            .create(ContainerSpec {
+                handle: "lx-insecure-refused".into(),
+                ..with_image(&uri)
+            })
+            .await
+            .expect_err(&uri);
+        let err = err.to_string();
+        assert!(
+            err.contains(&format!("pulling docker://{addr}/busybox#v1: {addr}"))
+                && err.contains("not listed in --insecure-docker-registry"),
+            "{uri}: {err}"
+        );
+        assert_nothing_left_on(&unlisted, "lx-insecure-refused").await;
+    }
+    let layers = unlisted.layout().images_dir().join("layers");
+    assert!(
+        std::fs::read_dir(&layers).map_or(true, |mut d| d.next().is_none()),
+        "a refused pull left layers in {}",
+        layers.display()
     );
 }
 

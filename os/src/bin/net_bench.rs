@@ -144,6 +144,7 @@ fn run(options: &Options) -> Result<(), String> {
             ..Default::default()
         },
         security: Default::default(),
+        registry: Default::default(),
     })
     .map_err(|e| format!("start the Linux host: {e}"))?;
     let result = bench(&host, options);

@@ -478,6 +478,7 @@ mod tests {
                 .unwrap(),
                 no_new_privileges: false,
             },
+            registry: Default::default(),
         };
         assert!(matches!(
             cleanup(&config),

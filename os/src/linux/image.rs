@@ -288,6 +288,7 @@ pub fn resolve(
     uri: &str,
     image: &ImageRef,
     locks: &UnpackLocks,
+    registry: &super::registry::RegistrySettings,
 ) -> HostResult<ResolvedImage> {
     if let Some(rest) = uri.strip_prefix("oci://") {
         let (path, tag) = match rest.split_once('#') {
@@ -296,7 +297,7 @@ pub fn resolve(
         };
         return resolve_oci_layout(layout, Path::new(path), tag, locks);
     }
-    super::registry::resolve(layout, uri, image, locks)
+    super::registry::resolve(layout, uri, image, locks, registry)
 }
 
 /// An OCI image layout directory (`index.json`, `blobs/sha256/...`).

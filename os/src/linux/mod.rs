@@ -43,6 +43,8 @@ pub struct LinuxConfig {
     pub network: network::NetworkSettings,
     /// The user namespace mapping and the other security flags.
     pub security: security::SecuritySettings,
+    /// The default registry of `docker://` images, the insecure ones and the proxies.
+    pub registry: registry::RegistrySettings,
 }
 
 pub struct LinuxHost {

@@ -35,6 +35,8 @@ const OVERLAYFS_MAGIC: i64 = 0x794c7630;
 pub struct RootfsManager {
     layout: Layout,
     default_rootfs: String,
+    /// How `docker://` images are pulled.
+    registry: super::registry::RegistrySettings,
     /// One lock per image being unpacked, so concurrent creates unpack it once.
     unpacking: Arc<Mutex<HashMap<String, Arc<Mutex<()>>>>>,
     /// Makes the scratch dir (a size-limited filesystem when the spec limits disk).
@@ -51,6 +53,7 @@ impl RootfsManager {
         let manager = RootfsManager {
             layout: config.layout.clone(),
             default_rootfs: config.default_rootfs.clone(),
+            registry: config.registry.clone(),
             unpacking: Arc::default(),
             disk: DiskQuotas::new(&config.layout),
             idmap,
@@ -185,7 +188,7 @@ impl RootfsManager {
 
     fn resolve(&self, uri: &str, image: &ImageRef) -> HostResult<ResolvedImage> {
         if uri.starts_with("docker://") || uri.starts_with("oci://") {
-            return image::resolve(&self.layout, uri, image, &self.unpacking);
+            return image::resolve(&self.layout, uri, image, &self.unpacking, &self.registry);
         }
         let path = uri.strip_prefix("raw://").unwrap_or(uri);
         let path = Path::new(path);

@@ -73,6 +73,11 @@ pub fn host(name: &str) -> TestHost {
             ..Default::default()
         },
         security: Default::default(),
+        // The test registries (`images::Registry`) speak plain HTTP on loopback.
+        registry: trellis_os::linux::registry::RegistrySettings {
+            insecure: vec!["127.0.0.0/8".into()],
+            ..Default::default()
+        },
     })
     .expect("LinuxHost::new");
     TestHost { host, base }

@@ -61,17 +61,92 @@ pub fn stream_in(path: &str, user: &str, data: OwnedFd, report: OwnedFd) -> ! {
         let mut archive = tar::Archive::new(&mut input);
         archive.set_preserve_permissions(true);
         archive.set_preserve_mtime(true);
-        archive.set_unpack_xattrs(true);
+        // Extended attributes are set here, each on its own (see `unpack`).
+        archive.set_unpack_xattrs(false);
         archive.set_overwrite(true);
         archive.set_preserve_ownerships(user.uid == 0);
-        archive
-            .unpack(&dest)
-            .map_err(|e| failed(prefix, chain(&e)))?;
+        unpack(&mut archive, &dest).map_err(|e| failed(prefix, chain(&e)))?;
         // Read what follows the end-of-archive marker so the sender never sees a broken pipe.
         io::copy(&mut input, &mut io::sink()).map_err(|e| failed(prefix, chain(&e)))?;
         Ok(())
     })();
     finish(result, report)
+}
+
+/// Unpacks the archive into `dest` as `tar::Archive::unpack` does (directories last, deepest
+/// first, so their modes cannot stop their contents), and sets each entry's extended
+/// attributes (`SCHILY.xattr.*`) one by one, skipping those the user may not set. That is gdn's
+/// behaviour: its stream-in runs GNU tar (`--xattrs --xattrs-include=*`) as the user, which
+/// warns about an attribute it cannot set (`security.capability` as a non-root user, `trusted.*`
+/// in an unprivileged container) and carries on, exiting 0; the tar crate would abort the
+/// whole stream instead.
+fn unpack<R: Read>(archive: &mut tar::Archive<R>, dest: &Path) -> io::Result<()> {
+    let dest = dest.canonicalize().unwrap_or_else(|_| dest.to_path_buf());
+    let mut directories = Vec::new();
+    for entry in archive.entries()? {
+        let entry = entry?;
+        if entry.header().entry_type() == tar::EntryType::Directory {
+            directories.push(entry);
+        } else {
+            unpack_entry(entry, &dest)?;
+        }
+    }
+    directories.sort_by(|a, b| b.path_bytes().cmp(&a.path_bytes()));
+    for dir in directories {
+        unpack_entry(dir, &dest)?;
+    }
+    Ok(())
+}
+
+const PAX_XATTR: &[u8] = b"SCHILY.xattr.";
+
+fn unpack_entry<R: Read>(mut entry: tar::Entry<'_, R>, dest: &Path) -> io::Result<()> {
+    let mut xattrs = Vec::new();
+    if let Some(extensions) = entry.pax_extensions()? {
+        for extension in extensions {
+            let extension = extension?;
+            if let Some(name) = extension.key_bytes().strip_prefix(PAX_XATTR) {
+                xattrs.push((name.to_vec(), extension.value_bytes().to_vec()));
+            }
+        }
+    }
+    if !entry.unpack_in(dest)? || xattrs.is_empty() {
+        return Ok(());
+    }
+    // Where `unpack_in` put it: the entry's path without its root, `.` and prefix parts (it
+    // skips entries with `..`, which returned false above).
+    let mut target = dest.to_path_buf();
+    for part in entry.path()?.components() {
+        if let std::path::Component::Normal(part) = part {
+            target.push(part);
+        }
+    }
+    for (name, value) in xattrs {
+        // As GNU tar: an attribute that cannot be set is left out, the file stays.
+        let _ = set_xattr(&target, &name, &value);
+    }
+    Ok(())
+}
+
+/// `lsetxattr`: the attribute of a symlink itself, never of what it points to.
+fn set_xattr(path: &Path, name: &[u8], value: &[u8]) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let name = std::ffi::CString::new(name).map_err(io::Error::other)?;
+    // SAFETY: valid C strings and a value slice we own, for the duration of the call.
+    let r = unsafe {
+        libc::lsetxattr(
+            path.as_ptr(),
+            name.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 pub fn stream_out(path: &str, user: &str, data: OwnedFd, report: OwnedFd) -> ! {
