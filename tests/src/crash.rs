@@ -27,6 +27,7 @@
 //! it was killed depends on timing, so a seed replays the same workload, not the same
 //! interleaving.
 
+use crate::collect::{stdout_collector, Collected};
 use crate::host_objects::HostObjects;
 use crate::{eventually, TestServer};
 use std::collections::{BTreeMap, BTreeSet};
@@ -902,7 +903,7 @@ impl Worker {
                 known: false,
             },
         );
-        let (io, collected) = collector();
+        let (io, collected) = stdout_collector();
         let container = self.client.container(handle.clone());
         let result = tokio::time::timeout(REQUEST_TIMEOUT, container.run(workload.spec, io)).await;
         let answer = self.answer(&format!("run {id} in {handle}"), result);
@@ -981,36 +982,6 @@ impl ProcessWorkload {
     }
 }
 
-/// What one attach delivered, filled as it arrives.
-struct Collected {
-    seen: Arc<Mutex<Vec<u8>>>,
-    done: JoinHandle<()>,
-}
-
-fn collector() -> (ProcessIo, Collected) {
-    let (writer, mut reader) = tokio::io::duplex(1 << 16);
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    let done = tokio::spawn(async move {
-        let mut chunk = vec![0u8; 1 << 16];
-        while let Ok(n) = reader.read(&mut chunk).await {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .extend_from_slice(&chunk[..n]);
-        }
-    });
-    (
-        ProcessIo {
-            stdout: Some(Box::new(writer)),
-            ..Default::default()
-        },
-        Collected { seen, done },
-    )
-}
-
 /// Follows a process's stream until it ends, then settles what it delivered in the model.
 fn follow(
     shared: &Arc<Shared>,
@@ -1023,9 +994,7 @@ fn follow(
         let shared = shared_for_task;
         let status = tokio::time::timeout(REQUEST_TIMEOUT, process.wait()).await;
         drop(process);
-        let _ = tokio::time::timeout(Duration::from_secs(10), collected.done).await;
-        let segment =
-            std::mem::take(&mut *collected.seen.lock().unwrap_or_else(|e| e.into_inner()));
+        let (segment, _) = collected.finish(Duration::from_secs(10)).await;
         let killed = shared.killed();
         let mut model = shared.model();
         let Some(proc) = model.processes.get_mut(&id) else {
@@ -1125,7 +1094,7 @@ async fn reattach(shared: &Arc<Shared>, client: &Client) {
         .map(|(id, p)| (id.clone(), p.handle.clone(), p.known))
         .collect();
     for (id, handle, known) in ids {
-        let (io, collected) = collector();
+        let (io, collected) = stdout_collector();
         let attached = tokio::time::timeout(
             REQUEST_TIMEOUT,
             client.container(handle.clone()).attach(&id, io),
@@ -1474,7 +1443,7 @@ async fn check_run(
     handle: &str,
     script: &str,
 ) -> Option<(i32, String)> {
-    let (io, collected) = collector();
+    let (io, collected) = stdout_collector();
     let id = format!("check-{}", shared.model().fresh_id());
     let spec = ProcessSpec {
         id,
@@ -1490,12 +1459,7 @@ async fn check_run(
     };
     match tokio::time::timeout(REQUEST_TIMEOUT, run).await {
         Ok(Ok(status)) => {
-            let _ = tokio::time::timeout(Duration::from_secs(10), collected.done).await;
-            let out = collected
-                .seen
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .clone();
+            let (out, _) = collected.finish(Duration::from_secs(10)).await;
             Some((status, String::from_utf8_lossy(&out).into_owned()))
         }
         Ok(Err(e)) => {

@@ -14,6 +14,7 @@
 //! The `trellis` binary must be built first (`scripts/test` does): it is looked for next to the
 //! test executable's directory (`target/<profile>/trellis`), or at `$TRELLIS_BIN`.
 
+pub mod collect;
 pub mod crash;
 pub mod host_objects;
 pub mod images;

@@ -7,57 +7,11 @@
 mod linux_support;
 
 use linux_support::sh;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
 use trellis_client::{Container, ProcessIo};
 use trellis_core::api::{ContainerSpec, ProcessSpec};
+use trellis_tests::collect::stdout_collector;
 use trellis_tests::{eventually, TestServer};
-
-/// What a stream delivered: a snapshot while it runs, all of it once it ended.
-struct Collected {
-    seen: Arc<Mutex<Vec<u8>>>,
-    done: tokio::task::JoinHandle<()>,
-}
-
-impl Collected {
-    fn len(&self) -> usize {
-        self.seen.lock().unwrap().len()
-    }
-
-    /// Everything, once the stream has ended (the client drops its end after delivering).
-    async fn all(self) -> Vec<u8> {
-        tokio::time::timeout(Duration::from_secs(30), self.done)
-            .await
-            .expect("the stream ends")
-            .expect("the collector");
-        let seen = self.seen.lock().unwrap();
-        seen.clone()
-    }
-}
-
-/// Collects what a stream delivers, as it arrives, until it ends or breaks.
-fn collector() -> (ProcessIo, Collected) {
-    let (writer, mut reader) = tokio::io::duplex(1 << 16);
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let sink = seen.clone();
-    let done = tokio::spawn(async move {
-        let mut chunk = vec![0u8; 1 << 16];
-        while let Ok(n) = reader.read(&mut chunk).await {
-            if n == 0 {
-                break;
-            }
-            sink.lock().unwrap().extend_from_slice(&chunk[..n]);
-        }
-    });
-    (
-        ProcessIo {
-            stdout: Some(Box::new(writer)),
-            ..Default::default()
-        },
-        Collected { seen, done },
-    )
-}
 
 fn with_id(id: &str, spec: ProcessSpec) -> ProcessSpec {
     ProcessSpec {
@@ -87,7 +41,7 @@ async fn processes_outlive_a_killed_server_and_lose_nothing() {
     let lines = 40_000;
     let writer = "i=0; while [ $i -lt 40 ]; do seq $((i*1000+1)) $((i*1000+1000)); i=$((i+1)); \
                   sleep 0.05; done; exit 3";
-    let (io, before) = collector();
+    let (io, before) = stdout_collector();
     let first = c
         .run(with_id("writer", sh(writer)), io)
         .await
@@ -132,7 +86,7 @@ async fn processes_outlive_a_killed_server_and_lose_nothing() {
 
     // Everything the writer wrote arrives: what the first client got, then the rest (a piece
     // sent just before the kill may come again, none may be missing).
-    let (io, after) = collector();
+    let (io, after) = stdout_collector();
     assert_eq!(attach_and_wait(&c, "writer", io).await, 3);
     let expected: String = (1..=lines).map(|n| format!("{n}\n")).collect();
     let before = String::from_utf8(before.all().await).unwrap();
@@ -179,12 +133,12 @@ async fn processes_outlive_a_killed_server_and_lose_nothing() {
         .await
         .expect("attach the reader");
     assert_eq!(p.wait().await.unwrap(), 5);
-    let (io, out) = collector();
+    let (io, out) = stdout_collector();
     assert_eq!(attach_and_wait(&c, "reader", io).await, 5);
     assert_eq!(out.all().await, b"got hello\n");
 
     // A process that ended while the server was down: its output and status.
-    let (io, out) = collector();
+    let (io, out) = stdout_collector();
     assert_eq!(attach_and_wait(&c, "early", io).await, 7);
     assert_eq!(out.all().await, b"finished while down\n");
 
