@@ -6,12 +6,10 @@
 //! (a directory, with `<dir>.tar` beside it); without that variable it is built on demand into
 //! `target/test-rootfs`, under a lock so concurrent test binaries build it once.
 
-use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
 
 /// The environment variable naming a prebuilt busybox rootfs directory.
 pub const ROOTFS_ENV: &str = "TRELLIS_TEST_ROOTFS";
@@ -61,8 +59,8 @@ pub fn busybox_tar() -> PathBuf {
     busybox_rootfs().with_extension("tar")
 }
 
-/// Runs a command to success, panicking with its output otherwise.
-pub fn run(cmd: &mut Command) {
+/// Runs a command to success and returns its stdout, panicking with its output otherwise.
+pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
@@ -70,6 +68,7 @@ pub fn run(cmd: &mut Command) {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// The env every image made by [`oci_layout`] carries.
@@ -117,12 +116,11 @@ pub fn oci_layout(base: &Path) -> PathBuf {
     layout
 }
 
-/// A Docker registry (Debian's `docker-registry`) on 127.0.0.1, storing under a directory of
-/// its own; stopped when dropped.
+/// A Docker registry (Debian's `docker-registry`) on 127.0.0.1, started by
+/// `scripts/stand-in-registry` and storing under a directory of its own; stopped when dropped.
 pub struct Registry {
-    child: Child,
     pub port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Registry {
@@ -131,40 +129,21 @@ impl Registry {
             .prefix("trellis-registry-")
             .tempdir()
             .expect("a temporary directory");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free loopback port");
-        let config = dir.path().join("registry.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .expect("the registry's config");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting docker-registry (scripts/install-deps installs it)");
-        let registry = Registry {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "docker-registry did not listen on 127.0.0.1:{port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        registry
+        let out = stand_in_registry(&["start".as_ref(), dir.path().as_os_str()]);
+        let port = out
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("stand-in-registry start printed {out:?}, not a port"));
+        Registry { port, dir }
+    }
+
+    /// Pushes the stand-ins for the Docker Hub images GATS pulls (`scripts/stand-in-registry`
+    /// names them, e.g. `preexisting-users`), built into the OCI layout `layout` by
+    /// [`stand_in_images`], under their Docker Hub names (`cfgarden/preexisting_users:latest`).
+    pub fn push_stand_ins(&self, layout: &Path, images: &[&str]) {
+        let mut args = vec!["push".as_ref(), self.dir.path().as_os_str(), layout.as_os_str()];
+        args.extend(images.iter().map(|i| i.as_ref()));
+        stand_in_registry(&args);
     }
 
     /// Pushes tag `tag` of the OCI layout to `<this registry>/<repository>:<tag>`.
@@ -185,7 +164,24 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let _ = Command::new(repo_root().join("scripts/stand-in-registry"))
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
     }
+}
+
+/// Builds the named stand-in images (see `scripts/stand-in-registry`) into an OCI layout at
+/// `base/stand-ins`, one tag per image.
+pub fn stand_in_images(base: &Path, images: &[&str]) -> PathBuf {
+    let layout = base.join("stand-ins");
+    let mut args = vec!["build".as_ref(), layout.as_os_str()];
+    args.extend(images.iter().map(|i| i.as_ref()));
+    stand_in_registry(&args);
+    layout
+}
+
+/// Runs `scripts/stand-in-registry` to success and returns its stdout.
+fn stand_in_registry(args: &[&std::ffi::OsStr]) -> String {
+    run(Command::new(repo_root().join("scripts/stand-in-registry")).args(args))
 }

@@ -6,7 +6,9 @@ mod linux_support;
 use linux_support::*;
 use trellis_client::Error;
 use trellis_core::api::{ContainerSpec, ImageRef};
-use trellis_tests::images::{busybox_rootfs, busybox_tar, oci_layout, Registry, IMAGE_VAR};
+use trellis_tests::images::{
+    busybox_rootfs, busybox_tar, oci_layout, stand_in_images, Registry, IMAGE_VAR,
+};
 use trellis_tests::{ServerOptions, TestServer};
 
 /// The layered image: the whiteout, the opaque directory and the image's env all show.
@@ -180,6 +182,70 @@ async fn the_default_registry_and_the_insecure_list() {
         "a refused pull left layers in {}",
         layers.display()
     );
+}
+
+/// The stand-ins for GATS's Docker Hub images (scripts/stand-in-registry), pulled by their
+/// Docker Hub names from the configured registry: files owned by an image user stay theirs in
+/// an unprivileged (uid-shifted) container, setuid bits survive, an opaque whiteout hides the
+/// layer below, and the image's env is the process env.
+#[tokio::test(flavor = "multi_thread")]
+async fn gats_stand_in_images_from_the_default_registry() {
+    let base = tempfile::tempdir().expect("a directory");
+    let layout = stand_in_images(base.path(), &["preexisting-users", "garden-rootfs"]);
+    let registry = Registry::start();
+    registry.push_stand_ins(&layout, &["preexisting-users", "garden-rootfs"]);
+    let addr = format!("127.0.0.1:{}", registry.port);
+    let server = server_with(&[
+        "--docker-registry",
+        &addr,
+        "--insecure-docker-registry",
+        &addr,
+    ]);
+    let client = server.client();
+
+    let users = client
+        .create(with_image("docker:///cfgarden/preexisting_users"))
+        .await
+        .expect("create from cfgarden/preexisting_users");
+    let alice = run(
+        &users,
+        sh_as(
+            "alice",
+            "stat -c '%U %n' /home/alice /home/alice/alicesfile /bin/busybox; touch /home/alice/new && echo wrote",
+        ),
+    )
+    .await;
+    assert_eq!(
+        alice.stdout,
+        "alice /home/alice\nalice /home/alice/alicesfile\nroot /bin/busybox\nwrote\n",
+        "{alice:?}"
+    );
+    assert_eq!(
+        ok(&users, "cat /.foo").await,
+        "this is a pre-existing dotfile\n"
+    );
+    client.destroy(users.handle()).await.expect("destroy");
+
+    let rootfs = client
+        .create(with_image("docker:///cloudfoundry/garden-rootfs"))
+        .await
+        .expect("create from cloudfoundry/garden-rootfs");
+    let out = run(
+        &rootfs,
+        sh_as(
+            "alice",
+            "id -u; id -G; stat -c %A /bin/usemem-with-setuid; ls -A /test /test/foo; echo $TEST; echo $PATH",
+        ),
+    )
+    .await;
+    assert_eq!(
+        out.stdout,
+        "1001\n1010 1011\n-rwsr-xr-x\n/test:\nfoo\n\n/test/foo:\n\
+         second-test-from-dockerfile:test-from-dockerfile\n\
+         /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/bin:/from-dockerfile\n",
+        "{out:?}"
+    );
+    client.destroy(rootfs.handle()).await.expect("destroy");
 }
 
 #[tokio::test(flavor = "multi_thread")]
