@@ -6,6 +6,7 @@
 //! (a directory, with `<dir>.tar` beside it); without that variable it is built on demand into
 //! `target/test-rootfs`, under a lock so concurrent test binaries build it once.
 
+use std::ffi::OsStr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -129,7 +130,7 @@ impl Registry {
             .prefix("trellis-registry-")
             .tempdir()
             .expect("a temporary directory");
-        let out = stand_in_registry(&["start".as_ref(), dir.path().as_os_str()]);
+        let out = stand_in_registry(&[OsStr::new("start"), dir.path().as_os_str()]);
         let port = out
             .trim()
             .parse()
@@ -141,8 +142,12 @@ impl Registry {
     /// names them, e.g. `preexisting-users`), built into the OCI layout `layout` by
     /// [`stand_in_images`], under their Docker Hub names (`cfgarden/preexisting_users:latest`).
     pub fn push_stand_ins(&self, layout: &Path, images: &[&str]) {
-        let mut args = vec!["push".as_ref(), self.dir.path().as_os_str(), layout.as_os_str()];
-        args.extend(images.iter().map(|i| i.as_ref()));
+        let mut args = vec![
+            OsStr::new("push"),
+            self.dir.path().as_os_str(),
+            layout.as_os_str(),
+        ];
+        args.extend(images.iter().map(OsStr::new));
         stand_in_registry(&args);
     }
 
@@ -175,13 +180,13 @@ impl Drop for Registry {
 /// `base/stand-ins`, one tag per image.
 pub fn stand_in_images(base: &Path, images: &[&str]) -> PathBuf {
     let layout = base.join("stand-ins");
-    let mut args = vec!["build".as_ref(), layout.as_os_str()];
-    args.extend(images.iter().map(|i| i.as_ref()));
+    let mut args = vec![OsStr::new("build"), layout.as_os_str()];
+    args.extend(images.iter().map(OsStr::new));
     stand_in_registry(&args);
     layout
 }
 
 /// Runs `scripts/stand-in-registry` to success and returns its stdout.
-fn stand_in_registry(args: &[&std::ffi::OsStr]) -> String {
+fn stand_in_registry(args: &[&OsStr]) -> String {
     run(Command::new(repo_root().join("scripts/stand-in-registry")).args(args))
 }
