@@ -138,6 +138,11 @@ impl Registry {
         Registry { port, dir }
     }
 
+    /// Its address, `127.0.0.1:PORT`, as in image URIs and registry flags.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
     /// Pushes the stand-ins for the Docker Hub images GATS pulls (`scripts/stand-in-registry`
     /// names them, e.g. `preexisting-users`), built into the OCI layout `layout` by
     /// [`stand_in_images`], under their Docker Hub names (`cfgarden/preexisting_users:latest`).
@@ -157,13 +162,13 @@ impl Registry {
             "copy",
             "--dest-tls-verify=false",
             &format!("oci:{}:{tag}", layout.display()),
-            &format!("docker://127.0.0.1:{}/{repository}:{tag}", self.port),
+            &format!("docker://{}/{repository}:{tag}", self.addr()),
         ]));
     }
 
     /// The Garden image URI of `repository` at `tag` here.
     pub fn uri(&self, repository: &str, tag: &str) -> String {
-        format!("docker://127.0.0.1:{}/{repository}#{tag}", self.port)
+        format!("docker://{}/{repository}#{tag}", self.addr())
     }
 }
 

@@ -110,6 +110,17 @@ fn server_with(flags: &[&str]) -> TestServer {
     })
 }
 
+/// A server whose `docker:///` images come from `registry`, listed as insecure (plain HTTP).
+fn server_pulling_from(registry: &Registry) -> TestServer {
+    let addr = registry.addr();
+    server_with(&[
+        "--docker-registry",
+        &addr,
+        "--insecure-docker-registry",
+        &addr,
+    ])
+}
+
 /// gdn's --docker-registry and --insecure-docker-registry, against a plain-HTTP registry on
 /// loopback (nothing is sent anywhere else): `docker:///repo#tag` comes from the configured
 /// registry when it is listed insecure; not listed, it is refused with the reason and nothing
@@ -120,14 +131,9 @@ async fn the_default_registry_and_the_insecure_list() {
     let layout = oci_layout(base.path());
     let registry = Registry::start();
     registry.push(&layout, "v1", "busybox");
-    let addr = format!("127.0.0.1:{}", registry.port);
+    let addr = registry.addr();
 
-    let listed = server_with(&[
-        "--docker-registry",
-        &addr,
-        "--insecure-docker-registry",
-        &addr,
-    ]);
+    let listed = server_pulling_from(&registry);
     let client = listed.client();
     for uri in [
         "docker:///busybox#v1".to_string(),
@@ -194,13 +200,7 @@ async fn gats_stand_in_images_from_the_default_registry() {
     let layout = stand_in_images(base.path(), &["preexisting-users", "garden-rootfs"]);
     let registry = Registry::start();
     registry.push_stand_ins(&layout, &["preexisting-users", "garden-rootfs"]);
-    let addr = format!("127.0.0.1:{}", registry.port);
-    let server = server_with(&[
-        "--docker-registry",
-        &addr,
-        "--insecure-docker-registry",
-        &addr,
-    ]);
+    let server = server_pulling_from(&registry);
     let client = server.client();
 
     let users = client
@@ -216,8 +216,7 @@ async fn gats_stand_in_images_from_the_default_registry() {
     )
     .await;
     assert_eq!(
-        alice.stdout,
-        "alice /home/alice\nalice /home/alice/alicesfile\nroot /bin/busybox\nwrote\n",
+        alice.stdout, "alice /home/alice\nalice /home/alice/alicesfile\nroot /bin/busybox\nwrote\n",
         "{alice:?}"
     );
     assert_eq!(
