@@ -11,6 +11,7 @@ use trellis_core::api::{
     ContainerSpec, IpRange, NetOutRule, PortRange, ProcessSpec, Protocol, Signal, TtySpec,
     WindowSize,
 };
+use trellis_proto::duration::parse_duration;
 
 #[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
@@ -186,54 +187,6 @@ pub enum PropertyAction {
     },
     #[command(alias = "remove")]
     Rm { handle: String, key: String },
-}
-
-/// Parses a Go duration (`300ms`, `1.5h`, `2h45m`) or a plain number of seconds. Negative
-/// durations are refused.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    if text.is_empty() {
-        return Err("empty duration".into());
-    }
-    if let Ok(seconds) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(seconds));
-    }
-    if text.starts_with('-') {
-        return Err(format!("negative duration {text:?}"));
-    }
-    let body = text.strip_prefix('+').unwrap_or(text);
-    let mut total_nanos: f64 = 0.0;
-    let mut rest = body;
-    while !rest.is_empty() {
-        let number_len = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(|| format!("missing unit in duration {text:?}"))?;
-        if number_len == 0 {
-            return Err(format!("invalid duration {text:?}"));
-        }
-        let number: f64 = rest[..number_len]
-            .parse()
-            .map_err(|_| format!("invalid number in duration {text:?}"))?;
-        rest = &rest[number_len..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let unit = match &rest[..unit_len] {
-            "ns" => 1.0,
-            "us" | "µs" | "μs" => 1e3,
-            "ms" => 1e6,
-            "s" => 1e9,
-            "m" => 60e9,
-            "h" => 3600e9,
-            other => return Err(format!("unknown unit {other:?} in duration {text:?}")),
-        };
-        rest = &rest[unit_len..];
-        total_nanos += number * unit;
-    }
-    if !total_nanos.is_finite() || total_nanos > i64::MAX as f64 {
-        return Err(format!("duration {text:?} is too large"));
-    }
-    Ok(Duration::from_nanos(total_nanos.round() as u64))
 }
 
 fn pairs(items: &[String], what: &str) -> Result<BTreeMap<String, String>, String> {
@@ -637,20 +590,6 @@ async fn run_process(client: &Client, args: RunArgs, json: bool) -> Result<ExitC
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("300ms"), Ok(Duration::from_millis(300)));
-        assert!(parse_duration("-1s").is_err());
-        assert!(parse_duration("5x").is_err());
-        assert!(parse_duration("m").is_err());
-        assert!(parse_duration("").is_err());
-    }
 
     #[test]
     fn create_specs_from_flags() {

@@ -5,50 +5,20 @@ use crate::process::{Process, ProcessIo};
 use crate::transport::{empty_body, error_from, json_body, read_body, ReaderBody, Target};
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::io::AsyncRead;
 use trellis_core::api::{
-    BandwidthLimits, Capacity, ContainerInfo, ContainerInfoEntry, ContainerMetricsEntry,
-    ContainerSpec, CpuLimits, DiskLimits, HandleBody, HandlesBody, MemoryLimits, Metrics,
-    NetInRequest, NetInResponse, NetOutRule, ProcessSpec, PropertyValue, StopRequest,
+    BandwidthLimits, Capacity, ContainerInfo, ContainerSpec, CpuLimits, DiskLimits, MemoryLimits,
+    Metrics, NetInResponse, NetOutRule, ProcessSpec,
 };
-
-/// Characters escaped in a path segment: everything but unreserved and a few safe marks. A `/`
-/// is escaped too, so a handle or key can never add path segments.
-const SEGMENT: &AsciiSet = &CONTROLS
-    .add(b' ')
-    .add(b'"')
-    .add(b'#')
-    .add(b'%')
-    .add(b'/')
-    .add(b'<')
-    .add(b'>')
-    .add(b'?')
-    .add(b'`')
-    .add(b'{')
-    .add(b'}')
-    .add(b'+')
-    .add(b'\\')
-    .add(b'^')
-    .add(b'|')
-    .add(b'[')
-    .add(b']');
-
-pub(crate) fn segment(s: &str) -> String {
-    utf8_percent_encode(s, SEGMENT).to_string()
-}
-
-fn query(pairs: &[(&str, &str)]) -> String {
-    let mut serializer = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in pairs {
-        serializer.append_pair(k, v);
-    }
-    serializer.finish()
-}
+use trellis_proto::messages::{
+    ContainerInfoEntry, ContainerMetricsEntry, HandleBody, HandlesBody, NetInRequest,
+    PropertyValue, StopRequest,
+};
+use trellis_proto::{LimitKind, Route};
 
 /// A connection-less handle on a Garden server: every call opens its own connection.
 #[derive(Debug, Clone)]
@@ -65,19 +35,14 @@ impl Client {
         &self.target
     }
 
-    async fn call_raw(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<Bytes, Error> {
+    async fn call_raw(&self, route: &Route, body: Option<Vec<u8>>) -> Result<Bytes, Error> {
         let (content_type, body) = match body {
             Some(bytes) => (Some("application/json"), json_body(bytes)),
             None => (None, empty_body()),
         };
         let response = self
             .target
-            .request(method, path, content_type, body)
+            .request(route.method(), &route.target(), content_type, body)
             .await?;
         let (status, body) = read_body(response).await?;
         if (200..300).contains(&status) {
@@ -89,12 +54,11 @@ impl Client {
 
     async fn call<T: DeserializeOwned>(
         &self,
-        method: &str,
-        path: &str,
+        route: Route,
         body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<T, Error> {
         let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
-        let bytes = self.call_raw(method, path, body).await?;
+        let bytes = self.call_raw(&route, body).await?;
         serde_json::from_slice(&bytes).map_err(|e| Error::BadResponse {
             status: 200,
             detail: format!("{e}"),
@@ -102,28 +66,27 @@ impl Client {
     }
 
     pub async fn ping(&self) -> Result<(), Error> {
-        self.call::<serde_json::Value>("GET", "/ping", None::<&()>)
+        self.call::<serde_json::Value>(Route::Ping, None::<&()>)
             .await
             .map(|_| ())
     }
 
     pub async fn capacity(&self) -> Result<Capacity, Error> {
-        self.call("GET", "/capacity", None::<&()>).await
+        self.call(Route::Capacity, None::<&()>).await
     }
 
     pub async fn create(&self, spec: ContainerSpec) -> Result<Container, Error> {
-        let created: HandleBody = self.call("POST", "/containers", Some(&spec)).await?;
+        let created: HandleBody = self.call(Route::Create, Some(&spec)).await?;
         Ok(self.container(created.handle))
     }
 
     pub async fn destroy(&self, handle: &str) -> Result<(), Error> {
-        self.call::<serde_json::Value>(
-            "DELETE",
-            &format!("/containers/{}", segment(handle)),
-            None::<&()>,
-        )
-        .await
-        .map(|_| ())
+        let route = Route::Destroy {
+            handle: handle.to_string(),
+        };
+        self.call::<serde_json::Value>(route, None::<&()>)
+            .await
+            .map(|_| ())
     }
 
     /// Containers whose properties match every pair of `filter`.
@@ -131,16 +94,10 @@ impl Client {
         &self,
         filter: &BTreeMap<String, String>,
     ) -> Result<Vec<Container>, Error> {
-        let mut path = "/containers".to_string();
-        if !filter.is_empty() {
-            let pairs: Vec<(&str, &str)> = filter
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            path.push('?');
-            path.push_str(&query(&pairs));
-        }
-        let body: HandlesBody = self.call("GET", &path, None::<&()>).await?;
+        let route = Route::List {
+            filter: filter.clone(),
+        };
+        let body: HandlesBody = self.call(route, None::<&()>).await?;
         Ok(body
             .handles
             .into_iter()
@@ -162,22 +119,16 @@ impl Client {
         &self,
         handles: &[&str],
     ) -> Result<BTreeMap<String, ContainerInfoEntry>, Error> {
-        let path = format!(
-            "/containers/bulk_info?{}",
-            query(&[("handles", &handles.join(","))])
-        );
-        self.call("GET", &path, None::<&()>).await
+        let handles = handles.iter().map(|h| h.to_string()).collect();
+        self.call(Route::BulkInfo { handles }, None::<&()>).await
     }
 
     pub async fn bulk_metrics(
         &self,
         handles: &[&str],
     ) -> Result<BTreeMap<String, ContainerMetricsEntry>, Error> {
-        let path = format!(
-            "/containers/bulk_metrics?{}",
-            query(&[("handles", &handles.join(","))])
-        );
-        self.call("GET", &path, None::<&()>).await
+        let handles = handles.iter().map(|h| h.to_string()).collect();
+        self.call(Route::BulkMetrics { handles }, None::<&()>).await
     }
 
     /// A `Container` for a handle, without checking that it exists (routes report that).
@@ -214,42 +165,55 @@ impl Container {
         &self.handle
     }
 
-    fn path(&self, rest: &str) -> String {
-        format!("/containers/{}{rest}", segment(&self.handle))
-    }
-
     async fn done(
         &self,
-        method: &str,
-        rest: &str,
+        route: Route,
         body: Option<&(impl Serialize + ?Sized)>,
     ) -> Result<(), Error> {
         self.client
-            .call::<serde_json::Value>(method, &self.path(rest), body)
+            .call::<serde_json::Value>(route, body)
             .await
             .map(|_| ())
     }
 
+    async fn current_limits<T: DeserializeOwned>(&self, kind: LimitKind) -> Result<T, Error> {
+        let route = Route::CurrentLimits {
+            handle: self.handle.clone(),
+            kind,
+        };
+        self.client.call(route, None::<&()>).await
+    }
+
     pub async fn stop(&self, kill: bool) -> Result<(), Error> {
-        self.done("PUT", "/stop", Some(&StopRequest { kill })).await
+        let route = Route::Stop {
+            handle: self.handle.clone(),
+        };
+        self.done(route, Some(&StopRequest { kill })).await
     }
 
     pub async fn info(&self) -> Result<ContainerInfo, Error> {
-        self.client
-            .call("GET", &self.path("/info"), None::<&()>)
-            .await
+        let route = Route::Info {
+            handle: self.handle.clone(),
+        };
+        self.client.call(route, None::<&()>).await
     }
 
     pub async fn stream_in(&self, spec: StreamInSpec) -> Result<(), Error> {
-        let path = self.path(&format!(
-            "/files?{}",
-            query(&[("destination", &spec.path), ("user", &spec.user)])
-        ));
+        let route = Route::StreamIn {
+            handle: self.handle.clone(),
+            destination: spec.path,
+            user: spec.user,
+        };
         let body = ReaderBody::new(spec.tar).boxed_unsync();
         let response = self
             .client
             .target
-            .request("PUT", &path, Some("application/x-tar"), body)
+            .request(
+                route.method(),
+                &route.target(),
+                Some("application/x-tar"),
+                body,
+            )
             .await?;
         let (status, body) = read_body(response).await?;
         if (200..300).contains(&status) {
@@ -264,14 +228,15 @@ impl Container {
         &self,
         spec: StreamOutSpec,
     ) -> Result<impl AsyncRead + Send + Unpin, Error> {
-        let path = self.path(&format!(
-            "/files?{}",
-            query(&[("source", &spec.path), ("user", &spec.user)])
-        ));
+        let route = Route::StreamOut {
+            handle: self.handle.clone(),
+            source: spec.path,
+            user: spec.user,
+        };
         let response = self
             .client
             .target
-            .request("GET", &path, None, empty_body())
+            .request(route.method(), &route.target(), None, empty_body())
             .await?;
         let status = response.status().as_u16();
         if !(200..300).contains(&status) {
@@ -282,27 +247,19 @@ impl Container {
     }
 
     pub async fn current_bandwidth_limits(&self) -> Result<BandwidthLimits, Error> {
-        self.client
-            .call("GET", &self.path("/limits/bandwidth"), None::<&()>)
-            .await
+        self.current_limits(LimitKind::Bandwidth).await
     }
 
     pub async fn current_cpu_limits(&self) -> Result<CpuLimits, Error> {
-        self.client
-            .call("GET", &self.path("/limits/cpu"), None::<&()>)
-            .await
+        self.current_limits(LimitKind::Cpu).await
     }
 
     pub async fn current_disk_limits(&self) -> Result<DiskLimits, Error> {
-        self.client
-            .call("GET", &self.path("/limits/disk"), None::<&()>)
-            .await
+        self.current_limits(LimitKind::Disk).await
     }
 
     pub async fn current_memory_limits(&self) -> Result<MemoryLimits, Error> {
-        self.client
-            .call("GET", &self.path("/limits/memory"), None::<&()>)
-            .await
+        self.current_limits(LimitKind::Memory).await
     }
 
     /// Maps `host_port` (0: one from the pool) to `container_port` (0: the same number).
@@ -312,27 +269,36 @@ impl Container {
             host_port,
             container_port,
         };
-        let response: NetInResponse = self
-            .client
-            .call("POST", &self.path("/net/in"), Some(&request))
-            .await?;
+        let route = Route::NetIn {
+            handle: self.handle.clone(),
+        };
+        let response: NetInResponse = self.client.call(route, Some(&request)).await?;
         Ok((response.host_port, response.container_port))
     }
 
     pub async fn net_out(&self, rule: &NetOutRule) -> Result<(), Error> {
-        self.done("POST", "/net/out", Some(rule)).await
+        let route = Route::NetOut {
+            handle: self.handle.clone(),
+        };
+        self.done(route, Some(rule)).await
     }
 
     pub async fn bulk_net_out(&self, rules: &[NetOutRule]) -> Result<(), Error> {
-        self.done("POST", "/net/out/bulk", Some(rules)).await
+        let route = Route::BulkNetOut {
+            handle: self.handle.clone(),
+        };
+        self.done(route, Some(rules)).await
     }
 
     pub async fn run(&self, spec: ProcessSpec, io: ProcessIo) -> Result<Process, Error> {
         let body = serde_json::to_vec(&spec).unwrap_or_default();
+        let route = Route::Run {
+            handle: self.handle.clone(),
+        };
         let hijacked = self
             .client
             .target
-            .hijack("POST", &self.path("/processes"), Some(body))
+            .hijack(route.method(), &route.target(), Some(body))
             .await?;
         Process::start(
             self.client.target.clone(),
@@ -344,8 +310,15 @@ impl Container {
     }
 
     pub async fn attach(&self, process_id: &str, io: ProcessIo) -> Result<Process, Error> {
-        let path = self.path(&format!("/processes/{}", segment(process_id)));
-        let hijacked = self.client.target.hijack("GET", &path, None).await?;
+        let route = Route::Attach {
+            handle: self.handle.clone(),
+            process_id: process_id.to_string(),
+        };
+        let hijacked = self
+            .client
+            .target
+            .hijack(route.method(), &route.target(), None)
+            .await?;
         Process::start(
             self.client.target.clone(),
             self.handle.clone(),
@@ -356,31 +329,33 @@ impl Container {
     }
 
     pub async fn metrics(&self) -> Result<Metrics, Error> {
-        self.client
-            .call("GET", &self.path("/metrics"), None::<&()>)
-            .await
+        let route = Route::Metrics {
+            handle: self.handle.clone(),
+        };
+        self.client.call(route, None::<&()>).await
     }
 
     pub async fn set_grace_time(&self, grace: Duration) -> Result<(), Error> {
         let nanos = i64::try_from(grace.as_nanos()).unwrap_or(i64::MAX);
-        self.done("PUT", "/grace_time", Some(&nanos)).await
+        let route = Route::SetGraceTime {
+            handle: self.handle.clone(),
+        };
+        self.done(route, Some(&nanos)).await
     }
 
     pub async fn properties(&self) -> Result<BTreeMap<String, String>, Error> {
-        self.client
-            .call("GET", &self.path("/properties"), None::<&()>)
-            .await
+        let route = Route::Properties {
+            handle: self.handle.clone(),
+        };
+        self.client.call(route, None::<&()>).await
     }
 
     pub async fn property(&self, key: &str) -> Result<String, Error> {
-        let value: PropertyValue = self
-            .client
-            .call(
-                "GET",
-                &self.path(&format!("/properties/{}", segment(key))),
-                None::<&()>,
-            )
-            .await?;
+        let route = Route::Property {
+            handle: self.handle.clone(),
+            key: key.to_string(),
+        };
+        let value: PropertyValue = self.client.call(route, None::<&()>).await?;
         Ok(value.value)
     }
 
@@ -388,16 +363,18 @@ impl Container {
         let body = PropertyValue {
             value: value.to_string(),
         };
-        self.done("PUT", &format!("/properties/{}", segment(key)), Some(&body))
-            .await
+        let route = Route::SetProperty {
+            handle: self.handle.clone(),
+            key: key.to_string(),
+        };
+        self.done(route, Some(&body)).await
     }
 
     pub async fn remove_property(&self, key: &str) -> Result<(), Error> {
-        self.done(
-            "DELETE",
-            &format!("/properties/{}", segment(key)),
-            None::<&()>,
-        )
-        .await
+        let route = Route::RemoveProperty {
+            handle: self.handle.clone(),
+            key: key.to_string(),
+        };
+        self.done(route, None::<&()>).await
     }
 }

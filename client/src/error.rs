@@ -1,7 +1,8 @@
 //! The errors a Garden client sees, typed as garden's Go client types them.
 
-use trellis_core::api::ErrorBody;
 use trellis_core::ErrorKind;
+use trellis_proto::error::kind_of;
+use trellis_proto::messages::ErrorBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -35,7 +36,7 @@ pub enum Error {
 impl Error {
     /// Rebuilds the typed error from the server's five-key error object, as the Go client does.
     pub fn from_body(status: u16, body: ErrorBody) -> Error {
-        match ErrorKind::from_wire_name(&body.kind) {
+        match kind_of(&body.kind) {
             ErrorKind::ContainerNotFound => Error::ContainerNotFound {
                 handle: body.handle,
             },

@@ -19,7 +19,6 @@ pub mod cli;
 mod client;
 mod error;
 mod process;
-pub mod stream;
 mod transport;
 mod tty;
 

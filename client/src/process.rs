@@ -2,7 +2,6 @@
 //! connection (stdin, signals, resizes out; the exit status in) and its stdout/stderr attaches.
 
 use crate::error::Error;
-use crate::stream::{encode, PayloadDecoder};
 use crate::transport::{Hijacked, Target};
 use bytes::Bytes;
 use hyper::body::Incoming;
@@ -11,7 +10,10 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
-use trellis_core::api::{ProcessPayload, Signal, TtySpec};
+use trellis_core::api::{Signal, TtySpec};
+use trellis_proto::messages::ProcessPayload;
+use trellis_proto::stream::{encode, PayloadDecoder};
+use trellis_proto::{Route, StreamKind};
 
 /// The client's ends of a process's standard streams; `None` means "not wanted" (no stdin is
 /// ever sent; no attach is opened for that output).
@@ -150,17 +152,21 @@ impl Process {
             tasks,
             attach_error: None,
         };
-        for (sink, name) in [(io.stdout, "stdout"), (io.stderr, "stderr")] {
+        for (sink, kind) in [
+            (io.stdout, StreamKind::Stdout),
+            (io.stderr, StreamKind::Stderr),
+        ] {
             let Some(sink) = sink else { continue };
-            let path = format!(
-                "/containers/{}/processes/{}/attaches/{}/{name}",
-                crate::client::segment(&handle),
-                crate::client::segment(&process.id),
-                crate::client::segment(&process.stream_id),
-            );
-            match target.hijack("GET", &path, None).await {
+            let route = Route::StreamAttach {
+                handle: handle.clone(),
+                process_id: process.id.clone(),
+                stream_id: process.stream_id.clone(),
+                kind,
+            };
+            match target.hijack(route.method(), &route.target(), None).await {
                 Ok(attached) => process.copies.push(tokio::spawn(copy_out(attached, sink))),
                 Err(e) => {
+                    let name = kind.name();
                     process.attach_error = Some(format!("failed to hijack stream {name}: {e}"));
                     break;
                 }

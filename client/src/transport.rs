@@ -12,7 +12,7 @@ use std::pin::Pin;
 use std::str::FromStr;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
-use trellis_core::api::ErrorBody;
+use trellis_proto::messages::ErrorBody;
 
 /// Where the server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]

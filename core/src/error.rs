@@ -1,6 +1,6 @@
-//! Errors the core answers requests with, and the Garden error type each one travels as.
+//! Errors the core answers requests with, and the class of Garden error each one is (the
+//! wire names and HTTP statuses of those classes are `trellis_proto`'s).
 
-use crate::api::ErrorBody;
 use crate::effect::{EffectError, EffectErrorKind};
 use crate::handle::{self, InvalidName};
 use crate::limits::LimitExceeded;
@@ -70,39 +70,6 @@ pub enum ErrorKind {
     Generic,
 }
 
-impl ErrorKind {
-    /// The `Type` string on the wire.
-    pub fn wire_name(self) -> &'static str {
-        match self {
-            ErrorKind::ContainerNotFound => "ContainerNotFoundError",
-            ErrorKind::ProcessNotFound => "ProcessNotFoundError",
-            ErrorKind::ExecutableNotFound => "ExecutableNotFoundError",
-            ErrorKind::ServiceUnavailable => "ServiceUnavailableError",
-            ErrorKind::Unrecoverable => "UnrecoverableError",
-            ErrorKind::Generic => "",
-        }
-    }
-
-    /// 404 for the two not-found types, 500 for everything else (as the reference server does).
-    pub fn http_status(self) -> u16 {
-        match self {
-            ErrorKind::ContainerNotFound | ErrorKind::ProcessNotFound => 404,
-            _ => 500,
-        }
-    }
-
-    pub fn from_wire_name(name: &str) -> ErrorKind {
-        match name {
-            "ContainerNotFoundError" => ErrorKind::ContainerNotFound,
-            "ProcessNotFoundError" => ErrorKind::ProcessNotFound,
-            "ExecutableNotFoundError" => ErrorKind::ExecutableNotFound,
-            "ServiceUnavailableError" => ErrorKind::ServiceUnavailable,
-            "UnrecoverableError" => ErrorKind::Unrecoverable,
-            _ => ErrorKind::Generic,
-        }
-    }
-}
-
 impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -115,21 +82,6 @@ impl Error {
             _ => ErrorKind::Generic,
         }
     }
-
-    /// The five-key error object the Go client decodes.
-    pub fn to_body(&self) -> ErrorBody {
-        let mut body = ErrorBody {
-            kind: self.kind().wire_name().to_string(),
-            message: self.to_string(),
-            ..Default::default()
-        };
-        match self {
-            Error::ContainerNotFound { handle } => body.handle = handle.clone(),
-            Error::ProcessNotFound { process_id } => body.process_id = process_id.clone(),
-            _ => {}
-        }
-        body
-    }
 }
 
 #[cfg(test)]
@@ -137,21 +89,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn wire_bodies_match_the_reference_server() {
-        let body = Error::ContainerNotFound {
-            handle: "missing".into(),
-        }
-        .to_body();
-        assert_eq!(
-            serde_json::to_string(&body).unwrap(),
-            r#"{"Type":"ContainerNotFoundError","Message":"unknown handle: missing","Handle":"missing","ProcessID":"","Binary":""}"#
-        );
-        let body = Error::ProcessNotFound {
-            process_id: "p-404".into(),
-        }
-        .to_body();
-        assert_eq!(body.kind, "ProcessNotFoundError");
-        assert_eq!(body.process_id, "p-404");
+    fn messages_and_kinds_are_the_ones_gdn_sends() {
         assert_eq!(
             Error::HandleInUse { handle: "h".into() }.to_string(),
             "Handle 'h' already in use"
@@ -160,8 +98,10 @@ mod tests {
             EffectErrorKind::ExecutableNotFound,
             "exec: \"nope\": executable file not found in $PATH",
         ));
-        assert_eq!(exe.kind().wire_name(), "ExecutableNotFoundError");
-        assert_eq!(exe.kind().http_status(), 500);
-        assert_eq!(ErrorKind::ContainerNotFound.http_status(), 404);
+        assert_eq!(exe.kind(), ErrorKind::ExecutableNotFound);
+        let missing = Error::ProcessNotFound {
+            process_id: "p".into(),
+        };
+        assert_eq!(missing.kind(), ErrorKind::ProcessNotFound);
     }
 }

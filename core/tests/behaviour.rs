@@ -292,7 +292,7 @@ fn executable_not_found_travels_as_its_garden_type() {
     );
     d.absorb(out);
     let err = d.reply(r).unwrap().unwrap_err();
-    assert_eq!(err.to_body().kind, "ExecutableNotFoundError");
+    assert_eq!(err.kind(), trellis_core::ErrorKind::ExecutableNotFound);
 }
 
 #[test]

@@ -5,8 +5,6 @@
 use crate::driver::CoreHandle;
 use crate::processes::ProcessTable;
 use crate::reply::{empty_ok, error_response, ok, ApiError, Body};
-use crate::routes::{route, LimitKind, Route};
-use crate::wire::{self, BadRequest, MAX_JSON_BODY};
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::{Frame, Incoming};
@@ -20,12 +18,15 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{info, warn, Instrument};
-use trellis_core::api::{
-    ContainerInfoEntry, ContainerMetricsEntry, CpuLimits, HandleBody, HandlesBody, Limits,
-    PropertyValue,
-};
+use trellis_core::api::{CpuLimits, Limits};
 use trellis_core::{Command, Error, Reply};
 use trellis_os::{FilePath, Host, HostError};
+use trellis_proto::body::{self as wire, BadRequest, MAX_JSON_BODY};
+use trellis_proto::error::error_body;
+use trellis_proto::messages::{
+    ContainerInfoEntry, ContainerMetricsEntry, HandleBody, HandlesBody, PropertyValue,
+};
+use trellis_proto::{LimitKind, Route};
 
 /// How long a client may take to send a JSON body, or between two pieces of a tar stream.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -73,7 +74,7 @@ pub async fn serve(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let route = match route(&method, &target) {
+    let route = match Route::parse(&method, &target) {
         Ok(route) => route,
         Err(e) => {
             let span = tracing::info_span!("request", id, route = "", handle = "");
@@ -188,7 +189,7 @@ async fn handle(
                             Ok(info) => ContainerInfoEntry { info, err: None },
                             Err(e) => ContainerInfoEntry {
                                 info: Default::default(),
-                                err: Some(e.to_body()),
+                                err: Some(error_body(&e)),
                             },
                         };
                         (handle, entry)
@@ -208,7 +209,7 @@ async fn handle(
                                 Ok(metrics) => ContainerMetricsEntry { metrics, err: None },
                                 Err(e) => ContainerMetricsEntry {
                                     metrics: Default::default(),
-                                    err: Some(e.to_body()),
+                                    err: Some(error_body(&e)),
                                 },
                             };
                             (handle, entry)

@@ -387,7 +387,7 @@ impl ServerArgs {
     }
 }
 
-pub use trellis_client::cli::parse_duration as parse_go_duration;
+pub use trellis_proto::duration::parse_duration as parse_go_duration;
 
 /// A plain path made absolute (containers resolve their rootfs long after the server started,
 /// not from its working directory); URLs (`docker://`, `oci://`, `raw://`) as given.
@@ -477,20 +477,5 @@ mod tests {
         assert_eq!(settings.insecure, ["127.0.0.1:5000", "10.0.0.0/8"]);
         assert!(parse(&["--docker-registry", "https://registry.example/v2"]).is_err());
         assert!(parse(&["--docker-registry", ""]).is_err());
-    }
-
-    #[test]
-    fn go_durations() {
-        assert_eq!(parse_go_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_go_duration("30s"), Ok(Duration::from_secs(30)));
-        assert_eq!(parse_go_duration("90"), Ok(Duration::from_secs(90)));
-        assert_eq!(parse_go_duration("1h30m"), Ok(Duration::from_secs(5400)));
-        assert_eq!(parse_go_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_go_duration("300ms"), Ok(Duration::from_millis(300)));
-        assert_eq!(parse_go_duration("0"), Ok(Duration::ZERO));
-        assert!(parse_go_duration("-1s").is_err());
-        assert!(parse_go_duration("5x").is_err());
-        assert!(parse_go_duration("m").is_err());
-        assert!(parse_go_duration("").is_err());
     }
 }

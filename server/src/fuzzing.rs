@@ -3,11 +3,13 @@
 //! what must always hold (no panic; decoded bodies re-encode to the same value).
 
 use crate::head::{decode_chunked, parse_head};
-use crate::routes::{parse_query, route};
-use crate::wire::{self, PayloadDecoder, MAX_JSON_BODY};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::fmt::Debug;
+use trellis_proto::body::{self as wire, MAX_JSON_BODY};
+use trellis_proto::route::parse_query;
+use trellis_proto::stream::PayloadDecoder;
+use trellis_proto::Route;
 
 /// A decoded body, encoded again the way the server or client would, must decode to the same
 /// value (the Go-compatible omitempty/default rules must agree with each other).
@@ -26,7 +28,7 @@ fn round_trips<T: Serialize + DeserializeOwned + PartialEq + Debug>(value: &T) {
 pub fn request_head(data: &[u8]) {
     if let Ok(Some((head, len))) = parse_head(data) {
         assert!(len <= data.len());
-        if let Ok(r) = route(&head.method, &head.target) {
+        if let Ok(r) = Route::parse(&head.method, &head.target) {
             let _ = r.is_hijack();
             let _ = r.handle();
         }

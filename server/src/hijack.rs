@@ -6,14 +6,16 @@ use crate::driver::LeaseGuard;
 use crate::head::{decode_chunked, BodyFraming, RequestHead};
 use crate::processes::ProcessEntry;
 use crate::reply::{hijack_error, hijack_head, json_bytes, ApiError};
-use crate::routes::{Route, StreamKind};
-use crate::wire::{self, BadRequest, PayloadDecoder, MAX_JSON_BODY};
 use crate::BoxIo;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tracing::{debug, info, warn, Instrument};
-use trellis_core::api::{ProcessPayload, Signal};
+use trellis_core::api::Signal;
 use trellis_core::{Command, Error, Reply};
+use trellis_proto::body::{self as wire, BadRequest, MAX_JSON_BODY};
+use trellis_proto::messages::ProcessPayload;
+use trellis_proto::stream::PayloadDecoder;
+use trellis_proto::{Route, StreamKind};
 
 /// Serves one hijacked request. `buffered` holds whatever was read past the request head.
 pub async fn serve(

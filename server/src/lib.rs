@@ -19,10 +19,8 @@ pub mod hijack;
 pub mod output;
 pub mod processes;
 pub mod reply;
-pub mod routes;
 pub mod server;
 pub mod startup;
-pub mod wire;
 
 use std::pin::Pin;
 use std::task::{Context, Poll};

@@ -10,7 +10,6 @@
 //! id; then the host is told to let the process go.
 
 use crate::output::{async_fd, pipe_bytes, OutputStream, Reader};
-use crate::routes::StreamKind;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +21,7 @@ use tokio::sync::watch;
 use tracing::{debug, warn};
 use trellis_core::api::{Signal, WindowSize};
 use trellis_os::{decode_exit_status, Host, HostResult, ProcessIo};
+use trellis_proto::StreamKind;
 
 /// How long an exited process (its exit status and any unread output) stays attachable.
 pub const RETAIN_AFTER_EXIT: Duration = Duration::from_secs(60);

@@ -2,14 +2,15 @@
 //! the plain routes, and the exact response heads of the hijacked routes.
 
 use crate::head::{BodyError, HeadError};
-use crate::routes::RouteError;
-use crate::wire::BadRequest;
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::{header, Response, StatusCode};
 use serde::Serialize;
-use trellis_core::api::ErrorBody;
 use trellis_core::{Error, ErrorKind};
+use trellis_proto::body::BadRequest;
+use trellis_proto::error::{error_body, http_status, wire_name};
+use trellis_proto::messages::ErrorBody;
+use trellis_proto::RouteError;
 
 pub type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -37,7 +38,7 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> u16 {
         match self {
-            ApiError::Core(e) => e.kind().http_status(),
+            ApiError::Core(e) => http_status(e.kind()),
             ApiError::BadRequest(e) => e.http_status(),
             ApiError::Route(e) => e.http_status(),
             ApiError::Head(HeadError::TooLarge) => 431,
@@ -52,9 +53,9 @@ impl ApiError {
 
     pub fn body(&self) -> ErrorBody {
         match self {
-            ApiError::Core(e) => e.to_body(),
+            ApiError::Core(e) => error_body(e),
             ApiError::ServiceUnavailable(message) => ErrorBody {
-                kind: ErrorKind::ServiceUnavailable.wire_name().into(),
+                kind: wire_name(ErrorKind::ServiceUnavailable).into(),
                 message: message.clone(),
                 ..Default::default()
             },
@@ -68,8 +69,8 @@ impl ApiError {
     /// The Garden `Type` of this error, for logs.
     pub fn kind_name(&self) -> &'static str {
         match self {
-            ApiError::Core(e) => e.kind().wire_name(),
-            ApiError::ServiceUnavailable(_) => ErrorKind::ServiceUnavailable.wire_name(),
+            ApiError::Core(e) => wire_name(e.kind()),
+            ApiError::ServiceUnavailable(_) => wire_name(ErrorKind::ServiceUnavailable),
             _ => "",
         }
     }

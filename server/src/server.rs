@@ -6,7 +6,6 @@ use crate::driver::Driver;
 use crate::head::{parse_head, HeadError};
 use crate::processes::ProcessTable;
 use crate::reply::{closing_error, ApiError};
-use crate::routes::route;
 use crate::{BoxIo, Rewind};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -16,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UnixListener};
 use tracing::{debug, error, info, warn};
 use trellis_os::Host;
+use trellis_proto::Route;
 
 /// How long a client may take to send a request head.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -317,7 +317,7 @@ async fn connection(
             return;
         }
     };
-    if let Ok(route) = route(&head.method, &head.target) {
+    if let Ok(route) = Route::parse(&head.method, &head.target) {
         if route.is_hijack() {
             let rest = buf.split_off(len);
             crate::hijack::serve(state, io, head, route, rest).await;

@@ -2,7 +2,7 @@
 //! containers with memory, CPU and pid limits, then times one BulkMetrics call for all of
 //! them, and Metrics for one. Prints figures; asserts only that every entry came back.
 //!
-//! `cargo build --release -p trellis-server --bin trellis &&
+//! `cargo build --release -p trellis --bin trellis &&
 //!  cargo bench -p trellis-tests --bench bulk_metrics [-- N]` (default 250).
 
 #[path = "../tests/limits_support/mod.rs"]

@@ -132,7 +132,7 @@ pub fn binary() -> PathBuf {
         .unwrap_or_else(|| {
             panic!(
                 "{} does not exist: build the server first (`cargo build --release -p \
-                 trellis-server`, as scripts/test does) or set TRELLIS_BIN",
+                 trellis`, as scripts/test does) or set TRELLIS_BIN",
                 beside.display()
             )
         })

@@ -14,21 +14,6 @@ pub struct NetIn {
     pub container_port: u32,
 }
 
-/// Body of `POST /containers/:handle/net/in`. The handle in the body is ignored (the path wins).
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
-#[serde(default)]
-pub struct NetInRequest {
-    #[serde(
-        skip_serializing_if = "String::is_empty",
-        deserialize_with = "nullable"
-    )]
-    pub handle: String,
-    #[serde(skip_serializing_if = "is_zero", deserialize_with = "nullable")]
-    pub host_port: u32,
-    #[serde(skip_serializing_if = "is_zero", deserialize_with = "nullable")]
-    pub container_port: u32,
-}
-
 #[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[serde(default)]
 pub struct NetInResponse {

@@ -107,35 +107,6 @@ pub struct WindowSize {
     pub rows: u16,
 }
 
-/// The one message type exchanged on a Run/Attach connection, in both directions.
-#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq)]
-#[serde(default)]
-pub struct ProcessPayload {
-    #[serde(
-        skip_serializing_if = "String::is_empty",
-        deserialize_with = "nullable"
-    )]
-    pub process_id: String,
-    #[serde(
-        skip_serializing_if = "String::is_empty",
-        deserialize_with = "nullable"
-    )]
-    pub stream_id: String,
-    /// 0 stdin, 1 stdout, 2 stderr; only stdin travels client to server.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub source: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub exit_status: Option<i32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub tty: Option<TtySpec>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub signal: Option<u8>,
-}
-
 /// `signal` values on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Signal {

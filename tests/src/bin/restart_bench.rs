@@ -7,7 +7,7 @@
 //! ```
 //!
 //! As root, with the busybox test rootfs (`$TRELLIS_TEST_ROOTFS`, or built on demand) and the
-//! `trellis` binary built (`cargo build --release -p trellis-server`; or `$TRELLIS_BIN`). It
+//! `trellis` binary built (`cargo build --release -p trellis`; or `$TRELLIS_BIN`). It
 //! starts a Linux server of its own (the test harness's: its own depot, tag and cgroup parent),
 //! creates the containers (each running `--processes` idle processes, which its init keeps and
 //! a restarted server takes over; each process first writes `--output` bytes to stdout and as

@@ -1,7 +1,7 @@
 //! The message stream of a hijacked process connection: one decoder for both ends (the server
 //! and this client), so messages split across reads are handled the same way everywhere.
 
-use trellis_core::api::ProcessPayload;
+use crate::messages::ProcessPayload;
 
 /// The largest single message accepted (32 KiB of stdin escaped as JSON stays far below it).
 pub const MAX_PAYLOAD_BYTES: usize = 1 << 20;

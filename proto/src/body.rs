@@ -1,11 +1,10 @@
-//! Decoding what clients send: JSON request bodies (bounded) and the stream of JSON messages on
-//! a hijacked process connection. The fuzz targets call these same functions.
+//! Decoding the JSON request bodies clients send (bounded, with Go's decoding rules). The fuzz
+//! targets call these same functions.
 
+use crate::messages::{NetInRequest, PropertyValue, StopRequest};
 use serde::de::DeserializeOwned;
 use thiserror::Error;
-use trellis_core::api::{
-    ContainerSpec, NetInRequest, NetOutRule, ProcessSpec, PropertyValue, StopRequest,
-};
+use trellis_core::api::{ContainerSpec, NetOutRule, ProcessSpec};
 
 /// The largest JSON request body accepted: a guard on what one request may make the server
 /// buffer, not a bound clients should meet. The core's bounds (`trellis_core::limits`) are
@@ -105,9 +104,6 @@ pub fn stop_request(body: &[u8]) -> Result<StopRequest, BadRequest> {
 pub fn grace_time(body: &[u8]) -> Result<i64, BadRequest> {
     decode("grace time (nanoseconds)", body)
 }
-
-/// The process-connection message decoder, shared with the client (one decoder, one place).
-pub use trellis_client::stream::{PayloadDecoder, PayloadError, MAX_PAYLOAD_BYTES};
 
 #[cfg(test)]
 mod tests {
