@@ -227,10 +227,11 @@ async fn blockio_weight_is_written_or_the_create_fails_saying_why() {
 
 #[tokio::test]
 async fn device_rules_reach_privileged_containers_only() {
-    // /dev/urandom read-only, and kmsg (1:11) readable, for privileged containers.
+    // /dev/urandom read-only (m: init makes the node), and kmsg (1:11) readable, for
+    // privileged containers.
     let server = server_with(&[
         "--device-cgroup-rule",
-        "c 1:9 r",
+        "c 1:9 rm",
         "--device-cgroup-rule",
         "c 1:11 r",
     ]);
@@ -264,7 +265,7 @@ async fn device_rules_reach_privileged_containers_only() {
         let list = |c| read(&cgroup_file(&cgroup_dirs(&server, c), "devices.list"));
         let privileged_list = list(&privileged);
         assert!(
-            privileged_list.lines().any(|l| l == "c 1:9 r"),
+            privileged_list.lines().any(|l| l == "c 1:9 rm"),
             "{privileged_list}"
         );
         assert!(

@@ -54,7 +54,7 @@ async fn records_live_in_the_properties_path_and_bring_containers_back_after_a_r
     server.terminate();
     server.restart();
     let client = server.client();
-    let c = client.container("kept").await.expect("still there");
+    let c = client.container("kept");
     let info = c.info().await.expect("info");
     assert_eq!(
         info.properties

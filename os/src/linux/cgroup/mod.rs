@@ -193,7 +193,12 @@ impl Cgroups {
         })?;
         let extra = &self.config.privileged_device_rules;
         let devices = devices::allow_rules(privileged, devices::host_has_fuse(), extra);
-        let parent_devices = devices::allow_rules(true, true, extra);
+        // Every rule any container may get: the built-in ones whole (unprivileged containers
+        // keep them even where the operator's rules narrow them) and the operator's.
+        let parent_devices: Vec<AllowRule> = devices::allow_rules(true, true, &[])
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
         let resources = Resources::new(limits, &self.config, || {
             resources::disks(Path::new("/sys/block"))
         });
