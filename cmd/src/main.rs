@@ -4,7 +4,7 @@
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use trellis_server::config::{LogLevel, ServerArgs};
+use trellis_server::config::{LogFormat, LogLevel, ServerArgs};
 use trellis_server::config_file::{self, IniFile};
 
 #[global_allocator]
@@ -40,21 +40,32 @@ enum Top {
     Client(trellis_client::cli::Command),
 }
 
-fn init_logging(level: LogLevel) {
+fn init_logging(args: &ServerArgs) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::EnvFilter;
-    let default = match level {
+    let default = match args.log_level {
         LogLevel::Debug => "debug",
         LogLevel::Info => "info",
         LogLevel::Error | LogLevel::Fatal => "error",
     };
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{default},hyper=info")));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    match args.log_format {
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_target(false)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Lager => tracing_subscriber::registry()
+            .with(filter)
+            .with(trellis_server::lager::LagerLayer::new(
+                args.log_time_format,
+                std::io::stderr(),
+            ))
+            .init(),
+    }
 }
 
 /// Raises the server's open-file limit to the hard limit (its containers' processes keep the
@@ -132,7 +143,7 @@ fn main() -> ExitCode {
     }
     if let Top::Server(args) = &cli.command {
         trellis_server::alloc_stats::return_freed_memory_to_the_system();
-        init_logging(args.log_level);
+        init_logging(args);
         for warning in &warnings {
             tracing::warn!("{warning}");
         }

@@ -72,6 +72,7 @@ fn main() {
         .unwrap()
         .success());
     let host = LinuxHost::new(LinuxConfig {
+        cgroup: Default::default(),
         layout: Layout::new(base.join("depot"), base.join("state"), base.join("run")),
         default_rootfs: rootfs.to_string_lossy().into_owned(),
         helper_binary: Some(PathBuf::from(env!("CARGO_BIN_EXE_trellis-os-helper"))),

@@ -11,6 +11,8 @@ pub struct Layout {
     pub state: PathBuf,
     /// Runtime files that need not survive a reboot (sockets, bind-mounted namespaces).
     pub run: PathBuf,
+    /// Durable container records: `<state>/records` unless the server was told otherwise.
+    records: PathBuf,
 }
 
 impl Layout {
@@ -19,11 +21,19 @@ impl Layout {
         state: impl Into<PathBuf>,
         run: impl Into<PathBuf>,
     ) -> Layout {
+        let state = state.into();
         Layout {
             depot: depot.into(),
-            state: state.into(),
+            records: state.join("records"),
+            state,
             run: run.into(),
         }
+    }
+
+    /// Keeps the container records in `dir` instead (gdn's `--properties-path`).
+    pub fn with_records_dir(mut self, dir: impl Into<PathBuf>) -> Layout {
+        self.records = dir.into();
+        self
     }
 
     /// `<depot>/<handle>`: the container's directory on the host.
@@ -100,7 +110,7 @@ impl Layout {
 
     /// Durable container records, one file per handle (`trellis_core::record::file_name`).
     pub fn records_dir(&self) -> PathBuf {
-        self.state.join("records")
+        self.records.clone()
     }
 
     /// Unpacked images, shared read-only by every container made from them.

@@ -314,8 +314,10 @@ fn cpu_shares_are_written_and_usage_moves() {
                 trellis_os::linux::cgroup::shares_to_weight(512),
             ),
         },
-        std::thread::available_parallelism().expect("cpus").get() as u64,
-        trellis_os::linux::cgroup::mem_total().expect("memory"),
+        trellis_os::linux::cgroup::default_entitlement_per_share(
+            std::thread::available_parallelism().expect("cpus").get() as u64,
+            trellis_os::linux::cgroup::mem_total().expect("memory"),
+        ),
     );
     assert_eq!(before.cpu_entitlement, expected_rate);
 

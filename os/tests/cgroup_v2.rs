@@ -9,7 +9,8 @@ use common::*;
 use std::path::PathBuf;
 use std::time::Duration;
 use trellis_core::api::{Limits, MemoryLimits};
-use trellis_os::linux::cgroup::{CgroupOptions, Cgroups, Mode};
+use trellis_os::linux::cgroup::{CgroupConfig, CgroupOptions, Cgroups, Mode};
+use trellis_os::linux::security::devices::AllowRule;
 
 /// The first cgroup2 mount in /proc/self/mountinfo.
 fn cgroup2_root() -> PathBuf {
@@ -27,9 +28,14 @@ fn cgroup2_root() -> PathBuf {
 }
 
 fn cgroups(test: &str) -> (Cgroups, PathBuf) {
+    cgroups_with(test, CgroupConfig::default())
+}
+
+fn cgroups_with(test: &str, config: CgroupConfig) -> (Cgroups, PathBuf) {
     let root = cgroup2_root();
     let parent = unique_parent(test);
     let mut options = CgroupOptions::new(&parent);
+    options.config = config;
     options.mode = Some(Mode::V2);
     options.v2_root = root.clone();
     let cg = Cgroups::with_options(options).expect("v2 cgroups");
@@ -192,4 +198,29 @@ fn v2_device_program_allows_only_the_container_devices() {
     }
     assert_eq!(out, expected);
     cg.remove(handle).expect("remove");
+}
+
+#[test]
+fn v2_device_program_gives_privileged_containers_the_operators_rules() {
+    // /dev/urandom read-only (m: inits make the node), for privileged containers only.
+    let config = CgroupConfig {
+        privileged_device_rules: vec![AllowRule::parse("c 1:9 rm").expect("parses")],
+        ..CgroupConfig::default()
+    };
+    let (cg, _parent) = cgroups_with("v2devrules", config);
+    let _guard = ParentGuard(&cg);
+    let script = "head -c 1 /dev/urandom > /dev/null && echo urandom-read; \
+                  echo x 2>/dev/null > /dev/urandom && echo urandom-written; \
+                  echo x > /dev/null && echo null";
+    for (handle, privileged, expected) in [
+        ("v2-priv", true, "urandom-read\nnull\n"),
+        ("v2-unpriv", false, "urandom-read\nurandom-written\nnull\n"),
+    ] {
+        cg.create(handle, &Limits::default(), privileged)
+            .expect("create");
+        let (code, out, err) = run_in(&cg, handle, &["sh", "-c", script]);
+        assert_eq!(code, Some(0), "{handle}: {out}{err}");
+        assert_eq!(out, expected, "{handle}: {err}");
+        cg.remove(handle).expect("remove");
+    }
 }

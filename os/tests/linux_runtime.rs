@@ -643,6 +643,7 @@ fn containers_outlive_the_host_object_and_are_observed_again() {
     t.create("r");
     let mut sleeper = t.spawn("r", sh("sleep 1000"), &[]).unwrap();
     let config = trellis_os::LinuxConfig {
+        cgroup: Default::default(),
         layout: t.host.layout.clone(),
         default_rootfs: String::new(),
         helper_binary: Some(env!("CARGO_BIN_EXE_trellis-os-helper").into()),

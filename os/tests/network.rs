@@ -36,6 +36,7 @@ impl Fixture {
         let layout = Layout::new(root.join("depot"), root.join("state"), root.join("run"));
         settings.tag = tag.to_string();
         let config = LinuxConfig {
+            cgroup: Default::default(),
             layout: layout.clone(),
             default_rootfs: String::new(),
             helper_binary: None,

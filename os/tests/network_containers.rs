@@ -17,6 +17,7 @@ fn host(name: &str, tag: &str) -> TestHost {
     let _ = std::fs::remove_dir_all(&base);
     let layout = Layout::new(base.join("depot"), base.join("state"), base.join("run"));
     let host = LinuxHost::new(LinuxConfig {
+        cgroup: Default::default(),
         layout,
         default_rootfs: rootfs().to_string_lossy().into_owned(),
         helper_binary: Some(PathBuf::from(env!("CARGO_BIN_EXE_trellis-os-helper"))),

@@ -36,6 +36,8 @@ pub struct State {
     pub core: CoreHandle,
     pub host: Arc<dyn Host>,
     pub processes: Arc<ProcessTable>,
+    /// How long a client may take to send a request head (`None`: no limit).
+    pub header_timeout: Option<std::time::Duration>,
     next_request: AtomicU64,
 }
 
@@ -45,6 +47,7 @@ impl State {
             core,
             host,
             processes,
+            header_timeout: Some(crate::server::HEADER_TIMEOUT),
             next_request: AtomicU64::new(1),
         }
     }

@@ -4,6 +4,8 @@ use clap::{Args, ValueEnum};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
+use trellis_os::linux::cgroup::{CgroupConfig, IoMax};
+use trellis_os::linux::security::devices::AllowRule;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Backend {
@@ -19,6 +21,15 @@ pub enum LogLevel {
     Info,
     Error,
     Fatal,
+}
+
+/// How log lines are written (on stderr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Text for people.
+    Text,
+    /// JSON lines as gdn writes them (Cloud Foundry's lager).
+    Lager,
 }
 
 /// A flag given twice takes its last value (repeatable flags collect every value), so that
@@ -43,6 +54,10 @@ pub struct ServerArgs {
     /// Runtime files that need not survive a reboot.
     #[arg(long, default_value = "/run/trellis")]
     pub run_dir: PathBuf,
+    /// The directory of container records (each holds a container's properties, limits and
+    /// port mappings; gdn keeps properties in one file here); default `<state-dir>/records`.
+    #[arg(long)]
+    pub properties_path: Option<PathBuf>,
     /// Pool container subnets are taken from.
     #[arg(long, default_value = "10.254.0.0/22")]
     pub network_pool: ipnetwork::Ipv4Network,
@@ -59,6 +74,14 @@ pub struct ServerArgs {
     pub max_containers: u64,
     #[arg(long, value_enum, default_value_t = LogLevel::Info)]
     pub log_level: LogLevel,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// The time in `--log-format lager` lines: rfc3339 as gdn, or lager's unix-epoch.
+    #[arg(long, value_enum, default_value_t = crate::lager::TimeFormat::Rfc3339)]
+    pub log_time_format: crate::lager::TimeFormat,
+    /// How long a client may take to send a request's head (`10s`, `1m`; 0: no limit).
+    #[arg(long, default_value = "30s", value_parser = parse_go_duration)]
+    pub read_header_timeout: Duration,
     #[arg(long, default_value_t = 61001)]
     pub port_pool_start: u32,
     #[arg(long, default_value_t = 4534)]
@@ -126,6 +149,8 @@ pub struct ServerArgs {
     pub gdn: GdnOnlyArgs,
     #[command(flatten)]
     pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub cgroup: CgroupArgs,
 }
 
 /// `gdn server` flags Trellis accepts, checks the value of, and does not act on: either not
@@ -136,18 +161,11 @@ pub struct GdnOnlyArgs {
     // Server Configuration
     #[arg(long)]
     pub skip_setup: bool,
-    #[arg(long, value_parser = parse_go_duration)]
-    pub read_header_timeout: Option<Duration>,
     // Container Lifecycle
-    #[arg(long)]
-    pub properties_path: Option<PathBuf>,
     #[arg(long)]
     pub console_sockets_path: Option<PathBuf>,
     #[arg(long)]
     pub cleanup_process_dirs_on_wait: bool,
-    /// `TYPE MAJOR:MINOR ACCESS`, e.g. `c 10:229 rwm` (repeatable).
-    #[arg(long, value_parser = parse_device_cgroup_rule)]
-    pub device_cgroup_rule: Vec<DeviceCgroupRule>,
     #[arg(long)]
     pub apparmor: Option<String>,
     // Binary Tools
@@ -190,21 +208,6 @@ pub struct GdnOnlyArgs {
     pub network_plugin_extra_arg: Vec<String>,
     #[arg(long)]
     pub enable_container_network_metrics: bool,
-    // Limits
-    #[arg(long)]
-    pub cpu_quota_per_share: Option<u64>,
-    #[arg(long)]
-    pub default_container_blockio_weight: Option<u16>,
-    #[arg(long)]
-    pub container_io_max_read_bps: Option<u64>,
-    #[arg(long)]
-    pub container_io_max_write_bps: Option<u64>,
-    #[arg(long)]
-    pub container_io_max_read_iops: Option<u64>,
-    #[arg(long)]
-    pub container_io_max_write_iops: Option<u64>,
-    #[arg(long)]
-    pub disable_swap_limit: bool,
     // Metrics
     #[arg(long, value_parser = parse_go_duration)]
     pub metrics_emission_interval: Option<Duration>,
@@ -212,8 +215,6 @@ pub struct GdnOnlyArgs {
     pub dropsonde_origin: Option<String>,
     #[arg(long)]
     pub dropsonde_destination: Option<String>,
-    #[arg(long)]
-    pub cpu_entitlement_per_share: Option<f64>,
     // Containerd
     #[arg(long)]
     pub containerd_socket: Option<PathBuf>,
@@ -237,38 +238,77 @@ pub struct GdnOnlyArgs {
     pub tcp_retries2: Option<u32>,
 }
 
-/// A `--device-cgroup-rule` as gdn reads it: `TYPE MAJOR:MINOR ACCESS`, each number or `*`
-/// (`None`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeviceCgroupRule {
-    pub kind: String,
-    pub major: Option<i64>,
-    pub minor: Option<i64>,
-    pub access: String,
+/// What every container's cgroup gets besides its own limits (gdn's `Limits` flags, its
+/// `--device-cgroup-rule` and `--cpu-entitlement-per-share`).
+#[derive(Debug, Clone, Args)]
+pub struct CgroupArgs {
+    /// A device rule for privileged containers, `TYPE MAJOR:MINOR ACCESS` (e.g. `c 10:200 rwm`;
+    /// a number may be `*`); it replaces the built-in rule for the same device (repeatable).
+    #[arg(long, value_parser = AllowRule::parse)]
+    pub device_cgroup_rule: Vec<AllowRule>,
+    /// CPU quota per share, in µs per 100 ms period: a container may use at most its shares
+    /// times this (at least 1 ms); 0: no quota.
+    #[arg(long, default_value_t = 0)]
+    pub cpu_quota_per_share: u64,
+    /// The block IO weight of every container (10 to 1000; 0: the kernel's default).
+    #[arg(long, default_value_t = 0, value_parser = parse_blockio_weight)]
+    pub default_container_blockio_weight: u16,
+    /// Read bytes/s each container may do on each of the host's disks (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    pub container_io_max_read_bps: u64,
+    /// Write bytes/s each container may do on each of the host's disks (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    pub container_io_max_write_bps: u64,
+    /// Read operations/s each container may do on each of the host's disks (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    pub container_io_max_read_iops: u64,
+    /// Write operations/s each container may do on each of the host's disks (0: unlimited).
+    #[arg(long, default_value_t = 0)]
+    pub container_io_max_write_iops: u64,
+    /// A container's memory limit leaves its swap unlimited.
+    #[arg(long)]
+    pub disable_swap_limit: bool,
+    /// The CPU entitlement of one share in metrics, in % of a core (0: gdn's default,
+    /// (cpus × 100) / (memory in MiB)).
+    #[arg(long, default_value_t = 0.0, value_parser = parse_entitlement_per_share)]
+    pub cpu_entitlement_per_share: f64,
 }
 
-/// gdn's syntax: exactly three fields separated by single spaces.
-fn parse_device_cgroup_rule(value: &str) -> Result<DeviceCgroupRule, String> {
-    let fields: Vec<&str> = value.split(' ').collect();
-    let [kind, numbers, access] = fields[..] else {
-        return Err(format!("invalid device specification: {value}"));
-    };
-    let Some((major, minor)) = numbers.split_once(':') else {
-        return Err(format!("invalid device versions: {value}"));
-    };
-    let number = |n: &str, which: &str| match n {
-        "*" => Ok(None),
-        n => n
-            .parse::<i64>()
-            .map(Some)
-            .map_err(|_| format!("invalid device {which} version: {value}")),
-    };
-    Ok(DeviceCgroupRule {
-        kind: kind.trim().to_string(),
-        major: number(major, "major")?,
-        minor: number(minor, "minor")?,
-        access: access.trim().to_string(),
-    })
+impl CgroupArgs {
+    pub fn config(&self) -> CgroupConfig {
+        CgroupConfig {
+            cpu_quota_per_share: self.cpu_quota_per_share,
+            blockio_weight: self.default_container_blockio_weight,
+            io_max: IoMax {
+                read_bps: self.container_io_max_read_bps,
+                write_bps: self.container_io_max_write_bps,
+                read_iops: self.container_io_max_read_iops,
+                write_iops: self.container_io_max_write_iops,
+            },
+            disable_swap_limit: self.disable_swap_limit,
+            privileged_device_rules: self.device_cgroup_rule.clone(),
+            // As gdn: 0 means its default.
+            cpu_entitlement_per_share: (self.cpu_entitlement_per_share > 0.0)
+                .then_some(self.cpu_entitlement_per_share),
+        }
+    }
+}
+
+/// The kernel takes blkio weights from 10 to 1000.
+fn parse_blockio_weight(value: &str) -> Result<u16, String> {
+    match value.parse::<u16>() {
+        Ok(weight) if weight == 0 || (10..=1000).contains(&weight) => Ok(weight),
+        _ => Err(format!(
+            "{value:?} is not a block IO weight (10 to 1000, or 0)"
+        )),
+    }
+}
+
+fn parse_entitlement_per_share(value: &str) -> Result<f64, String> {
+    match value.parse::<f64>() {
+        Ok(percent) if percent.is_finite() && percent >= 0.0 => Ok(percent),
+        _ => Err(format!("{value:?} is not a percentage of a core")),
+    }
 }
 
 /// Where `docker://` images come from (gdn's "Docker Image Fetching" flags).
@@ -313,6 +353,15 @@ impl ServerArgs {
                 IpAddr::V4(Ipv4Addr::LOCALHOST),
                 self.bind_port,
             )),
+        }
+    }
+
+    /// Where the Linux backend keeps things.
+    pub fn layout(&self) -> trellis_os::Layout {
+        let layout = trellis_os::Layout::new(&self.depot, &self.state_dir, &self.run_dir);
+        match &self.properties_path {
+            Some(records) => layout.with_records_dir(records),
+            None => layout,
         }
     }
 
@@ -374,7 +423,7 @@ impl ServerArgs {
         network.firewall.allow_host_access = self.allow_host_access;
         network.tag = self.tag.clone();
         Ok(trellis_os::LinuxConfig {
-            layout: trellis_os::Layout::new(&self.depot, &self.state_dir, &self.run_dir),
+            layout: self.layout(),
             default_rootfs: self.default_rootfs.clone(),
             helper_binary: None,
             network,
@@ -383,6 +432,7 @@ impl ServerArgs {
                 no_new_privileges: self.no_new_privileges,
             },
             registry: self.registry.settings(),
+            cgroup: self.cgroup.config(),
         })
     }
 }
@@ -477,5 +527,60 @@ mod tests {
         assert_eq!(settings.insecure, ["127.0.0.1:5000", "10.0.0.0/8"]);
         assert!(parse(&["--docker-registry", "https://registry.example/v2"]).is_err());
         assert!(parse(&["--docker-registry", ""]).is_err());
+    }
+    #[test]
+    fn cgroup_flags_become_the_cgroup_config() {
+        let config = parse(&[]).unwrap().cgroup.config();
+        assert_eq!(config.cpu_quota_per_share, 0);
+        assert_eq!(config.cpu_entitlement_per_share, None);
+        assert!(!config.disable_swap_limit && config.privileged_device_rules.is_empty());
+        let config = parse(&[
+            "--device-cgroup-rule",
+            "c 10:200 rwm",
+            "--device-cgroup-rule",
+            "b *:* r",
+            "--cpu-quota-per-share",
+            "100",
+            "--default-container-blockio-weight",
+            "10",
+            "--container-io-max-read-bps",
+            "1",
+            "--container-io-max-write-bps",
+            "2",
+            "--container-io-max-read-iops",
+            "3",
+            "--container-io-max-write-iops",
+            "4",
+            "--disable-swap-limit",
+            "--cpu-entitlement-per-share",
+            "0.5",
+        ])
+        .unwrap()
+        .cgroup
+        .config();
+        assert_eq!(config.privileged_device_rules.len(), 2);
+        assert_eq!(config.cpu_quota_per_share, 100);
+        assert_eq!(config.blockio_weight, 10);
+        assert_eq!(
+            config.io_max,
+            IoMax {
+                read_bps: 1,
+                write_bps: 2,
+                read_iops: 3,
+                write_iops: 4
+            }
+        );
+        assert!(config.disable_swap_limit);
+        assert_eq!(config.cpu_entitlement_per_share, Some(0.5));
+        for bad in [
+            &["--default-container-blockio-weight", "9"][..],
+            &["--default-container-blockio-weight", "1001"],
+            &["--cpu-entitlement-per-share", "-1"],
+            &["--cpu-entitlement-per-share", "NaN"],
+            &["--device-cgroup-rule", "c 1:3"],
+            &["--device-cgroup-rule", "c 1:3 rwx"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -71,10 +71,11 @@ const OWN_RUNTIME: &str = "Trellis runs containers with its own built-in runtime
 const NO_DROPSONDE: &str = "Trellis emits no dropsonde (Loggregator v1) metrics; its figures \
                             are on the debug server's /debug/vars";
 const NO_CONTAINERD: &str = "Trellis does not use containerd";
-const STATE_DIR: &str = "Trellis keeps this state in each container's record under --state-dir";
 const IMAGE_PLUGIN: &str = "external image plugins: issue 14";
 const NETWORK_PLUGIN: &str = "external network plugins: issue 14";
-const IO_LIMITS: &str = "block IO limits";
+const IO_MAX: &str =
+    "on each disk in /sys/block but loop, ram and dm-, as gdn; cgroup v2 io.max and \
+                      also v1 blkio.throttle (gdn: v2 only)";
 const SYSCTLS: &str = "per-container TCP sysctls";
 const THROTTLE: &str = "CPU throttling";
 
@@ -98,7 +99,13 @@ use Status::{Implemented as Yes, NoEffect, NotYet};
 
 /// All of them, in gdn's order.
 pub const GDN_FLAGS: &[GdnFlag] = &[
-    flag("log-level", NO_GROUP, Some("debug\\|info\\|error\\|fatal"), "info", Yes("")),
+    flag(
+        "log-level",
+        NO_GROUP,
+        Some("debug\\|info\\|error\\|fatal"),
+        "info",
+        Yes("gdn's lager JSON lines with `--log-format lager` (default: text)"),
+    ),
     flag("bind-ip", SERVER, Some("IP"), "", Yes("without it and --bind-socket: 127.0.0.1")),
     flag("bind-port", SERVER, Some("PORT"), "", Yes("default 7777")),
     flag(
@@ -123,10 +130,16 @@ pub const GDN_FLAGS: &[GdnFlag] = &[
         SERVER,
         Some("DURATION"),
         "",
-        NotYet("requests have no header timeout"),
+        Yes("default 30s (gdn: no limit); 0 means no limit"),
     ),
     flag("depot", LIFECYCLE, Some("DIR"), "/var/run/gdn/depot", Yes("default /var/lib/trellis/depot")),
-    flag("properties-path", LIFECYCLE, Some("PATH"), "", NotYet(STATE_DIR)),
+    flag(
+        "properties-path",
+        LIFECYCLE,
+        Some("PATH"),
+        "",
+        Yes("the directory of container records (properties, limits, port mappings), default `<state-dir>/records`; kept without it too"),
+    ),
     flag(
         "console-sockets-path",
         LIFECYCLE,
@@ -153,7 +166,7 @@ pub const GDN_FLAGS: &[GdnFlag] = &[
         LIFECYCLE,
         Some("'TYPE MAJOR:MINOR ACCESS'..."),
         "",
-        NotYet("privileged containers get Trellis's fixed device list"),
+        Yes("privileged containers only, as gdn; a rule replaces the built-in one for the same device"),
     ),
     flag("uid-map-start", LIFECYCLE, Some("UID"), "1", Yes("")),
     flag("uid-map-length", LIFECYCLE, Some("N"), "", Yes("")),
@@ -225,7 +238,13 @@ pub const GDN_FLAGS: &[GdnFlag] = &[
     flag("external-ip", NETWORK, Some("IP"), "", Yes("IPv4 only")),
     flag("port-pool-start", NETWORK, Some("PORT"), "61001", Yes("")),
     flag("port-pool-size", NETWORK, Some("N"), "4534", Yes("")),
-    flag("port-pool-properties-path", NETWORK, Some("PATH"), "", NotYet(STATE_DIR)),
+    flag(
+        "port-pool-properties-path",
+        NETWORK,
+        Some("PATH"),
+        "",
+        NoEffect("the port pool is rebuilt at start from the container records (see --properties-path), which hold each container's ports"),
+    ),
     flag("mtu", NETWORK, Some("N"), "", Yes("")),
     flag("network-plugin", NETWORK, Some("FILE"), "", NotYet(NETWORK_PLUGIN)),
     flag("network-plugin-extra-arg", NETWORK, Some("ARG..."), "", NotYet(NETWORK_PLUGIN)),
@@ -241,20 +260,26 @@ pub const GDN_FLAGS: &[GdnFlag] = &[
         LIMITS,
         Some("MICROSECONDS"),
         "0",
-        NotYet("CPU limits are shares only"),
+        Yes("quota = shares × value per 100 ms period, at least 1 ms"),
     ),
-    flag("default-container-blockio-weight", LIMITS, Some("WEIGHT"), "0", NotYet(IO_LIMITS)),
-    flag("container-io-max-read-bps", LIMITS, Some("N"), "0", NotYet(IO_LIMITS)),
-    flag("container-io-max-write-bps", LIMITS, Some("N"), "0", NotYet(IO_LIMITS)),
-    flag("container-io-max-read-iops", LIMITS, Some("N"), "0", NotYet(IO_LIMITS)),
-    flag("container-io-max-write-iops", LIMITS, Some("N"), "0", NotYet(IO_LIMITS)),
+    flag(
+        "default-container-blockio-weight",
+        LIMITS,
+        Some("WEIGHT"),
+        "0",
+        Yes("10 to 1000; v1 blkio.weight (or BFQ's), v2 io.bfq.weight or io.weight as runc converts"),
+    ),
+    flag("container-io-max-read-bps", LIMITS, Some("N"), "0", Yes(IO_MAX)),
+    flag("container-io-max-write-bps", LIMITS, Some("N"), "0", Yes(IO_MAX)),
+    flag("container-io-max-read-iops", LIMITS, Some("N"), "0", Yes(IO_MAX)),
+    flag("container-io-max-write-iops", LIMITS, Some("N"), "0", Yes(IO_MAX)),
     flag("max-containers", LIMITS, Some("N"), "0", Yes("")),
     flag(
         "disable-swap-limit",
         LIMITS,
         None,
         "",
-        NotYet("a memory limit always caps swap too"),
+        Yes(""),
     ),
     flag("metrics-emission-interval", METRICS, Some("DURATION"), "1m", NoEffect(NO_DROPSONDE)),
     flag("dropsonde-origin", METRICS, Some("NAME"), "garden-linux", NoEffect(NO_DROPSONDE)),
@@ -270,7 +295,7 @@ pub const GDN_FLAGS: &[GdnFlag] = &[
         METRICS,
         Some("PERCENT"),
         "",
-        NotYet("the entitlement is always gdn's default, computed from the host's CPUs and memory"),
+        Yes("0: gdn's default, (cpus × 100) / (memory in MiB)"),
     ),
     flag("containerd-socket", CONTAINERD, Some("PATH"), "", NoEffect(NO_CONTAINERD)),
     flag("use-containerd-for-processes", CONTAINERD, None, "", NoEffect(NO_CONTAINERD)),

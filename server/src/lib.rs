@@ -16,6 +16,7 @@ pub mod fuzzing;
 pub mod gdn_flags;
 pub mod head;
 pub mod hijack;
+pub mod lager;
 pub mod output;
 pub mod processes;
 pub mod reply;

@@ -17,7 +17,7 @@ use tracing::{debug, error, info, warn};
 use trellis_os::Host;
 use trellis_proto::Route;
 
-/// How long a client may take to send a request head.
+/// How long a client may take to send a request head, unless `--read-header-timeout` says.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long shutdown waits for in-flight plain requests.
@@ -76,7 +76,7 @@ pub async fn run(mut args: ServerArgs) -> Result<(), StartError> {
     // directories meanwhile.
     let _directories = match args.backend {
         Backend::Linux => {
-            let layout = trellis_os::Layout::new(&args.depot, &args.state_dir, &args.run_dir);
+            let layout = args.layout();
             let lock = trellis_os::linux::server_lock::ServerLock::acquire(&layout)?;
             // Ours alone now: what a crash left half-written can go.
             match trellis_os::linux::temp_files::remove_leftovers(&layout) {
@@ -125,7 +125,10 @@ pub async fn run(mut args: ServerArgs) -> Result<(), StartError> {
             }
         })?;
     tokio::spawn(driver.run());
-    let state = Arc::new(State::new(core, host, processes));
+    let mut state = State::new(core, host, processes);
+    // As gdn: 0 is no limit.
+    state.header_timeout = Some(args.read_header_timeout).filter(|t| !t.is_zero());
+    let state = Arc::new(state);
 
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -298,7 +301,10 @@ async fn connection(
     watcher: hyper_util::server::graceful::Watcher,
 ) {
     let mut buf = Vec::with_capacity(8192);
-    let head = tokio::time::timeout(HEADER_TIMEOUT, read_head(&mut io, &mut buf)).await;
+    let head = match state.header_timeout {
+        Some(limit) => tokio::time::timeout(limit, read_head(&mut io, &mut buf)).await,
+        None => Ok(read_head(&mut io, &mut buf).await),
+    };
     let (head, len) = match head {
         Ok(Ok(HeadRead::Head(head, len))) => (head, len),
         Ok(Ok(HeadRead::Closed)) => return,
@@ -325,10 +331,11 @@ async fn connection(
         }
     }
     let io = Rewind::new(bytes::Bytes::from(buf), io);
+    let header_timeout = state.header_timeout;
     let service = hyper::service::service_fn(move |req| api::serve(state.clone(), req));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_TIMEOUT)
+        .header_read_timeout(header_timeout)
         .keep_alive(true)
         .serve_connection(TokioIo::new(io), service);
     if let Err(e) = watcher.watch(conn).await {

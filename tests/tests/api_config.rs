@@ -120,7 +120,7 @@ async fn a_cell_config_file_configures_the_server_and_the_command_line_overrides
     // Each flag given that Trellis does not act on warned exactly once; implemented ones not.
     let logs = server.logs();
     for flag in [
-        "properties-path",
+        "port-pool-properties-path",
         "iptables-bin",
         "runtime-plugin",
         "image-plugin",
@@ -130,7 +130,6 @@ async fn a_cell_config_file_configures_the_server_and_the_command_line_overrides
         "network-plugin-extra-arg",
         "apparmor",
         "cleanup-process-dirs-on-wait",
-        "default-container-blockio-weight",
         "tcp-keepalive-time",
         "dropsonde-origin",
     ] {
@@ -143,6 +142,9 @@ async fn a_cell_config_file_configures_the_server_and_the_command_line_overrides
         "default-grace-time",
         "dns-server",
         "deny-network",
+        "properties-path",
+        "default-container-blockio-weight",
+        "cpu-quota-per-share",
     ] {
         assert!(!logs.contains(&format!("--{flag} has no effect")), "{flag}");
     }

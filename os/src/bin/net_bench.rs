@@ -136,6 +136,7 @@ fn run(options: &Options) -> Result<(), String> {
     let _ = std::fs::remove_dir_all(&base);
     let layout = Layout::new(base.join("depot"), base.join("state"), base.join("run"));
     let host = LinuxHost::new(LinuxConfig {
+        cgroup: Default::default(),
         layout,
         default_rootfs: rootfs.to_string_lossy().into_owned(),
         helper_binary: None,

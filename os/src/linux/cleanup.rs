@@ -462,6 +462,7 @@ mod tests {
     #[test]
     fn the_root_directory_is_refused() {
         let config = LinuxConfig {
+            cgroup: Default::default(),
             layout: Layout::new("/", "/tmp/trellis-cleanup-test-state", "/tmp/x"),
             default_rootfs: String::new(),
             helper_binary: None,

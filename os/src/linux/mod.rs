@@ -45,6 +45,8 @@ pub struct LinuxConfig {
     pub security: security::SecuritySettings,
     /// The default registry of `docker://` images, the insecure ones and the proxies.
     pub registry: registry::RegistrySettings,
+    /// The server's flags for every container's cgroup (gdn's limit flags, device rules).
+    pub cgroup: cgroup::CgroupConfig,
 }
 
 pub struct LinuxHost {

@@ -4,11 +4,11 @@
 //! The program is a straight list of checks, one per rule, over the kernel's
 //! `struct bpf_cgroup_dev_ctx { u32 access_type; u32 major; u32 minor; }` (type in the low 16
 //! bits of `access_type`, access in the high 16): return 1 (allow) on the first rule that
-//! matches, 0 (deny) after the last. Every rule allows read, write and mknod, so access is not
-//! checked. Hand-assembled because it is a dozen instructions and no crate for it is both
+//! matches, 0 (deny) after the last. A rule checks only what it restricts (a wildcard number,
+//! kind `a` or full access need no check). Hand-assembled because it is a dozen instructions and no crate for it is both
 //! maintained and free of a C toolchain.
 
-use crate::linux::security::devices::AllowRule;
+use crate::linux::security::devices::{Access, AllowRule, DeviceKind};
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
@@ -23,6 +23,7 @@ pub struct Insn {
     imm: i32,
 }
 
+const BPF_DEVCG_DEV_BLOCK: i32 = 1;
 const BPF_DEVCG_DEV_CHAR: i32 = 2;
 
 fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
@@ -37,27 +38,46 @@ fn insn(code: u8, dst: u8, src: u8, off: i16, imm: i32) -> Insn {
 // Opcodes (classes | ops | sources), from linux/bpf.h.
 const LDX_MEM_W: u8 = 0x01 | 0x60; // BPF_LDX | BPF_MEM | BPF_W
 const ALU32_AND_K: u8 = 0x04 | 0x50; // BPF_ALU | BPF_AND | BPF_K
+const ALU32_RSH_K: u8 = 0x04 | 0x70; // BPF_ALU | BPF_RSH | BPF_K
+const ALU64_MOV_X: u8 = 0x07 | 0xb0 | 0x08; // BPF_ALU64 | BPF_MOV | BPF_X
 const JMP_JNE_K: u8 = 0x05 | 0x50; // BPF_JMP | BPF_JNE | BPF_K
+const JMP_JSET_K: u8 = 0x05 | 0x40; // BPF_JMP | BPF_JSET | BPF_K
 const ALU64_MOV_K: u8 = 0x07 | 0xb0; // BPF_ALU64 | BPF_MOV | BPF_K
 const JMP_EXIT: u8 = 0x05 | 0x90; // BPF_JMP | BPF_EXIT
 
-/// The program for `rules`: r2 = device type, r4 = major, r5 = minor, then one block per rule.
+/// The program for `rules`: r2 = device type, r3 = access, r4 = major, r5 = minor, then one
+/// block per rule.
 pub fn program(rules: &[AllowRule]) -> Vec<Insn> {
     let mut p = vec![
         insn(LDX_MEM_W, 2, 1, 0, 0),
+        insn(ALU64_MOV_X, 3, 2, 0, 0),
+        insn(ALU32_RSH_K, 3, 0, 0, 16),
         insn(ALU32_AND_K, 2, 0, 0, 0xffff),
         insn(LDX_MEM_W, 4, 1, 4, 0),
         insn(LDX_MEM_W, 5, 1, 8, 0),
     ];
     for rule in rules {
-        // Each block: jumps past itself when a check fails.
-        let checks = 2 + usize::from(rule.minor.is_some());
-        let block_len = checks + 2; // checks, mov r0 1, exit
-        let skip = |done: usize| (block_len - done - 1) as i16;
-        p.push(insn(JMP_JNE_K, 2, 0, skip(0), BPF_DEVCG_DEV_CHAR));
-        p.push(insn(JMP_JNE_K, 4, 0, skip(1), rule.major as i32));
+        // Each check jumps past the rest of its block when it fails.
+        let mut checks = Vec::new();
+        match rule.kind {
+            DeviceKind::All => {}
+            DeviceKind::Char => checks.push((JMP_JNE_K, 2, BPF_DEVCG_DEV_CHAR)),
+            DeviceKind::Block => checks.push((JMP_JNE_K, 2, BPF_DEVCG_DEV_BLOCK)),
+        }
+        if let Some(major) = rule.major {
+            checks.push((JMP_JNE_K, 4, major as i32));
+        }
         if let Some(minor) = rule.minor {
-            p.push(insn(JMP_JNE_K, 5, 0, skip(2), minor as i32));
+            checks.push((JMP_JNE_K, 5, minor as i32));
+        }
+        if rule.access != Access::ALL {
+            // Any access bit the rule does not grant fails it.
+            let denied = i32::from(!rule.access.bits() & Access::ALL.bits());
+            checks.push((JMP_JSET_K, 3, denied));
+        }
+        let block_len = checks.len() + 2; // checks, mov r0 1, exit
+        for (done, (code, register, imm)) in checks.into_iter().enumerate() {
+            p.push(insn(code, register, 0, (block_len - done - 1) as i16, imm));
         }
         p.push(insn(ALU64_MOV_K, 0, 0, 0, 1));
         p.push(insn(JMP_EXIT, 0, 0, 0, 0));
@@ -169,25 +189,23 @@ mod tests {
     #[test]
     fn each_rule_is_a_block_that_skips_itself_on_a_mismatch() {
         let p = program(&[
-            AllowRule {
-                major: 1,
-                minor: Some(3),
-            },
-            AllowRule {
-                major: 136,
-                minor: None,
-            },
+            AllowRule::char(1, Some(3)),
+            AllowRule::char(136, None),
+            AllowRule::parse("a *:* rm").expect("parses"),
         ]);
-        // 4 loads, block of 5, block of 4, the final deny (2).
-        assert_eq!(p.len(), 4 + 5 + 4 + 2);
+        // 6 loads, block of 5, block of 4, block of 3, the final deny (2).
+        assert_eq!(p.len(), 6 + 5 + 4 + 3 + 2);
         // First block: type check skips the remaining 4 instructions of the block.
-        assert_eq!(p[4], insn(JMP_JNE_K, 2, 0, 4, 2));
-        assert_eq!(p[5], insn(JMP_JNE_K, 4, 0, 3, 1));
-        assert_eq!(p[6], insn(JMP_JNE_K, 5, 0, 2, 3));
-        assert_eq!(p[7], insn(ALU64_MOV_K, 0, 0, 0, 1));
+        assert_eq!(p[6], insn(JMP_JNE_K, 2, 0, 4, 2));
+        assert_eq!(p[7], insn(JMP_JNE_K, 4, 0, 3, 1));
+        assert_eq!(p[8], insn(JMP_JNE_K, 5, 0, 2, 3));
+        assert_eq!(p[9], insn(ALU64_MOV_K, 0, 0, 0, 1));
         // Second block: no minor check.
-        assert_eq!(p[9], insn(JMP_JNE_K, 2, 0, 3, 2));
-        assert_eq!(p[10], insn(JMP_JNE_K, 4, 0, 2, 136));
-        assert_eq!(p[13], insn(ALU64_MOV_K, 0, 0, 0, 0));
+        assert_eq!(p[11], insn(JMP_JNE_K, 2, 0, 3, 2));
+        assert_eq!(p[12], insn(JMP_JNE_K, 4, 0, 2, 136));
+        // Third block: any device, but write (4) fails it.
+        assert_eq!(p[15], insn(JMP_JSET_K, 3, 0, 2, 4));
+        assert_eq!(p[16], insn(ALU64_MOV_K, 0, 0, 0, 1));
+        assert_eq!(p[18], insn(ALU64_MOV_K, 0, 0, 0, 0));
     }
 }

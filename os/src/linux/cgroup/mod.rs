@@ -12,6 +12,7 @@
 pub mod device_program;
 mod files;
 mod oom;
+pub mod resources;
 pub mod stats;
 pub mod v1;
 pub mod v2;
@@ -20,6 +21,8 @@ use super::security::devices::{self, AllowRule};
 use super::LinuxConfig;
 use crate::host::{HostCapacity, HostError, HostResult, ObservationSink};
 use oom::OomWatcher;
+use resources::Resources;
+pub use resources::{CgroupConfig, IoMax};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -43,6 +46,8 @@ pub struct CgroupOptions {
     pub mode: Option<Mode>,
     /// The cgroup2 mount to use in v2 mode (normally `/sys/fs/cgroup`).
     pub v2_root: PathBuf,
+    /// The server's limit flags.
+    pub config: CgroupConfig,
 }
 
 impl CgroupOptions {
@@ -51,6 +56,7 @@ impl CgroupOptions {
             parent: parent.into(),
             mode: None,
             v2_root: PathBuf::from(CGROUP_ROOT),
+            config: CgroupConfig::default(),
         }
     }
 }
@@ -60,9 +66,15 @@ pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// The container's cgroup: what a backend does with it.
 pub(crate) trait Backend: Send + Sync {
     fn mode(&self) -> Mode;
-    /// Makes the container's cgroup (idempotently), writes its limits and lets it use only
-    /// the devices `devices` allows.
-    fn create(&self, handle: &str, limits: &Limits, devices: &[AllowRule]) -> HostResult<()>;
+    /// Makes the container's cgroup (idempotently), writes its resources and lets it use only
+    /// the devices `devices` allows. `parent_devices` is every rule any container may get.
+    fn create(
+        &self,
+        handle: &str,
+        resources: &Resources,
+        devices: &[AllowRule],
+        parent_devices: &[AllowRule],
+    ) -> HostResult<()>;
     /// The cgroup filesystems an unprivileged container gets, read-only, at /sys/fs/cgroup.
     fn container_view(&self) -> CgroupView;
     fn add_process(&self, handle: &str, pid: u32) -> HostResult<()>;
@@ -118,6 +130,7 @@ pub struct Cgroups {
     backend: Box<dyn Backend>,
     oom: Arc<OomWatcher>,
     machine: Machine,
+    config: CgroupConfig,
     /// Per container, so that metrics read only the files that change.
     settings: Mutex<HashMap<String, Settings>>,
 }
@@ -131,7 +144,10 @@ struct Machine {
 
 impl Cgroups {
     pub fn new(config: &LinuxConfig) -> HostResult<Cgroups> {
-        Cgroups::with_options(CgroupOptions::new(config.layout.cgroup_parent()))
+        Cgroups::with_options(CgroupOptions {
+            config: config.cgroup.clone(),
+            ..CgroupOptions::new(config.layout.cgroup_parent())
+        })
     }
 
     pub fn with_options(options: CgroupOptions) -> HostResult<Cgroups> {
@@ -154,6 +170,7 @@ impl Cgroups {
             backend,
             oom: Arc::new(OomWatcher::new()?),
             machine,
+            config: options.config,
             settings: Mutex::new(HashMap::new()),
         })
     }
@@ -162,8 +179,9 @@ impl Cgroups {
         self.backend.mode()
     }
 
-    /// Creates the container's cgroup with its limits and device allowlist (privileged
-    /// containers may also use /dev/fuse). Idempotent: an existing cgroup gets them written
+    /// Creates the container's cgroup with its limits under the server's flags and its device
+    /// allowlist (privileged containers may also use /dev/fuse and the operator's device
+    /// rules). Idempotent: an existing cgroup gets them written
     /// again.
     pub fn create(&self, handle: &str, limits: &Limits, privileged: bool) -> HostResult<()> {
         // The core admits no other handle; this keeps anyone else from making a cgroup that
@@ -173,10 +191,20 @@ impl Cgroups {
                 "cannot make a cgroup for handle {handle:?}: {reason}"
             ))
         })?;
-        let devices = devices::allow_rules(privileged, devices::host_has_fuse());
+        let extra = &self.config.privileged_device_rules;
+        let devices = devices::allow_rules(privileged, devices::host_has_fuse(), extra);
+        // Every rule any container may get: the built-in ones whole (unprivileged containers
+        // keep them even where the operator's rules narrow them) and the operator's.
+        let parent_devices: Vec<AllowRule> = devices::allow_rules(true, true, &[])
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect();
+        let resources = Resources::new(limits, &self.config, || {
+            resources::disks(Path::new("/sys/block"))
+        });
         let created = self
             .backend
-            .create(handle, limits, &devices)
+            .create(handle, &resources, &devices, &parent_devices)
             .and_then(|()| self.backend.settings(handle));
         match created {
             Ok(settings) => {
@@ -269,11 +297,10 @@ impl Cgroups {
             }
         };
         metrics.pid_stat.max = settings.pid_max;
-        metrics.cpu_entitlement = entitlement_per_second(
-            settings.shares,
-            self.machine.cpus,
-            self.machine.memory_in_bytes,
-        );
+        let per_share = self.config.cpu_entitlement_per_share.unwrap_or_else(|| {
+            default_entitlement_per_share(self.machine.cpus, self.machine.memory_in_bytes)
+        });
+        metrics.cpu_entitlement = entitlement_per_second(settings.shares, per_share);
         Ok(metrics)
     }
 
@@ -380,16 +407,20 @@ pub fn weight_to_shares(weight: u64) -> u64 {
     }
 }
 
-/// Guardian's CPU entitlement, per second of age: shares × (per-share % of one core) / 100,
-/// where the per-share percentage defaults to (cpus × 100) / (memory in MiB). In ns of CPU per
-/// second of wall time.
-pub fn entitlement_per_second(shares: u64, cpus: u64, memory_in_bytes: u64) -> u64 {
+/// Guardian's default entitlement of one share, in % of a core: (cpus × 100) / (memory in MiB).
+pub fn default_entitlement_per_share(cpus: u64, memory_in_bytes: u64) -> f64 {
     let memory_mib = memory_in_bytes / (1024 * 1024);
     if memory_mib == 0 {
-        return 0;
+        return 0.0;
     }
-    let rate = u128::from(shares) * u128::from(cpus) * 1_000_000_000 / u128::from(memory_mib);
-    u64::try_from(rate).unwrap_or(u64::MAX)
+    (cpus * 100) as f64 / memory_mib as f64
+}
+
+/// Guardian's CPU entitlement, per second of age: shares × (per-share % of one core) / 100, in
+/// ns of CPU per second of wall time.
+pub fn entitlement_per_second(shares: u64, per_share_percent: f64) -> u64 {
+    // `as` saturates: a negative or absurd percentage gives 0 or u64::MAX, never UB.
+    (shares as f64 * per_share_percent / 100.0 * 1e9) as u64
 }
 
 pub(crate) fn child(root: &Path, parent: &str, handle: &str) -> PathBuf {
@@ -434,10 +465,12 @@ mod tests {
     #[test]
     fn entitlement_follows_guardians_formula() {
         // 4 cores, 16 GiB: 0.0244 % of a core per share, so 1024 shares is 0.25 core.
-        let rate = entitlement_per_second(1024, 4, 16 * 1024 * 1024 * 1024);
-        assert_eq!(rate, 250_000_000);
-        assert_eq!(entitlement_per_second(0, 4, 1 << 34), 0);
-        assert_eq!(entitlement_per_second(1024, 4, 0), 0);
+        let per_share = default_entitlement_per_share(4, 16 << 30);
+        assert_eq!(entitlement_per_second(1024, per_share), 250_000_000);
+        assert_eq!(entitlement_per_second(0, per_share), 0);
+        assert_eq!(default_entitlement_per_share(4, 0), 0.0);
+        // --cpu-entitlement-per-share 0.5: 200 shares are one core.
+        assert_eq!(entitlement_per_second(200, 0.5), 1_000_000_000);
     }
 
     #[test]

@@ -2,17 +2,18 @@
 
 use super::files::{self, parse_u64_or_max};
 use super::oom::Source;
+use super::resources::{Resources, CPU_PERIOD_US};
 use super::stats;
 use super::{pids_max_value, Backend, CgroupHierarchyView, CgroupView, Mode, Settings};
 use crate::host::{HostError, HostResult};
-use crate::linux::security::devices::{self, AllowRule};
+use crate::linux::security::devices::AllowRule;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use trellis_core::api::{Limits, Metrics};
+use trellis_core::api::Metrics;
 
 /// One mounted v1 hierarchy: its mount point and the controllers bound to it (a named
 /// hierarchy such as `name=systemd` has none).
@@ -35,6 +36,7 @@ pub struct V1 {
     freezer: Option<PathBuf>,
     cpuset: Option<PathBuf>,
     devices: Option<PathBuf>,
+    blkio: Option<PathBuf>,
     /// The hierarchy whose `cgroup.procs` lists the container's processes.
     primary: PathBuf,
     parent_ready: AtomicBool,
@@ -81,6 +83,7 @@ impl V1 {
             freezer,
             cpuset: find("cpuset"),
             devices: find("devices"),
+            blkio: find("blkio"),
             primary,
             hierarchies,
             parent_ready: AtomicBool::new(false),
@@ -98,8 +101,8 @@ impl V1 {
 
     /// Our parent cgroup in every hierarchy, set up as guardian sets up `garden`: cpusets
     /// copied from the root (a cpuset cgroup without cpus cannot take processes) and
-    /// inherited by children, and the container device rules.
-    fn ensure_parent(&self) -> HostResult<()> {
+    /// inherited by children, and `devices`, every rule any container may get.
+    fn ensure_parent(&self, devices: &[AllowRule]) -> HostResult<()> {
         if self.parent_ready.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -120,7 +123,7 @@ impl V1 {
                 if created {
                     files::write(dir.join("devices.deny"), "a")?;
                 }
-                for rule in devices::allow_rules(true, true) {
+                for rule in devices {
                     files::write(dir.join("devices.allow"), &rule.v1_line())?;
                 }
             }
@@ -129,26 +132,53 @@ impl V1 {
         Ok(())
     }
 
-    fn apply_limits(&self, handle: &str, limits: &Limits) -> HostResult<()> {
-        let memory = limits.memory_limits.limit_in_bytes.min(i64::MAX as u64);
-        if memory > 0 {
+    fn apply_limits(&self, handle: &str, resources: &Resources) -> HostResult<()> {
+        if resources.memory > 0 {
             let dir = self.need(&self.memory, "memory", handle)?;
-            files::write(dir.join("memory.limit_in_bytes"), &memory.to_string())?;
-            // Memory and swap are capped alike: no swap beyond the limit. Absent when the
-            // kernel does not account swap.
+            let memory = resources.memory.to_string();
+            files::write(dir.join("memory.limit_in_bytes"), &memory)?;
+            // No swap beyond the limit. Absent when the kernel does not account swap.
             let memsw = dir.join("memory.memsw.limit_in_bytes");
-            if memsw.exists() {
-                files::write(memsw, &memory.to_string())?;
+            if resources.limit_swap && memsw.exists() {
+                files::write(memsw, &memory)?;
             }
         }
-        let shares = limits.cpu_limits.shares();
-        if shares > 0 {
+        if resources.shares > 0 {
             let dir = self.need(&self.cpu, "cpu", handle)?;
-            files::write(dir.join("cpu.shares"), &shares.to_string())?;
+            files::write(dir.join("cpu.shares"), &resources.shares.to_string())?;
         }
-        if limits.pid_limits.max > 0 {
+        if let Some(quota) = resources.cpu_quota {
+            let dir = self.need(&self.cpu, "cpu", handle)?;
+            files::write(dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+            files::write(dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
+        }
+        if resources.pids > 0 {
             let dir = self.need(&self.pids, "pids", handle)?;
-            files::write(dir.join("pids.max"), &pids_max_value(limits.pid_limits.max))?;
+            files::write(dir.join("pids.max"), &pids_max_value(resources.pids))?;
+        }
+        if resources.blockio_weight > 0 {
+            let dir = self.need(&self.blkio, "blkio", handle)?;
+            // As runc: CFQ's file, else BFQ's.
+            let file = ["blkio.weight", "blkio.bfq.weight"]
+                .iter()
+                .map(|f| dir.join(f))
+                .find(|f| f.exists())
+                .ok_or_else(|| {
+                    HostError::Failed(
+                        "a block IO weight needs blkio.weight or blkio.bfq.weight, which this \
+                         kernel offers only with the BFQ IO scheduler"
+                            .into(),
+                    )
+                })?;
+            files::write(file, &resources.blockio_weight.to_string())?;
+        }
+        for throttle in &resources.throttles {
+            let dir = self.need(&self.blkio, "blkio", handle)?;
+            let device = throttle.device;
+            files::write(
+                dir.join(throttle.limit.v1_file()),
+                &format!("{}:{} {}", device.major, device.minor, throttle.rate),
+            )?;
         }
         Ok(())
     }
@@ -167,14 +197,20 @@ impl Backend for V1 {
         Mode::V1
     }
 
-    fn create(&self, handle: &str, limits: &Limits, devices: &[AllowRule]) -> HostResult<()> {
-        self.ensure_parent()?;
+    fn create(
+        &self,
+        handle: &str,
+        resources: &Resources,
+        devices: &[AllowRule],
+        parent_devices: &[AllowRule],
+    ) -> HostResult<()> {
+        self.ensure_parent(parent_devices)?;
         for h in &self.hierarchies {
             let dir = self.dir(&h.mount, handle);
             if let Err(e) = files::mkdir(&dir) {
                 // Someone removed our parent; set it up again once.
                 self.parent_ready.store(false, Ordering::Release);
-                self.ensure_parent().map_err(|_| e)?;
+                self.ensure_parent(parent_devices).map_err(|_| e)?;
                 files::mkdir(&dir)?;
             }
             if Some(&h.mount) == self.cpuset.as_ref() {
@@ -187,7 +223,7 @@ impl Backend for V1 {
                 }
             }
         }
-        self.apply_limits(handle, limits)
+        self.apply_limits(handle, resources)
     }
 
     fn container_view(&self) -> CgroupView {

@@ -2,6 +2,7 @@
 
 use super::files::{self, parse_u64_or_max};
 use super::oom::Source;
+use super::resources::{blkio_to_io_weight, Resources, CPU_PERIOD_US};
 use super::stats;
 use super::{
     device_program, pids_max_value, shares_to_weight, weight_to_shares, Backend, CgroupView, Mode,
@@ -14,7 +15,7 @@ use nix::unistd::Pid;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use trellis_core::api::{Limits, Metrics};
+use trellis_core::api::Metrics;
 
 /// The controllers containers get, when the kernel offers them: those their limits and
 /// metrics use.
@@ -87,25 +88,59 @@ impl V2 {
         Ok(())
     }
 
-    fn apply_limits(&self, dir: &Path, limits: &Limits) -> HostResult<()> {
-        let memory = limits.memory_limits.limit_in_bytes.min(i64::MAX as u64);
-        if memory > 0 {
-            files::write(need(dir, "memory.max", "memory")?, &memory.to_string())?;
-            // Memory and swap are capped alike: guardian's swap limit of L − L = 0.
+    fn apply_limits(&self, dir: &Path, resources: &Resources) -> HostResult<()> {
+        if resources.memory > 0 {
+            let memory = resources.memory.to_string();
+            files::write(need(dir, "memory.max", "memory")?, &memory)?;
+            // Guardian's swap limit equal to the memory limit: runc writes L − L = 0.
             let swap = dir.join("memory.swap.max");
-            if swap.exists() {
+            if resources.limit_swap && swap.exists() {
                 files::write(swap, "0")?;
             }
         }
-        let weight = shares_to_weight(limits.cpu_limits.shares());
+        let weight = shares_to_weight(resources.shares);
         if weight > 0 {
             files::write(need(dir, "cpu.weight", "cpu")?, &weight.to_string())?;
         }
-        if limits.pid_limits.max > 0 {
+        if let Some(quota) = resources.cpu_quota {
+            files::write(
+                need(dir, "cpu.max", "cpu")?,
+                &format!("{quota} {CPU_PERIOD_US}"),
+            )?;
+        }
+        if resources.pids > 0 {
             files::write(
                 need(dir, "pids.max", "pids")?,
-                &pids_max_value(limits.pid_limits.max),
+                &pids_max_value(resources.pids),
             )?;
+        }
+        if resources.blockio_weight > 0 {
+            // As runc: BFQ takes the blkio weight as it is; io.weight its conversion.
+            let bfq = dir.join("io.bfq.weight");
+            if bfq.exists() {
+                files::write(bfq, &resources.blockio_weight.to_string())?;
+            } else {
+                files::write(
+                    need(dir, "io.weight", "io")?,
+                    &blkio_to_io_weight(resources.blockio_weight).to_string(),
+                )?;
+            }
+        }
+        if !resources.throttles.is_empty() {
+            let io_max = need(dir, "io.max", "io")?;
+            for throttle in &resources.throttles {
+                let device = throttle.device;
+                files::write(
+                    &io_max,
+                    &format!(
+                        "{}:{} {}={}",
+                        device.major,
+                        device.minor,
+                        throttle.limit.v2_key(),
+                        throttle.rate
+                    ),
+                )?;
+            }
         }
         Ok(())
     }
@@ -142,7 +177,13 @@ impl Backend for V2 {
         Mode::V2
     }
 
-    fn create(&self, handle: &str, limits: &Limits, devices: &[AllowRule]) -> HostResult<()> {
+    fn create(
+        &self,
+        handle: &str,
+        resources: &Resources,
+        devices: &[AllowRule],
+        _parent_devices: &[AllowRule],
+    ) -> HostResult<()> {
         self.ensure_parent()?;
         let dir = self.dir(handle);
         if let Err(e) = files::mkdir(&dir) {
@@ -154,7 +195,7 @@ impl Backend for V2 {
         if self.device_control {
             restrict_devices(&dir, devices)?;
         }
-        self.apply_limits(&dir, limits)
+        self.apply_limits(&dir, resources)
     }
 
     fn container_view(&self) -> CgroupView {
@@ -258,7 +299,17 @@ impl Backend for V2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trellis_core::api::{CpuLimits, MemoryLimits, PidLimits};
+    use crate::linux::cgroup::resources::{BlockDevice, CgroupConfig, IoMax};
+    use trellis_core::api::{CpuLimits, Limits, MemoryLimits, PidLimits};
+
+    fn resources(limits: &Limits, config: &CgroupConfig) -> Resources {
+        Resources::new(limits, config, || {
+            vec![BlockDevice {
+                major: 254,
+                minor: 0,
+            }]
+        })
+    }
 
     /// A directory tree shaped like a cgroup2 mount whose container cgroup already has the
     /// controller files, so that the values written can be read back without the kernel.
@@ -271,7 +322,15 @@ mod tests {
             std::fs::write(dir.join("cgroup.subtree_control"), "").expect("write");
         }
         std::fs::write(root.path().join("cgroup.procs"), "").expect("write");
-        for file in ["memory.max", "memory.swap.max", "cpu.weight", "pids.max"] {
+        for file in [
+            "memory.max",
+            "memory.swap.max",
+            "cpu.weight",
+            "cpu.max",
+            "pids.max",
+            "io.weight",
+            "io.max",
+        ] {
             std::fs::write(container.join(file), "").expect("write");
         }
         let v2 = V2::new(root.path(), "trellis-x").expect("v2");
@@ -296,26 +355,75 @@ mod tests {
             pid_limits: PidLimits { max: 50 },
             ..Limits::default()
         };
-        v2.create("c1", &limits, &[]).expect("create");
+        v2.create(
+            "c1",
+            &resources(&limits, &CgroupConfig::default()),
+            &[],
+            &[],
+        )
+        .expect("create");
         assert_eq!(read(&root, "memory.max"), (64u64 << 20).to_string());
         assert_eq!(read(&root, "memory.swap.max"), "0");
         assert_eq!(read(&root, "cpu.weight"), "101");
         assert_eq!(read(&root, "pids.max"), "50");
+        for untouched in ["cpu.max", "io.weight", "io.max"] {
+            assert_eq!(read(&root, untouched), "", "{untouched}");
+        }
+    }
+
+    #[test]
+    fn the_servers_limit_flags_are_written_as_runc_writes_them() {
+        let (root, v2) = fake_tree("cpu io memory pids");
+        let limits = Limits {
+            memory_limits: MemoryLimits {
+                limit_in_bytes: 64 << 20,
+            },
+            cpu_limits: CpuLimits {
+                weight: 0,
+                limit_in_shares: 512,
+            },
+            ..Limits::default()
+        };
+        let config = CgroupConfig {
+            cpu_quota_per_share: 10,
+            blockio_weight: 500,
+            io_max: IoMax {
+                write_iops: 7,
+                ..IoMax::default()
+            },
+            disable_swap_limit: true,
+            ..CgroupConfig::default()
+        };
+        v2.create("c1", &resources(&limits, &config), &[], &[])
+            .expect("create");
+        assert_eq!(read(&root, "memory.max"), (64u64 << 20).to_string());
+        assert_eq!(read(&root, "memory.swap.max"), "", "swap left unlimited");
+        assert_eq!(read(&root, "cpu.max"), "5120 100000");
+        assert_eq!(read(&root, "io.weight"), "4950");
+        assert_eq!(read(&root, "io.max"), "254:0 wiops=7");
+
+        // BFQ takes the blkio weight unconverted.
+        std::fs::write(root.path().join("trellis-x/c1/io.bfq.weight"), "").expect("write");
+        v2.create("c1", &resources(&limits, &config), &[], &[])
+            .expect("create again");
+        assert_eq!(read(&root, "io.bfq.weight"), "500");
     }
 
     #[test]
     fn a_limit_without_its_controller_is_a_clear_error() {
         let (root, v2) = fake_tree("");
         std::fs::remove_file(root.path().join("trellis-x/c1/memory.max")).expect("rm");
+        let limits = Limits {
+            memory_limits: MemoryLimits {
+                limit_in_bytes: 1 << 20,
+            },
+            ..Limits::default()
+        };
         let err = v2
             .create(
                 "c1",
-                &Limits {
-                    memory_limits: MemoryLimits {
-                        limit_in_bytes: 1 << 20,
-                    },
-                    ..Limits::default()
-                },
+                &resources(&limits, &CgroupConfig::default()),
+                &[],
                 &[],
             )
             .expect_err("no memory controller");
