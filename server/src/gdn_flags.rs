@@ -73,9 +73,9 @@ const NO_DROPSONDE: &str = "Trellis emits no dropsonde (Loggregator v1) metrics;
 const NO_CONTAINERD: &str = "Trellis does not use containerd";
 const STATE_DIR: &str = "Trellis keeps this state in each container's record under --state-dir";
 const IMAGE_PLUGIN: &str = "external image plugins: issue 14";
-const NETWORK_PLUGIN: &str = "external network plugins: issue 14";
+const NETWORK_PLUGIN: &str = "guardian's contract; NetIn host ports still come from the port pool";
 const IO_LIMITS: &str = "block IO limits";
-const SYSCTLS: &str = "per-container TCP sysctls";
+const SYSCTLS: &str = "in each container's network namespace; unset: the host's value";
 const THROTTLE: &str = "CPU throttling";
 
 const fn flag(
@@ -227,14 +227,14 @@ pub const GDN_FLAGS: &[GdnFlag] = &[
     flag("port-pool-size", NETWORK, Some("N"), "4534", Yes("")),
     flag("port-pool-properties-path", NETWORK, Some("PATH"), "", NotYet(STATE_DIR)),
     flag("mtu", NETWORK, Some("N"), "", Yes("")),
-    flag("network-plugin", NETWORK, Some("FILE"), "", NotYet(NETWORK_PLUGIN)),
-    flag("network-plugin-extra-arg", NETWORK, Some("ARG..."), "", NotYet(NETWORK_PLUGIN)),
+    flag("network-plugin", NETWORK, Some("FILE"), "", Yes(NETWORK_PLUGIN)),
+    flag("network-plugin-extra-arg", NETWORK, Some("ARG..."), "", Yes("")),
     flag(
         "enable-container-network-metrics",
         NETWORK,
         None,
         "",
-        NotYet("container metrics carry no network figures"),
+        Yes("bytes counted on the container's link; also without a plugin naming it"),
     ),
     flag(
         "cpu-quota-per-share",
@@ -276,11 +276,11 @@ pub const GDN_FLAGS: &[GdnFlag] = &[
     flag("use-containerd-for-processes", CONTAINERD, None, "", NoEffect(NO_CONTAINERD)),
     flag("enable-cpu-throttling", THROTTLING, None, "", NotYet(THROTTLE)),
     flag("cpu-throttling-check-interval", THROTTLING, Some("SECONDS"), "15", NotYet(THROTTLE)),
-    flag("tcp-keepalive-time", SYSCTL, Some("SECONDS"), "", NotYet(SYSCTLS)),
-    flag("tcp-keepalive-interval", SYSCTL, Some("SECONDS"), "", NotYet(SYSCTLS)),
-    flag("tcp-keepalive-probes", SYSCTL, Some("N"), "", NotYet(SYSCTLS)),
-    flag("tcp-retries1", SYSCTL, Some("N"), "", NotYet(SYSCTLS)),
-    flag("tcp-retries2", SYSCTL, Some("N"), "", NotYet(SYSCTLS)),
+    flag("tcp-keepalive-time", SYSCTL, Some("SECONDS"), "", Yes(SYSCTLS)),
+    flag("tcp-keepalive-interval", SYSCTL, Some("SECONDS"), "", Yes(SYSCTLS)),
+    flag("tcp-keepalive-probes", SYSCTL, Some("N"), "", Yes(SYSCTLS)),
+    flag("tcp-retries1", SYSCTL, Some("N"), "", Yes(SYSCTLS)),
+    flag("tcp-retries2", SYSCTL, Some("N"), "", Yes(SYSCTLS)),
 ];
 
 pub fn find(name: &str) -> Option<&'static GdnFlag> {
