@@ -228,8 +228,9 @@ pub struct NetworkingArgs {
     /// An external network plugin wires containers' networks (guardian's contract).
     #[arg(long)]
     pub network_plugin: Option<PathBuf>,
-    /// An argument given to the network plugin before its own (repeatable).
-    #[arg(long)]
+    /// An argument given to the network plugin before its own (repeatable; may start with
+    /// `-`, as plugin flags do).
+    #[arg(long, allow_hyphen_values = true)]
     pub network_plugin_extra_arg: Vec<String>,
     /// Metrics carry the bytes each container received and sent.
     #[arg(long)]

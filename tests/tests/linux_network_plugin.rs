@@ -61,7 +61,7 @@ impl PluginServer {
         for arg in extra {
             options
                 .extra_args
-                .extend(["--network-plugin-extra-arg".to_string(), arg.to_string()]);
+                .push(format!("--network-plugin-extra-arg={arg}"));
         }
         options
             .extra_args
@@ -218,8 +218,8 @@ fn tcp_rule(port: u16) -> NetOutRule {
     NetOutRule {
         protocol: Protocol::Tcp,
         networks: vec![IpRange {
-            start: "192.0.2.1".parse().unwrap(),
-            end: "192.0.2.9".parse().unwrap(),
+            start: Some("192.0.2.1".parse().unwrap()),
+            end: Some("192.0.2.9".parse().unwrap()),
         }],
         ports: vec![PortRange {
             start: port,
@@ -344,6 +344,8 @@ async fn the_plugin_wires_the_container_and_its_answer_is_the_containers_network
     let bulk_stat = bulk["np-wired"].metrics.network_stat.expect("bulk figures");
     assert!(bulk_stat.tx_bytes >= stat.tx_bytes, "{bulk_stat:?}");
 
+    assert!(!plugin.bridge_ports().is_empty(), "the container's link is on the bridge");
+    assert_eq!(plugin.leased(), vec![ip.clone()]);
     client.destroy("np-wired").await.expect("destroy");
     let downs = plugin.calls_of("down", "np-wired");
     assert_eq!(downs.len(), 1, "{downs:?}");
