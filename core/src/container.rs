@@ -15,24 +15,30 @@ pub(crate) enum CreateStep {
     CreateCgroup,
     SetupNetwork,
     StartInit,
+    ConnectNetwork,
     Persist,
 }
 
 impl CreateStep {
-    pub(crate) const ORDER: [CreateStep; 5] = [
+    pub(crate) const ORDER: [CreateStep; 6] = [
         CreateStep::PrepareRootfs,
         CreateStep::CreateCgroup,
         CreateStep::SetupNetwork,
         CreateStep::StartInit,
+        CreateStep::ConnectNetwork,
         CreateStep::Persist,
     ];
 
-    pub(crate) fn next(self) -> Option<CreateStep> {
+    /// The step after this one; `ConnectNetwork` is a step only with a network plugin.
+    pub(crate) fn next(self, network_plugin: bool) -> Option<CreateStep> {
         let at = Self::ORDER
             .iter()
             .position(|s| *s == self)
             .expect("step is in ORDER");
-        Self::ORDER.get(at + 1).copied()
+        Self::ORDER[at + 1..]
+            .iter()
+            .copied()
+            .find(|s| network_plugin || *s != CreateStep::ConnectNetwork)
     }
 
     /// The teardown step that undoes this one.
@@ -42,6 +48,7 @@ impl CreateStep {
             CreateStep::CreateCgroup => TeardownStep::RemoveCgroup,
             CreateStep::SetupNetwork => TeardownStep::TeardownNetwork,
             CreateStep::StartInit => TeardownStep::KillContainer,
+            CreateStep::ConnectNetwork => TeardownStep::TeardownNetwork,
             CreateStep::Persist => TeardownStep::DeleteRecord,
         }
     }

@@ -40,13 +40,23 @@ pub struct NetworkConfig {
     pub privileged: bool,
 }
 
+/// What a network plugin's `up` gets besides the init's pid (guardian's `UpInputs`): the
+/// container's properties and the spec's NetIn and NetOut, as the create asked.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginUpConfig {
+    pub properties: BTreeMap<String, String>,
+    pub netin: Vec<crate::api::NetIn>,
+    pub netout_rules: Vec<NetOutRule>,
+}
+
 /// Everything the container's init needs to build its world.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InitConfig {
     pub hostname: String,
     pub privileged: bool,
     pub bind_mounts: Vec<BindMount>,
-    /// For /etc/hosts: the handle resolves to this address.
+    /// For /etc/hosts: the handle resolves to this address (not known yet with a network
+    /// plugin).
     pub container_ip: Option<std::net::Ipv4Addr>,
 }
 
@@ -76,6 +86,12 @@ pub enum EffectKind {
     StartInit {
         handle: String,
         config: InitConfig,
+    },
+    /// Only with a network plugin: connect the container's network namespace through the
+    /// plugin, once its init runs. Answers `NetworkProperties`; undone by `TeardownNetwork`.
+    ConnectNetwork {
+        handle: String,
+        config: PluginUpConfig,
     },
     /// Durably store the container's record (atomic replace). Later writes carry newer state.
     PersistRecord {
@@ -145,6 +161,7 @@ impl EffectKind {
             | CreateCgroup { handle, .. }
             | SetupNetwork { handle, .. }
             | StartInit { handle, .. }
+            | ConnectNetwork { handle, .. }
             | PersistRecord { handle, .. }
             | KillContainer { handle }
             | TeardownNetwork { handle, .. }
@@ -168,6 +185,7 @@ impl EffectKind {
             CreateCgroup { .. } => "create-cgroup",
             SetupNetwork { .. } => "setup-network",
             StartInit { .. } => "start-init",
+            ConnectNetwork { .. } => "connect-network",
             PersistRecord { .. } => "persist-record",
             KillContainer { .. } => "kill-container",
             TeardownNetwork { .. } => "teardown-network",
@@ -193,6 +211,9 @@ pub enum EffectOutput {
         image_env: Vec<String>,
     },
     Metrics(Box<Metrics>),
+    /// From `ConnectNetwork`: the properties the network plugin gives the container (its
+    /// address as `garden.network.container-ip`, ...).
+    NetworkProperties(BTreeMap<String, String>),
     Capacity {
         memory_in_bytes: u64,
         disk_in_bytes: u64,

@@ -76,6 +76,12 @@ pub struct Config {
     /// `--disable-privileged-containers`: privileged creates are refused.
     #[serde(default)]
     pub disable_privileged_containers: bool,
+    /// `--network-plugin`: an external plugin wires containers' networks. Each create then
+    /// connects the network after the init started (the plugin needs its pid), the plugin's
+    /// answer gives the container's network properties (its address among them), and the
+    /// ports of the spec's NetIn are the plugin's to map.
+    #[serde(default)]
+    pub network_plugin: bool,
     /// Deliberate defects, for proving that the simulator's checks catch them. Never set in
     /// production.
     #[serde(default)]
@@ -95,6 +101,7 @@ impl Default for Config {
             depot: "/var/lib/trellis/depot".to_string(),
             seed: 0,
             disable_privileged_containers: false,
+            network_plugin: false,
             bugs: InjectedBugs::default(),
         }
     }

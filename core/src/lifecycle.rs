@@ -9,7 +9,9 @@
 use crate::api::ContainerSpec;
 use crate::command::{Reply, RequestId};
 use crate::container::{Container, CreateStep, Durability, Phase, Teardown, TeardownStep};
-use crate::effect::{storable_spec, EffectKind, EffectOutput, InitConfig, NetworkConfig, Outcome};
+use crate::effect::{
+    storable_spec, EffectKind, EffectOutput, InitConfig, NetworkConfig, Outcome, PluginUpConfig,
+};
 use crate::error::Error;
 use crate::handle;
 use crate::limits::{self, EnvOwner};
@@ -115,7 +117,13 @@ impl Core {
         let wanted = network::parse(&spec.network)?;
         let assignment = self.network.allocate(wanted)?;
         let mut mapped_ports = Vec::new();
-        for netin in &spec.netin {
+        // With a network plugin the spec's NetIn goes to the plugin's `up`, which maps them.
+        let spec_netin = if self.config.network_plugin {
+            &[][..]
+        } else {
+            &spec.netin[..]
+        };
+        for netin in spec_netin {
             let taken = if netin.host_port == 0 {
                 self.ports.acquire_any()
             } else {
@@ -211,19 +219,24 @@ impl Core {
             }
             Ok(output) => {
                 done.push(step);
-                if let (CreateStep::PrepareRootfs, EffectOutput::Rootfs { image_env }) =
-                    (step, output)
-                {
-                    c.image_env = image_env;
-                    if let Err(cause) = Self::check_image_env(c) {
-                        let Phase::Creating { done, .. } = &c.phase else {
-                            unreachable!("checked above")
-                        };
-                        let undo: Vec<TeardownStep> = done.iter().map(|s| s.undo()).collect();
-                        return self.begin_teardown(handle, undo, None, Some((request, cause)));
+                match (step, output) {
+                    (CreateStep::PrepareRootfs, EffectOutput::Rootfs { image_env }) => {
+                        c.image_env = image_env;
+                        if let Err(cause) = Self::check_image_env(c) {
+                            let Phase::Creating { done, .. } = &c.phase else {
+                                unreachable!("checked above")
+                            };
+                            let undo: Vec<TeardownStep> = done.iter().map(|s| s.undo()).collect();
+                            return self.begin_teardown(handle, undo, None, Some((request, cause)));
+                        }
                     }
+                    // As guardian, the plugin's answer lands among the container's properties.
+                    (CreateStep::ConnectNetwork, EffectOutput::NetworkProperties(answer)) => {
+                        c.properties.extend(answer);
+                    }
+                    _ => {}
                 }
-                match step.next() {
+                match step.next(self.config.network_plugin) {
                     Some(next) => self.emit_create_step(handle, next),
                     None => {
                         let now = self.now;
@@ -269,7 +282,15 @@ impl Core {
                     hostname: handle::hostname(handle),
                     privileged: c.spec.privileged,
                     bind_mounts: c.spec.bind_mounts.clone(),
-                    container_ip: Some(assignment.container_ip),
+                    container_ip: (!self.config.network_plugin).then_some(assignment.container_ip),
+                },
+            },
+            CreateStep::ConnectNetwork => EffectKind::ConnectNetwork {
+                handle: handle_owned.clone(),
+                config: PluginUpConfig {
+                    properties: c.properties.clone(),
+                    netin: c.spec.netin.clone(),
+                    netout_rules: c.netout_rules.clone(),
                 },
             },
             CreateStep::Persist => {

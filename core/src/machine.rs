@@ -380,7 +380,9 @@ impl Core {
         let mut all = c.properties.clone();
         all.insert(properties::STATE.into(), c.phase.garden_state().into());
         all.insert(properties::GRACE_TIME.into(), c.grace_time.to_string());
-        if let Some(net) = c.network {
+        // With a network plugin the addresses are those its answer gave (already among the
+        // properties); the pool's assignment is only the core's bookkeeping then.
+        if let Some(net) = c.network.filter(|_| !self.config.network_plugin) {
             all.insert(
                 properties::CONTAINER_IP.into(),
                 net.container_ip.to_string(),
@@ -388,7 +390,8 @@ impl Core {
             all.insert(properties::HOST_IP.into(), net.gateway_ip().to_string());
         }
         if let Some(ip) = self.config.external_ip {
-            all.insert(properties::EXTERNAL_IP.into(), ip.to_string());
+            all.entry(properties::EXTERNAL_IP.into())
+                .or_insert_with(|| ip.to_string());
         }
         let ports: Vec<String> = c
             .mapped_ports
@@ -416,6 +419,8 @@ impl Core {
                 })
             }
         };
+        let properties = self.all_properties(handle);
+        let property = |key: &str| properties.get(key).cloned().unwrap_or_default();
         Ok(Box::new(ContainerInfo {
             state: if matches!(c.phase, Phase::Stopped) {
                 "stopped"
@@ -425,23 +430,14 @@ impl Core {
             .to_string(),
             // gdn sends null until something happened.
             events: (!c.events.is_empty()).then(|| c.events.clone()),
-            host_ip: c
-                .network
-                .map(|n| n.gateway_ip().to_string())
-                .unwrap_or_default(),
-            container_ip: c
-                .network
-                .map(|n| n.container_ip.to_string())
-                .unwrap_or_default(),
-            container_ipv6: String::new(),
-            external_ip: self
-                .config
-                .external_ip
-                .map(|ip| ip.to_string())
-                .unwrap_or_default(),
+            // As gdn: from the network properties.
+            host_ip: property(properties::HOST_IP),
+            container_ip: property(properties::CONTAINER_IP),
+            container_ipv6: property(properties::CONTAINER_IPV6),
+            external_ip: property(properties::EXTERNAL_IP),
             container_path: format!("{}/{}", self.config.depot.trim_end_matches('/'), handle),
             process_ids: Some(c.processes.iter().cloned().collect()),
-            properties: Some(self.all_properties(handle)),
+            properties: Some(properties),
             mapped_ports: Some(c.mapped_ports.clone()),
         }))
     }

@@ -11,6 +11,8 @@ pub const STATE: &str = "garden.state";
 pub const GRACE_TIME: &str = "garden.grace-time";
 pub const CONTAINER_IP: &str = "garden.network.container-ip";
 pub const HOST_IP: &str = "garden.network.host-ip";
+/// Set only by a network plugin's answer.
+pub const CONTAINER_IPV6: &str = "garden.network.container-ipv6";
 pub const EXTERNAL_IP: &str = "garden.network.external-ip";
 pub const MAPPED_PORTS: &str = "garden.network.mapped-ports";
 

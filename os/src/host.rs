@@ -12,7 +12,9 @@ use thiserror::Error;
 use trellis_core::api::{
     DiskLimits, ImageRef, Limits, Metrics, NetOutRule, PortMapping, ProcessSpec, Signal, WindowSize,
 };
-use trellis_core::effect::{EffectErrorKind, InitConfig, NetworkConfig, Observation, ObservedHost};
+use trellis_core::effect::{
+    EffectErrorKind, InitConfig, NetworkConfig, Observation, ObservedHost, PluginUpConfig,
+};
 use trellis_core::network::NetworkAssignment;
 use trellis_core::record::ContainerRecord;
 
@@ -176,6 +178,12 @@ pub trait Host: Send + Sync + 'static {
     fn create_cgroup(&self, handle: &str, limits: &Limits, privileged: bool) -> HostResult<()>;
     fn setup_network(&self, handle: &str, config: &NetworkConfig) -> HostResult<()>;
     fn start_init(&self, handle: &str, config: &InitConfig) -> HostResult<()>;
+    /// With a network plugin only: its `up` for the running init. The properties it answers.
+    fn connect_network(
+        &self,
+        handle: &str,
+        config: &PluginUpConfig,
+    ) -> HostResult<std::collections::BTreeMap<String, String>>;
     fn persist_record(&self, record: &ContainerRecord) -> HostResult<()>;
 
     // --- teardown ---

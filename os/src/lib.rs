@@ -43,6 +43,10 @@ pub fn execute(host: &dyn Host, effect: &EffectKind) -> Outcome {
         } => done(host.create_cgroup(handle, limits, *privileged)),
         SetupNetwork { handle, config } => done(host.setup_network(handle, config)),
         StartInit { handle, config } => done(host.start_init(handle, config)),
+        ConnectNetwork { handle, config } => host
+            .connect_network(handle, config)
+            .map(EffectOutput::NetworkProperties)
+            .map_err(EffectError::from),
         PersistRecord { record, .. } => done(host.persist_record(record)),
         KillContainer { handle } => done(host.kill_container(handle)),
         TeardownNetwork { handle, assignment } => {

@@ -151,6 +151,7 @@ pub struct ServerArgs {
     pub registry: RegistryArgs,
     #[command(flatten)]
     pub cgroup: CgroupArgs,
+    pub networking: NetworkingArgs,
 }
 
 /// `gdn server` flags Trellis accepts, checks the value of, and does not act on: either not
@@ -202,12 +203,6 @@ pub struct GdnOnlyArgs {
     // Container Networking
     #[arg(long)]
     pub port_pool_properties_path: Option<PathBuf>,
-    #[arg(long)]
-    pub network_plugin: Option<PathBuf>,
-    #[arg(long)]
-    pub network_plugin_extra_arg: Vec<String>,
-    #[arg(long)]
-    pub enable_container_network_metrics: bool,
     // Metrics
     #[arg(long, value_parser = parse_go_duration)]
     pub metrics_emission_interval: Option<Duration>,
@@ -225,15 +220,34 @@ pub struct GdnOnlyArgs {
     pub enable_cpu_throttling: bool,
     #[arg(long)]
     pub cpu_throttling_check_interval: Option<u32>,
-    // Sysctl
+}
+
+/// gdn's network plugin, network metrics and per-container TCP sysctl flags.
+#[derive(Debug, Clone, Default, Args)]
+pub struct NetworkingArgs {
+    /// An external network plugin wires containers' networks (guardian's contract).
+    #[arg(long)]
+    pub network_plugin: Option<PathBuf>,
+    /// An argument given to the network plugin before its own (repeatable; may start with
+    /// `-`, as plugin flags do).
+    #[arg(long, allow_hyphen_values = true)]
+    pub network_plugin_extra_arg: Vec<String>,
+    /// Metrics carry the bytes each container received and sent.
+    #[arg(long)]
+    pub enable_container_network_metrics: bool,
+    /// net.ipv4.tcp_keepalive_time inside containers (unset or 0: the host's).
     #[arg(long)]
     pub tcp_keepalive_time: Option<u32>,
+    /// net.ipv4.tcp_keepalive_intvl inside containers (unset or 0: the host's).
     #[arg(long)]
     pub tcp_keepalive_interval: Option<u32>,
+    /// net.ipv4.tcp_keepalive_probes inside containers (unset or 0: the host's).
     #[arg(long)]
     pub tcp_keepalive_probes: Option<u32>,
+    /// net.ipv4.tcp_retries1 inside containers (unset or 0: the host's).
     #[arg(long)]
     pub tcp_retries1: Option<u32>,
+    /// net.ipv4.tcp_retries2 inside containers (unset or 0: the host's).
     #[arg(long)]
     pub tcp_retries2: Option<u32>,
 }
@@ -388,6 +402,7 @@ impl ServerArgs {
             depot: self.depot.to_string_lossy().into_owned(),
             seed,
             disable_privileged_containers: self.disable_privileged_containers,
+            network_plugin: self.networking.network_plugin.is_some(),
             bugs: Default::default(),
         }
     }
@@ -422,6 +437,21 @@ impl ServerArgs {
         network.firewall.deny_networks = self.deny_network.clone();
         network.firewall.allow_host_access = self.allow_host_access;
         network.tag = self.tag.clone();
+        network.tcp_sysctls = trellis_os::linux::network::sysctl::TcpSysctls {
+            keepalive_time: self.networking.tcp_keepalive_time,
+            keepalive_interval: self.networking.tcp_keepalive_interval,
+            keepalive_probes: self.networking.tcp_keepalive_probes,
+            retries1: self.networking.tcp_retries1,
+            retries2: self.networking.tcp_retries2,
+        };
+        network.container_metrics = self.networking.enable_container_network_metrics;
+        network.plugin = self.networking.network_plugin.as_ref().map(|path| {
+            trellis_os::linux::network::plugin::PluginSettings {
+                path: path.clone(),
+                extra_args: self.networking.network_plugin_extra_arg.clone(),
+            }
+        });
+        network.external_ip = self.external_ip;
         Ok(trellis_os::LinuxConfig {
             layout: self.layout(),
             default_rootfs: self.default_rootfs.clone(),

@@ -689,10 +689,10 @@ mod tests {
                  image plugins: issue 14)",
                 "--dropsonde-origin has no effect here: Trellis emits no dropsonde \
                  (Loggregator v1) metrics; its figures are on the debug server's /debug/vars",
-                "--tcp-keepalive-time has no effect here: not implemented yet (per-container \
-                 TCP sysctls)",
             ]
         );
+        // Taken, without a warning.
+        assert_eq!(args.networking.tcp_keepalive_time, Some(30));
     }
 
     #[test]

@@ -72,11 +72,11 @@ const NO_DROPSONDE: &str = "Trellis emits no dropsonde (Loggregator v1) metrics;
                             are on the debug server's /debug/vars";
 const NO_CONTAINERD: &str = "Trellis does not use containerd";
 const IMAGE_PLUGIN: &str = "external image plugins: issue 14";
-const NETWORK_PLUGIN: &str = "external network plugins: issue 14";
+const NETWORK_PLUGIN: &str = "guardian's contract; NetIn host ports still come from the port pool";
 const IO_MAX: &str =
     "on each disk in /sys/block but loop, ram and dm-, as gdn; cgroup v2 io.max and \
                       also v1 blkio.throttle (gdn: v2 only)";
-const SYSCTLS: &str = "per-container TCP sysctls";
+const SYSCTLS: &str = "in each container's network namespace; unset: the host's value";
 const THROTTLE: &str = "CPU throttling";
 
 const fn flag(
@@ -246,14 +246,14 @@ pub const GDN_FLAGS: &[GdnFlag] = &[
         NoEffect("the port pool is rebuilt at start from the container records (see --properties-path), which hold each container's ports"),
     ),
     flag("mtu", NETWORK, Some("N"), "", Yes("")),
-    flag("network-plugin", NETWORK, Some("FILE"), "", NotYet(NETWORK_PLUGIN)),
-    flag("network-plugin-extra-arg", NETWORK, Some("ARG..."), "", NotYet(NETWORK_PLUGIN)),
+    flag("network-plugin", NETWORK, Some("FILE"), "", Yes(NETWORK_PLUGIN)),
+    flag("network-plugin-extra-arg", NETWORK, Some("ARG..."), "", Yes("")),
     flag(
         "enable-container-network-metrics",
         NETWORK,
         None,
         "",
-        NotYet("container metrics carry no network figures"),
+        Yes("bytes counted on the container's link; also without a plugin naming it"),
     ),
     flag(
         "cpu-quota-per-share",
@@ -301,11 +301,11 @@ pub const GDN_FLAGS: &[GdnFlag] = &[
     flag("use-containerd-for-processes", CONTAINERD, None, "", NoEffect(NO_CONTAINERD)),
     flag("enable-cpu-throttling", THROTTLING, None, "", NotYet(THROTTLE)),
     flag("cpu-throttling-check-interval", THROTTLING, Some("SECONDS"), "15", NotYet(THROTTLE)),
-    flag("tcp-keepalive-time", SYSCTL, Some("SECONDS"), "", NotYet(SYSCTLS)),
-    flag("tcp-keepalive-interval", SYSCTL, Some("SECONDS"), "", NotYet(SYSCTLS)),
-    flag("tcp-keepalive-probes", SYSCTL, Some("N"), "", NotYet(SYSCTLS)),
-    flag("tcp-retries1", SYSCTL, Some("N"), "", NotYet(SYSCTLS)),
-    flag("tcp-retries2", SYSCTL, Some("N"), "", NotYet(SYSCTLS)),
+    flag("tcp-keepalive-time", SYSCTL, Some("SECONDS"), "", Yes(SYSCTLS)),
+    flag("tcp-keepalive-interval", SYSCTL, Some("SECONDS"), "", Yes(SYSCTLS)),
+    flag("tcp-keepalive-probes", SYSCTL, Some("N"), "", Yes(SYSCTLS)),
+    flag("tcp-retries1", SYSCTL, Some("N"), "", Yes(SYSCTLS)),
+    flag("tcp-retries2", SYSCTL, Some("N"), "", Yes(SYSCTLS)),
 ];
 
 pub fn find(name: &str) -> Option<&'static GdnFlag> {

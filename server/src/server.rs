@@ -88,13 +88,7 @@ pub async fn run(mut args: ServerArgs) -> Result<(), StartError> {
         }
         Backend::Fake => None,
     };
-    let host = make_host(&args)?;
-    if args.destroy_containers_on_startup {
-        crate::startup::destroy_all_containers(&*host).map_err(|source| StartError::Host {
-            backend: backend_name(args.backend),
-            source,
-        })?;
-    }
+    // Before the host: a network plugin's net-in is given it.
     if args.external_ip.is_none() && args.backend == Backend::Linux {
         // As gdn: without --external-ip, the address of the interface holding the default route.
         match trellis_os::linux::network::detect_external_ip() {
@@ -105,6 +99,13 @@ pub async fn run(mut args: ServerArgs) -> Result<(), StartError> {
             Ok(None) => warn!("no default route: ExternalIP stays empty (see --external-ip)"),
             Err(e) => warn!(error = %e, "detecting the external ip failed (see --external-ip)"),
         }
+    }
+    let host = make_host(&args)?;
+    if args.destroy_containers_on_startup {
+        crate::startup::destroy_all_containers(&*host).map_err(|source| StartError::Host {
+            backend: backend_name(args.backend),
+            source,
+        })?;
     }
     let mut core_config = args.core_config();
     if args.backend == Backend::Linux {

@@ -250,6 +250,9 @@ impl FakeOs {
                 self.containers.entry(handle).or_default().cgroup = true;
                 Ok(EffectOutput::Done)
             }
+            // The simulated servers run without a network plugin; a plugin that wires nothing
+            // answers no properties.
+            ConnectNetwork { .. } => Ok(EffectOutput::NetworkProperties(Default::default())),
             SetupNetwork { config, .. } => {
                 let subnet = config.assignment.subnet;
                 let forbidden = SPECIAL_RANGES

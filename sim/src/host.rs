@@ -38,7 +38,8 @@ use trellis_core::api::{
     DiskLimits, ImageRef, Limits, Metrics, NetOutRule, PortMapping, Signal, WindowSize,
 };
 use trellis_core::effect::{
-    EffectError, EffectErrorKind, EffectKind, EffectOutput, InitConfig, NetworkConfig, ObservedHost,
+    EffectError, EffectErrorKind, EffectKind, EffectOutput, InitConfig, NetworkConfig,
+    ObservedHost, PluginUpConfig,
 };
 use trellis_core::network::NetworkAssignment;
 use trellis_core::record::ContainerRecord;
@@ -251,6 +252,22 @@ impl Host for FakeHost {
             handle: handle.into(),
             config: config.clone(),
         })
+    }
+
+    fn connect_network(
+        &self,
+        handle: &str,
+        config: &PluginUpConfig,
+    ) -> HostResult<std::collections::BTreeMap<String, String>> {
+        match self.apply(EffectKind::ConnectNetwork {
+            handle: handle.into(),
+            config: config.clone(),
+        })? {
+            EffectOutput::NetworkProperties(properties) => Ok(properties),
+            other => Err(HostError::Failed(format!(
+                "connect-network answered {other:?}"
+            ))),
+        }
     }
 
     fn start_init(&self, handle: &str, config: &InitConfig) -> HostResult<()> {

@@ -279,6 +279,7 @@ impl Sim {
             depot: "/depot".into(),
             seed: rng.next_u64(),
             disable_privileged_containers: rng.below(2) == 0,
+            network_plugin: false,
             host_networks: if rng.below(2) == 0 {
                 vec![HOST_NETWORK.parse().expect("valid network")]
             } else {

@@ -1,6 +1,6 @@
 //! Container networking over HTTP against the Linux backend (as root): what Info and the
 //! properties report, NetIn from the host, NetOut opening the default-deny firewall between
-//! containers, shared and separate subnets, bandwidth limits read back, network metrics, and
+//! containers, shared and separate subnets, bandwidth limits read back, no network metrics by default, and
 //! the host links gone after destroy. Traffic only flows between the host and containers
 //! these tests create, or between those containers.
 
@@ -326,7 +326,7 @@ async fn a_reused_address_is_reachable_at_once_on_a_subnet_that_stays_up() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn bandwidth_limits_read_back_and_metrics_count_traffic() {
+async fn bandwidth_limits_read_back_and_metrics_have_no_network_figures_by_default() {
     let limits = BandwidthLimits {
         rate: 10_000_000,
         burst: 1_000_000,
@@ -341,28 +341,8 @@ async fn bandwidth_limits_read_back_and_metrics_count_traffic() {
     })
     .await;
     assert_eq!(c.current_bandwidth_limits().await.expect("limits"), limits);
-
-    let before = c
-        .metrics()
-        .await
-        .expect("metrics")
-        .network_stat
-        .unwrap_or_default();
-    let _httpd = http_server(&c, 8080, &"x".repeat(100_000)).await;
-    let ip = ip_of(&c.info().await.unwrap());
-    let body = http_get(SocketAddr::from((ip, 8080))).expect("GET");
-    assert_eq!(body.len(), 100_000);
-    let after = c
-        .metrics()
-        .await
-        .expect("metrics")
-        .network_stat
-        .unwrap_or_default();
-    assert!(
-        after.tx_bytes >= before.tx_bytes + 100_000,
-        "{before:?} -> {after:?}"
-    );
-    assert!(after.rx_bytes > before.rx_bytes, "{before:?} -> {after:?}");
+    // As gdn without --enable-container-network-metrics (linux_network_flags has it on).
+    assert_eq!(c.metrics().await.expect("metrics").network_stat, None);
 
     // No limit asked: zeros, as gdn reports.
     let plain = create(ContainerSpec {

@@ -118,7 +118,34 @@ pub fn cleanup(config: &LinuxConfig) -> Result<Report, CleanupError> {
         }
     }
 
-    // 2. Networking.
+    // 2. Networking: a network plugin's `down` for every container first (it may need the
+    // namespace), as a destroy runs it.
+    let plugin_states = super::network::plugin::states_dir(&layout.network_state_dir());
+    if let Some(settings) = &config.network.plugin {
+        if let Some(plugin) = problems.check(
+            "network plugin",
+            super::network::plugin::NetworkPlugin::new(
+                settings.clone(),
+                config.network.external_ip,
+                plugin_states.clone(),
+            ),
+        ) {
+            for handle in &handles {
+                if problems
+                    .check(
+                        &format!("network plugin down for {handle}"),
+                        plugin.down(handle),
+                    )
+                    .is_some()
+                {
+                    problems.check(
+                        &format!("network plugin state of {handle}"),
+                        plugin.forget(handle),
+                    );
+                }
+            }
+        }
+    }
     for name in problems
         .check("network namespaces", state::list_names(&layout.netns_dir()))
         .unwrap_or_default()
@@ -170,11 +197,12 @@ pub fn cleanup(config: &LinuxConfig) -> Result<Report, CleanupError> {
         layout.images_dir(),
         layout.scratch_trash_dir(),
         layout.network_state_dir(),
+        plugin_states,
         layout.netns_dir(),
     ] {
         remove_path(&dir, &mut problems);
     }
-    // `<run>/network` held only the state directory.
+    // `<run>/network` held only the state directories.
     if let Some(network) = layout.network_state_dir().parent() {
         remove_empty_dir(network, &mut problems);
     }
@@ -233,6 +261,12 @@ fn container_handles(
     handles.extend(
         problems
             .check("network namespaces", state::list_names(&layout.netns_dir()))
+            .unwrap_or_default(),
+    );
+    let plugin_states = super::network::plugin::states_dir(&layout.network_state_dir());
+    handles.extend(
+        problems
+            .check("network plugin states", state::list_names(&plugin_states))
             .unwrap_or_default(),
     );
     handles.into_iter().collect()

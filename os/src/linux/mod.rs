@@ -26,7 +26,9 @@ use std::io::{Read, Write};
 use trellis_core::api::{
     DiskLimits, ImageRef, Limits, Metrics, NetOutRule, PortMapping, Signal, WindowSize,
 };
-use trellis_core::effect::{InitConfig, NetworkConfig, ObservedContainer, ObservedHost};
+use trellis_core::effect::{
+    InitConfig, NetworkConfig, ObservedContainer, ObservedHost, PluginUpConfig,
+};
 use trellis_core::network::NetworkAssignment;
 use trellis_core::record::ContainerRecord;
 
@@ -142,6 +144,17 @@ impl Host for LinuxHost {
 
     fn start_init(&self, handle: &str, config: &InitConfig) -> HostResult<()> {
         self.runtime.start_init(handle, config, &self.cgroups)
+    }
+
+    fn connect_network(
+        &self,
+        handle: &str,
+        config: &PluginUpConfig,
+    ) -> HostResult<std::collections::BTreeMap<String, String>> {
+        let pid = self.runtime.init_pid(handle).ok_or_else(|| {
+            HostError::Failed(format!("container {handle} has no running init to network"))
+        })?;
+        self.network.connect(handle, pid, config)
     }
 
     fn persist_record(&self, record: &ContainerRecord) -> HostResult<()> {

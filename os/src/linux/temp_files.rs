@@ -2,7 +2,7 @@
 //!
 //! Every durable file is written to a temporary name and renamed into place, and every image
 //! is unpacked into a temporary directory and renamed into the cache. A crash between the
-//! two leaves the temporary: a `.<handle>.json.tmp` record, a `.<id>.tmp` network state, or a
+//! two leaves the temporary: a `.<handle>.json.tmp` record, a `.<id>.tmp` network state (`.<handle>.tmp` with a network plugin), or a
 //! half-unpacked image under `images/tmp` (named after the dead server's pid, so never reused
 //! and never removed by anyone else). No reader looks at them (records and states starting
 //! with `.` are skipped), so they only take space; a start removes them. Only a server holding
@@ -18,9 +18,12 @@ pub fn remove_leftovers(layout: &Layout) -> HostResult<usize> {
     let mut removed = remove_files(&layout.records_dir(), |name| {
         name.starts_with('.') && name.ends_with(".json.tmp")
     })?;
-    removed += remove_files(&layout.network_state_dir(), |name| {
-        name.starts_with('.') && name.ends_with(".tmp")
-    })?;
+    for dir in [
+        layout.network_state_dir(),
+        crate::linux::network::plugin::states_dir(&layout.network_state_dir()),
+    ] {
+        removed += remove_files(&dir, |name| name.starts_with('.') && name.ends_with(".tmp"))?;
+    }
     let unpacking = layout.images_tmp_dir();
     match std::fs::read_dir(&unpacking) {
         Ok(entries) => {

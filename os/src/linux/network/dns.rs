@@ -13,10 +13,14 @@ pub struct DnsSettings {
     pub additional_host_entries: Vec<String>,
 }
 
-/// `127.0.0.1 localhost`, the container's address with its hostname, then the operator's
-/// extra entries, one per line.
-pub fn hosts_file(container_ip: Ipv4Addr, hostname: &str, settings: &DnsSettings) -> String {
-    let mut out = format!("127.0.0.1 localhost\n{container_ip} {hostname}\n");
+/// `127.0.0.1 localhost`, the container's address with its hostname (once known: a network
+/// plugin tells it after the container started), then the operator's extra entries, one per
+/// line.
+pub fn hosts_file(container_ip: Option<&str>, hostname: &str, settings: &DnsSettings) -> String {
+    let mut out = String::from("127.0.0.1 localhost\n");
+    if let Some(ip) = container_ip {
+        out.push_str(&format!("{ip} {hostname}\n"));
+    }
     for entry in &settings.additional_host_entries {
         out.push_str(entry);
         out.push('\n');
@@ -69,6 +73,45 @@ pub fn resolv_conf(host_resolv_conf: &str, gateway: Ipv4Addr, settings: &DnsSett
     lines
 }
 
+/// What a network plugin's `up` answered about name resolution.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PluginDns {
+    /// `Some`, even empty: exactly these nameservers, no others.
+    pub nameservers: Option<Vec<String>>,
+    /// `Some`: one `search` line of these, in place of the host's.
+    pub search_domains: Option<Vec<String>>,
+}
+
+/// The resolv.conf of a container a network plugin wired, as guardian compiles it: the
+/// plugin's nameservers if it named any, else as [`resolv_conf`] with the container's own
+/// address standing for the gateway; the plugin's search domains last.
+pub fn plugin_resolv_conf(
+    host_resolv_conf: &str,
+    container_ip: Ipv4Addr,
+    settings: &DnsSettings,
+    plugin: &PluginDns,
+) -> String {
+    let mut out = match &plugin.nameservers {
+        Some(servers) => servers
+            .iter()
+            .map(|ip| format!("nameserver {ip}\n"))
+            .collect(),
+        None if plugin.search_domains.is_some() => {
+            let without_search: String = host_resolv_conf
+                .lines()
+                .filter(|line| !line.starts_with("search"))
+                .map(|line| format!("{line}\n"))
+                .collect();
+            resolv_conf(&without_search, container_ip, settings)
+        }
+        None => resolv_conf(host_resolv_conf, container_ip, settings),
+    };
+    if let Some(domains) = &plugin.search_domains {
+        out.push_str(&format!("search {}\n", domains.join(" ")));
+    }
+    out
+}
+
 fn is_single_loopback_nameserver(file: &str) -> bool {
     let fields: Vec<&str> = file.split_whitespace().collect();
     matches!(fields.as_slice(), ["nameserver", ip] if ip.starts_with("127.") && ip.parse::<Ipv4Addr>().is_ok())
@@ -87,7 +130,7 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            hosts_file(Ipv4Addr::new(10, 254, 0, 1), "my-handle", &settings),
+            hosts_file(Some("10.254.0.1"), "my-handle", &settings),
             "127.0.0.1 localhost\n10.254.0.1 my-handle\n1.2.3.4 foo\n"
         );
     }
@@ -150,5 +193,52 @@ mod tests {
             "nameserver 10.0.0.2\nnameserver 9.9.9.9\n"
         );
         assert_eq!(resolv_conf("", GATEWAY, &settings), "nameserver 9.9.9.9\n");
+    }
+
+    #[test]
+    fn a_plugins_nameservers_replace_all_others_and_its_search_domains_the_hosts() {
+        let settings = DnsSettings {
+            dns_servers: vec!["1.1.1.1".parse().unwrap()],
+            additional_dns_servers: vec!["9.9.9.9".parse().unwrap()],
+            ..Default::default()
+        };
+        let plugin = PluginDns {
+            nameservers: Some(vec!["192.0.2.53".into()]),
+            search_domains: Some(vec!["a.test".into(), "b.test".into()]),
+        };
+        assert_eq!(
+            plugin_resolv_conf("search corp\n", GATEWAY, &settings, &plugin),
+            "nameserver 192.0.2.53\nsearch a.test b.test\n"
+        );
+        let search_only = PluginDns {
+            nameservers: None,
+            search_domains: Some(vec!["a.test".into()]),
+        };
+        assert_eq!(
+            plugin_resolv_conf(
+                "search corp\nnameserver 10.0.0.2\n",
+                GATEWAY,
+                &DnsSettings::default(),
+                &search_only
+            ),
+            "nameserver 10.0.0.2\nsearch a.test\n"
+        );
+        assert_eq!(
+            plugin_resolv_conf(
+                "nameserver 10.0.0.2\n",
+                GATEWAY,
+                &settings,
+                &PluginDns::default()
+            ),
+            "nameserver 1.1.1.1\nnameserver 9.9.9.9\n"
+        );
+    }
+
+    #[test]
+    fn hosts_file_before_the_address_is_known() {
+        assert_eq!(
+            hosts_file(None, "h", &DnsSettings::default()),
+            "127.0.0.1 localhost\n"
+        );
     }
 }

@@ -19,7 +19,9 @@ pub mod naming;
 pub mod netlink;
 pub mod netns;
 pub mod nftnl;
+pub mod plugin;
 pub mod state;
+pub mod sysctl;
 
 use super::LinuxConfig;
 use crate::host::{HostError, HostResult};
@@ -28,12 +30,12 @@ use firewall::{ContainerRules, Firewall, FirewallSettings, NftCommand, NftRunner
 use naming::LinkNames;
 use nix::fcntl::{Flock, FlockArg};
 use state::{NetworkState, StateStore};
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use trellis_core::api::{NetOutRule, NetworkStat, PortMapping};
-use trellis_core::effect::NetworkConfig;
+use trellis_core::effect::{NetworkConfig, PluginUpConfig};
 use trellis_core::network::NetworkAssignment;
 
 pub use dns::DnsSettings;
@@ -50,6 +52,14 @@ pub struct NetworkSettings {
     /// `--tag`: up to 2 letters or digits in the names of our bridges and nftables table, so
     /// that two servers (or tests) on one host leave each other alone.
     pub tag: String,
+    /// `--tcp-keepalive-*`, `--tcp-retries*`: set in every container's namespace.
+    pub tcp_sysctls: sysctl::TcpSysctls,
+    /// `--enable-container-network-metrics`: Metrics carry the container's network counters.
+    pub container_metrics: bool,
+    /// `--network-plugin`: containers' networks are the plugin's to wire.
+    pub plugin: Option<plugin::PluginSettings>,
+    /// What the plugin's `net-in` gets as `HostIP` (`--external-ip`, else detected).
+    pub external_ip: Option<Ipv4Addr>,
 }
 
 impl Default for NetworkSettings {
@@ -60,6 +70,10 @@ impl Default for NetworkSettings {
             firewall: FirewallSettings::default(),
             host_resolv_conf: PathBuf::from("/etc/resolv.conf"),
             tag: String::new(),
+            tcp_sysctls: Default::default(),
+            container_metrics: false,
+            plugin: None,
+            external_ip: None,
         }
     }
 }
@@ -73,6 +87,10 @@ pub struct Networker {
     /// `--no-new-privileges`: unprivileged containers may open ICMP sockets (gdn's
     /// `ping_group_range`), since ping's file capabilities no longer apply.
     no_new_privileges: bool,
+    /// Sysctls (as under /proc/sys) and values written into every container's namespace.
+    container_sysctls: Vec<(String, String)>,
+    /// With `--network-plugin`: the plugin wires what the namespace holds.
+    plugin: Option<plugin::NetworkPlugin>,
     removal: Arc<Removal>,
     /// Removals still running after their teardown returned.
     pending_cleanups: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -171,6 +189,7 @@ impl Networker {
                 .map_err(|e| HostError::io(format!("create {}", dir.display()), e))?;
         }
         write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
+        let container_sysctls = settings.tcp_sysctls.resolve()?;
         let firewall = Firewall::new(runner, ruleset);
         firewall.install_globals(&settings.firewall)?;
         let mut address_holders: HashMap<Ipv4Addr, BTreeSet<String>> = HashMap::new();
@@ -229,11 +248,21 @@ impl Networker {
             Ok(thread) => pending_cleanups.push(thread),
             Err(_) => remove_orphans(),
         }
+        let plugin = match &settings.plugin {
+            Some(plugin_settings) => Some(plugin::NetworkPlugin::new(
+                plugin_settings.clone(),
+                settings.external_ip,
+                plugin::states_dir(&layout.network_state_dir()),
+            )?),
+            None => None,
+        };
         Ok(Networker {
+            plugin,
             layout,
             settings,
             id_mapping: config.security.id_mapping.clone(),
             no_new_privileges: config.security.no_new_privileges,
+            container_sysctls,
             removal,
             pending_cleanups: std::sync::Mutex::new(pending_cleanups),
             expedite_cleanups: Default::default(),
@@ -358,7 +387,10 @@ impl Networker {
     }
 
     pub fn setup(&self, handle: &str, config: &NetworkConfig) -> HostResult<()> {
-        let result = self.try_setup(handle, config);
+        let result = match &self.plugin {
+            Some(plugin) => self.try_setup_for_plugin(plugin, handle, config),
+            None => self.try_setup(handle, config),
+        };
         if result.is_err() {
             // Undo whatever part was made; the original error is what the caller needs.
             let _ = self.teardown(handle, Some(&config.assignment));
@@ -447,12 +479,11 @@ impl Networker {
             nl.ensure_default_route(gateway)
         })?;
 
-        if !config.privileged && self.no_new_privileges {
-            netns::write_sysctl(&netns_path, "net/ipv4/ping_group_range", "1 65535")?;
-        }
-        let owner =
-            (!config.privileged).then(|| (self.id_mapping.root_uid(), self.id_mapping.root_gid()));
-        self.write_dns_files(handle, &assignment, owner)?;
+        netns::write_sysctls(&netns_path, &self.namespace_sysctls(config.privileged))?;
+        let owner = (!config.privileged)
+            .then(|| (self.id_mapping.root_uid(), self.id_mapping.root_gid()))
+            .or(Some((0, 0)));
+        self.write_builtin_dns_files(handle, &assignment, owner)?;
         self.removal.firewall.add_container(
             &Self::rules(&state, &names),
             &config.netout_rules,
@@ -470,6 +501,94 @@ impl Networker {
         Ok(())
     }
 
+    /// With a network plugin: the namespace (with its sysctls) and the DNS files the init
+    /// binds, the address still unknown; the plugin wires the namespace once the init runs
+    /// ([`Networker::connect`]).
+    fn try_setup_for_plugin(
+        &self,
+        plugin: &plugin::NetworkPlugin,
+        handle: &str,
+        config: &NetworkConfig,
+    ) -> HostResult<()> {
+        if plugin.load(handle)?.is_none() {
+            plugin.save(
+                handle,
+                &plugin::PluginState {
+                    assignment: config.assignment,
+                    container_ip: None,
+                    interface: None,
+                    port_mappings: Vec::new(),
+                },
+            )?;
+        }
+        let netns_path = self.layout.netns_file(handle);
+        let owner = (!config.privileged).then_some(&self.id_mapping);
+        netns::create(&netns_path, owner)?;
+        netns::write_sysctls(&netns_path, &self.namespace_sysctls(config.privileged))?;
+        let hosts = dns::hosts_file(
+            None,
+            &trellis_core::handle::hostname(handle),
+            &self.settings.dns,
+        );
+        let owner =
+            (!config.privileged).then(|| (self.id_mapping.root_uid(), self.id_mapping.root_gid()));
+        self.write_dns_files(handle, &hosts, "", owner)
+    }
+
+    /// With a network plugin: its `up` for the container whose init is `pid`; the container's
+    /// DNS files get the address it answered. The properties it answered.
+    pub fn connect(
+        &self,
+        handle: &str,
+        pid: i32,
+        config: &PluginUpConfig,
+    ) -> HostResult<BTreeMap<String, String>> {
+        let plugin = self
+            .plugin
+            .as_ref()
+            .ok_or_else(|| HostError::Failed("connect-network without a network plugin".into()))?;
+        let answer = plugin.up(
+            handle,
+            pid,
+            &config.properties,
+            &config.netin,
+            &config.netout_rules,
+        )?;
+        let properties = answer.properties.unwrap_or_default();
+        if let Some(ip) = properties.get(trellis_core::properties::CONTAINER_IP) {
+            let address: Ipv4Addr = ip.parse().map_err(|_| {
+                HostError::Failed(format!(
+                    "network plugin {}: 'up' answered container address {ip:?}, not an IPv4 address",
+                    plugin.path()
+                ))
+            })?;
+            let hostname = trellis_core::handle::hostname(handle);
+            let hosts = dns::hosts_file(Some(ip), &hostname, &self.settings.dns);
+            let resolv = dns::plugin_resolv_conf(
+                &self.host_resolv_conf()?,
+                address,
+                &self.settings.dns,
+                &dns::PluginDns {
+                    nameservers: answer.dns_servers,
+                    search_domains: answer.search_domains,
+                },
+            );
+            // In place: the init has them bound already, with their owner set at setup.
+            self.write_dns_files(handle, &hosts, &resolv, None)?;
+        }
+        Ok(properties)
+    }
+
+    /// What is written into a container's namespace: the TCP settings, and for unprivileged
+    /// containers under `--no-new-privileges` the ICMP socket range.
+    fn namespace_sysctls(&self, privileged: bool) -> Vec<(String, String)> {
+        let mut sysctls = self.container_sysctls.clone();
+        if !privileged && self.no_new_privileges {
+            sysctls.push(("net/ipv4/ping_group_range".into(), "1 65535".into()));
+        }
+        sysctls
+    }
+
     fn new_state(&self, handle: &str, assignment: NetworkAssignment) -> HostResult<NetworkState> {
         Ok(NetworkState {
             handle: handle.to_string(),
@@ -480,35 +599,54 @@ impl Networker {
         })
     }
 
-    /// The container's /etc/hosts and /etc/resolv.conf, owned by container root (`owner`, the
-    /// host ids of an unprivileged container's root; host root otherwise).
-    fn write_dns_files(
+    fn host_resolv_conf(&self) -> HostResult<String> {
+        match std::fs::read_to_string(&self.settings.host_resolv_conf) {
+            Ok(text) => Ok(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(HostError::io(
+                format!("read {}", self.settings.host_resolv_conf.display()),
+                e,
+            )),
+        }
+    }
+
+    /// The container's /etc/hosts and /etc/resolv.conf as the built-in networker compiles them.
+    fn write_builtin_dns_files(
         &self,
         handle: &str,
         assignment: &NetworkAssignment,
         owner: Option<(u32, u32)>,
     ) -> HostResult<()> {
         let hostname = trellis_core::handle::hostname(handle);
-        let hosts = dns::hosts_file(assignment.container_ip, &hostname, &self.settings.dns);
-        let host_resolv = match std::fs::read_to_string(&self.settings.host_resolv_conf) {
-            Ok(text) => text,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => {
-                return Err(HostError::io(
-                    format!("read {}", self.settings.host_resolv_conf.display()),
-                    e,
-                ))
-            }
-        };
-        let resolv = dns::resolv_conf(&host_resolv, assignment.gateway_ip(), &self.settings.dns);
+        let ip = assignment.container_ip.to_string();
+        let hosts = dns::hosts_file(Some(&ip), &hostname, &self.settings.dns);
+        let resolv = dns::resolv_conf(
+            &self.host_resolv_conf()?,
+            assignment.gateway_ip(),
+            &self.settings.dns,
+        );
+        self.write_dns_files(handle, &hosts, &resolv, owner)
+    }
+
+    /// Writes the container's /etc/hosts and /etc/resolv.conf, then owned by container root
+    /// (`owner`, the host ids of an unprivileged container's root; host root otherwise) unless
+    /// `owner` is `None` (files already there keep theirs).
+    fn write_dns_files(
+        &self,
+        handle: &str,
+        hosts: &str,
+        resolv: &str,
+        owner: Option<(u32, u32)>,
+    ) -> HostResult<()> {
         for (path, text) in [
             (self.layout.hosts_file(handle), hosts),
             (self.layout.resolv_conf_file(handle), resolv),
         ] {
-            write_public_file(&path, &text)?;
-            let (uid, gid) = owner.unwrap_or((0, 0));
-            std::os::unix::fs::chown(&path, Some(uid), Some(gid))
-                .map_err(|e| HostError::io(format!("chown {}", path.display()), e))?;
+            write_public_file(&path, text)?;
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .map_err(|e| HostError::io(format!("chown {}", path.display()), e))?;
+            }
         }
         Ok(())
     }
@@ -521,6 +659,14 @@ impl Networker {
     /// otherwise dominate destroy. The state is retired first, so a crash leaves it for the
     /// next start to finish.
     pub fn teardown(&self, handle: &str, assignment: Option<&NetworkAssignment>) -> HostResult<()> {
+        if let Some(plugin) = &self.plugin {
+            // The plugin first: it may still need the namespace.
+            plugin.down(handle)?;
+            netns::remove(&self.layout.netns_file(handle))?;
+            state::remove_file_if_exists(&self.layout.hosts_file(handle))?;
+            state::remove_file_if_exists(&self.layout.resolv_conf_file(handle))?;
+            return plugin.forget(handle);
+        }
         if let Some(stop) = self
             .announcers
             .lock()
@@ -564,6 +710,9 @@ impl Networker {
         _assignment: &NetworkAssignment,
         mapping: &PortMapping,
     ) -> HostResult<()> {
+        if let Some(plugin) = &self.plugin {
+            return plugin.net_in(handle, mapping);
+        }
         let mut state = self.require_state(handle)?;
         if state.port_mappings.contains(mapping) {
             return Ok(());
@@ -593,6 +742,9 @@ impl Networker {
         _assignment: &NetworkAssignment,
         rules: &[NetOutRule],
     ) -> HostResult<()> {
+        if let Some(plugin) = &self.plugin {
+            return plugin.net_out(handle, rules);
+        }
         let state = self.require_state(handle)?;
         let names = LinkNames::for_id(&self.removal.tag, &state.id);
         self.removal
@@ -605,6 +757,11 @@ impl Networker {
         &self,
         handle: &str,
     ) -> HostResult<Option<(NetworkAssignment, Vec<PortMapping>)>> {
+        if let Some(plugin) = &self.plugin {
+            return Ok(plugin
+                .load(handle)?
+                .map(|s| (s.assignment, s.port_mappings)));
+        }
         Ok(self
             .removal
             .states
@@ -616,6 +773,9 @@ impl Networker {
     pub fn handles(&self) -> HostResult<Vec<String>> {
         let mut handles = self.removal.states.handles()?;
         handles.extend(state::list_names(&self.layout.netns_dir())?);
+        if let Some(plugin) = &self.plugin {
+            handles.extend(plugin.handles()?);
+        }
         handles.sort();
         handles.dedup();
         Ok(handles)
@@ -623,7 +783,18 @@ impl Networker {
 
     /// Bytes the container received and sent, counted on the host end of its veth (what the
     /// host end sends, the container receives).
+    /// None unless `--enable-container-network-metrics`, as in gdn.
     pub fn stats(&self, handle: &str) -> HostResult<Option<NetworkStat>> {
+        if !self.settings.container_metrics {
+            return Ok(None);
+        }
+        if let Some(plugin) = &self.plugin {
+            // As gdn: the interface the plugin's answer named, counted inside the namespace.
+            let Some(interface) = plugin.load(handle)?.and_then(|s| s.interface) else {
+                return Ok(None);
+            };
+            return netns::interface_counters(&self.layout.netns_file(handle), &interface);
+        }
         let Some(state) = self.removal.states.load(handle)? else {
             return Ok(None);
         };

@@ -76,21 +76,68 @@ pub fn create(path: &Path, owner: Option<&IdMapping>) -> HostResult<()> {
     .map_err(|_| HostError::Failed("network namespace thread panicked".into()))?
 }
 
-/// Writes a sysctl of the network namespace at `netns` (`name` as under /proc/sys), from a
+/// Writes sysctls of the network namespace at `netns` (names as under /proc/sys), from one
 /// short-lived thread that joins it (/proc/sys/net shows the opening thread's namespace).
-pub fn write_sysctl(netns: &Path, name: &str, value: &str) -> HostResult<()> {
+pub fn write_sysctls(netns: &Path, sysctls: &[(String, String)]) -> HostResult<()> {
+    if sysctls.is_empty() {
+        return Ok(());
+    }
     let ns = std::fs::File::open(netns)
         .map_err(|e| HostError::io(format!("open {}", netns.display()), e))?;
-    let name = name.to_string();
-    let value = value.to_string();
+    let sysctls = sysctls.to_vec();
     std::thread::spawn(move || -> HostResult<()> {
         nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
             .map_err(|e| HostError::Failed(format!("joining the network namespace: {e}")))?;
-        let path = format!("/proc/sys/{name}");
-        std::fs::write(&path, &value).map_err(|e| HostError::io(format!("write {path}"), e))
+        for (name, value) in sysctls {
+            let path = format!("/proc/sys/{name}");
+            std::fs::write(&path, &value)
+                .map_err(|e| HostError::io(format!("write {path} in the container"), e))?;
+        }
+        Ok(())
     })
     .join()
     .map_err(|_| HostError::Failed("sysctl thread panicked".into()))?
+}
+
+/// The bytes `interface` in the namespace at `netns` received and sent (`/proc/net/dev` as a
+/// thread that joined the namespace sees it); `None` if it has no such interface.
+pub fn interface_counters(
+    netns: &Path,
+    interface: &str,
+) -> HostResult<Option<trellis_core::api::NetworkStat>> {
+    let ns = std::fs::File::open(netns)
+        .map_err(|e| HostError::io(format!("open {}", netns.display()), e))?;
+    let interface = interface.to_string();
+    std::thread::spawn(
+        move || -> HostResult<Option<trellis_core::api::NetworkStat>> {
+            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
+                .map_err(|e| HostError::Failed(format!("joining the network namespace: {e}")))?;
+            let text = std::fs::read_to_string("/proc/thread-self/net/dev")
+                .map_err(|e| HostError::io("read /proc/thread-self/net/dev", e))?;
+            Ok(parse_net_dev(&text, &interface))
+        },
+    )
+    .join()
+    .map_err(|_| HostError::Failed("network counters thread panicked".into()))?
+}
+
+/// `interface`'s received and sent bytes from /proc/net/dev's text (received bytes are the
+/// first counter, sent bytes the ninth).
+fn parse_net_dev(text: &str, interface: &str) -> Option<trellis_core::api::NetworkStat> {
+    text.lines().find_map(|line| {
+        let (name, counters) = line.split_once(':')?;
+        if name.trim() != interface {
+            return None;
+        }
+        let counters: Vec<u64> = counters
+            .split_whitespace()
+            .map(|c| c.parse().ok())
+            .collect::<Option<_>>()?;
+        Some(trellis_core::api::NetworkStat {
+            rx_bytes: *counters.first()?,
+            tx_bytes: *counters.get(8)?,
+        })
+    })
 }
 
 /// Unmounts and removes the namespace file; the namespace goes away with its last user.
@@ -101,4 +148,22 @@ pub fn remove(path: &Path) -> HostResult<()> {
             .map_err(|e| HostError::Failed(format!("unmount {}: {e}", path.display())))?;
     }
     super::state::remove_file_if_exists(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn net_dev_counters_of_the_named_interface() {
+        let text = "Inter-|   Receive                                                |  Transmit\n face |bytes    packets errs drop fifo frame compressed multicast|bytes    packets errs drop fifo colls carrier compressed\n    lo:     100       1    0    0    0     0          0         0      100       1    0    0    0     0       0          0\n  eth0:    2048      10    0    0    0     0          0         0     4096      20    0    0    0     0       0          0\n";
+        assert_eq!(
+            parse_net_dev(text, "eth0"),
+            Some(trellis_core::api::NetworkStat {
+                rx_bytes: 2048,
+                tx_bytes: 4096
+            })
+        );
+        assert_eq!(parse_net_dev(text, "eth1"), None);
+    }
 }

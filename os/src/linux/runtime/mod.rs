@@ -437,7 +437,7 @@ impl Runtime {
     }
 
     /// The pid from the pid file, if that process still has the recorded start time.
-    fn init_pid(&self, handle: &str) -> Option<i32> {
+    pub fn init_pid(&self, handle: &str) -> Option<i32> {
         let text = std::fs::read_to_string(self.layout.init_pid_file(handle)).ok()?;
         let mut parts = text.split_whitespace();
         let pid: i32 = parts.next()?.parse().ok()?;
