@@ -151,6 +151,7 @@ pub struct ServerArgs {
     pub registry: RegistryArgs,
     #[command(flatten)]
     pub cgroup: CgroupArgs,
+    #[command(flatten)]
     pub networking: NetworkingArgs,
 }
 
