@@ -78,6 +78,7 @@ fn main() {
         network: Default::default(),
         security: Default::default(),
         registry: Default::default(),
+        image_plugins: Default::default(),
     })
     .unwrap();
 

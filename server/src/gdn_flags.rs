@@ -72,7 +72,6 @@ const NO_DROPSONDE: &str = "Trellis emits no dropsonde (Loggregator v1) metrics;
                             are on the debug server's /debug/vars";
 const NO_CONTAINERD: &str = "Trellis does not use containerd";
 const STATE_DIR: &str = "Trellis keeps this state in each container's record under --state-dir";
-const IMAGE_PLUGIN: &str = "external image plugins: issue 14";
 const NETWORK_PLUGIN: &str = "external network plugins: issue 14";
 const IO_LIMITS: &str = "block IO limits";
 const SYSCTLS: &str = "per-container TCP sysctls";
@@ -192,16 +191,16 @@ pub const GDN_FLAGS: &[GdnFlag] = &[
         "",
         NoEffect("Trellis has no embedded grootfs; it unpacks images itself"),
     ),
-    flag("image-plugin", IMAGE, Some("FILE"), "", NotYet(IMAGE_PLUGIN)),
-    flag("image-plugin-extra-arg", IMAGE, Some("ARG..."), "", NotYet(IMAGE_PLUGIN)),
-    flag("privileged-image-plugin", IMAGE, Some("FILE"), "", NotYet(IMAGE_PLUGIN)),
     flag(
-        "privileged-image-plugin-extra-arg",
+        "image-plugin",
         IMAGE,
-        Some("ARG..."),
+        Some("FILE"),
         "",
-        NotYet(IMAGE_PLUGIN),
+        Yes("grootfs's command line: create, delete, stats, capacity"),
     ),
+    flag("image-plugin-extra-arg", IMAGE, Some("ARG..."), "", Yes("")),
+    flag("privileged-image-plugin", IMAGE, Some("FILE"), "", Yes("")),
+    flag("privileged-image-plugin-extra-arg", IMAGE, Some("ARG..."), "", Yes("")),
     flag(
         "docker-registry",
         DOCKER,

@@ -9,6 +9,7 @@ pub mod cleanup;
 pub mod depot;
 pub mod disk;
 pub mod image;
+pub mod image_plugin;
 pub mod mount_api;
 pub mod network;
 pub mod open_files;
@@ -45,6 +46,8 @@ pub struct LinuxConfig {
     pub security: security::SecuritySettings,
     /// The default registry of `docker://` images, the insecure ones and the proxies.
     pub registry: registry::RegistrySettings,
+    /// External image plugins (`--image-plugin`...); none means images are unpacked here.
+    pub image_plugins: image_plugin::ImagePluginSettings,
 }
 
 pub struct LinuxHost {
