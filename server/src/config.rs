@@ -294,14 +294,14 @@ impl RegistryArgs {
 #[derive(Debug, Clone, Args)]
 pub struct ImagePluginArgs {
     /// The image plugin of unprivileged containers.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_file_flag)]
     pub image_plugin: Option<PathBuf>,
     /// An argument given to the image plugin before its command (repeatable). One starting
     /// with `-` is given as `--image-plugin-extra-arg=-x` or quoted (`'"-x"'`), as to gdn.
     #[arg(long, value_parser = unquote_go_flag)]
     pub image_plugin_extra_arg: Vec<String>,
     /// The image plugin of privileged containers.
-    #[arg(long)]
+    #[arg(long, value_parser = parse_file_flag)]
     pub privileged_image_plugin: Option<PathBuf>,
     /// An argument given to the privileged image plugin before its command (repeatable).
     #[arg(long, value_parser = unquote_go_flag)]
@@ -327,6 +327,15 @@ impl ImagePluginArgs {
             ),
         }
     }
+}
+
+/// A file that exists (not a directory), made absolute: gdn's `FileFlag`.
+fn parse_file_flag(value: &str) -> Result<PathBuf, String> {
+    let meta = std::fs::metadata(value).map_err(|e| format!("{value}: {e}"))?;
+    if meta.is_dir() {
+        return Err(format!("path '{value}' is a directory, not a file"));
+    }
+    std::path::absolute(value).map_err(|e| format!("cannot make {value:?} absolute: {e}"))
 }
 
 /// A flag value as gdn's flag parser takes it: a double-quoted one is unquoted (how a value
@@ -529,24 +538,27 @@ mod tests {
         assert!(!parse(&[]).unwrap().image_plugins.settings().any());
         let args = parse(&[
             "--image-plugin",
-            "/bin/grootfs",
+            "/bin/sh",
             "--image-plugin-extra-arg=--store",
             "--image-plugin-extra-arg",
             "/var/store",
             "--privileged-image-plugin",
-            "/bin/grootfs",
+            "/bin/sh",
             "--privileged-image-plugin-extra-arg",
             "\"--config\"",
         ])
         .unwrap();
         let settings = args.image_plugins.settings();
         let unprivileged = settings.unprivileged.expect("an unprivileged plugin");
-        assert_eq!(unprivileged.binary, PathBuf::from("/bin/grootfs"));
+        assert_eq!(unprivileged.binary, PathBuf::from("/bin/sh"));
         assert_eq!(unprivileged.extra_args, ["--store", "/var/store"]);
         // Quoted, as gdn's deployments write values starting with `-`.
         assert_eq!(settings.privileged.unwrap().extra_args, ["--config"]);
         // Unquoted and as a separate argument, it is a flag, as to gdn.
         assert!(parse(&["--image-plugin-extra-arg", "--store"]).is_err());
+        // The plugin must be a file that exists, as gdn's FileFlag.
+        assert!(parse(&["--image-plugin", "/nonexistent/grootfs"]).is_err());
+        assert!(parse(&["--privileged-image-plugin", "/bin"]).is_err());
     }
 
     #[test]

@@ -659,7 +659,7 @@ mod tests {
     fn each_flag_without_effect_warns_once() {
         let (args, warnings) = resolve_with(
             "[server]\n\
-             image-plugin = /var/vcap/packages/grootfs/bin/grootfs\n\
+             image-plugin = /bin/sh\n\
              image-plugin-extra-arg = --config\n\
              image-plugin-extra-arg = /var/vcap/jobs/garden/config/grootfs.yml\n\
              dropsonde-origin = garden-linux\n\

@@ -10,10 +10,11 @@ mod linux_support;
 use linux_support::ok;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 use trellis_client::Client;
 use trellis_core::api::{ContainerSpec, DiskLimits, DiskScope, ImageRef, Limits};
 use trellis_tests::images::busybox_tar;
-use trellis_tests::{ServerOptions, TestServer};
+use trellis_tests::{eventually, ServerOptions, TestServer};
 
 const PLUGIN: &str = env!("CARGO_BIN_EXE_trellis-test-image-plugin");
 /// Container root as the server maps it by default (gdn's maximus).
@@ -89,7 +90,8 @@ impl Store {
             .collect()
     }
 
-    /// Makes `command` fail (`fail`) or answer no JSON (`bad-json`); `None` restores it.
+    /// Makes `command` fail (`fail`), answer no JSON (`bad-json`) or wait for [`Store::release`]
+    /// (`wait`); `None` restores it.
     fn behave(&self, command: &str, behaviour: Option<&str>) {
         let dir = self.path().join("behaviour");
         std::fs::create_dir_all(&dir).unwrap();
@@ -97,6 +99,17 @@ impl Store {
             Some(b) => std::fs::write(dir.join(command), b).unwrap(),
             None => std::fs::remove_file(dir.join(command)).unwrap(),
         }
+    }
+
+    /// Lets a waiting `command` go on.
+    fn release(&self, command: &str) {
+        std::fs::write(
+            self.path()
+                .join("behaviour")
+                .join(format!("{command}.release")),
+            "",
+        )
+        .unwrap();
     }
 
     fn images(&self) -> Vec<String> {
@@ -452,6 +465,42 @@ async fn plugin_failures_are_errors_naming_the_plugin_and_leave_nothing() {
     client.destroy("plug-ok").await.expect("destroy again");
     assert!(store.images().is_empty());
     assert!(!container_dir(&server, "plug-ok").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_plugin_holds_up_only_its_own_container() {
+    let store = Store::new(true);
+    let privileged_store = Store::new(false);
+    let server = server_with(plugin_flags(Some(&store), Some(&privileged_store), &[]));
+    let client = server.client();
+    store.behave("create", Some("wait"));
+    let slow = tokio::spawn({
+        let client = client.clone();
+        async move { client.create(spec("plug-slow")).await }
+    });
+    assert!(
+        eventually(Duration::from_secs(60), || async {
+            !store.calls_of("create", "plug-slow").is_empty()
+        })
+        .await,
+        "the plugin was not called"
+    );
+    // While the plugin works on one container, the server answers and creates others.
+    client.ping().await.expect("ping");
+    client.capacity().await.expect("capacity");
+    let other = client
+        .create(ContainerSpec {
+            privileged: true,
+            ..spec("plug-other")
+        })
+        .await
+        .expect("another create");
+    assert_eq!(ok(&other, "cat /etc/image-plugin").await, "plug-other\n");
+    assert!(!slow.is_finished());
+
+    store.release("create");
+    let c = slow.await.unwrap().expect("the slow create");
+    assert_eq!(ok(&c, "cat /etc/image-plugin").await, "plug-slow\n");
 }
 
 async fn create_running(client: &Client, handle: &str) {

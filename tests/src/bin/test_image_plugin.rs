@@ -14,8 +14,9 @@
 //! As grootfs, `init-store` records the id mappings and `create` makes a rootfs owned by the
 //! mapped ids. `--without-mount` stands for grootfs's `without_mount` setting: the image goes
 //! into a lower dir and the answer asks for an overlay on `/`. Every invocation appends its
-//! arguments (a JSON array) to `DIR/argv.log`; a file `DIR/behaviour/COMMAND` holding `fail`
-//! or `bad-json` makes that command exit 1 with a message on stderr, or answer no JSON.
+//! arguments (a JSON array) to `DIR/argv.log`; a file `DIR/behaviour/COMMAND` holding `fail`,
+//! `bad-json` or `wait` makes that command exit 1 with a message on stderr, answer no JSON, or
+//! wait for a file `DIR/behaviour/COMMAND.release` before it does its work.
 
 use serde_json::{json, Value};
 use std::fs;
@@ -75,6 +76,15 @@ fn run(args: &[String]) -> Result<(), String> {
             println!("this is not json");
             return Ok(());
         }
+        Ok(b) if b.trim() == "wait" => {
+            let release = store
+                .dir
+                .join("behaviour")
+                .join(format!("{command}.release"));
+            while !release.exists() {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
         _ => {}
     }
     match command.as_str() {
@@ -91,11 +101,11 @@ fn run(args: &[String]) -> Result<(), String> {
     }
 }
 
+/// Options (`--flag VALUE`, or `--switch` with an empty value) and positional arguments.
+type Parsed<'a> = (Vec<(&'a str, &'a str)>, Vec<&'a str>);
+
 /// Splits `--flag VALUE` and `--switch` options from the positional arguments.
-fn options<'a>(
-    args: &'a [String],
-    switches: &[&str],
-) -> Result<(Vec<(&'a str, &'a str)>, Vec<&'a str>), String> {
+fn options<'a>(args: &'a [String], switches: &[&str]) -> Result<Parsed<'a>, String> {
     let mut flags = Vec::new();
     let mut positional = Vec::new();
     let mut i = 0;
