@@ -79,6 +79,7 @@ fn main() {
         network: Default::default(),
         security: Default::default(),
         registry: Default::default(),
+        image_plugins: Default::default(),
     })
     .unwrap();
 

@@ -46,6 +46,11 @@ impl Layout {
         self.container_dir(handle).join("rootfs")
     }
 
+    /// Which image plugin made the container's rootfs, when one did (`image_plugin`).
+    pub fn image_plugin_record(&self, handle: &str) -> PathBuf {
+        self.container_dir(handle).join("image-plugin.json")
+    }
+
     /// The container's own copy-on-write layer (overlay upper and work dirs live under it).
     pub fn scratch_dir(&self, handle: &str) -> PathBuf {
         self.container_dir(handle).join("scratch")

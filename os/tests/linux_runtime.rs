@@ -650,6 +650,7 @@ fn containers_outlive_the_host_object_and_are_observed_again() {
         network: t.host.network.settings().clone(),
         security: Default::default(),
         registry: Default::default(),
+        image_plugins: Default::default(),
     };
     // A second host on the same layout (as after a server restart) finds everything.
     let again = trellis_os::LinuxHost::new(config).unwrap();

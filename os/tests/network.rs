@@ -43,6 +43,7 @@ impl Fixture {
             network: settings,
             security: Default::default(),
             registry: Default::default(),
+            image_plugins: Default::default(),
         };
         Fixture {
             networker: Networker::new(&config).expect("networker starts"),

@@ -27,6 +27,7 @@ fn host(name: &str, tag: &str) -> TestHost {
         },
         security: Default::default(),
         registry: Default::default(),
+        image_plugins: Default::default(),
     })
     .expect("LinuxHost::new");
     TestHost { host, base }

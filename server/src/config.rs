@@ -153,6 +153,8 @@ pub struct ServerArgs {
     pub cgroup: CgroupArgs,
     #[command(flatten)]
     pub networking: NetworkingArgs,
+    #[command(flatten)]
+    pub image_plugins: ImagePluginArgs,
 }
 
 /// `gdn server` flags Trellis accepts, checks the value of, and does not act on: either not
@@ -193,14 +195,6 @@ pub struct GdnOnlyArgs {
     // Image
     #[arg(long)]
     pub no_image_plugin: bool,
-    #[arg(long)]
-    pub image_plugin: Option<PathBuf>,
-    #[arg(long)]
-    pub image_plugin_extra_arg: Vec<String>,
-    #[arg(long)]
-    pub privileged_image_plugin: Option<PathBuf>,
-    #[arg(long)]
-    pub privileged_image_plugin_extra_arg: Vec<String>,
     // Container Networking
     #[arg(long)]
     pub port_pool_properties_path: Option<PathBuf>,
@@ -350,6 +344,65 @@ impl RegistryArgs {
     }
 }
 
+/// External image plugins (gdn's "Image Graph" flags): binaries such as grootfs that make
+/// containers' root filesystems instead of Trellis.
+#[derive(Debug, Clone, Args)]
+pub struct ImagePluginArgs {
+    /// The image plugin of unprivileged containers.
+    #[arg(long, value_parser = parse_file_flag)]
+    pub image_plugin: Option<PathBuf>,
+    /// An argument given to the image plugin before its command (repeatable). One starting
+    /// with `-` is given as `--image-plugin-extra-arg=-x` or quoted (`'"-x"'`), as to gdn.
+    #[arg(long, value_parser = unquote_go_flag)]
+    pub image_plugin_extra_arg: Vec<String>,
+    /// The image plugin of privileged containers.
+    #[arg(long, value_parser = parse_file_flag)]
+    pub privileged_image_plugin: Option<PathBuf>,
+    /// An argument given to the privileged image plugin before its command (repeatable).
+    #[arg(long, value_parser = unquote_go_flag)]
+    pub privileged_image_plugin_extra_arg: Vec<String>,
+}
+
+impl ImagePluginArgs {
+    /// `--image-plugin` and `--privileged-image-plugin`, each with its extra arguments.
+    pub fn settings(&self) -> trellis_os::linux::image_plugin::ImagePluginSettings {
+        let plugin = |binary: &Option<PathBuf>, extra_args: &[String]| {
+            binary
+                .clone()
+                .map(|binary| trellis_os::linux::image_plugin::ImagePlugin {
+                    binary,
+                    extra_args: extra_args.to_vec(),
+                })
+        };
+        trellis_os::linux::image_plugin::ImagePluginSettings {
+            unprivileged: plugin(&self.image_plugin, &self.image_plugin_extra_arg),
+            privileged: plugin(
+                &self.privileged_image_plugin,
+                &self.privileged_image_plugin_extra_arg,
+            ),
+        }
+    }
+}
+
+/// A file that exists (not a directory), made absolute: gdn's `FileFlag`.
+fn parse_file_flag(value: &str) -> Result<PathBuf, String> {
+    let meta = std::fs::metadata(value).map_err(|e| format!("{value}: {e}"))?;
+    if meta.is_dir() {
+        return Err(format!("path '{value}' is a directory, not a file"));
+    }
+    std::path::absolute(value).map_err(|e| format!("cannot make {value:?} absolute: {e}"))
+}
+
+/// A flag value as gdn's flag parser takes it: a double-quoted one is unquoted (how a value
+/// starting with `-` is written on gdn's command line).
+fn unquote_go_flag(value: &str) -> Result<String, String> {
+    if value.starts_with('"') {
+        crate::config_file::go_unquote(value)
+    } else {
+        Ok(value.to_string())
+    }
+}
+
 /// A registry is `host[:port]`, not a URL.
 fn parse_registry(value: &str) -> Result<String, String> {
     if value.is_empty() || value.contains('/') || value.contains('#') {
@@ -464,6 +517,7 @@ impl ServerArgs {
             },
             registry: self.registry.settings(),
             cgroup: self.cgroup.config(),
+            image_plugins: self.image_plugins.settings(),
         })
     }
 }
@@ -559,6 +613,7 @@ mod tests {
         assert!(parse(&["--docker-registry", "https://registry.example/v2"]).is_err());
         assert!(parse(&["--docker-registry", ""]).is_err());
     }
+
     #[test]
     fn cgroup_flags_become_the_cgroup_config() {
         let config = parse(&[]).unwrap().cgroup.config();
@@ -613,5 +668,33 @@ mod tests {
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn image_plugin_flags_take_extra_arguments_as_gdn() {
+        assert!(!parse(&[]).unwrap().image_plugins.settings().any());
+        let args = parse(&[
+            "--image-plugin",
+            "/bin/sh",
+            "--image-plugin-extra-arg=--store",
+            "--image-plugin-extra-arg",
+            "/var/store",
+            "--privileged-image-plugin",
+            "/bin/sh",
+            "--privileged-image-plugin-extra-arg",
+            "\"--config\"",
+        ])
+        .unwrap();
+        let settings = args.image_plugins.settings();
+        let unprivileged = settings.unprivileged.expect("an unprivileged plugin");
+        assert_eq!(unprivileged.binary, PathBuf::from("/bin/sh"));
+        assert_eq!(unprivileged.extra_args, ["--store", "/var/store"]);
+        // Quoted, as gdn's deployments write values starting with `-`.
+        assert_eq!(settings.privileged.unwrap().extra_args, ["--config"]);
+        // Unquoted and as a separate argument, it is a flag, as to gdn.
+        assert!(parse(&["--image-plugin-extra-arg", "--store"]).is_err());
+        // The plugin must be a file that exists, as gdn's FileFlag.
+        assert!(parse(&["--image-plugin", "/nonexistent/grootfs"]).is_err());
+        assert!(parse(&["--privileged-image-plugin", "/bin"]).is_err());
     }
 }

@@ -142,7 +142,7 @@ impl IniFile {
 }
 
 /// Go's `strconv.Unquote` for a double-quoted literal.
-fn go_unquote(literal: &str) -> Result<String, String> {
+pub(crate) fn go_unquote(literal: &str) -> Result<String, String> {
     let invalid = || "invalid syntax".to_string();
     let body = literal
         .strip_prefix('"')
@@ -659,7 +659,7 @@ mod tests {
     fn each_flag_without_effect_warns_once() {
         let (args, warnings) = resolve_with(
             "[server]\n\
-             image-plugin = /var/vcap/packages/grootfs/bin/grootfs\n\
+             image-plugin = /bin/sh\n\
              image-plugin-extra-arg = --config\n\
              image-plugin-extra-arg = /var/vcap/jobs/garden/config/grootfs.yml\n\
              dropsonde-origin = garden-linux\n\
@@ -676,17 +676,14 @@ mod tests {
             ],
         )
         .unwrap();
-        assert_eq!(args.gdn.image_plugin_extra_arg, vec!["--store"]);
+        // Image plugin flags act, so they warn of nothing.
+        assert_eq!(args.image_plugins.image_plugin_extra_arg, vec!["--store"]);
         assert_eq!(args.gdn.dadoo_bin, Some(PathBuf::from("/y/dadoo")));
         assert_eq!(
             warnings,
             vec![
                 "--dadoo-bin has no effect here: Trellis is one binary: its own init, process \
                  keeper, tar streaming and nftables firewall stand for gdn's helper binaries",
-                "--image-plugin has no effect here: not implemented yet (external image \
-                 plugins: issue 14)",
-                "--image-plugin-extra-arg has no effect here: not implemented yet (external \
-                 image plugins: issue 14)",
                 "--dropsonde-origin has no effect here: Trellis emits no dropsonde \
                  (Loggregator v1) metrics; its figures are on the debug server's /debug/vars",
             ]

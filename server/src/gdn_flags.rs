@@ -71,7 +71,6 @@ const OWN_RUNTIME: &str = "Trellis runs containers with its own built-in runtime
 const NO_DROPSONDE: &str = "Trellis emits no dropsonde (Loggregator v1) metrics; its figures \
                             are on the debug server's /debug/vars";
 const NO_CONTAINERD: &str = "Trellis does not use containerd";
-const IMAGE_PLUGIN: &str = "external image plugins: issue 14";
 const NETWORK_PLUGIN: &str = "guardian's contract; NetIn host ports still come from the port pool";
 const IO_MAX: &str =
     "on each disk in /sys/block but loop, ram and dm-, as gdn; cgroup v2 io.max and \
@@ -205,16 +204,16 @@ pub const GDN_FLAGS: &[GdnFlag] = &[
         "",
         NoEffect("Trellis has no embedded grootfs; it unpacks images itself"),
     ),
-    flag("image-plugin", IMAGE, Some("FILE"), "", NotYet(IMAGE_PLUGIN)),
-    flag("image-plugin-extra-arg", IMAGE, Some("ARG..."), "", NotYet(IMAGE_PLUGIN)),
-    flag("privileged-image-plugin", IMAGE, Some("FILE"), "", NotYet(IMAGE_PLUGIN)),
     flag(
-        "privileged-image-plugin-extra-arg",
+        "image-plugin",
         IMAGE,
-        Some("ARG..."),
+        Some("FILE"),
         "",
-        NotYet(IMAGE_PLUGIN),
+        Yes("grootfs's command line: create, delete, stats, capacity"),
     ),
+    flag("image-plugin-extra-arg", IMAGE, Some("ARG..."), "", Yes("")),
+    flag("privileged-image-plugin", IMAGE, Some("FILE"), "", Yes("")),
+    flag("privileged-image-plugin-extra-arg", IMAGE, Some("ARG..."), "", Yes("")),
     flag(
         "docker-registry",
         DOCKER,

@@ -146,6 +146,7 @@ fn run(options: &Options) -> Result<(), String> {
         },
         security: Default::default(),
         registry: Default::default(),
+        image_plugins: Default::default(),
     })
     .map_err(|e| format!("start the Linux host: {e}"))?;
     let result = bench(&host, options);

@@ -514,6 +514,7 @@ mod tests {
                 no_new_privileges: false,
             },
             registry: Default::default(),
+            image_plugins: Default::default(),
         };
         assert!(matches!(
             cleanup(&config),

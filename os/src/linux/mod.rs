@@ -9,6 +9,7 @@ pub mod cleanup;
 pub mod depot;
 pub mod disk;
 pub mod image;
+pub mod image_plugin;
 pub mod mount_api;
 pub mod network;
 pub mod open_files;
@@ -49,6 +50,8 @@ pub struct LinuxConfig {
     pub registry: registry::RegistrySettings,
     /// The server's flags for every container's cgroup (gdn's limit flags, device rules).
     pub cgroup: cgroup::CgroupConfig,
+    /// External image plugins (`--image-plugin`...); none means images are unpacked here.
+    pub image_plugins: image_plugin::ImagePluginSettings,
 }
 
 pub struct LinuxHost {

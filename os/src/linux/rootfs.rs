@@ -13,9 +13,16 @@
 //! Image URIs: empty (the server's default rootfs), a directory (`/path` or `raw:///path`),
 //! a tar file (`/path/rootfs.tar`, unpacked once), `docker://[host[:port]]/repo[#tag]` and
 //! `oci:///path[#tag]` (see `image`).
+//!
+//! Given an image plugin (`--image-plugin`, `--privileged-image-plugin`), every image but an
+//! explicit `raw://` one (which guardian, too, uses as it is) comes from the plugin instead
+//! (see `image_plugin`): its rootfs is bind-mounted where the overlay would be, with the mounts
+//! it answered over it, and is neither id-mapped (the plugin made it for the container's ids)
+//! nor given a scratch filesystem (the plugin enforces the disk limit).
 
 use super::disk::DiskQuotas;
 use super::image::{self, ResolvedImage};
+use super::image_plugin::{self, ImagePluginSettings, PluginAnswer, PluginRootfs};
 use super::mount_api;
 use super::security::userns;
 use super::LinuxConfig;
@@ -43,6 +50,16 @@ pub struct RootfsManager {
     disk: DiskQuotas,
     /// A user namespace with unprivileged containers' mapping: the id mapping of their layers.
     idmap: OwnedFd,
+    /// External image plugins; none means images are unpacked here.
+    plugins: ImagePluginSettings,
+}
+
+/// Where a container's rootfs comes from.
+enum ImageSource<'a> {
+    /// Unpacked here, under an overlay.
+    BuiltIn,
+    /// Made by an external image plugin.
+    Plugin(&'a ImagePluginSettings),
 }
 
 impl RootfsManager {
@@ -57,6 +74,7 @@ impl RootfsManager {
             unpacking: Arc::default(),
             disk: DiskQuotas::new(&config.layout),
             idmap,
+            plugins: config.image_plugins.clone(),
         };
         manager.check_idmapped_mounts()?;
         Ok(manager)
@@ -122,7 +140,32 @@ impl RootfsManager {
         Ok(attached)
     }
 
+    /// Makes the container's root filesystem from its image (the one entry point for every
+    /// image source).
     pub fn prepare(
+        &self,
+        handle: &str,
+        image: &ImageRef,
+        privileged: bool,
+        disk: &DiskLimits,
+    ) -> HostResult<Rootfs> {
+        match self.source(image) {
+            ImageSource::BuiltIn => self.prepare_unpacked(handle, image, privileged, disk),
+            ImageSource::Plugin(plugins) => {
+                self.prepare_with_plugin(plugins, handle, image, privileged, disk)
+            }
+        }
+    }
+
+    fn source(&self, image: &ImageRef) -> ImageSource<'_> {
+        if self.plugins.any() && !image.uri.starts_with("raw://") {
+            ImageSource::Plugin(&self.plugins)
+        } else {
+            ImageSource::BuiltIn
+        }
+    }
+
+    fn prepare_unpacked(
         &self,
         handle: &str,
         image: &ImageRef,
@@ -186,6 +229,65 @@ impl RootfsManager {
         })
     }
 
+    /// The rootfs from the plugin, recorded before the plugin runs (so that whatever happens
+    /// next, its `delete` is called) and again once mounted (so that a retry finds it done).
+    fn prepare_with_plugin(
+        &self,
+        plugins: &ImagePluginSettings,
+        handle: &str,
+        image: &ImageRef,
+        privileged: bool,
+        disk: &DiskLimits,
+    ) -> HostResult<Rootfs> {
+        let record_path = self.layout.image_plugin_record(handle);
+        match PluginRootfs::read(&record_path)? {
+            Some(PluginRootfs {
+                answer: Some(answer),
+                ..
+            }) => {
+                return Ok(Rootfs {
+                    image_env: answer.env(),
+                })
+            }
+            // Left half made by a crash: undo it and start again.
+            Some(_) => self.remove(handle)?,
+            None => {}
+        }
+        let plugin = plugins.for_container(privileged)?;
+        let uri = image_plugin::plugin_image_uri(image, &self.default_rootfs);
+        if uri.is_empty() {
+            return Err(HostError::Invalid(
+                "no image given and the server has no default rootfs".into(),
+            ));
+        }
+        let dir = self.layout.container_dir(handle);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| HostError::io(format!("creating {}", dir.display()), e))?;
+        let mut record = PluginRootfs {
+            plugin: plugin.clone(),
+            answer: None,
+        };
+        record.write(&record_path)?;
+        let made = plugin
+            .create(handle, &uri, image, disk)
+            .map_err(HostError::from)
+            .and_then(|answer| {
+                mount_plugin_rootfs(&self.layout.rootfs_dir(handle), &answer)?;
+                record.answer = Some(answer);
+                record.write(&record_path)
+            });
+        if let Err(e) = made {
+            // The plugin's delete, the mounts and the directory: nothing stays of a failure.
+            return Err(match self.remove(handle) {
+                Ok(()) => e,
+                Err(cleanup) => HostError::Failed(format!("{e} (and cleaning up: {cleanup})")),
+            });
+        }
+        Ok(Rootfs {
+            image_env: record.answer.map(|a| a.env()).unwrap_or_default(),
+        })
+    }
+
     fn resolve(&self, uri: &str, image: &ImageRef) -> HostResult<ResolvedImage> {
         if uri.starts_with("docker://") || uri.starts_with("oci://") {
             return image::resolve(&self.layout, uri, image, &self.unpacking, &self.registry);
@@ -234,14 +336,25 @@ impl RootfsManager {
         }
     }
 
-    /// Bytes and inodes of the writable layer (exclusive) and with the image (total).
+    /// Bytes and inodes of the writable layer (exclusive) and with the image (total); the
+    /// plugin's `stats` for a rootfs a plugin made.
     pub fn disk_usage(&self, handle: &str) -> HostResult<DiskStat> {
-        self.disk.usage(handle)
+        match PluginRootfs::read(&self.layout.image_plugin_record(handle))? {
+            Some(record) => Ok(record.plugin.stats(handle)?),
+            None => self.disk.usage(handle),
+        }
     }
 
-    /// The size of the filesystem holding the depot, and what containers may grow into.
+    /// The size of the filesystem holding the depot, and what containers may grow into: the
+    /// plugin's `capacity` when there is a plugin (the whole disk if it cannot say, as
+    /// guardian).
     pub fn capacity(&self) -> HostResult<HostCapacity> {
-        self.disk.capacity()
+        let mut capacity = self.disk.capacity()?;
+        if let Some(plugin) = self.plugins.for_capacity() {
+            capacity.schedulable_disk_in_bytes =
+                plugin.capacity().unwrap_or(capacity.disk_in_bytes);
+        }
+        Ok(capacity)
     }
 }
 
@@ -262,6 +375,9 @@ pub fn remove_container_files(layout: &Layout, disk: &DiskQuotas, handle: &str) 
             }
         }
     }
+    if let Some(record) = PluginRootfs::read(&layout.image_plugin_record(handle))? {
+        record.plugin.delete(handle)?;
+    }
     detach_idmapped_lowers(layout, handle)?;
     // The scratch filesystem (if the container had a disk limit) goes before its mount
     // point does.
@@ -272,6 +388,72 @@ pub fn remove_container_files(layout: &Layout, disk: &DiskQuotas, handle: &str) 
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(HostError::io(format!("removing {}", dir.display()), e)),
     }
+}
+
+/// Bind-mounts the plugin's rootfs at `rootfs` and mounts what it answered over it.
+fn mount_plugin_rootfs(rootfs: &Path, answer: &PluginAnswer) -> HostResult<()> {
+    let root = Path::new(answer.root_path());
+    if !root.is_absolute() {
+        return Err(HostError::Failed(format!(
+            "the image plugin answered no absolute root.path ({:?})",
+            answer.root_path()
+        )));
+    }
+    std::fs::create_dir_all(rootfs)
+        .map_err(|e| HostError::io(format!("creating {}", rootfs.display()), e))?;
+    mount(
+        Some(root),
+        rootfs,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(|e| HostError::io(format!("bind-mounting {}", root.display()), e.into()))?;
+    for m in answer.mounts() {
+        let target = rootfs.join(m.destination.trim_start_matches('/'));
+        std::fs::create_dir_all(&target)
+            .map_err(|e| HostError::io(format!("creating {}", target.display()), e))?;
+        let (flags, data) = mount_options(m.options.as_deref().unwrap_or_default());
+        let kind = (!m.kind.is_empty() && !flags.contains(MsFlags::MS_BIND)).then_some(&*m.kind);
+        mount(
+            Some(m.source.as_str()),
+            &target,
+            kind,
+            flags,
+            (!data.is_empty()).then_some(data.as_str()),
+        )
+        .map_err(|e| {
+            HostError::io(
+                format!(
+                    "mounting the image plugin's {} {} on {}",
+                    m.kind, m.source, m.destination
+                ),
+                e.into(),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// OCI mount options: the flags mount(2) takes, and the rest as the filesystem's data.
+fn mount_options(options: &[String]) -> (MsFlags, String) {
+    let mut flags = MsFlags::empty();
+    let mut data = Vec::new();
+    for option in options {
+        match option.as_str() {
+            "bind" => flags |= MsFlags::MS_BIND,
+            "rbind" => flags |= MsFlags::MS_BIND | MsFlags::MS_REC,
+            "ro" => flags |= MsFlags::MS_RDONLY,
+            "rw" | "defaults" => {}
+            "nosuid" => flags |= MsFlags::MS_NOSUID,
+            "nodev" => flags |= MsFlags::MS_NODEV,
+            "noexec" => flags |= MsFlags::MS_NOEXEC,
+            "noatime" => flags |= MsFlags::MS_NOATIME,
+            "relatime" => flags |= MsFlags::MS_RELATIME,
+            other => data.push(other),
+        }
+    }
+    (flags, data.join(","))
 }
 
 /// Detaches and removes the id-mapped layer attachments (left by a crash mid-prepare, too).

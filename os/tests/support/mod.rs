@@ -79,6 +79,7 @@ pub fn host(name: &str) -> TestHost {
             insecure: vec!["127.0.0.0/8".into()],
             ..Default::default()
         },
+        image_plugins: Default::default(),
     })
     .expect("LinuxHost::new");
     TestHost { host, base }
