@@ -5,7 +5,7 @@ use super::oom::Source;
 use super::stats;
 use super::{pids_max_value, Backend, CgroupHierarchyView, CgroupView, Mode, Settings};
 use crate::host::{HostError, HostResult};
-use crate::linux::security::devices::{self, AllowRule};
+use crate::linux::security::devices::AllowRule;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::collections::BTreeSet;
@@ -98,7 +98,10 @@ impl V1 {
 
     /// Our parent cgroup in every hierarchy, set up as guardian sets up `garden`: cpusets
     /// copied from the root (a cpuset cgroup without cpus cannot take processes) and
-    /// inherited by children, and the container device rules.
+    /// inherited by children. Its devices stay as inherited (everything, as `garden`'s under
+    /// the root): each container's own cgroup denies all but its rules, and v1 lets a
+    /// privileged container (init-namespace CAP_SYS_ADMIN) `echo a > devices.allow` for itself
+    /// only under a parent that allows everything (GATS DV9, nested Garden).
     fn ensure_parent(&self) -> HostResult<()> {
         if self.parent_ready.load(Ordering::Acquire) {
             return Ok(());
@@ -109,20 +112,10 @@ impl V1 {
         }
         for h in &self.hierarchies {
             let dir = h.mount.join(&self.parent);
-            let created = files::mkdir(&dir)?;
+            files::mkdir(&dir)?;
             if Some(&h.mount) == self.cpuset.as_ref() {
                 copy_cpuset(&h.mount, &dir)?;
                 files::write(dir.join("cgroup.clone_children"), "1")?;
-            }
-            if Some(&h.mount) == self.devices.as_ref() {
-                // Every rule any container may get: each container narrows its own. "deny a"
-                // only while the parent is new (v1 refuses it once children exist).
-                if created {
-                    files::write(dir.join("devices.deny"), "a")?;
-                }
-                for rule in devices::allow_rules(true, true) {
-                    files::write(dir.join("devices.allow"), &rule.v1_line())?;
-                }
             }
         }
         self.parent_ready.store(true, Ordering::Release);
