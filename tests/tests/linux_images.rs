@@ -277,7 +277,8 @@ async fn a_private_image_needs_the_right_credentials() {
         let err = client.create(spec).await.expect_err("a refused pull");
         let text = err.to_string();
         assert!(
-            text.contains("cloudfoundry/garden-private-image-test") && text.contains("not authorized"),
+            text.contains("cloudfoundry/garden-private-image-test")
+                && text.contains("not authorized"),
             "{text}"
         );
         assert_nothing_left_on(&server, &handle).await;
@@ -286,7 +287,10 @@ async fn a_private_image_needs_the_right_credentials() {
     let mut spec = with_image(image);
     spec.image.username = username;
     spec.image.password = password;
-    let c = client.create(spec).await.expect("create with the right credentials");
+    let c = client
+        .create(spec)
+        .await
+        .expect("create with the right credentials");
     assert_eq!(ok(&c, "echo pulled").await, "pulled\n");
     client.destroy(c.handle()).await.expect("destroy");
 }

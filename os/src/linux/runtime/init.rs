@@ -94,7 +94,8 @@ fn run_helper(spec: &InitSpec, channel: &OwnedFd) -> Result<i32, String> {
     let own_netns = enter_namespaces(spec)?;
     // A privileged container shares the host's cgroup namespace, as guardian's do: it sees its
     // cgroup's real path, so it can mount a hierarchy and manage its own cgroup (nested Garden).
-    let mut namespaces = CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWPID;
+    let mut namespaces =
+        CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWPID;
     if !spec.confinement.is_privileged() {
         namespaces |= CloneFlags::CLONE_NEWCGROUP;
     }
