@@ -30,6 +30,8 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
 
 class Front(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 is short for a pull's burst of connections.
+    request_queue_size = 128
 
     def __init__(self, backend_port, private, username, password):
         super().__init__(("127.0.0.1", 0), Handler)
