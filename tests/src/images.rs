@@ -117,8 +117,9 @@ pub fn oci_layout(base: &Path) -> PathBuf {
     layout
 }
 
-/// A Docker registry (Debian's `docker-registry`) on 127.0.0.1, started by
-/// `scripts/stand-in-registry` and storing under a directory of its own; stopped when dropped.
+/// A Docker registry (Debian's `docker-registry`) on 127.0.0.1 behind Docker Hub's token
+/// authentication, started by `scripts/stand-in-registry` and storing under a directory of its
+/// own; stopped when dropped.
 pub struct Registry {
     pub port: u16,
     dir: tempfile::TempDir,
@@ -164,6 +165,18 @@ impl Registry {
             &format!("oci:{}:{tag}", layout.display()),
             &format!("docker://{}/{repository}:{tag}", self.addr()),
         ]));
+    }
+
+    /// The username and password that the private stand-ins (`private-image-test`) need: the
+    /// authenticating front serves them only to these.
+    pub fn credentials(&self) -> (String, String) {
+        let text = std::fs::read_to_string(self.dir.path().join("credentials"))
+            .expect("stand-in-registry start writes DIR/credentials");
+        let mut lines = text.lines().map(str::to_string);
+        match (lines.next(), lines.next()) {
+            (Some(username), Some(password)) => (username, password),
+            _ => panic!("DIR/credentials is not a username and a password line: {text:?}"),
+        }
     }
 
     /// The Garden image URI of `repository` at `tag` here.

@@ -247,6 +247,54 @@ async fn gats_stand_in_images_from_the_default_registry() {
     client.destroy(rootfs.handle()).await.expect("destroy");
 }
 
+/// A private repository behind Docker Hub's token authentication (GATS R4, R5): the image's
+/// username and password get a token for it and the pull works; without credentials, or with a
+/// wrong password, creating fails with an error naming the image and the refusal, and nothing
+/// is left.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_private_image_needs_the_right_credentials() {
+    let base = tempfile::tempdir().expect("a directory");
+    let layout = stand_in_images(base.path(), &["private-image-test"]);
+    let registry = Registry::start();
+    registry.push_stand_ins(&layout, &["private-image-test"]);
+    let (username, password) = registry.credentials();
+    let server = server_pulling_from(&registry);
+    let client = server.client();
+    let image = "docker:///cloudfoundry/garden-private-image-test";
+
+    for (i, (username, password)) in [
+        (String::new(), String::new()),
+        (username.clone(), format!("not-{password}")),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let handle = format!("lx-private-refused-{i}");
+        let mut spec = with_image(image);
+        spec.handle = handle.clone();
+        spec.image.username = username;
+        spec.image.password = password;
+        let err = client.create(spec).await.expect_err("a refused pull");
+        let text = err.to_string();
+        assert!(
+            text.contains("cloudfoundry/garden-private-image-test")
+                && text.contains("not authorized"),
+            "{text}"
+        );
+        assert_nothing_left_on(&server, &handle).await;
+    }
+
+    let mut spec = with_image(image);
+    spec.image.username = username;
+    spec.image.password = password;
+    let c = client
+        .create(spec)
+        .await
+        .expect("create with the right credentials");
+    assert_eq!(ok(&c, "echo pulled").await, "pulled\n");
+    client.destroy(c.handle()).await.expect("destroy");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_image_uris_are_clear_errors() {
     let base = tempfile::tempdir().expect("a directory");

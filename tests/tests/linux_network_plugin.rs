@@ -344,7 +344,10 @@ async fn the_plugin_wires_the_container_and_its_answer_is_the_containers_network
     let bulk_stat = bulk["np-wired"].metrics.network_stat.expect("bulk figures");
     assert!(bulk_stat.tx_bytes >= stat.tx_bytes, "{bulk_stat:?}");
 
-    assert!(!plugin.bridge_ports().is_empty(), "the container's link is on the bridge");
+    assert!(
+        !plugin.bridge_ports().is_empty(),
+        "the container's link is on the bridge"
+    );
     assert_eq!(plugin.leased(), vec![ip.clone()]);
     client.destroy("np-wired").await.expect("destroy");
     let downs = plugin.calls_of("down", "np-wired");

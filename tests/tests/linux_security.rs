@@ -325,6 +325,33 @@ async fn only_the_standard_devices_can_be_used() {
     }
 }
 
+/// GATS DV9 (nested Garden, cgroup v1): root in a privileged container sees its cgroup's real
+/// path, mounts the devices hierarchy and allows itself every device; an unprivileged
+/// container's cgroup beside it still denies all but the standard devices.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_privileged_container_may_allow_itself_all_devices() {
+    let p = create(privileged()).await;
+    let other = create_default().await;
+    let out = ok(
+        &p,
+        &format!(
+            "line=$(grep ':devices:' /proc/self/cgroup); subdir=${{line##*:}}; \
+             mkdir /tmp/devices-cgroup && mount -t cgroup -o devices none /tmp/devices-cgroup && \
+             echo a > /tmp/devices-cgroup$subdir/devices.allow && \
+             cat /tmp/devices-cgroup$subdir/devices.list; \
+             echo ---; cat /tmp/devices-cgroup${{subdir%/*}}/{}/devices.list",
+            other.handle()
+        ),
+    )
+    .await;
+    let (own, sibling) = out.split_once("---\n").expect("both lists");
+    assert_eq!(own, "a *:* rwm\n", "{out}");
+    assert!(
+        !sibling.contains("a *:*") && sibling.contains("c 1:3 rwm"),
+        "the unprivileged sibling must keep its rules: {sibling}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn privileged_containers_keep_their_powers() {
     let c = create(privileged()).await;

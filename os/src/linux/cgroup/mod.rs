@@ -67,14 +67,8 @@ pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 pub(crate) trait Backend: Send + Sync {
     fn mode(&self) -> Mode;
     /// Makes the container's cgroup (idempotently), writes its resources and lets it use only
-    /// the devices `devices` allows. `parent_devices` is every rule any container may get.
-    fn create(
-        &self,
-        handle: &str,
-        resources: &Resources,
-        devices: &[AllowRule],
-        parent_devices: &[AllowRule],
-    ) -> HostResult<()>;
+    /// the devices `devices` allows.
+    fn create(&self, handle: &str, resources: &Resources, devices: &[AllowRule]) -> HostResult<()>;
     /// The cgroup filesystems an unprivileged container gets, read-only, at /sys/fs/cgroup.
     fn container_view(&self) -> CgroupView;
     fn add_process(&self, handle: &str, pid: u32) -> HostResult<()>;
@@ -193,18 +187,12 @@ impl Cgroups {
         })?;
         let extra = &self.config.privileged_device_rules;
         let devices = devices::allow_rules(privileged, devices::host_has_fuse(), extra);
-        // Every rule any container may get: the built-in ones whole (unprivileged containers
-        // keep them even where the operator's rules narrow them) and the operator's.
-        let parent_devices: Vec<AllowRule> = devices::allow_rules(true, true, &[])
-            .into_iter()
-            .chain(extra.iter().copied())
-            .collect();
         let resources = Resources::new(limits, &self.config, || {
             resources::disks(Path::new("/sys/block"))
         });
         let created = self
             .backend
-            .create(handle, &resources, &devices, &parent_devices)
+            .create(handle, &resources, &devices)
             .and_then(|()| self.backend.settings(handle));
         match created {
             Ok(settings) => {

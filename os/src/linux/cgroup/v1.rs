@@ -101,8 +101,11 @@ impl V1 {
 
     /// Our parent cgroup in every hierarchy, set up as guardian sets up `garden`: cpusets
     /// copied from the root (a cpuset cgroup without cpus cannot take processes) and
-    /// inherited by children, and `devices`, every rule any container may get.
-    fn ensure_parent(&self, devices: &[AllowRule]) -> HostResult<()> {
+    /// inherited by children. Its devices stay as inherited (everything, as `garden`'s under
+    /// the root): each container's own cgroup denies all but its rules, and v1 lets a
+    /// privileged container (init-namespace CAP_SYS_ADMIN) `echo a > devices.allow` for itself
+    /// only under a parent that allows everything (GATS DV9, nested Garden).
+    fn ensure_parent(&self) -> HostResult<()> {
         if self.parent_ready.load(Ordering::Acquire) {
             return Ok(());
         }
@@ -112,20 +115,10 @@ impl V1 {
         }
         for h in &self.hierarchies {
             let dir = h.mount.join(&self.parent);
-            let created = files::mkdir(&dir)?;
+            files::mkdir(&dir)?;
             if Some(&h.mount) == self.cpuset.as_ref() {
                 copy_cpuset(&h.mount, &dir)?;
                 files::write(dir.join("cgroup.clone_children"), "1")?;
-            }
-            if Some(&h.mount) == self.devices.as_ref() {
-                // Every rule any container may get: each container narrows its own. "deny a"
-                // only while the parent is new (v1 refuses it once children exist).
-                if created {
-                    files::write(dir.join("devices.deny"), "a")?;
-                }
-                for rule in devices {
-                    files::write(dir.join("devices.allow"), &rule.v1_line())?;
-                }
             }
         }
         self.parent_ready.store(true, Ordering::Release);
@@ -197,20 +190,14 @@ impl Backend for V1 {
         Mode::V1
     }
 
-    fn create(
-        &self,
-        handle: &str,
-        resources: &Resources,
-        devices: &[AllowRule],
-        parent_devices: &[AllowRule],
-    ) -> HostResult<()> {
-        self.ensure_parent(parent_devices)?;
+    fn create(&self, handle: &str, resources: &Resources, devices: &[AllowRule]) -> HostResult<()> {
+        self.ensure_parent()?;
         for h in &self.hierarchies {
             let dir = self.dir(&h.mount, handle);
             if let Err(e) = files::mkdir(&dir) {
                 // Someone removed our parent; set it up again once.
                 self.parent_ready.store(false, Ordering::Release);
-                self.ensure_parent(parent_devices).map_err(|_| e)?;
+                self.ensure_parent().map_err(|_| e)?;
                 files::mkdir(&dir)?;
             }
             if Some(&h.mount) == self.cpuset.as_ref() {

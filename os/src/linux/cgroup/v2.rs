@@ -177,13 +177,7 @@ impl Backend for V2 {
         Mode::V2
     }
 
-    fn create(
-        &self,
-        handle: &str,
-        resources: &Resources,
-        devices: &[AllowRule],
-        _parent_devices: &[AllowRule],
-    ) -> HostResult<()> {
+    fn create(&self, handle: &str, resources: &Resources, devices: &[AllowRule]) -> HostResult<()> {
         self.ensure_parent()?;
         let dir = self.dir(handle);
         if let Err(e) = files::mkdir(&dir) {

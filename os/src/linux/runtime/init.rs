@@ -6,8 +6,8 @@
 //! Once the server has moved it into the container's cgroups it enters the namespaces: for an unprivileged
 //! container first its user namespace (the owner of its network namespace) as container root,
 //! so every namespace made after is owned by it; then the network namespace; then it unshares
-//! UTS, IPC, PID and cgroup namespaces and forks. The child is PID 1: it makes its mount
-//! namespace, builds the filesystem view, drops to the container's capabilities and seccomp
+//! UTS, IPC, PID and (unprivileged only) cgroup namespaces and forks. The child is PID 1: it
+//! makes its mount namespace, builds the filesystem view, drops to the container's capabilities and seccomp
 //! filter (unprivileged), names itself `garden-init`, reports readiness and serves requests.
 //! The helper reports init's pid (the server records it) and exits; init lives on without the
 //! server.
@@ -92,13 +92,14 @@ fn run_helper(spec: &InitSpec, channel: &OwnedFd) -> Result<i32, String> {
         _ => return Err("the server gave up on this container start".into()),
     }
     let own_netns = enter_namespaces(spec)?;
-    unshare(
-        CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWPID
-            | CloneFlags::CLONE_NEWCGROUP,
-    )
-    .map_err(|e| format!("unshare: {e}"))?;
+    // A privileged container shares the host's cgroup namespace, as guardian's do: it sees its
+    // cgroup's real path, so it can mount a hierarchy and manage its own cgroup (nested Garden).
+    let mut namespaces =
+        CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWPID;
+    if !spec.confinement.is_privileged() {
+        namespaces |= CloneFlags::CLONE_NEWCGROUP;
+    }
+    unshare(namespaces).map_err(|e| format!("unshare: {e}"))?;
 
     let (ready_r, ready_w) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
