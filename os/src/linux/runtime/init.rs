@@ -25,7 +25,7 @@ use super::zygote::HelperMessage;
 use crate::linux::security::{capabilities, userns, Confinement};
 use nix::fcntl::OFlag;
 use nix::sched::{setns, unshare, CloneFlags};
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::{SigHandler, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 use nix::sys::wait::waitpid;
@@ -34,6 +34,9 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 const SOCKET_NAME: &str = "init.sock";
+
+/// What a pea's keeper is called (`comm`), so that init tells it from the processes it stops.
+pub const PEA_KEEPER_NAME: &str = "garden-pea";
 
 /// A helper forked by the zygote for one container (see `zygote`): reports to the server on
 /// `channel`, and returns its exit code.
@@ -91,14 +94,26 @@ fn run_helper(spec: &InitSpec, channel: &OwnedFd) -> Result<i32, String> {
         Ok(Some((HelperMessage::Placed, _))) => {}
         _ => return Err("the server gave up on this container start".into()),
     }
+    // A pea's keeper opens the container's namespaces while it is still host root.
+    let joined = match spec.join {
+        Some(init) => Some(open_namespaces_of(init)?),
+        None => None,
+    };
     let own_netns = enter_namespaces(spec)?;
-    unshare(
-        CloneFlags::CLONE_NEWUTS
-            | CloneFlags::CLONE_NEWIPC
-            | CloneFlags::CLONE_NEWPID
-            | CloneFlags::CLONE_NEWCGROUP,
-    )
-    .map_err(|e| format!("unshare: {e}"))?;
+    match joined {
+        Some(namespaces) => {
+            for (ns, kind) in namespaces {
+                setns(ns.as_fd(), kind).map_err(|e| format!("joining a namespace: {e}"))?;
+            }
+        }
+        None => unshare(
+            CloneFlags::CLONE_NEWUTS
+                | CloneFlags::CLONE_NEWIPC
+                | CloneFlags::CLONE_NEWPID
+                | CloneFlags::CLONE_NEWCGROUP,
+        )
+        .map_err(|e| format!("unshare: {e}"))?,
+    }
 
     let (ready_r, ready_w) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
@@ -143,6 +158,23 @@ fn run_helper(spec: &InitSpec, channel: &OwnedFd) -> Result<i32, String> {
             Ok(child.as_raw())
         }
     }
+}
+
+/// The UTS, IPC, PID and cgroup namespaces of the container's init, for a pea to join.
+fn open_namespaces_of(init: i32) -> Result<Vec<(OwnedFd, CloneFlags)>, String> {
+    [
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("pid", CloneFlags::CLONE_NEWPID),
+        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+    ]
+    .into_iter()
+    .map(|(name, kind)| {
+        std::fs::File::open(format!("/proc/{init}/ns/{name}"))
+            .map(|f| (OwnedFd::from(f), kind))
+            .map_err(|e| format!("opening the container's {name} namespace: {e}"))
+    })
+    .collect()
 }
 
 /// Joins the container's network namespace, and for an unprivileged container first its user
@@ -232,7 +264,16 @@ fn init_main(
         }
         mounts::build(spec, sources)?;
         confine_init(spec)?;
-        set_name("garden-init");
+        if spec.join.is_some() {
+            set_name(PEA_KEEPER_NAME);
+            // Stop's SIGTERM to every process of the container is for the pea, not its keeper.
+            for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT] {
+                // SAFETY: ignoring signals in a single-threaded process; children reset them.
+                let _ = unsafe { nix::sys::signal::signal(signal, SigHandler::SigIgn) };
+            }
+        } else {
+            set_name("garden-init");
+        }
         Ok::<_, String>(())
     })();
     if let Err(message) = setup {
@@ -254,7 +295,12 @@ fn init_main(
     };
     let _ = ready.write_all(b"ok");
     drop(ready);
-    Keeper::new(listener, sigfd, spec.confinement.is_privileged()).serve()
+    let keeper = Keeper::new(listener, sigfd, spec.confinement.is_privileged());
+    if spec.join.is_some() {
+        keeper.for_one_process().serve()
+    } else {
+        keeper.serve()
+    }
 }
 
 /// An unprivileged init ends its setup with the container's seccomp filter (installed while it

@@ -43,6 +43,15 @@ pub struct Keeper {
     waiting: Vec<OwnedFd>,
     children: HashMap<i32, Child>,
     buf: Vec<u8>,
+    /// A pea's keeper serves its one process and ends once that is forgotten (released, or
+    /// its start failed); `None` for init.
+    one_process: Option<OneProcess>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OneProcess {
+    Waiting,
+    Started,
 }
 
 /// A child of init: a process or a file stream.
@@ -119,11 +128,24 @@ impl Keeper {
             waiting: Vec::new(),
             children: HashMap::new(),
             buf: Vec::new(),
+            one_process: None,
         }
+    }
+
+    /// The keeper of a pea: it ends when its process is forgotten.
+    pub fn for_one_process(mut self) -> Keeper {
+        self.one_process = Some(OneProcess::Waiting);
+        self
     }
 
     pub fn serve(mut self) -> i32 {
         loop {
+            if self.one_process == Some(OneProcess::Started)
+                && self.children.is_empty()
+                && self.waiting.is_empty()
+            {
+                return 0;
+            }
             let mut watched: Vec<(RawFd, PollFlags, Watched)> = vec![
                 (
                     self.listener.as_raw_fd(),
@@ -287,7 +309,19 @@ impl Keeper {
             _ => return,
         };
         match request {
-            Request::Spawn { id, spec, env } => self.spawn(conn, id, &spec, &env, fds),
+            Request::Spawn { id, spec, env } => {
+                if self.one_process == Some(OneProcess::Started) {
+                    return fail(
+                        &conn,
+                        FailureKind::Failed,
+                        "a pea's keeper runs one process".into(),
+                    );
+                }
+                if self.one_process.is_some() {
+                    self.one_process = Some(OneProcess::Started);
+                }
+                self.spawn(conn, id, &spec, &env, fds)
+            }
             Request::Attach { id } => match self.process_mut(&id) {
                 Some(p) => match p.attachment() {
                     Ok((message, fds)) => {
@@ -734,7 +768,8 @@ fn not_found(conn: &OwnedFd, id: &str) {
     fail(conn, FailureKind::ProcessNotFound, id.to_string());
 }
 
-/// Processes in this PID namespace other than init, not counting zombies.
+/// Processes in this PID namespace other than init and the keepers of peas (which outlive a
+/// stop to keep their process's exit status), not counting zombies.
 fn live_processes() -> usize {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
@@ -743,6 +778,10 @@ fn live_processes() -> usize {
         .flatten()
         .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
         .filter(|pid| *pid != 1)
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map_or(true, |comm| comm.trim_end() != super::init::PEA_KEEPER_NAME)
+        })
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()
