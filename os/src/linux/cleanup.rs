@@ -121,10 +121,7 @@ pub fn cleanup(config: &LinuxConfig) -> Result<Report, CleanupError> {
     // The cgroups of peas with limits of their own (their processes died with their
     // containers' PID namespaces).
     if let Some(pea_cgroups) = problems.check("pea cgroups", super::peas::cgroups(layout)) {
-        problems.check(
-            "pea cgroups",
-            super::peas::remove_all_cgroups(&pea_cgroups),
-        );
+        problems.check("pea cgroups", super::peas::remove_all_cgroups(&pea_cgroups));
     }
 
     // 2. Networking.

@@ -185,6 +185,8 @@ impl Host for LinuxHost {
 
     fn spawn_process(&self, request: SpawnRequest<'_>) -> HostResult<ProcessIo> {
         if request.spec.image.uri.is_empty() {
+            // An exited pea of the same id would otherwise keep its requests.
+            self.released(request.handle, request.process_id)?;
             self.runtime.spawn(request)
         } else {
             self.spawn_pea(request)
@@ -212,8 +214,10 @@ impl Host for LinuxHost {
     }
 
     fn release_process(&self, handle: &str, process_id: &str) -> HostResult<()> {
-        self.runtime.release(handle, process_id)?;
-        self.released(handle, process_id)
+        // A pea goes even if its keeper is already gone (a stop killed it).
+        let released = self.runtime.release(handle, process_id);
+        self.released(handle, process_id)?;
+        released
     }
 
     fn stop_processes(&self, handle: &str, kill: bool) -> HostResult<()> {
@@ -243,6 +247,10 @@ impl Host for LinuxHost {
         metrics.disk_stat = self.rootfs.disk_usage(handle)?;
         metrics.network_stat = self.network.stats(handle)?;
         Ok(metrics)
+    }
+
+    fn read_pea_metrics(&self, handle: &str, process_id: &str) -> HostResult<Metrics> {
+        self.pea_metrics(handle, process_id)
     }
 
     fn read_capacity(&self) -> HostResult<HostCapacity> {

@@ -107,12 +107,9 @@ impl LinuxHost {
     fn start_pea(&self, key: &str, request: &SpawnRequest<'_>) -> HostResult<ProcessIo> {
         let handle = request.handle;
         let privileged = self.runtime.privileged(handle)?;
-        let rootfs = self.rootfs.prepare(
-            key,
-            &request.spec.image,
-            privileged,
-            &DiskLimits::default(),
-        )?;
+        let rootfs =
+            self.rootfs
+                .prepare(key, &request.spec.image, privileged, &DiskLimits::default())?;
         let own_limits = own_limits(request.spec);
         let cgroup = cgroup_name(handle, key);
         if let Some(limits) = &own_limits {
@@ -161,7 +158,8 @@ impl LinuxHost {
         })
     }
 
-    /// After a pea's process is released its keeper ends: remove the rest of the pea.
+    /// After a pea's process is released its keeper ends: remove the rest of the pea (if
+    /// `process_id` names one). Also before another process takes the id.
     pub(super) fn released(&self, handle: &str, process_id: &str) -> HostResult<()> {
         let key = key(handle, process_id);
         if self.layout.container_dir(&key).exists() {
@@ -259,9 +257,6 @@ mod tests {
         spec.limits = Some(Default::default());
         assert_eq!(own_limits(&spec), Some(Limits::default()));
         spec.limits.as_mut().unwrap().memory_limits.limit_in_bytes = 5;
-        assert_eq!(
-            own_limits(&spec).unwrap().memory_limits.limit_in_bytes,
-            5
-        );
+        assert_eq!(own_limits(&spec).unwrap().memory_limits.limit_in_bytes, 5);
     }
 }

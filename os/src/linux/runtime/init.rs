@@ -18,7 +18,7 @@
 //! ends of their output pipes so that output survives a server restart instead of killing the
 //! writer with SIGPIPE. Under the seccomp filter init uses only syscalls the filter allows.
 
-use super::keeper::Keeper;
+use super::keeper::{Keeper, PreForked};
 use super::mounts::{self, HostSources, InitSpec};
 use super::protocol;
 use super::zygote::HelperMessage;
@@ -94,10 +94,15 @@ fn run_helper(spec: &InitSpec, channel: &OwnedFd) -> Result<i32, String> {
         Ok(Some((HelperMessage::Placed, _))) => {}
         _ => return Err("the server gave up on this container start".into()),
     }
-    // A pea's keeper opens the container's namespaces while it is still host root.
-    let joined = match spec.join {
-        Some(init) => Some(open_namespaces_of(init)?),
-        None => None,
+    // A pea's keeper opens the container's namespaces while it is still host root: those it
+    // joins, and the mount namespace it returns to once the pea's process is forked.
+    let (joined, container_mnt) = match spec.join {
+        Some(init) => {
+            let mnt = std::fs::File::open(format!("/proc/{init}/ns/mnt"))
+                .map_err(|e| format!("opening the container's mount namespace: {e}"))?;
+            (Some(open_namespaces_of(init)?), Some(OwnedFd::from(mnt)))
+        }
+        None => (None, None),
     };
     let own_netns = enter_namespaces(spec)?;
     match joined {
@@ -135,7 +140,7 @@ fn run_helper(spec: &InitSpec, channel: &OwnedFd) -> Result<i32, String> {
             drop(null);
             // SAFETY: closing our copy of the channel; nothing else here uses it.
             unsafe { libc::close(channel.as_raw_fd()) };
-            let code = init_main(spec, sources, listener, ready_w, own_netns);
+            let code = init_main(spec, sources, listener, ready_w, own_netns, container_mnt);
             // SAFETY: ending the forked child.
             unsafe { libc::_exit(code) }
         }
@@ -143,6 +148,7 @@ fn run_helper(spec: &InitSpec, channel: &OwnedFd) -> Result<i32, String> {
             drop(ready_w);
             drop(listener);
             drop(sources);
+            drop(container_mnt);
             let mut status = Vec::new();
             let _ = std::fs::File::from(ready_r).read_to_end(&mut status);
             if status != b"ok" {
@@ -254,6 +260,7 @@ fn init_main(
     listener: OwnedFd,
     ready: OwnedFd,
     own_netns: bool,
+    container_mnt: Option<OwnedFd>,
 ) -> i32 {
     let mut ready = std::fs::File::from(ready);
     let _ = nix::unistd::setsid();
@@ -263,23 +270,44 @@ fn init_main(
             mounts::loopback_up()?;
         }
         mounts::build(spec, sources)?;
+        // A pea's keeper forks its process now, in the pea's mount namespace, and returns to
+        // the container's: so only the pea's processes hold the pea's mounts (its root, its
+        // /dev/shm), and they go, memory and all, when the pea's processes do.
+        let pea = match container_mnt {
+            Some(mnt) => {
+                let pea = PreForked::fork(|| confine_init(spec), spec.confinement.is_privileged())?;
+                setns(mnt.as_fd(), CloneFlags::CLONE_NEWNS)
+                    .map_err(|e| format!("returning to the container's mount namespace: {e}"))?;
+                nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+                Some(pea)
+            }
+            None => None,
+        };
         confine_init(spec)?;
         if spec.join.is_some() {
             set_name(PEA_KEEPER_NAME);
             // Stop's SIGTERM to every process of the container is for the pea, not its keeper.
-            for signal in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP, Signal::SIGQUIT] {
+            for signal in [
+                Signal::SIGTERM,
+                Signal::SIGINT,
+                Signal::SIGHUP,
+                Signal::SIGQUIT,
+            ] {
                 // SAFETY: ignoring signals in a single-threaded process; children reset them.
                 let _ = unsafe { nix::sys::signal::signal(signal, SigHandler::SigIgn) };
             }
         } else {
             set_name("garden-init");
         }
-        Ok::<_, String>(())
+        Ok::<_, String>(pea)
     })();
-    if let Err(message) = setup {
-        let _ = ready.write_all(message.as_bytes());
-        return 1;
-    }
+    let pea = match setup {
+        Ok(pea) => pea,
+        Err(message) => {
+            let _ = ready.write_all(message.as_bytes());
+            return 1;
+        }
+    };
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
     if mask.thread_block().is_err() {
@@ -296,10 +324,9 @@ fn init_main(
     let _ = ready.write_all(b"ok");
     drop(ready);
     let keeper = Keeper::new(listener, sigfd, spec.confinement.is_privileged());
-    if spec.join.is_some() {
-        keeper.for_one_process().serve()
-    } else {
-        keeper.serve()
+    match pea {
+        Some(pea) => keeper.for_one_process(pea).serve(),
+        None => keeper.serve(),
     }
 }
 

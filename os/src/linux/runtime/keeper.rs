@@ -48,10 +48,82 @@ pub struct Keeper {
     one_process: Option<OneProcess>,
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
 enum OneProcess {
-    Waiting,
+    /// The child that becomes the process, forked in the pea's mount namespace.
+    Waiting(PreForked),
     Started,
+}
+
+/// A child forked before its process is known, by a pea's keeper while it is still in the
+/// pea's mount namespace: it confines itself as init's children are confined and waits for
+/// `PeaStart`.
+pub struct PreForked {
+    pid: i32,
+    channel: OwnedFd,
+}
+
+impl PreForked {
+    /// Forks the child; it runs `confine` (failing, it exits) and waits.
+    pub fn fork(
+        confine: impl FnOnce() -> Result<(), String>,
+        privileged: bool,
+    ) -> Result<PreForked, String> {
+        let (ours, theirs) = socket::socketpair(
+            socket::AddressFamily::Unix,
+            socket::SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| format!("socketpair: {e}"))?;
+        // SAFETY: the keeper is single-threaded.
+        match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+            ForkResult::Child => {
+                drop(ours);
+                // Nothing of the keeper's (its readiness pipe above all: the helper waits for
+                // its end) stays open here.
+                super::child::close_all_except(&[theirs.as_raw_fd()]);
+                if confine().is_ok() {
+                    let mut buf = Vec::new();
+                    if let Ok(Some((start, fds))) =
+                        protocol::recv::<protocol::PeaStart>(theirs.as_raw_fd(), &mut buf)
+                    {
+                        drop(theirs);
+                        become_process(start, fds, privileged);
+                    }
+                }
+                // SAFETY: ending the forked child.
+                unsafe { libc::_exit(127) }
+            }
+            ForkResult::Parent { child } => Ok(PreForked {
+                pid: child.as_raw(),
+                channel: ours,
+            }),
+        }
+    }
+}
+
+/// The pre-forked child becomes the pea's process (never returns).
+fn become_process(start: protocol::PeaStart, fds: Vec<OwnedFd>, privileged: bool) {
+    let mut fds = fds.into_iter();
+    let (stdio, report) = if start.spec.tty.is_some() {
+        match (fds.next(), fds.next()) {
+            (Some(slave), Some(report)) => (ChildStdio::Tty { slave }, report),
+            _ => return,
+        }
+    } else {
+        match (fds.next(), fds.next(), fds.next(), fds.next()) {
+            (Some(stdin), Some(stdout), Some(stderr), Some(report)) => (
+                ChildStdio::Pipes {
+                    stdin,
+                    stdout,
+                    stderr,
+                },
+                report,
+            ),
+            _ => return,
+        }
+    };
+    exec_process(&start.spec, &start.env, stdio, report, privileged)
 }
 
 /// A child of init: a process or a file stream.
@@ -132,15 +204,15 @@ impl Keeper {
         }
     }
 
-    /// The keeper of a pea: it ends when its process is forgotten.
-    pub fn for_one_process(mut self) -> Keeper {
-        self.one_process = Some(OneProcess::Waiting);
+    /// The keeper of a pea, whose process `pea` becomes: it ends when that is forgotten.
+    pub fn for_one_process(mut self, pea: PreForked) -> Keeper {
+        self.one_process = Some(OneProcess::Waiting(pea));
         self
     }
 
     pub fn serve(mut self) -> i32 {
         loop {
-            if self.one_process == Some(OneProcess::Started)
+            if matches!(self.one_process, Some(OneProcess::Started))
                 && self.children.is_empty()
                 && self.waiting.is_empty()
             {
@@ -309,19 +381,21 @@ impl Keeper {
             _ => return,
         };
         match request {
-            Request::Spawn { id, spec, env } => {
-                if self.one_process == Some(OneProcess::Started) {
-                    return fail(
+            Request::Spawn { id, spec, env } => match self.one_process.take() {
+                None => self.spawn(conn, id, &spec, &env, fds, None),
+                Some(OneProcess::Waiting(pea)) => {
+                    self.one_process = Some(OneProcess::Started);
+                    self.spawn(conn, id, &spec, &env, fds, Some(pea))
+                }
+                Some(OneProcess::Started) => {
+                    self.one_process = Some(OneProcess::Started);
+                    fail(
                         &conn,
                         FailureKind::Failed,
                         "a pea's keeper runs one process".into(),
-                    );
+                    )
                 }
-                if self.one_process.is_some() {
-                    self.one_process = Some(OneProcess::Started);
-                }
-                self.spawn(conn, id, &spec, &env, fds)
-            }
+            },
             Request::Attach { id } => match self.process_mut(&id) {
                 Some(p) => match p.attachment() {
                     Ok((message, fds)) => {
@@ -441,6 +515,7 @@ impl Keeper {
         spec: &ProcessSpec,
         env: &[String],
         given: Vec<OwnedFd>,
+        pre_forked: Option<PreForked>,
     ) {
         // A finished process of the same id is replaced (the server has let it go).
         self.release_exited(&id);
@@ -452,9 +527,32 @@ impl Keeper {
             Ok(p) => p,
             Err(e) => return fail(&conn, FailureKind::Failed, format!("pipe: {e}")),
         };
-        // SAFETY: init is single-threaded.
-        match unsafe { fork() } {
-            Err(e) => fail(&conn, FailureKind::Failed, format!("fork: {e}")),
+        let forked = match pre_forked {
+            Some(pea) => {
+                let mut fds: Vec<RawFd> = match &child_stdio {
+                    ChildStdio::Pipes {
+                        stdin,
+                        stdout,
+                        stderr,
+                    } => vec![stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()],
+                    ChildStdio::Tty { slave } => vec![slave.as_raw_fd()],
+                };
+                fds.push(report_w.as_raw_fd());
+                let start = protocol::PeaStart {
+                    spec: Box::new(spec.clone()),
+                    env: env.to_vec(),
+                };
+                protocol::send(pea.channel.as_raw_fd(), &start, &fds)
+                    .map(|()| ForkResult::Parent {
+                        child: Pid::from_raw(pea.pid),
+                    })
+                    .map_err(|e| format!("starting the pea's process: {e}"))
+            }
+            // SAFETY: init is single-threaded.
+            None => unsafe { fork() }.map_err(|e| format!("fork: {e}")),
+        };
+        match forked {
+            Err(message) => fail(&conn, FailureKind::Failed, message),
             Ok(ForkResult::Child) => {
                 drop(report_r);
                 drop(kept);

@@ -213,15 +213,13 @@ impl Runtime {
         };
         let helper = self.zygote.fork_helper(&spec)?;
         place(helper.pid as u32)?;
-        let pid = helper
-            .proceed()
-            .map_err(|e| match e {
-                HostError::Failed(message) if message.starts_with("bind mount source") => {
-                    HostError::Invalid(message)
-                }
-                HostError::Failed(message) => HostError::Failed(format!("start pea: {message}")),
-                other => other,
-            })?;
+        let pid = helper.proceed().map_err(|e| match e {
+            HostError::Failed(message) if message.starts_with("bind mount source") => {
+                HostError::Invalid(message)
+            }
+            HostError::Failed(message) => HostError::Failed(format!("start pea: {message}")),
+            other => other,
+        })?;
         let start = process_start_time(pid)
             .ok_or_else(|| HostError::Failed("the pea's keeper vanished".into()))?;
         write_pid_file(&self.layout.init_pid_file(key), pid, start)
@@ -258,16 +256,20 @@ impl Runtime {
 
     /// Kills init (and with it the whole PID namespace) and waits until it is gone.
     pub fn kill_container(&self, handle: &str, cgroups: &Cgroups) -> HostResult<()> {
-        if let Some(init) = self.init_pidfd(handle) {
+        let init = self.init_pidfd(handle);
+        if let Some(init) = &init {
             let _ = pidfd_send_signal(init.as_fd(), libc::SIGKILL);
+        }
+        // Its peas' keepers die with its PID namespace, which init's death waits for: they
+        // are the server's (not init's) to reap.
+        for pea in super::peas::keys(&self.layout, handle) {
+            self.end_keeper(&pea)?;
+        }
+        if let Some(init) = init {
             wait_gone(init.as_fd(), Duration::from_secs(30)).map_err(|_| {
                 HostError::Failed(format!("the init of {handle} did not die after SIGKILL"))
             })?;
             reap(init.as_fd());
-        }
-        // Its peas' keepers died with its PID namespace; they are the server's to reap.
-        for pea in super::peas::keys(&self.layout, handle) {
-            self.end_keeper(&pea)?;
         }
         // Anything of the container outside its PID namespace (nothing, normally).
         if let Ok(pids) = cgroups.pids(handle) {
