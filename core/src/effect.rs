@@ -149,6 +149,14 @@ pub enum EffectKind {
     ReadMetrics {
         handle: String,
     },
+    /// Answers `Metrics` for the pea `process_id` of `handle` (a process with an image of its
+    /// own; guardian answers BulkMetrics for a pea's process id): its own cgroup's when it
+    /// overrides the container's limits, else the container's, which it shares. Fails for a
+    /// process that is not a pea.
+    ReadPeaMetrics {
+        handle: String,
+        process_id: String,
+    },
     /// Answers `Capacity`.
     ReadCapacity,
 }
@@ -172,7 +180,8 @@ impl EffectKind {
             | StopProcesses { handle, .. }
             | MapPort { handle, .. }
             | AddNetOutRules { handle, .. }
-            | ReadMetrics { handle } => Some(handle),
+            | ReadMetrics { handle }
+            | ReadPeaMetrics { handle, .. } => Some(handle),
             ReadCapacity => None,
         }
     }
@@ -197,6 +206,7 @@ impl EffectKind {
             MapPort { .. } => "map-port",
             AddNetOutRules { .. } => "add-netout-rules",
             ReadMetrics { .. } => "read-metrics",
+            ReadPeaMetrics { .. } => "read-pea-metrics",
             ReadCapacity => "read-capacity",
         }
     }

@@ -58,7 +58,10 @@ pub(crate) enum Pending {
     },
     BulkMetrics {
         request: RequestId,
+        /// The container whose metrics (or pea's) are read.
         handle: String,
+        /// The reply's key: the handle, or the pea's process id.
+        entry: String,
     },
     Capacity {
         request: RequestId,
@@ -730,28 +733,40 @@ impl Core {
 
     fn bulk_metrics(&mut self, request: RequestId, handles: Vec<String>) {
         let mut gather = BulkGather::default();
-        for handle in handles {
-            if gather.entries.contains_key(&handle) {
+        for entry in handles {
+            if gather.entries.contains_key(&entry) {
                 continue;
             }
-            match self.usable(&handle) {
-                Err(e) => {
-                    gather.entries.insert(handle, Err(e));
-                }
-                Ok(c) => {
-                    c.in_flight += 1;
-                    gather.waiting += 1;
-                    gather
-                        .entries
-                        .insert(handle.clone(), Ok(Metrics::default()));
-                    self.emit(
-                        EffectKind::ReadMetrics {
-                            handle: handle.clone(),
-                        },
-                        Pending::BulkMetrics { request, handle },
-                    );
-                }
-            }
+            // A container's handle, or (as guardian answers) a pea's process id.
+            let (handle, effect) = if self.usable(&entry).is_ok() {
+                let effect = EffectKind::ReadMetrics {
+                    handle: entry.clone(),
+                };
+                (entry.clone(), effect)
+            } else if let Some(owner) = self.owner_of_process(&entry) {
+                let effect = EffectKind::ReadPeaMetrics {
+                    handle: owner.clone(),
+                    process_id: entry.clone(),
+                };
+                (owner, effect)
+            } else {
+                let missing = Error::ContainerNotFound {
+                    handle: entry.clone(),
+                };
+                gather.entries.insert(entry, Err(missing));
+                continue;
+            };
+            self.usable(&handle).expect("checked above").in_flight += 1;
+            gather.waiting += 1;
+            gather.entries.insert(entry.clone(), Ok(Metrics::default()));
+            self.emit(
+                effect,
+                Pending::BulkMetrics {
+                    request,
+                    handle,
+                    entry,
+                },
+            );
         }
         if gather.waiting == 0 {
             self.reply(request, Ok(Reply::BulkMetrics(gather.entries)));
@@ -1006,14 +1021,18 @@ impl Core {
                     result.map(|m| Reply::Metrics(Box::new(m))),
                 );
             }
-            Pending::BulkMetrics { request, handle } => {
+            Pending::BulkMetrics {
+                request,
+                handle,
+                entry,
+            } => {
                 self.effect_finished(&handle);
                 let result = self.metrics_result(&handle, outcome);
                 let gather = self
                     .bulk
                     .get_mut(&request)
                     .expect("a bulk request waits for its metrics");
-                gather.entries.insert(handle, result);
+                gather.entries.insert(entry, result);
                 gather.waiting -= 1;
                 if gather.waiting == 0 {
                     let gather = self.bulk.remove(&request).expect("present");
@@ -1038,6 +1057,14 @@ impl Core {
                 self.reply(request, result);
             }
         }
+    }
+
+    /// The usable container that runs (or kept) process `process_id`, if one does.
+    fn owner_of_process(&self, process_id: &str) -> Option<String> {
+        self.containers
+            .iter()
+            .find(|(_, c)| c.phase.is_usable() && c.processes.contains(process_id))
+            .map(|(handle, _)| handle.clone())
     }
 
     fn metrics_result(&self, handle: &str, outcome: Outcome) -> Result<Metrics, Error> {

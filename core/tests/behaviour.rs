@@ -372,3 +372,52 @@ fn metrics_scale_the_hosts_entitlement_rate_by_age() {
     assert_eq!(metrics.age, (4 * SECOND) as i64);
     assert_eq!(metrics.cpu_entitlement, SECOND);
 }
+
+#[test]
+fn bulk_metrics_answer_for_a_peas_process_id_by_its_container() {
+    let mut d = Driver::new(Config::default());
+    d.create("web");
+    let run = d.send(Command::Run {
+        handle: "web".into(),
+        spec: Box::new(ProcessSpec {
+            id: "pea-1".into(),
+            path: "sh".into(),
+            image: trellis_core::api::ImageRef {
+                uri: "/pea-image".into(),
+                ..Default::default()
+            },
+            ..Default::default()
+        }),
+    });
+    d.answer(|_| false);
+    assert!(matches!(
+        d.reply(run),
+        Some(Ok(Reply::ProcessStarted { .. }))
+    ));
+    let r = d.send(Command::BulkMetrics {
+        handles: vec!["pea-1".into(), "web".into(), "nothing".into()],
+    });
+    let kinds: Vec<EffectKind> = d.effects.iter().map(|e| e.kind.clone()).collect();
+    assert_eq!(
+        kinds,
+        vec![
+            EffectKind::ReadPeaMetrics {
+                handle: "web".into(),
+                process_id: "pea-1".into(),
+            },
+            EffectKind::ReadMetrics {
+                handle: "web".into()
+            },
+        ]
+    );
+    d.answer(|_| false);
+    let Some(Ok(Reply::BulkMetrics(entries))) = d.reply(r) else {
+        panic!("no bulk metrics reply")
+    };
+    assert!(entries["pea-1"].is_ok());
+    assert!(entries["web"].is_ok());
+    assert!(matches!(
+        entries["nothing"],
+        Err(Error::ContainerNotFound { .. })
+    ));
+}

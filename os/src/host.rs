@@ -227,6 +227,8 @@ pub trait Host: Send + Sync + 'static {
         rules: &[NetOutRule],
     ) -> HostResult<()>;
     fn read_metrics(&self, handle: &str) -> HostResult<Metrics>;
+    /// Metrics of a pea by its process id (see `EffectKind::ReadPeaMetrics`).
+    fn read_pea_metrics(&self, handle: &str, process_id: &str) -> HostResult<Metrics>;
     fn read_capacity(&self) -> HostResult<HostCapacity>;
     /// Whether containers are limited through the unified cgroup hierarchy (v2), where gdn
     /// reports CPU limits as the `cpu.weight` they convert to (`CpuLimits::reported`).

@@ -70,6 +70,10 @@ pub fn execute(host: &dyn Host, effect: &EffectKind) -> Outcome {
             .read_metrics(handle)
             .map(|m| EffectOutput::Metrics(Box::new(m)))
             .map_err(EffectError::from),
+        ReadPeaMetrics { handle, process_id } => host
+            .read_pea_metrics(handle, process_id)
+            .map(|m| EffectOutput::Metrics(Box::new(m)))
+            .map_err(EffectError::from),
         ReadCapacity => host
             .read_capacity()
             .map(|c| EffectOutput::Capacity {

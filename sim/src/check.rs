@@ -505,6 +505,18 @@ pub fn host(os: &FakeOs, core: &Core) -> Result<(), String> {
     if let Some(v) = os.violations.first() {
         return Err(format!("host received an impossible effect: {v}"));
     }
+    // A pea's root filesystem and cgroup last as long as its process is kept: while it runs
+    // and until its exit is released (or its container's init dies, and they go with the
+    // container's).
+    for (handle, c) in &os.containers {
+        let outlived = c
+            .peas
+            .iter()
+            .find(|p| c.init && !c.processes.contains_key(*p) && !c.exited.contains(*p));
+        if let Some(pea) = outlived {
+            return Err(format!("{handle}: pea {pea} outlived its process"));
+        }
+    }
     for handle in os.containers.keys().chain(os.records.keys()) {
         if core.container_state(handle).is_none() {
             return Err(format!(

@@ -131,6 +131,10 @@ pub struct FakeContainer {
     /// Host port -> container port.
     pub ports: BTreeMap<u32, u32>,
     pub netout_rules: usize,
+    /// Processes that run with an image of their own (peas), by id: each has a root filesystem
+    /// (and maybe a cgroup) of its own, which goes when its process is released, or with the
+    /// container's rootfs and cgroup.
+    pub peas: BTreeSet<String>,
 }
 
 impl FakeContainer {
@@ -140,6 +144,7 @@ impl FakeContainer {
             && self.network.is_none()
             && !self.init
             && self.processes.is_empty()
+            && self.peas.is_empty()
     }
 }
 
@@ -352,6 +357,7 @@ impl FakeOs {
                 }
                 if let Some(c) = self.containers.get_mut(&handle) {
                     c.cgroup = false;
+                    c.peas.clear();
                 }
                 self.forget_if_empty(&handle);
                 Ok(EffectOutput::Done)
@@ -363,6 +369,7 @@ impl FakeOs {
                 }
                 if let Some(c) = self.containers.get_mut(&handle) {
                     c.rootfs = false;
+                    c.peas.clear();
                 }
                 self.forget_if_empty(&handle);
                 Ok(EffectOutput::Done)
@@ -402,6 +409,11 @@ impl FakeOs {
                 let c = self.containers.get_mut(&handle).expect("checked above");
                 c.exited.remove(process_id);
                 c.processes.insert(process_id.clone(), self.next_serial);
+                if spec.image.uri.is_empty() {
+                    c.peas.remove(process_id);
+                } else {
+                    c.peas.insert(process_id.clone());
+                }
                 Ok(EffectOutput::Done)
             }
             StopProcesses { .. } => {
@@ -463,6 +475,20 @@ impl FakeOs {
                 metrics.pid_stat.current = c.processes.len() as u64 + u64::from(c.init);
                 Ok(EffectOutput::Metrics(Box::new(metrics)))
             }
+            ReadPeaMetrics { process_id, .. } => {
+                let Some(c) = self
+                    .containers
+                    .get(&handle)
+                    .filter(|c| c.peas.contains(process_id))
+                else {
+                    return Err(host_error(format!(
+                        "process {process_id} of {handle} is not a pea"
+                    )));
+                };
+                let mut metrics = Metrics::default();
+                metrics.pid_stat.current = u64::from(c.processes.contains_key(process_id));
+                Ok(EffectOutput::Metrics(Box::new(metrics)))
+            }
             ReadCapacity => Ok(EffectOutput::Capacity {
                 memory_in_bytes: 24 << 30,
                 disk_in_bytes: 250 << 30,
@@ -505,7 +531,9 @@ impl FakeOs {
     /// took its id since).
     pub fn release_exited(&mut self, handle: &str, process_id: &str) {
         if let Some(c) = self.containers.get_mut(handle) {
-            c.exited.remove(process_id);
+            if c.exited.remove(process_id) {
+                c.peas.remove(process_id);
+            }
         }
     }
 

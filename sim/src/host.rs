@@ -612,6 +612,18 @@ impl Host for FakeHost {
         }
     }
 
+    fn read_pea_metrics(&self, handle: &str, process_id: &str) -> HostResult<Metrics> {
+        match self.apply(EffectKind::ReadPeaMetrics {
+            handle: handle.into(),
+            process_id: process_id.into(),
+        })? {
+            EffectOutput::Metrics(m) => Ok(*m),
+            other => Err(HostError::Failed(format!(
+                "read-pea-metrics answered {other:?}"
+            ))),
+        }
+    }
+
     fn read_capacity(&self) -> HostResult<HostCapacity> {
         match self.apply(EffectKind::ReadCapacity)? {
             EffectOutput::Capacity {

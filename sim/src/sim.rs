@@ -1036,7 +1036,8 @@ impl Sim {
             },
             69..=71 => Command::Metrics { handle },
             72..=73 => Command::BulkMetrics {
-                handles: vec![handle, self.pick_handle()],
+                // A pea's process id answers too.
+                handles: vec![handle, self.pick_handle(), self.pick_process().1],
             },
             74..=76 => Command::NetIn {
                 handle,
@@ -1061,6 +1062,11 @@ impl Sim {
                         1 => vec!["A=1".into(); limits::MAX_ENV_ENTRIES + 1],
                         2 => vec![format!("A={}", "x".repeat(limits::MAX_ENV_BYTES))],
                         _ => vec![],
+                    },
+                    // Now and then a pea: a process with an image of its own.
+                    image: ImageRef {
+                        uri: self.rng.pick(&["", "", "", "/img"]).to_string(),
+                        ..Default::default()
                     },
                     ..Default::default()
                 }),

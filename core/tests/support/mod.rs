@@ -69,7 +69,10 @@ impl Driver {
                 Ok(EffectOutput::Rootfs {
                     image_env: self.image_env.clone(),
                 })
-            } else if matches!(e.kind, EffectKind::ReadMetrics { .. }) {
+            } else if matches!(
+                e.kind,
+                EffectKind::ReadMetrics { .. } | EffectKind::ReadPeaMetrics { .. }
+            ) {
                 Ok(EffectOutput::Metrics(Box::default()))
             } else {
                 Ok(EffectOutput::Done)

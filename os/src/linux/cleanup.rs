@@ -118,6 +118,12 @@ pub fn cleanup(config: &LinuxConfig) -> Result<Report, CleanupError> {
         }
     }
 
+    // The cgroups of peas with limits of their own (their processes died with their
+    // containers' PID namespaces).
+    if let Some(pea_cgroups) = problems.check("pea cgroups", super::peas::cgroups(layout)) {
+        problems.check("pea cgroups", super::peas::remove_all_cgroups(&pea_cgroups));
+    }
+
     // 2. Networking: a network plugin's `down` for every container first (it may need the
     // namespace), as a destroy runs it.
     let plugin_states = super::network::plugin::states_dir(&layout.network_state_dir());
@@ -171,7 +177,11 @@ pub fn cleanup(config: &LinuxConfig) -> Result<Report, CleanupError> {
     // 3. Each container's files.
     let disk = DiskQuotas::new(layout);
     let dirs = parallel::map(&depot_dirs(layout, &mut problems), WORKERS, |handle| {
-        let removed = rootfs::remove_container_files(layout, &disk, handle);
+        // Its peas' roots first: one may still be mounted under the container's directory.
+        let removed = super::peas::keys(layout, handle)
+            .iter()
+            .try_for_each(|pea| rootfs::remove_container_files(layout, &disk, pea))
+            .and_then(|()| rootfs::remove_container_files(layout, &disk, handle));
         (handle.clone(), removed)
     });
     for (handle, removed) in dirs {

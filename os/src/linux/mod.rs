@@ -14,6 +14,7 @@ pub mod mount_api;
 pub mod network;
 pub mod open_files;
 pub mod parallel;
+pub mod peas;
 pub mod registry;
 pub mod rootfs;
 pub mod runtime;
@@ -61,6 +62,10 @@ pub struct LinuxHost {
     pub cgroups: cgroup::Cgroups,
     pub network: network::Networker,
     pub runtime: runtime::Runtime,
+    /// The cgroups of peas that override their container's limits (see `peas`).
+    pub pea_cgroups: cgroup::Cgroups,
+    /// One pea removal at a time (a release and a sweep may meet).
+    peas_lock: std::sync::Mutex<()>,
 }
 
 /// How many containers `observe` looks at at once. Observing one is mostly waiting: for its
@@ -76,6 +81,7 @@ impl LinuxHost {
         let depot = depot::Depot::new(layout.records_dir())?;
         let rootfs = rootfs::RootfsManager::new(&config)?;
         let cgroups = cgroup::Cgroups::new(&config)?;
+        let pea_cgroups = peas::cgroups(&layout)?;
         // The networker (nft, netlink dumps of every link) and the runtime (a sealed copy of
         // the binary) take most of a start's setup, and neither needs the other: set them up
         // side by side.
@@ -99,6 +105,8 @@ impl LinuxHost {
             cgroups,
             network: network?,
             runtime: runtime?,
+            pea_cgroups,
+            peas_lock: std::sync::Mutex::new(()),
             layout,
         })
     }
@@ -110,6 +118,9 @@ impl LinuxHost {
             None => (None, Vec::new()),
         };
         let init = self.runtime.init_running(handle);
+        if init {
+            self.sweep_peas(handle, true);
+        }
         Ok(ObservedContainer {
             rootfs: self.rootfs.exists(handle),
             cgroup: self.cgroups.exists(handle),
@@ -177,10 +188,12 @@ impl Host for LinuxHost {
     }
 
     fn remove_cgroup(&self, handle: &str) -> HostResult<()> {
+        self.remove_peas(handle)?;
         self.cgroups.remove(handle)
     }
 
     fn remove_rootfs(&self, handle: &str) -> HostResult<()> {
+        self.remove_peas(handle)?;
         self.rootfs.remove(handle)
     }
 
@@ -189,7 +202,13 @@ impl Host for LinuxHost {
     }
 
     fn spawn_process(&self, request: SpawnRequest<'_>) -> HostResult<ProcessIo> {
-        self.runtime.spawn(request)
+        if request.spec.image.uri.is_empty() {
+            // An exited pea of the same id would otherwise keep its requests.
+            self.released(request.handle, request.process_id)?;
+            self.runtime.spawn(request)
+        } else {
+            self.spawn_pea(request)
+        }
     }
 
     fn attach_process(&self, handle: &str, process_id: &str) -> HostResult<ProcessIo> {
@@ -213,7 +232,10 @@ impl Host for LinuxHost {
     }
 
     fn release_process(&self, handle: &str, process_id: &str) -> HostResult<()> {
-        self.runtime.release(handle, process_id)
+        // A pea goes even if its keeper is already gone (a stop killed it).
+        let released = self.runtime.release(handle, process_id);
+        self.released(handle, process_id)?;
+        released
     }
 
     fn stop_processes(&self, handle: &str, kill: bool) -> HostResult<()> {
@@ -243,6 +265,10 @@ impl Host for LinuxHost {
         metrics.disk_stat = self.rootfs.disk_usage(handle)?;
         metrics.network_stat = self.network.stats(handle)?;
         Ok(metrics)
+    }
+
+    fn read_pea_metrics(&self, handle: &str, process_id: &str) -> HostResult<Metrics> {
+        self.pea_metrics(handle, process_id)
     }
 
     fn read_capacity(&self) -> HostResult<HostCapacity> {

@@ -388,7 +388,7 @@ mod tests {
             disable_swap_limit: true,
             ..CgroupConfig::default()
         };
-        v2.create("c1", &resources(&limits, &config), &[], &[])
+        v2.create("c1", &resources(&limits, &config), &[])
             .expect("create");
         assert_eq!(read(&root, "memory.max"), (64u64 << 20).to_string());
         assert_eq!(read(&root, "memory.swap.max"), "", "swap left unlimited");
@@ -398,7 +398,7 @@ mod tests {
 
         // BFQ takes the blkio weight unconverted.
         std::fs::write(root.path().join("trellis-x/c1/io.bfq.weight"), "").expect("write");
-        v2.create("c1", &resources(&limits, &config), &[], &[])
+        v2.create("c1", &resources(&limits, &config), &[])
             .expect("create again");
         assert_eq!(read(&root, "io.bfq.weight"), "500");
     }

@@ -18,14 +18,14 @@
 //! ends of their output pipes so that output survives a server restart instead of killing the
 //! writer with SIGPIPE. Under the seccomp filter init uses only syscalls the filter allows.
 
-use super::keeper::Keeper;
+use super::keeper::{Keeper, PreForked};
 use super::mounts::{self, HostSources, InitSpec};
 use super::protocol;
 use super::zygote::HelperMessage;
 use crate::linux::security::{capabilities, userns, Confinement};
 use nix::fcntl::OFlag;
 use nix::sched::{setns, unshare, CloneFlags};
-use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signal::{SigHandler, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
 use nix::sys::wait::waitpid;
@@ -34,6 +34,9 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 const SOCKET_NAME: &str = "init.sock";
+
+/// What a pea's keeper is called (`comm`), so that init tells it from the processes it stops.
+pub const PEA_KEEPER_NAME: &str = "garden-pea";
 
 /// A helper forked by the zygote for one container (see `zygote`): reports to the server on
 /// `channel`, and returns its exit code.
@@ -91,15 +94,35 @@ fn run_helper(spec: &InitSpec, channel: &OwnedFd) -> Result<i32, String> {
         Ok(Some((HelperMessage::Placed, _))) => {}
         _ => return Err("the server gave up on this container start".into()),
     }
+    // A pea's keeper opens the container's namespaces while it is still host root: those it
+    // joins, and the mount namespace it returns to once the pea's process is forked.
+    let (joined, container_mnt) = match spec.join {
+        Some(init) => {
+            let mnt = std::fs::File::open(format!("/proc/{init}/ns/mnt"))
+                .map_err(|e| format!("opening the container's mount namespace: {e}"))?;
+            (Some(open_namespaces_of(init)?), Some(OwnedFd::from(mnt)))
+        }
+        None => (None, None),
+    };
     let own_netns = enter_namespaces(spec)?;
-    // A privileged container shares the host's cgroup namespace, as guardian's do: it sees its
-    // cgroup's real path, so it can mount a hierarchy and manage its own cgroup (nested Garden).
-    let mut namespaces =
-        CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWPID;
-    if !spec.confinement.is_privileged() {
-        namespaces |= CloneFlags::CLONE_NEWCGROUP;
+    match joined {
+        Some(namespaces) => {
+            for (ns, kind) in namespaces {
+                setns(ns.as_fd(), kind).map_err(|e| format!("joining a namespace: {e}"))?;
+            }
+        }
+        None => {
+            // A privileged container shares the host's cgroup namespace, as guardian's do: it
+            // sees its cgroup's real path, so it can mount a hierarchy and manage its own
+            // cgroup (nested Garden).
+            let mut namespaces =
+                CloneFlags::CLONE_NEWUTS | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWPID;
+            if !spec.confinement.is_privileged() {
+                namespaces |= CloneFlags::CLONE_NEWCGROUP;
+            }
+            unshare(namespaces).map_err(|e| format!("unshare: {e}"))?;
+        }
     }
-    unshare(namespaces).map_err(|e| format!("unshare: {e}"))?;
 
     let (ready_r, ready_w) =
         nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
@@ -121,7 +144,7 @@ fn run_helper(spec: &InitSpec, channel: &OwnedFd) -> Result<i32, String> {
             drop(null);
             // SAFETY: closing our copy of the channel; nothing else here uses it.
             unsafe { libc::close(channel.as_raw_fd()) };
-            let code = init_main(spec, sources, listener, ready_w, own_netns);
+            let code = init_main(spec, sources, listener, ready_w, own_netns, container_mnt);
             // SAFETY: ending the forked child.
             unsafe { libc::_exit(code) }
         }
@@ -129,6 +152,7 @@ fn run_helper(spec: &InitSpec, channel: &OwnedFd) -> Result<i32, String> {
             drop(ready_w);
             drop(listener);
             drop(sources);
+            drop(container_mnt);
             let mut status = Vec::new();
             let _ = std::fs::File::from(ready_r).read_to_end(&mut status);
             if status != b"ok" {
@@ -144,6 +168,23 @@ fn run_helper(spec: &InitSpec, channel: &OwnedFd) -> Result<i32, String> {
             Ok(child.as_raw())
         }
     }
+}
+
+/// The UTS, IPC, PID and cgroup namespaces of the container's init, for a pea to join.
+fn open_namespaces_of(init: i32) -> Result<Vec<(OwnedFd, CloneFlags)>, String> {
+    [
+        ("uts", CloneFlags::CLONE_NEWUTS),
+        ("ipc", CloneFlags::CLONE_NEWIPC),
+        ("pid", CloneFlags::CLONE_NEWPID),
+        ("cgroup", CloneFlags::CLONE_NEWCGROUP),
+    ]
+    .into_iter()
+    .map(|(name, kind)| {
+        std::fs::File::open(format!("/proc/{init}/ns/{name}"))
+            .map(|f| (OwnedFd::from(f), kind))
+            .map_err(|e| format!("opening the container's {name} namespace: {e}"))
+    })
+    .collect()
 }
 
 /// Joins the container's network namespace, and for an unprivileged container first its user
@@ -223,6 +264,7 @@ fn init_main(
     listener: OwnedFd,
     ready: OwnedFd,
     own_netns: bool,
+    container_mnt: Option<OwnedFd>,
 ) -> i32 {
     let mut ready = std::fs::File::from(ready);
     let _ = nix::unistd::setsid();
@@ -232,14 +274,44 @@ fn init_main(
             mounts::loopback_up()?;
         }
         mounts::build(spec, sources)?;
+        // A pea's keeper forks its process now, in the pea's mount namespace, and returns to
+        // the container's: so only the pea's processes hold the pea's mounts (its root, its
+        // /dev/shm), and they go, memory and all, when the pea's processes do.
+        let pea = match container_mnt {
+            Some(mnt) => {
+                let pea = PreForked::fork(|| confine_init(spec), spec.confinement.is_privileged())?;
+                setns(mnt.as_fd(), CloneFlags::CLONE_NEWNS)
+                    .map_err(|e| format!("returning to the container's mount namespace: {e}"))?;
+                nix::unistd::chdir("/").map_err(|e| format!("chdir /: {e}"))?;
+                Some(pea)
+            }
+            None => None,
+        };
         confine_init(spec)?;
-        set_name("garden-init");
-        Ok::<_, String>(())
+        if spec.join.is_some() {
+            set_name(PEA_KEEPER_NAME);
+            // Stop's SIGTERM to every process of the container is for the pea, not its keeper.
+            for signal in [
+                Signal::SIGTERM,
+                Signal::SIGINT,
+                Signal::SIGHUP,
+                Signal::SIGQUIT,
+            ] {
+                // SAFETY: ignoring signals in a single-threaded process; children reset them.
+                let _ = unsafe { nix::sys::signal::signal(signal, SigHandler::SigIgn) };
+            }
+        } else {
+            set_name("garden-init");
+        }
+        Ok::<_, String>(pea)
     })();
-    if let Err(message) = setup {
-        let _ = ready.write_all(message.as_bytes());
-        return 1;
-    }
+    let pea = match setup {
+        Ok(pea) => pea,
+        Err(message) => {
+            let _ = ready.write_all(message.as_bytes());
+            return 1;
+        }
+    };
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
     if mask.thread_block().is_err() {
@@ -255,7 +327,11 @@ fn init_main(
     };
     let _ = ready.write_all(b"ok");
     drop(ready);
-    Keeper::new(listener, sigfd, spec.confinement.is_privileged()).serve()
+    let keeper = Keeper::new(listener, sigfd, spec.confinement.is_privileged());
+    match pea {
+        Some(pea) => keeper.for_one_process(pea).serve(),
+        None => keeper.serve(),
+    }
 }
 
 /// An unprivileged init ends its setup with the container's seccomp filter (installed while it

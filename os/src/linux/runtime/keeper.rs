@@ -43,6 +43,87 @@ pub struct Keeper {
     waiting: Vec<OwnedFd>,
     children: HashMap<i32, Child>,
     buf: Vec<u8>,
+    /// A pea's keeper serves its one process and ends once that is forgotten (released, or
+    /// its start failed); `None` for init.
+    one_process: Option<OneProcess>,
+}
+
+enum OneProcess {
+    /// The child that becomes the process, forked in the pea's mount namespace.
+    Waiting(PreForked),
+    Started,
+}
+
+/// A child forked before its process is known, by a pea's keeper while it is still in the
+/// pea's mount namespace: it confines itself as init's children are confined and waits for
+/// `PeaStart`.
+pub struct PreForked {
+    pid: i32,
+    channel: OwnedFd,
+}
+
+impl PreForked {
+    /// Forks the child; it runs `confine` (failing, it exits) and waits.
+    pub fn fork(
+        confine: impl FnOnce() -> Result<(), String>,
+        privileged: bool,
+    ) -> Result<PreForked, String> {
+        let (ours, theirs) = socket::socketpair(
+            socket::AddressFamily::Unix,
+            socket::SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(|e| format!("socketpair: {e}"))?;
+        // SAFETY: the keeper is single-threaded.
+        match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+            ForkResult::Child => {
+                drop(ours);
+                // Nothing of the keeper's (its readiness pipe above all: the helper waits for
+                // its end) stays open here.
+                super::child::close_all_except(&[theirs.as_raw_fd()]);
+                if confine().is_ok() {
+                    let mut buf = Vec::new();
+                    if let Ok(Some((start, fds))) =
+                        protocol::recv::<protocol::PeaStart>(theirs.as_raw_fd(), &mut buf)
+                    {
+                        drop(theirs);
+                        become_process(start, fds, privileged);
+                    }
+                }
+                // SAFETY: ending the forked child.
+                unsafe { libc::_exit(127) }
+            }
+            ForkResult::Parent { child } => Ok(PreForked {
+                pid: child.as_raw(),
+                channel: ours,
+            }),
+        }
+    }
+}
+
+/// The pre-forked child becomes the pea's process (never returns).
+fn become_process(start: protocol::PeaStart, fds: Vec<OwnedFd>, privileged: bool) {
+    let mut fds = fds.into_iter();
+    let (stdio, report) = if start.spec.tty.is_some() {
+        match (fds.next(), fds.next()) {
+            (Some(slave), Some(report)) => (ChildStdio::Tty { slave }, report),
+            _ => return,
+        }
+    } else {
+        match (fds.next(), fds.next(), fds.next(), fds.next()) {
+            (Some(stdin), Some(stdout), Some(stderr), Some(report)) => (
+                ChildStdio::Pipes {
+                    stdin,
+                    stdout,
+                    stderr,
+                },
+                report,
+            ),
+            _ => return,
+        }
+    };
+    exec_process(&start.spec, &start.env, stdio, report, privileged)
 }
 
 /// A child of init: a process or a file stream.
@@ -119,11 +200,24 @@ impl Keeper {
             waiting: Vec::new(),
             children: HashMap::new(),
             buf: Vec::new(),
+            one_process: None,
         }
+    }
+
+    /// The keeper of a pea, whose process `pea` becomes: it ends when that is forgotten.
+    pub fn for_one_process(mut self, pea: PreForked) -> Keeper {
+        self.one_process = Some(OneProcess::Waiting(pea));
+        self
     }
 
     pub fn serve(mut self) -> i32 {
         loop {
+            if matches!(self.one_process, Some(OneProcess::Started))
+                && self.children.is_empty()
+                && self.waiting.is_empty()
+            {
+                return 0;
+            }
             let mut watched: Vec<(RawFd, PollFlags, Watched)> = vec![
                 (
                     self.listener.as_raw_fd(),
@@ -287,7 +381,21 @@ impl Keeper {
             _ => return,
         };
         match request {
-            Request::Spawn { id, spec, env } => self.spawn(conn, id, &spec, &env, fds),
+            Request::Spawn { id, spec, env } => match self.one_process.take() {
+                None => self.spawn(conn, id, &spec, &env, fds, None),
+                Some(OneProcess::Waiting(pea)) => {
+                    self.one_process = Some(OneProcess::Started);
+                    self.spawn(conn, id, &spec, &env, fds, Some(pea))
+                }
+                Some(OneProcess::Started) => {
+                    self.one_process = Some(OneProcess::Started);
+                    fail(
+                        &conn,
+                        FailureKind::Failed,
+                        "a pea's keeper runs one process".into(),
+                    )
+                }
+            },
             Request::Attach { id } => match self.process_mut(&id) {
                 Some(p) => match p.attachment() {
                     Ok((message, fds)) => {
@@ -407,6 +515,7 @@ impl Keeper {
         spec: &ProcessSpec,
         env: &[String],
         given: Vec<OwnedFd>,
+        pre_forked: Option<PreForked>,
     ) {
         // A finished process of the same id is replaced (the server has let it go).
         self.release_exited(&id);
@@ -418,9 +527,32 @@ impl Keeper {
             Ok(p) => p,
             Err(e) => return fail(&conn, FailureKind::Failed, format!("pipe: {e}")),
         };
-        // SAFETY: init is single-threaded.
-        match unsafe { fork() } {
-            Err(e) => fail(&conn, FailureKind::Failed, format!("fork: {e}")),
+        let forked = match pre_forked {
+            Some(pea) => {
+                let mut fds: Vec<RawFd> = match &child_stdio {
+                    ChildStdio::Pipes {
+                        stdin,
+                        stdout,
+                        stderr,
+                    } => vec![stdin.as_raw_fd(), stdout.as_raw_fd(), stderr.as_raw_fd()],
+                    ChildStdio::Tty { slave } => vec![slave.as_raw_fd()],
+                };
+                fds.push(report_w.as_raw_fd());
+                let start = protocol::PeaStart {
+                    spec: Box::new(spec.clone()),
+                    env: env.to_vec(),
+                };
+                protocol::send(pea.channel.as_raw_fd(), &start, &fds)
+                    .map(|()| ForkResult::Parent {
+                        child: Pid::from_raw(pea.pid),
+                    })
+                    .map_err(|e| format!("starting the pea's process: {e}"))
+            }
+            // SAFETY: init is single-threaded.
+            None => unsafe { fork() }.map_err(|e| format!("fork: {e}")),
+        };
+        match forked {
+            Err(message) => fail(&conn, FailureKind::Failed, message),
             Ok(ForkResult::Child) => {
                 drop(report_r);
                 drop(kept);
@@ -734,7 +866,8 @@ fn not_found(conn: &OwnedFd, id: &str) {
     fail(conn, FailureKind::ProcessNotFound, id.to_string());
 }
 
-/// Processes in this PID namespace other than init, not counting zombies.
+/// Processes in this PID namespace other than init and the keepers of peas (which outlive a
+/// stop to keep their process's exit status), not counting zombies.
 fn live_processes() -> usize {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return 0;
@@ -743,6 +876,10 @@ fn live_processes() -> usize {
         .flatten()
         .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
         .filter(|pid| *pid != 1)
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .map_or(true, |comm| comm.trim_end() != super::init::PEA_KEEPER_NAME)
+        })
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))
                 .ok()

@@ -134,6 +134,7 @@ impl Runtime {
             },
             no_new_privileges: self.security.no_new_privileges && !config.privileged,
             seccomp: (!config.privileged).then(|| self.seccomp.clone()),
+            join: None,
         };
         let helper = self.zygote.fork_helper(&spec)?;
         // Into the container's cgroups before it makes anything, so that init and every
@@ -156,10 +157,115 @@ impl Runtime {
         Ok(())
     }
 
+    /// Starts the keeper of a pea (`key`: its directory under the container's, see
+    /// `peas::key`): in every namespace of the container's init but a mount namespace of its
+    /// own over the pea's root filesystem (mounted at `rootfs_dir(key)`), with the container's
+    /// /etc/hosts and /etc/resolv.conf and confinement. `place` moves the helper into the
+    /// pea's cgroups before it makes anything. Processes are then spawned through `key`.
+    pub fn start_pea(
+        &self,
+        handle: &str,
+        key: &str,
+        bind_mounts: &[trellis_core::api::BindMount],
+        cgroups: &Cgroups,
+        place: impl FnOnce(u32) -> HostResult<()>,
+    ) -> HostResult<()> {
+        let init = self.init_pid(handle).ok_or_else(|| {
+            HostError::Failed(format!("the init of container {handle} is not running"))
+        })?;
+        let privileged = is_privileged(init)?;
+        for bind in bind_mounts {
+            if !Path::new(&bind.src_path).is_absolute()
+                || std::fs::metadata(&bind.src_path).is_err()
+            {
+                return Err(HostError::Invalid(format!(
+                    "bind mount source {:?} does not exist on the host",
+                    bind.src_path
+                )));
+            }
+        }
+        let existing = |p: PathBuf| p.exists().then_some(p);
+        let cgroup_view = if privileged {
+            CgroupView::None
+        } else {
+            cgroups.container_view()
+        };
+        let spec = InitSpec {
+            container_dir: self.layout.container_dir(key),
+            rootfs: self.layout.rootfs_dir(key),
+            // Its owner is the container's user namespace, which the keeper joins first.
+            netns: Some(PathBuf::from(format!("/proc/{init}/ns/net"))),
+            hosts_file: existing(self.layout.hosts_file(handle)),
+            resolv_conf_file: existing(self.layout.resolv_conf_file(handle)),
+            hostname: String::new(),
+            bind_mounts: bind_mounts
+                .iter()
+                .map(|b| trellis_core::api::BindMount {
+                    origin: BindMountOrigin::Host,
+                    ..b.clone()
+                })
+                .collect(),
+            confinement: Confinement::new(privileged, &self.security),
+            cgroup_view,
+            no_new_privileges: self.security.no_new_privileges && !privileged,
+            seccomp: (!privileged).then(|| self.seccomp.clone()),
+            join: Some(init),
+        };
+        let helper = self.zygote.fork_helper(&spec)?;
+        place(helper.pid as u32)?;
+        let pid = helper.proceed().map_err(|e| match e {
+            HostError::Failed(message) if message.starts_with("bind mount source") => {
+                HostError::Invalid(message)
+            }
+            HostError::Failed(message) => HostError::Failed(format!("start pea: {message}")),
+            other => other,
+        })?;
+        let start = process_start_time(pid)
+            .ok_or_else(|| HostError::Failed("the pea's keeper vanished".into()))?;
+        write_pid_file(&self.layout.init_pid_file(key), pid, start)
+            .map_err(|e| HostError::io("writing the pea keeper's pid file", e))
+    }
+
+    /// Whether the container runs in the host's user namespace (it was made privileged).
+    pub fn privileged(&self, handle: &str) -> HostResult<bool> {
+        let init = self.init_pid(handle).ok_or_else(|| {
+            HostError::Failed(format!("the init of container {handle} is not running"))
+        })?;
+        is_privileged(init)
+    }
+
+    /// Kills the keeper that `key` names (a pea's), if it runs, waits until it is gone and
+    /// forgets its pid file and socket.
+    pub fn end_keeper(&self, key: &str) -> HostResult<()> {
+        if let Some(keeper) = self.init_pidfd(key) {
+            let _ = pidfd_send_signal(keeper.as_fd(), libc::SIGKILL);
+            wait_gone(keeper.as_fd(), Duration::from_secs(30)).map_err(|_| {
+                HostError::Failed(format!("the keeper {key} did not die after SIGKILL"))
+            })?;
+            reap(keeper.as_fd());
+        }
+        for path in [self.layout.init_pid_file(key), self.layout.init_socket(key)] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(HostError::io(format!("removing {}", path.display()), e)),
+            }
+        }
+        Ok(())
+    }
+
     /// Kills init (and with it the whole PID namespace) and waits until it is gone.
     pub fn kill_container(&self, handle: &str, cgroups: &Cgroups) -> HostResult<()> {
-        if let Some(init) = self.init_pidfd(handle) {
+        let init = self.init_pidfd(handle);
+        if let Some(init) = &init {
             let _ = pidfd_send_signal(init.as_fd(), libc::SIGKILL);
+        }
+        // Its peas' keepers die with its PID namespace, which init's death waits for: they
+        // are the server's (not init's) to reap.
+        for pea in super::peas::keys(&self.layout, handle) {
+            self.end_keeper(&pea)?;
+        }
+        if let Some(init) = init {
             wait_gone(init.as_fd(), Duration::from_secs(30)).map_err(|_| {
                 HostError::Failed(format!("the init of {handle} did not die after SIGKILL"))
             })?;
@@ -240,7 +346,7 @@ impl Runtime {
     /// Fresh descriptors of a process init keeps (after a server restart, say).
     pub fn attach(&self, handle: &str, process_id: &str) -> HostResult<ProcessIo> {
         let reply = self.exchange(
-            handle,
+            &self.keeper_of(handle, process_id),
             &Request::Attach {
                 id: process_id.to_string(),
             },
@@ -248,12 +354,34 @@ impl Runtime {
         process_io(reply)
     }
 
-    /// Every process init keeps, with its exit status once it has exited.
+    /// Who keeps process `process_id` of the container: the keeper of its pea, if it is one,
+    /// or the container's init.
+    fn keeper_of(&self, handle: &str, process_id: &str) -> String {
+        let pea = super::peas::key(handle, process_id);
+        if self.layout.init_pid_file(&pea).exists() {
+            pea
+        } else {
+            handle.to_string()
+        }
+    }
+
+    /// Every process init and the keepers of the container's peas keep, with its exit status
+    /// once it has exited.
     pub fn process_states(&self, handle: &str) -> HostResult<Vec<ProcessState>> {
-        if !self.init_running(handle) {
+        let mut states = self.kept_processes(handle)?;
+        for pea in super::peas::keys(&self.layout, handle) {
+            // A pea whose keeper is gone has nothing to report (and is swept).
+            states.extend(self.kept_processes(&pea).unwrap_or_default());
+        }
+        Ok(states)
+    }
+
+    /// The processes one keeper (`key`: init's or a pea's) keeps.
+    fn kept_processes(&self, key: &str) -> HostResult<Vec<ProcessState>> {
+        if !self.init_running(key) {
             return Ok(Vec::new());
         }
-        match self.request(handle, &Request::List, &[])? {
+        match self.request(key, &Request::List, &[])? {
             Reply::Processes(list) => Ok(list
                 .into_iter()
                 .map(|p| ProcessState {
@@ -274,7 +402,7 @@ impl Runtime {
             id: process_id.to_string(),
             signal,
         };
-        self.expect_done(handle, &request)
+        self.expect_done(&self.keeper_of(handle, process_id), &request)
     }
 
     pub fn resize(&self, handle: &str, process_id: &str, size: WindowSize) -> HostResult<()> {
@@ -283,21 +411,21 @@ impl Runtime {
             columns: size.columns,
             rows: size.rows,
         };
-        self.expect_done(handle, &request)
+        self.expect_done(&self.keeper_of(handle, process_id), &request)
     }
 
     pub fn close_stdin(&self, handle: &str, process_id: &str) -> HostResult<()> {
         let request = Request::CloseStdin {
             id: process_id.to_string(),
         };
-        self.expect_done(handle, &request)
+        self.expect_done(&self.keeper_of(handle, process_id), &request)
     }
 
     pub fn release(&self, handle: &str, process_id: &str) -> HostResult<()> {
         let request = Request::Release {
             id: process_id.to_string(),
         };
-        self.expect_done(handle, &request)
+        self.expect_done(&self.keeper_of(handle, process_id), &request)
     }
 
     fn expect_done(&self, handle: &str, request: &Request) -> HostResult<()> {
@@ -471,6 +599,14 @@ impl Runtime {
             .map_err(|e| HostError::io("talking to the container's init", e))?;
         receive(&conn).map(|(reply, _)| reply)
     }
+}
+
+/// Whether process `pid` runs in the host's user namespace (a privileged container's).
+fn is_privileged(pid: i32) -> HostResult<bool> {
+    let path = format!("/proc/{pid}/ns/user");
+    let ns = File::open(&path).map_err(|e| HostError::io(path, e))?;
+    crate::linux::security::userns::is_own_user_namespace(ns.as_fd())
+        .map_err(|e| HostError::io("comparing user namespaces", e))
 }
 
 /// The effective user and group of process `pid`, as the host sees them.

@@ -57,6 +57,10 @@ pub struct InitSpec {
     pub no_new_privileges: bool,
     /// The seccomp filter init installs (unprivileged containers), compiled by the server.
     pub seccomp: Option<crate::linux::security::seccomp::Profile>,
+    /// A pea's keeper: the pid of the container's init, whose UTS, IPC, PID and cgroup
+    /// namespaces it joins (user and network ones come from `netns`) instead of making its own;
+    /// only the mount namespace, built over `rootfs` (the pea's image), is its own.
+    pub join: Option<i32>,
 }
 
 /// gdn's masked paths (unprivileged containers), plus runc's /proc/acpi, /proc/asound and
@@ -330,7 +334,9 @@ pub fn build(spec: &InitSpec, sources: HostSources) -> Result<(), String> {
         view.attach_bind(bind)?;
     }
 
-    sethostname(&spec.hostname).map_err(|e| format!("setting the hostname: {e}"))?;
+    if spec.join.is_none() {
+        sethostname(&spec.hostname).map_err(|e| format!("setting the hostname: {e}"))?;
+    }
     Ok(())
 }
 

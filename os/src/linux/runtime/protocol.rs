@@ -45,6 +45,14 @@ pub enum Request {
     StreamOut { path: String, user: String },
 }
 
+/// A pea's keeper to the process it forked in advance (see `keeper::PreForked`): become this.
+/// Its descriptors follow: `[stdin, stdout, stderr, report]`, or `[tty slave, report]`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PeaStart {
+    pub spec: Box<ProcessSpec>,
+    pub env: Vec<String>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FailureKind {
     ExecutableNotFound,
