@@ -349,13 +349,8 @@ mod tests {
             pid_limits: PidLimits { max: 50 },
             ..Limits::default()
         };
-        v2.create(
-            "c1",
-            &resources(&limits, &CgroupConfig::default()),
-            &[],
-            &[],
-        )
-        .expect("create");
+        v2.create("c1", &resources(&limits, &CgroupConfig::default()), &[])
+            .expect("create");
         assert_eq!(read(&root, "memory.max"), (64u64 << 20).to_string());
         assert_eq!(read(&root, "memory.swap.max"), "0");
         assert_eq!(read(&root, "cpu.weight"), "101");
@@ -414,12 +409,7 @@ mod tests {
             ..Limits::default()
         };
         let err = v2
-            .create(
-                "c1",
-                &resources(&limits, &CgroupConfig::default()),
-                &[],
-                &[],
-            )
+            .create("c1", &resources(&limits, &CgroupConfig::default()), &[])
             .expect_err("no memory controller");
         assert!(
             err.to_string().contains("memory cgroup controller"),
