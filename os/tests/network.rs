@@ -595,7 +595,14 @@ fn dns_files_follow_the_host_or_the_operator() {
 
 #[test]
 fn bandwidth_limits_slow_transfers_to_about_the_rate() {
-    let f = Fixture::new("b1");
+    // With --enable-container-network-metrics, so the counters are read below.
+    let f = Fixture::with_settings(
+        "b1",
+        NetworkSettings {
+            container_metrics: true,
+            ..NetworkSettings::default()
+        },
+    );
     let rate: u64 = 400_000;
     f.setup_with("slow", "10.211.16.0/30", "10.211.16.1", |c| {
         c.bandwidth = BandwidthLimits {
@@ -628,7 +635,7 @@ fn bandwidth_limits_slow_transfers_to_about_the_rate() {
     );
 
     // Counters see the transfer: the container sent the body.
-    let stats = f.networker.stats("slow").unwrap().unwrap();
+    let stats = f.networker.stats("slow").unwrap().expect("metrics are enabled");
     assert!(stats.tx_bytes >= body.len() as u64, "{stats:?}");
     assert!(stats.rx_bytes > 0, "{stats:?}");
 }
