@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use trellis_core::api::ContainerSpec;
 use trellis_tests::{Backend, TestServer};
 
-/// As garden-runc-release's `config.ini` for a Diego cell (paths of gdn's helper binaries and
-/// plugins need not exist: Trellis does not run them).
+/// As garden-runc-release's `config.ini` for a Diego cell. Paths of gdn's helper binaries need
+/// not exist (Trellis does not run them); the image plugin's must, as for gdn, so the test
+/// points [`GROOTFS`] at a file of its own (the fake backend never runs it).
 const CELL_CONFIG: &str = r#"; rendered by garden-runc-release
 [server]
 ; the command line's --bind-port must win over this one
@@ -60,6 +61,9 @@ gid-map-start = 1
 deny-network = 169.254.169.254/32
 "#;
 
+/// The image plugin's path in [`CELL_CONFIG`].
+const GROOTFS: &str = "/var/vcap/packages/grootfs/bin/grootfs";
+
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).expect("writing the config file");
@@ -69,7 +73,8 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 #[tokio::test]
 async fn a_cell_config_file_configures_the_server_and_the_command_line_overrides_it() {
     let dir = tempfile::tempdir().unwrap();
-    let config = write(dir.path(), "config.ini", CELL_CONFIG);
+    let grootfs = write(dir.path(), "grootfs", "");
+    let config = write(dir.path(), "config.ini", &CELL_CONFIG.replace(GROOTFS, &grootfs));
     let mut options = TestServer::options(Backend::Fake);
     options.global_args = vec!["--config".into(), config];
     // Overrides the file's: were the file's used, the server would not answer here.
