@@ -635,7 +635,11 @@ fn bandwidth_limits_slow_transfers_to_about_the_rate() {
     );
 
     // Counters see the transfer: the container sent the body.
-    let stats = f.networker.stats("slow").unwrap().expect("metrics are enabled");
+    let stats = f
+        .networker
+        .stats("slow")
+        .unwrap()
+        .expect("metrics are enabled");
     assert!(stats.tx_bytes >= body.len() as u64, "{stats:?}");
     assert!(stats.rx_bytes > 0, "{stats:?}");
 }

@@ -74,7 +74,11 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 async fn a_cell_config_file_configures_the_server_and_the_command_line_overrides_it() {
     let dir = tempfile::tempdir().unwrap();
     let grootfs = write(dir.path(), "grootfs", "");
-    let config = write(dir.path(), "config.ini", &CELL_CONFIG.replace(GROOTFS, &grootfs));
+    let config = write(
+        dir.path(),
+        "config.ini",
+        &CELL_CONFIG.replace(GROOTFS, &grootfs),
+    );
     let mut options = TestServer::options(Backend::Fake);
     options.global_args = vec!["--config".into(), config];
     // Overrides the file's: were the file's used, the server would not answer here.

@@ -312,7 +312,7 @@ async fn destroying_the_container_kills_its_peas_and_leaves_nothing() {
         .expect("/proc")
         .flatten()
         .any(|e| std::fs::read_to_string(e.path().join("cmdline"))
-            .is_ok_and(|c| c.starts_with("sleep\0100000\0"))));
+            .is_ok_and(|c| c.starts_with("sleep\x00100000\x00"))));
     drop(c);
 }
 
