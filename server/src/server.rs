@@ -49,7 +49,7 @@ fn make_host(args: &ServerArgs) -> Result<Arc<dyn Host>, StartError> {
     match args.backend {
         Backend::Fake => {
             warn!("backend: FAKE (in-memory simulated OS; no real containers or processes)");
-            Ok(Arc::new(trellis_sim::FakeHost::new()))
+            Ok(Arc::new(trellis_fake::FakeHost::new()))
         }
         Backend::Linux => {
             info!("backend: linux");

@@ -4,7 +4,6 @@
 //! the core's internals, except where a crash leaves an outcome genuinely unknown; then the
 //! model adopts what the core says and marks nothing it cannot know as certain.
 
-use crate::fake_os::FakeOs;
 use crate::sim::{RequestInfo, BAD_HANDLES, IN_HOST_NETWORK, LONGEST_HANDLE, SPECIAL_NETWORKS};
 use std::collections::{BTreeMap, BTreeSet};
 use trellis_core::api::ContainerSpec;
@@ -12,6 +11,7 @@ use trellis_core::limits::{self, EnvOwner, LimitExceeded};
 use trellis_core::network::{NetworkAssignment, NetworkError};
 use trellis_core::properties::{self, Properties};
 use trellis_core::{Command, Config, Core, CoreView, Error, LeaseId, Reply, Time};
+use trellis_fake::FakeOs;
 
 #[derive(Debug, Default)]
 pub struct Model {

@@ -5,11 +5,8 @@
 //! give the same `trace` hash on any machine.
 
 pub mod check;
-pub mod fake_os;
-pub mod host;
 mod rng;
 pub mod sim;
 
-pub use fake_os::{FakeOs, Fault};
-pub use host::FakeHost;
 pub use sim::{Failure, Sim, SimOptions, SimReport, Stats};
+pub use trellis_fake::{FakeOs, Fault};

@@ -4,7 +4,6 @@
 //! against an independent model of what clients were told.
 
 use crate::check::{self, Model, ModelContainer};
-use crate::fake_os::{FakeOs, Fault};
 use crate::rng::SimRng;
 use std::collections::{BTreeMap, BTreeSet};
 use trellis_core::api::{
@@ -17,6 +16,7 @@ use trellis_core::{
     Command, Config, Core, CoreView, Effect, InjectedBugs, Input, LeaseId, Output, Reply,
     RequestId, Time, SECOND,
 };
+use trellis_fake::{FakeOs, Fault};
 
 #[derive(Debug, Clone)]
 pub struct SimOptions {

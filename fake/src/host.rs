@@ -28,7 +28,7 @@
 //! the Linux host's container init does, so a process outlives the descriptors it handed out
 //! and can be attached again.
 
-use crate::fake_os::{FakeOs, Fault};
+use crate::os::{FakeOs, Fault};
 use std::collections::{BTreeMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::os::fd::OwnedFd;
