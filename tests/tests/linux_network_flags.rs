@@ -5,13 +5,11 @@
 
 mod linux_support;
 
-use linux_support::ok;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
-use trellis_client::{Client, Container, ProcessIo};
-use trellis_core::api::{ContainerSpec, ProcessSpec};
-use trellis_tests::{eventually, TestServer};
+use linux_support::{http_get, ok, serve_http};
+use std::net::SocketAddr;
+use trellis_client::{Client, Container};
+use trellis_core::api::ContainerSpec;
+use trellis_tests::TestServer;
 
 fn server_with(args: &[&str]) -> TestServer {
     let mut options = TestServer::linux_options();
@@ -78,36 +76,17 @@ async fn tcp_sysctls_are_set_in_each_container_and_never_on_the_host() {
 
 /// busybox httpd serving `body` on port 8080, and a GET of it from the host.
 async fn serve_and_fetch(container: &Container, body: &str) {
-    ok(
-        container,
-        &format!("mkdir -p /www && printf '%s' '{body}' > /www/index.html"),
-    )
-    .await;
-    container
-        .run(
-            ProcessSpec {
-                path: "httpd".into(),
-                args: vec!["-p".into(), "8080".into(), "-h".into(), "/www".into()],
-                ..Default::default()
-            },
-            ProcessIo::default(),
-        )
+    let ip: std::net::Ipv4Addr = container
+        .info()
         .await
-        .expect("httpd starts");
-    let ip = container.info().await.expect("info").container_ip;
-    let address: SocketAddr = format!("{ip}:8080").parse().expect("an address");
-    let listening = eventually(Duration::from_secs(10), || async move {
-        TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok()
-    })
-    .await;
-    assert!(listening, "httpd on {address} never answered");
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(3)).expect("connect");
-    stream
-        .write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
-        .expect("request");
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).expect("response");
-    assert!(response.len() >= body.len(), "short response");
+        .expect("info")
+        .container_ip
+        .parse()
+        .expect("an ip");
+    let address = SocketAddr::from((ip, 8080));
+    let _httpd = serve_http(container, address, body).await;
+    let got = http_get(address).expect("GET from the host");
+    assert_eq!(got.len(), body.len(), "short response");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -5,19 +5,15 @@
 
 mod linux_support;
 
-use linux_support::{ok, run, sh};
+use linux_support::{http_get, ok, run, serve_http, sh};
 use serde_json::{json, Value};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
-use trellis_client::{Container, ProcessIo};
-use trellis_core::api::{
-    ContainerSpec, IpRange, NetIn, NetOutRule, PortRange, ProcessSpec, Protocol,
-};
+use trellis_core::api::{ContainerSpec, IpRange, NetIn, NetOutRule, PortRange, Protocol};
 use trellis_tests::{eventually, TestServer};
 
 /// A server whose containers the test plugin wires, on a bridge and subnet of its own.
@@ -171,47 +167,8 @@ fn nsfs_inode(path: impl AsRef<Path>) -> u64 {
     std::fs::metadata(path).expect("a namespace").ino()
 }
 
-/// busybox httpd serving `body` on `port` in the container, reachable from the host at `ip`.
-async fn http_server(container: &Container, ip: &str, port: u16, body: &str) {
-    ok(
-        container,
-        &format!("mkdir -p /www && printf '%s' '{body}' > /www/index.html"),
-    )
-    .await;
-    container
-        .run(
-            ProcessSpec {
-                path: "httpd".into(),
-                args: vec!["-p".into(), port.to_string(), "-h".into(), "/www".into()],
-                ..Default::default()
-            },
-            ProcessIo::default(),
-        )
-        .await
-        .expect("httpd starts");
-    let address: SocketAddr = format!("{ip}:{port}").parse().expect("an address");
-    let listening = eventually(Duration::from_secs(10), || async move {
-        TcpStream::connect_timeout(&address, Duration::from_millis(200)).is_ok()
-    })
-    .await;
-    assert!(listening, "httpd on {address} never answered");
-}
-
-fn http_get(ip: &str, port: u16) -> String {
-    let address: SocketAddr = format!("{ip}:{port}").parse().expect("an address");
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(3)).expect("connect");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    stream
-        .write_all(b"GET /index.html HTTP/1.0\r\n\r\n")
-        .expect("request");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("response");
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default()
+fn address(ip: &str, port: u16) -> SocketAddr {
+    format!("{ip}:{port}").parse().expect("an address")
 }
 
 fn tcp_rule(port: u16) -> NetOutRule {
@@ -325,8 +282,8 @@ async fn the_plugin_wires_the_container_and_its_answer_is_the_containers_network
 
     // Reachable from the host at that address.
     let body = "y".repeat(50_000);
-    http_server(&c, &ip, 8080, &body).await;
-    assert_eq!(http_get(&ip, 8080), body);
+    let _httpd = serve_http(&c, address(&ip, 8080), &body).await;
+    assert_eq!(http_get(address(&ip, 8080)).expect("GET"), body);
 
     // Network metrics: the interface the answer named, counted inside the namespace.
     let stat = c
@@ -449,7 +406,7 @@ async fn a_restarted_server_keeps_plugin_networks_and_destroys_them_with_down() 
         .await
         .expect("create");
     let before = c.info().await.expect("info");
-    http_server(&c, &before.container_ip, 8080, "still here").await;
+    let _httpd = serve_http(&c, address(&before.container_ip, 8080), "still here").await;
 
     plugin.server_mut().terminate();
     plugin.server_mut().restart();
@@ -458,7 +415,10 @@ async fn a_restarted_server_keeps_plugin_networks_and_destroys_them_with_down() 
     let after = c.info().await.expect("info after restart");
     assert_eq!(after.container_ip, before.container_ip);
     assert_eq!(after.properties, before.properties);
-    assert_eq!(http_get(&after.container_ip, 8080), "still here");
+    assert_eq!(
+        http_get(address(&after.container_ip, 8080)).expect("GET"),
+        "still here"
+    );
     assert_eq!(plugin.calls_of("up", "np-restart").len(), 1, "no second up");
     assert!(plugin.calls_of("down", "np-restart").is_empty());
 

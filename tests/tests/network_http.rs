@@ -7,13 +7,13 @@
 mod linux_support;
 
 use linux_support::*;
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
-use trellis_client::{Container, Error, ProcessIo};
+use trellis_client::{Container, Error};
 use trellis_core::api::{
-    BandwidthLimits, ContainerSpec, IpRange, Limits, NetOutRule, PortRange, ProcessSpec, Protocol,
+    BandwidthLimits, ContainerSpec, IpRange, Limits, NetOutRule, PortRange, Protocol,
 };
 use trellis_tests::eventually;
 
@@ -42,47 +42,10 @@ fn ip_of(info: &trellis_core::api::ContainerInfo) -> Ipv4Addr {
     info.container_ip.parse().expect("a container ip")
 }
 
-/// Starts busybox httpd serving `body` on `port` in the container, and waits until the host
-/// can connect to it.
+/// Starts busybox httpd serving `body` on `port` of the container's address.
 async fn http_server(container: &Container, port: u16, body: &str) -> trellis_client::Process {
-    let dir = format!("/www{port}");
-    ok(
-        container,
-        &format!("mkdir -p {dir} && printf '%s' '{body}' > {dir}/index.html"),
-    )
-    .await;
-    let process = container
-        .run(
-            ProcessSpec {
-                path: "httpd".into(),
-                args: vec!["-f".into(), "-p".into(), port.to_string(), "-h".into(), dir],
-                ..Default::default()
-            },
-            ProcessIo::default(),
-        )
-        .await
-        .expect("httpd starts");
     let ip = ip_of(&container.info().await.expect("info"));
-    let listening = eventually(Duration::from_secs(10), || async move {
-        TcpStream::connect_timeout(&SocketAddr::from((ip, port)), Duration::from_millis(200))
-            .is_ok()
-    })
-    .await;
-    assert!(listening, "httpd on {ip}:{port} never listened");
-    process
-}
-
-/// GET /index.html over plain TCP from the host; the body.
-fn http_get(address: SocketAddr) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(3))?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    stream.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    Ok(response
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or_default())
+    serve_http(container, SocketAddr::from((ip, port)), body).await
 }
 
 /// From inside `container`, whether a TCP connection to `to:port` succeeds.

@@ -240,3 +240,52 @@ pub async fn stream_out(
     }
     Ok(entries)
 }
+
+/// Starts busybox httpd serving `body` on `address`'s port in the container, and waits until
+/// the host can connect to it at `address`.
+pub async fn serve_http(
+    container: &Container,
+    address: std::net::SocketAddr,
+    body: &str,
+) -> trellis_client::Process {
+    let port = address.port();
+    let dir = format!("/www{port}");
+    ok(
+        container,
+        &format!("mkdir -p {dir} && printf '%s' '{body}' > {dir}/index.html"),
+    )
+    .await;
+    let process = container
+        .run(
+            ProcessSpec {
+                path: "httpd".into(),
+                args: vec!["-f".into(), "-p".into(), port.to_string(), "-h".into(), dir],
+                ..Default::default()
+            },
+            ProcessIo::default(),
+        )
+        .await
+        .expect("httpd starts");
+    let listening = trellis_tests::eventually(std::time::Duration::from_secs(10), || async move {
+        std::net::TcpStream::connect_timeout(&address, std::time::Duration::from_millis(200))
+            .is_ok()
+    })
+    .await;
+    assert!(listening, "httpd on {address} never listened");
+    process
+}
+
+/// GET /index.html over plain TCP from the host; the body.
+pub fn http_get(address: std::net::SocketAddr) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let mut stream = std::net::TcpStream::connect_timeout(&address, Duration::from_secs(3))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    stream.write_all(b"GET /index.html HTTP/1.0\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default())
+}
