@@ -103,20 +103,12 @@ impl Runtime {
                 "start init: the root filesystem of {handle} is not prepared"
             )));
         }
-        for bind in config
-            .bind_mounts
-            .iter()
-            .filter(|b| b.origin == BindMountOrigin::Host)
-        {
-            if !Path::new(&bind.src_path).is_absolute()
-                || std::fs::metadata(&bind.src_path).is_err()
-            {
-                return Err(HostError::Invalid(format!(
-                    "bind mount source {:?} does not exist on the host",
-                    bind.src_path
-                )));
-            }
-        }
+        check_bind_sources(
+            config
+                .bind_mounts
+                .iter()
+                .filter(|b| b.origin == BindMountOrigin::Host),
+        )?;
         let existing = |p: PathBuf| p.exists().then_some(p);
         let spec = InitSpec {
             container_dir: self.layout.container_dir(handle),
@@ -142,13 +134,9 @@ impl Runtime {
         if cgroups.exists(handle) {
             cgroups.add_process(handle, helper.pid as u32)?;
         }
-        let pid = helper.proceed().map_err(|e| match e {
-            HostError::Failed(message) if message.starts_with("bind mount source") => {
-                HostError::Invalid(message)
-            }
-            HostError::Failed(message) => HostError::Failed(format!("start init: {message}")),
-            other => other,
-        })?;
+        let pid = helper
+            .proceed()
+            .map_err(|e| helper_failure("start init", e))?;
         // Init's pid is recorded with its start time, so a reused pid is never taken for it.
         let start = process_start_time(pid)
             .ok_or_else(|| HostError::Failed("the container's init vanished".into()))?;
@@ -174,16 +162,7 @@ impl Runtime {
             HostError::Failed(format!("the init of container {handle} is not running"))
         })?;
         let privileged = is_privileged(init)?;
-        for bind in bind_mounts {
-            if !Path::new(&bind.src_path).is_absolute()
-                || std::fs::metadata(&bind.src_path).is_err()
-            {
-                return Err(HostError::Invalid(format!(
-                    "bind mount source {:?} does not exist on the host",
-                    bind.src_path
-                )));
-            }
-        }
+        check_bind_sources(bind_mounts.iter())?;
         let existing = |p: PathBuf| p.exists().then_some(p);
         let cgroup_view = if privileged {
             CgroupView::None
@@ -213,13 +192,9 @@ impl Runtime {
         };
         let helper = self.zygote.fork_helper(&spec)?;
         place(helper.pid as u32)?;
-        let pid = helper.proceed().map_err(|e| match e {
-            HostError::Failed(message) if message.starts_with("bind mount source") => {
-                HostError::Invalid(message)
-            }
-            HostError::Failed(message) => HostError::Failed(format!("start pea: {message}")),
-            other => other,
-        })?;
+        let pid = helper
+            .proceed()
+            .map_err(|e| helper_failure("start pea", e))?;
         let start = process_start_time(pid)
             .ok_or_else(|| HostError::Failed("the pea's keeper vanished".into()))?;
         write_pid_file(&self.layout.init_pid_file(key), pid, start)
@@ -610,6 +585,34 @@ fn is_privileged(pid: i32) -> HostResult<bool> {
 }
 
 /// The effective user and group of process `pid`, as the host sees them.
+/// Bind mount sources must be absolute paths that exist on the host; checked before anything
+/// is started, so a bad request is refused as invalid.
+fn check_bind_sources<'a>(
+    binds: impl Iterator<Item = &'a trellis_core::api::BindMount>,
+) -> HostResult<()> {
+    for bind in binds {
+        if !Path::new(&bind.src_path).is_absolute() || std::fs::metadata(&bind.src_path).is_err() {
+            return Err(HostError::Invalid(format!(
+                "bind mount source {:?} does not exist on the host",
+                bind.src_path
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A start helper's failure: a bind mount it could not make (the source vanished since the
+/// check) is the request's fault; anything else is the host's, named by `what`.
+fn helper_failure(what: &str, error: HostError) -> HostError {
+    match error {
+        HostError::Failed(message) if message.starts_with("bind mount source") => {
+            HostError::Invalid(message)
+        }
+        HostError::Failed(message) => HostError::Failed(format!("{what}: {message}")),
+        other => other,
+    }
+}
+
 fn process_ids(pid: i32) -> HostResult<(u32, u32)> {
     let status_path = format!("/proc/{pid}/status");
     let status =
