@@ -505,6 +505,20 @@ impl TestServer {
         let server = self.options.global_args.len();
         &self.args[server + 1..]
     }
+
+    /// Runs `trellis cleanup` with the server's own flags: (success, stdout, stderr).
+    pub fn run_cleanup(&self) -> (bool, String, String) {
+        let output = Command::new(binary())
+            .arg("cleanup")
+            .args(self.server_flags())
+            .output()
+            .expect("running trellis cleanup");
+        (
+            output.status.success(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
 }
 
 impl TestServer {

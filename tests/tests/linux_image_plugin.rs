@@ -538,16 +538,8 @@ async fn plugin_rootfses_outlive_restarts_and_are_deleted_after_them() {
     // So does `trellis cleanup`, given the server's flags.
     create_running(&server.client(), "plug-cleanup").await;
     server.terminate();
-    let output = Command::new(trellis_tests::binary())
-        .arg("cleanup")
-        .args(server.server_flags())
-        .output()
-        .expect("running trellis cleanup");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (cleaned, _, stderr) = server.run_cleanup();
+    assert!(cleaned, "{stderr}");
     assert_eq!(store.calls_of("delete", "plug-cleanup").len(), 1);
     assert!(store.images().is_empty());
 }

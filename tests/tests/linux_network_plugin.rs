@@ -469,16 +469,8 @@ async fn destroy_on_startup_and_cleanup_run_down() {
         .await
         .expect("create");
     plugin.server_mut().terminate();
-    let output = Command::new(trellis_tests::binary())
-        .arg("cleanup")
-        .args(plugin.server().server_flags())
-        .output()
-        .expect("running trellis cleanup");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let (cleaned, _, stderr) = plugin.server().run_cleanup();
+    assert!(cleaned, "{stderr}");
     assert_eq!(plugin.calls_of("down", "np-cleanup").len(), 1);
     assert_eq!(plugin.leased(), Vec::<String>::new());
     plugin.server_mut().restart();

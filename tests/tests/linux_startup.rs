@@ -221,20 +221,6 @@ fn entries(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// `trellis cleanup` with the server's own flags: (success, stdout, stderr).
-fn cleanup(server: &TestServer) -> (bool, String, String) {
-    let output = Command::new(trellis_tests::binary())
-        .arg("cleanup")
-        .args(server.server_flags())
-        .output()
-        .expect("running trellis cleanup");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn destroy_containers_on_startup_leaves_nothing_of_them() {
     let mut server = TestServer::linux();
@@ -413,7 +399,7 @@ async fn cleanup_refuses_while_the_server_runs() {
         })
         .await
         .expect("create");
-    let (success, _, stderr) = cleanup(&server);
+    let (success, _, stderr) = server.run_cleanup();
     assert!(!success);
     assert!(stderr.contains("server.lock"), "{stderr}");
     assert_eq!(ok(&container, "echo untouched").await, "untouched\n");
@@ -439,7 +425,7 @@ async fn cleanup_removes_everything_a_killed_server_left() {
     assert!(!trellis_os::linux::network::firewall::server_tables(&tag).is_empty());
 
     server.kill();
-    let (success, stdout, stderr) = cleanup(&server);
+    let (success, stdout, stderr) = server.run_cleanup();
     assert!(success, "{stdout}{stderr}");
     assert!(
         stdout.contains("3 containers (3 inits were running)"),
@@ -466,7 +452,7 @@ async fn cleanup_removes_everything_a_killed_server_left() {
     }
 
     // Nothing left to do the second time; and a server starts afresh on the directories.
-    let (success, stdout, stderr) = cleanup(&server);
+    let (success, stdout, stderr) = server.run_cleanup();
     assert!(success, "{stdout}{stderr}");
     assert!(stdout.contains("0 containers"), "{stdout}");
     server.restart();
