@@ -5,8 +5,19 @@
 //! the server runs on with `--backend fake`: it keeps its containers in a [`FakeOs`] and runs
 //! simulated processes on threads.
 
+mod files;
 pub mod host;
 pub mod os;
+mod pipe;
+mod process;
+mod programs;
 
 pub use host::FakeHost;
+pub use process::FakeProcess;
+pub use programs::PROGRAMS;
 pub use os::{FakeContainer, FakeOs, Fault};
+
+/// Locks a mutex, taking over one a panicking thread left (the fake's state stays usable).
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}

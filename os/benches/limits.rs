@@ -14,7 +14,6 @@ use support::*;
 use trellis_core::api::{
     CpuLimits, DiskLimits, DiskScope, ImageRef, Limits, MemoryLimits, PidLimits,
 };
-use trellis_os::Host;
 
 fn limits(disk: bool) -> Limits {
     Limits {

@@ -1,6 +1,6 @@
-//! The host boundary: one method per kind of effect, plus the byte-stream operations that the
-//! core authorises but does not carry (process stdio, tar streams). Implemented by the Linux
-//! host here and by the simulator's in-memory host.
+//! The host boundary: `execute` for the core's effects, plus the byte-stream operations that
+//! the core authorises but does not carry (process stdio, tar streams). Implemented by the
+//! Linux host here and by the fake host (`trellis-fake`).
 //!
 //! Every method is blocking; the server calls them from worker threads. Every create-side
 //! method must be idempotent and every remove-side method must succeed when there is nothing
@@ -9,13 +9,8 @@
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use thiserror::Error;
-use trellis_core::api::{
-    DiskLimits, ImageRef, Limits, Metrics, NetOutRule, PortMapping, ProcessSpec, Signal, WindowSize,
-};
-use trellis_core::effect::{
-    EffectErrorKind, InitConfig, NetworkConfig, Observation, ObservedHost, PluginUpConfig,
-};
-use trellis_core::network::NetworkAssignment;
+use trellis_core::api::{ProcessSpec, Signal, WindowSize};
+use trellis_core::effect::{EffectErrorKind, EffectKind, Observation, ObservedHost, Outcome};
 use trellis_core::record::ContainerRecord;
 
 #[derive(Debug, Error)]
@@ -167,35 +162,11 @@ pub struct FilePath<'a> {
 }
 
 pub trait Host: Send + Sync + 'static {
-    // --- create ---
-    fn prepare_rootfs(
-        &self,
-        handle: &str,
-        image: &ImageRef,
-        privileged: bool,
-        disk: &DiskLimits,
-    ) -> HostResult<Rootfs>;
-    fn create_cgroup(&self, handle: &str, limits: &Limits, privileged: bool) -> HostResult<()>;
-    fn setup_network(&self, handle: &str, config: &NetworkConfig) -> HostResult<()>;
-    fn start_init(&self, handle: &str, config: &InitConfig) -> HostResult<()>;
-    /// With a network plugin only: its `up` for the running init. The properties it answers.
-    fn connect_network(
-        &self,
-        handle: &str,
-        config: &PluginUpConfig,
-    ) -> HostResult<std::collections::BTreeMap<String, String>>;
-    fn persist_record(&self, record: &ContainerRecord) -> HostResult<()>;
-
-    // --- teardown ---
-    fn kill_container(&self, handle: &str) -> HostResult<()>;
-    fn teardown_network(
-        &self,
-        handle: &str,
-        assignment: Option<&NetworkAssignment>,
-    ) -> HostResult<()>;
-    fn remove_cgroup(&self, handle: &str) -> HostResult<()>;
-    fn remove_rootfs(&self, handle: &str) -> HostResult<()>;
-    fn delete_record(&self, handle: &str) -> HostResult<()>;
+    /// Carries out one of the core's effects and answers its outcome. Effects are enumerated
+    /// once, by `EffectKind`; each host matches on it. `SpawnProcess` only records the process
+    /// here: its stdio must go to whoever serves the streams, so the server calls
+    /// [`Host::spawn_process`] instead.
+    fn execute(&self, effect: &EffectKind) -> Outcome;
 
     // --- running containers ---
     fn spawn_process(&self, request: SpawnRequest<'_>) -> HostResult<ProcessIo>;
@@ -213,23 +184,6 @@ pub trait Host: Send + Sync + 'static {
     fn close_process_stdin(&self, handle: &str, process_id: &str) -> HostResult<()>;
     /// The keeper forgets an exited process (its status and output were delivered).
     fn release_process(&self, handle: &str, process_id: &str) -> HostResult<()>;
-    fn stop_processes(&self, handle: &str, kill: bool) -> HostResult<()>;
-    fn map_port(
-        &self,
-        handle: &str,
-        assignment: &NetworkAssignment,
-        mapping: &PortMapping,
-    ) -> HostResult<()>;
-    fn add_netout_rules(
-        &self,
-        handle: &str,
-        assignment: &NetworkAssignment,
-        rules: &[NetOutRule],
-    ) -> HostResult<()>;
-    fn read_metrics(&self, handle: &str) -> HostResult<Metrics>;
-    /// Metrics of a pea by its process id (see `EffectKind::ReadPeaMetrics`).
-    fn read_pea_metrics(&self, handle: &str, process_id: &str) -> HostResult<Metrics>;
-    fn read_capacity(&self) -> HostResult<HostCapacity>;
     /// Whether containers are limited through the unified cgroup hierarchy (v2), where gdn
     /// reports CPU limits as the `cpu.weight` they convert to (`CpuLimits::reported`).
     fn cgroup_v2(&self) -> bool {

@@ -6,7 +6,6 @@ mod support;
 use support::images::{oci_layout, Registry};
 use support::*;
 use trellis_core::api::ImageRef;
-use trellis_os::Host;
 
 fn check_image(t: &TestHost, handle: &str, uri: &str, username: &str) {
     let rootfs = t

@@ -10,7 +10,7 @@ use trellis_core::api::{BandwidthLimits, Limits};
 use trellis_core::effect::{InitConfig, NetworkConfig};
 use trellis_core::network::NetworkAssignment;
 use trellis_os::linux::network::NetworkSettings;
-use trellis_os::{Host, Layout, LinuxConfig, LinuxHost};
+use trellis_os::{Layout, LinuxConfig, LinuxHost};
 
 fn host(name: &str, tag: &str) -> TestHost {
     let base = std::env::temp_dir().join(format!("trellis-os-{name}-{}", std::process::id()));

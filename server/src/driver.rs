@@ -268,7 +268,7 @@ impl Driver {
                     &*host, &processes, &handle, container, process_id, spec, env,
                 ),
                 other => {
-                    let outcome = trellis_os::execute(&*host, other);
+                    let outcome = host.execute(other);
                     if let (EffectKind::DeleteRecord { handle: container }, Ok(_)) =
                         (other, &outcome)
                     {

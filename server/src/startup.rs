@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use tracing::{info, warn};
 use trellis_core::network::NetworkAssignment;
+use trellis_core::effect::EffectKind;
 use trellis_os::{Host, HostError};
 
 /// How many containers are destroyed at once (each teardown waits on the host: an init to
@@ -51,24 +52,24 @@ pub fn destroy_all_containers(host: &dyn Host) -> Result<Destroyed, HostError> {
     Ok(outcome)
 }
 
-/// A teardown step: what it does (for the log), and doing it.
-type Step<'a> = (&'static str, &'a dyn Fn() -> Result<(), HostError>);
-
 /// Tears one container down; `false` if a step failed (logged).
 fn destroy(host: &dyn Host, handle: &str, network: Option<&NetworkAssignment>) -> bool {
-    let steps: [Step<'_>; 4] = [
-        ("killing its processes", &|| host.kill_container(handle)),
-        ("tearing down its network", &|| {
-            host.teardown_network(handle, network)
-        }),
-        ("removing its cgroup", &|| host.remove_cgroup(handle)),
-        ("removing its root filesystem", &|| {
-            host.remove_rootfs(handle)
-        }),
+    let handle_of = || handle.to_string();
+    let steps = [
+        ("killing its processes", EffectKind::KillContainer { handle: handle_of() }),
+        (
+            "tearing down its network",
+            EffectKind::TeardownNetwork {
+                handle: handle_of(),
+                assignment: network.copied(),
+            },
+        ),
+        ("removing its cgroup", EffectKind::RemoveCgroup { handle: handle_of() }),
+        ("removing its root filesystem", EffectKind::RemoveRootfs { handle: handle_of() }),
     ];
     let mut finished = true;
-    for (what, step) in steps {
-        if let Err(error) = step() {
+    for (what, step) in &steps {
+        if let Err(error) = host.execute(step) {
             warn!(handle, %error, "destroying a container found at start: {what}");
             finished = false;
             // Later steps depend on earlier ones (a cgroup with processes cannot go).
@@ -77,7 +78,7 @@ fn destroy(host: &dyn Host, handle: &str, network: Option<&NetworkAssignment>) -
     }
     // Without its record the container is never served again; what is left of it the core
     // tears down as a leftover.
-    if let Err(error) = host.delete_record(handle) {
+    if let Err(error) = host.execute(&EffectKind::DeleteRecord { handle: handle_of() }) {
         warn!(handle, %error, "destroying a container found at start: deleting its record");
         finished = false;
     }

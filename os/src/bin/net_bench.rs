@@ -24,7 +24,7 @@ use trellis_core::api::{
 use trellis_core::effect::{InitConfig, NetworkConfig};
 use trellis_core::network::NetworkAssignment;
 use trellis_os::linux::network::NetworkSettings;
-use trellis_os::{Host, Layout, LinuxConfig, LinuxHost};
+use trellis_os::{Layout, LinuxConfig, LinuxHost};
 
 struct Options {
     rootfs: Option<PathBuf>,

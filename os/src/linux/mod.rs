@@ -29,7 +29,8 @@ use trellis_core::api::{
     DiskLimits, ImageRef, Limits, Metrics, NetOutRule, PortMapping, Signal, WindowSize,
 };
 use trellis_core::effect::{
-    InitConfig, NetworkConfig, ObservedContainer, ObservedHost, PluginUpConfig,
+    EffectError, EffectErrorKind, EffectKind, EffectOutput, InitConfig, NetworkConfig,
+    ObservedContainer, ObservedHost, Outcome, PluginUpConfig,
 };
 use trellis_core::network::NetworkAssignment;
 use trellis_core::record::ContainerRecord;
@@ -137,8 +138,9 @@ impl LinuxHost {
     }
 }
 
-impl Host for LinuxHost {
-    fn prepare_rootfs(
+/// One method per kind of effect; [`Host::execute`] routes each effect to its method.
+impl LinuxHost {
+    pub fn prepare_rootfs(
         &self,
         handle: &str,
         image: &ImageRef,
@@ -148,19 +150,19 @@ impl Host for LinuxHost {
         self.rootfs.prepare(handle, image, privileged, disk)
     }
 
-    fn create_cgroup(&self, handle: &str, limits: &Limits, privileged: bool) -> HostResult<()> {
+    pub fn create_cgroup(&self, handle: &str, limits: &Limits, privileged: bool) -> HostResult<()> {
         self.cgroups.create(handle, limits, privileged)
     }
 
-    fn setup_network(&self, handle: &str, config: &NetworkConfig) -> HostResult<()> {
+    pub fn setup_network(&self, handle: &str, config: &NetworkConfig) -> HostResult<()> {
         self.network.setup(handle, config)
     }
 
-    fn start_init(&self, handle: &str, config: &InitConfig) -> HostResult<()> {
+    pub fn start_init(&self, handle: &str, config: &InitConfig) -> HostResult<()> {
         self.runtime.start_init(handle, config, &self.cgroups)
     }
 
-    fn connect_network(
+    pub fn connect_network(
         &self,
         handle: &str,
         config: &PluginUpConfig,
@@ -171,15 +173,15 @@ impl Host for LinuxHost {
         self.network.connect(handle, pid, config)
     }
 
-    fn persist_record(&self, record: &ContainerRecord) -> HostResult<()> {
+    pub fn persist_record(&self, record: &ContainerRecord) -> HostResult<()> {
         self.depot.persist(record)
     }
 
-    fn kill_container(&self, handle: &str) -> HostResult<()> {
+    pub fn kill_container(&self, handle: &str) -> HostResult<()> {
         self.runtime.kill_container(handle, &self.cgroups)
     }
 
-    fn teardown_network(
+    pub fn teardown_network(
         &self,
         handle: &str,
         assignment: Option<&NetworkAssignment>,
@@ -187,18 +189,127 @@ impl Host for LinuxHost {
         self.network.teardown(handle, assignment)
     }
 
-    fn remove_cgroup(&self, handle: &str) -> HostResult<()> {
+    pub fn remove_cgroup(&self, handle: &str) -> HostResult<()> {
         self.remove_peas(handle)?;
         self.cgroups.remove(handle)
     }
 
-    fn remove_rootfs(&self, handle: &str) -> HostResult<()> {
+    pub fn remove_rootfs(&self, handle: &str) -> HostResult<()> {
         self.remove_peas(handle)?;
         self.rootfs.remove(handle)
     }
 
-    fn delete_record(&self, handle: &str) -> HostResult<()> {
+    pub fn delete_record(&self, handle: &str) -> HostResult<()> {
         self.depot.delete(handle)
+    }
+
+    pub fn stop_processes(&self, handle: &str, kill: bool) -> HostResult<()> {
+        self.runtime.stop_processes(handle, kill, &self.cgroups)
+    }
+
+    pub fn map_port(
+        &self,
+        handle: &str,
+        assignment: &NetworkAssignment,
+        mapping: &PortMapping,
+    ) -> HostResult<()> {
+        self.network.map_port(handle, assignment, mapping)
+    }
+
+    pub fn add_netout_rules(
+        &self,
+        handle: &str,
+        assignment: &NetworkAssignment,
+        rules: &[NetOutRule],
+    ) -> HostResult<()> {
+        self.network.add_netout_rules(handle, assignment, rules)
+    }
+
+    pub fn read_metrics(&self, handle: &str) -> HostResult<Metrics> {
+        let mut metrics = self.cgroups.metrics(handle)?;
+        metrics.disk_stat = self.rootfs.disk_usage(handle)?;
+        metrics.network_stat = self.network.stats(handle)?;
+        Ok(metrics)
+    }
+
+    pub fn read_pea_metrics(&self, handle: &str, process_id: &str) -> HostResult<Metrics> {
+        self.pea_metrics(handle, process_id)
+    }
+
+    pub fn read_capacity(&self) -> HostResult<HostCapacity> {
+        let mut capacity = self.cgroups.capacity()?;
+        let disk = self.rootfs.capacity()?;
+        capacity.disk_in_bytes = disk.disk_in_bytes;
+        capacity.schedulable_disk_in_bytes = disk.schedulable_disk_in_bytes;
+        Ok(capacity)
+    }
+}
+
+impl Host for LinuxHost {
+    fn execute(&self, effect: &EffectKind) -> Outcome {
+        use EffectKind::*;
+        let done = |r: HostResult<()>| r.map(|()| EffectOutput::Done).map_err(EffectError::from);
+        let answer = |r: HostResult<EffectOutput>| r.map_err(EffectError::from);
+        match effect {
+            PrepareRootfs {
+                handle,
+                image,
+                privileged,
+                disk,
+            } => answer(
+                self.prepare_rootfs(handle, image, *privileged, disk)
+                    .map(|r| EffectOutput::Rootfs {
+                        image_env: r.image_env,
+                    }),
+            ),
+            CreateCgroup {
+                handle,
+                limits,
+                privileged,
+            } => done(self.create_cgroup(handle, limits, *privileged)),
+            SetupNetwork { handle, config } => done(self.setup_network(handle, config)),
+            StartInit { handle, config } => done(self.start_init(handle, config)),
+            ConnectNetwork { handle, config } => answer(
+                self.connect_network(handle, config)
+                    .map(EffectOutput::NetworkProperties),
+            ),
+            PersistRecord { record, .. } => done(self.persist_record(record)),
+            KillContainer { handle } => done(self.kill_container(handle)),
+            TeardownNetwork { handle, assignment } => {
+                done(self.teardown_network(handle, assignment.as_ref()))
+            }
+            RemoveCgroup { handle } => done(self.remove_cgroup(handle)),
+            RemoveRootfs { handle } => done(self.remove_rootfs(handle)),
+            DeleteRecord { handle } => done(self.delete_record(handle)),
+            StopProcesses { handle, kill } => done(self.stop_processes(handle, *kill)),
+            MapPort {
+                handle,
+                assignment,
+                mapping,
+            } => done(self.map_port(handle, assignment, mapping)),
+            AddNetOutRules {
+                handle,
+                assignment,
+                rules,
+            } => done(self.add_netout_rules(handle, assignment, rules)),
+            ReadMetrics { handle } => answer(
+                self.read_metrics(handle)
+                    .map(|m| EffectOutput::Metrics(Box::new(m))),
+            ),
+            ReadPeaMetrics { handle, process_id } => answer(
+                self.read_pea_metrics(handle, process_id)
+                    .map(|m| EffectOutput::Metrics(Box::new(m))),
+            ),
+            ReadCapacity => answer(self.read_capacity().map(|c| EffectOutput::Capacity {
+                memory_in_bytes: c.memory_in_bytes,
+                disk_in_bytes: c.disk_in_bytes,
+                schedulable_disk_in_bytes: c.schedulable_disk_in_bytes,
+            })),
+            SpawnProcess { .. } => Err(EffectError::new(
+                EffectErrorKind::Host,
+                "spawn-process goes through Host::spawn_process, not execute",
+            )),
+        }
     }
 
     fn spawn_process(&self, request: SpawnRequest<'_>) -> HostResult<ProcessIo> {
@@ -236,47 +347,6 @@ impl Host for LinuxHost {
         let released = self.runtime.release(handle, process_id);
         self.released(handle, process_id)?;
         released
-    }
-
-    fn stop_processes(&self, handle: &str, kill: bool) -> HostResult<()> {
-        self.runtime.stop_processes(handle, kill, &self.cgroups)
-    }
-
-    fn map_port(
-        &self,
-        handle: &str,
-        assignment: &NetworkAssignment,
-        mapping: &PortMapping,
-    ) -> HostResult<()> {
-        self.network.map_port(handle, assignment, mapping)
-    }
-
-    fn add_netout_rules(
-        &self,
-        handle: &str,
-        assignment: &NetworkAssignment,
-        rules: &[NetOutRule],
-    ) -> HostResult<()> {
-        self.network.add_netout_rules(handle, assignment, rules)
-    }
-
-    fn read_metrics(&self, handle: &str) -> HostResult<Metrics> {
-        let mut metrics = self.cgroups.metrics(handle)?;
-        metrics.disk_stat = self.rootfs.disk_usage(handle)?;
-        metrics.network_stat = self.network.stats(handle)?;
-        Ok(metrics)
-    }
-
-    fn read_pea_metrics(&self, handle: &str, process_id: &str) -> HostResult<Metrics> {
-        self.pea_metrics(handle, process_id)
-    }
-
-    fn read_capacity(&self) -> HostResult<HostCapacity> {
-        let mut capacity = self.cgroups.capacity()?;
-        let disk = self.rootfs.capacity()?;
-        capacity.disk_in_bytes = disk.disk_in_bytes;
-        capacity.schedulable_disk_in_bytes = disk.schedulable_disk_in_bytes;
-        Ok(capacity)
     }
 
     fn cgroup_v2(&self) -> bool {
