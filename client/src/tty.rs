@@ -4,6 +4,7 @@
 pub fn size() -> Option<(u16, u16)> {
     // SAFETY: TIOCGWINSZ writes a winsize into the struct we own; fd 0 may be anything.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; the ioctl writes only into `ws`.
     let rc = unsafe { libc::ioctl(0, libc::TIOCGWINSZ, &mut ws) };
     (rc == 0 && ws.ws_col > 0).then_some((ws.ws_col, ws.ws_row))
 }

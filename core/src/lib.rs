@@ -6,6 +6,8 @@
 //! [`Output`]s: replies to commands and [`Effect`]s for the host to carry out, whose outcomes
 //! come back as later inputs. Same inputs, same outputs.
 
+#![forbid(unsafe_code)]
+
 pub mod api;
 pub mod command;
 mod container;

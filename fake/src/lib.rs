@@ -5,6 +5,8 @@
 //! the server runs on with `--backend fake`: it keeps its containers in a [`FakeOs`] and runs
 //! simulated processes on threads.
 
+#![forbid(unsafe_code)]
+
 mod files;
 pub mod host;
 pub mod os;

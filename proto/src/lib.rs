@@ -5,6 +5,8 @@
 //! duration syntax ([`duration`]). The domain values those bodies carry are
 //! `trellis_core::api`'s: the core takes them as command inputs and stores them in records.
 
+#![forbid(unsafe_code)]
+
 pub mod body;
 pub mod duration;
 pub mod error;

@@ -12,6 +12,9 @@ pub mod config;
 pub mod config_file;
 pub mod debug;
 pub mod driver;
+/// Fuzz entry points: built for cargo-fuzz (`--cfg fuzzing`) and for the seed replay test,
+/// never into the shipped server.
+#[cfg(any(fuzzing, test))]
 pub mod fuzzing;
 pub mod gdn_flags;
 pub mod head;

@@ -4,6 +4,8 @@
 //! crashes, and checks invariants after every step (see `check`). The same seed and step count
 //! give the same `trace` hash on any machine.
 
+#![forbid(unsafe_code)]
+
 pub mod check;
 mod rng;
 pub mod sim;

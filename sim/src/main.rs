@@ -1,5 +1,7 @@
 //! `trellis-sim --seed S --steps N` / `--seeds A..B`: run the simulation and report.
 
+#![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 use std::time::Instant;
 use trellis_core::InjectedBugs;
