@@ -110,6 +110,13 @@ impl Runtime {
                 .filter(|b| b.origin == BindMountOrigin::Host),
         )?;
         let existing = |p: PathBuf| p.exists().then_some(p);
+        // Into the container's cgroups before it makes anything, so that init and every
+        // process after it is in them: by itself where it can, which is much cheaper.
+        let self_placement = if cgroups.exists(handle) {
+            Some(cgroups.self_placement_files(handle)?)
+        } else {
+            None
+        };
         let spec = InitSpec {
             container_dir: self.layout.container_dir(handle),
             rootfs,
@@ -127,11 +134,11 @@ impl Runtime {
             no_new_privileges: self.security.no_new_privileges && !config.privileged,
             seccomp: (!config.privileged).then(|| self.seccomp.clone()),
             join: None,
+            cgroup_tasks: self_placement.clone().flatten().unwrap_or_default(),
         };
         let helper = self.zygote.fork_helper(&spec)?;
-        // Into the container's cgroups before it makes anything, so that init and every
-        // process after it is in them. Dropping the helper (on an error) ends it.
-        if cgroups.exists(handle) {
+        // Dropping the helper (on an error) ends it.
+        if let Some(None) = self_placement {
             cgroups.add_process(handle, helper.pid as u32)?;
         }
         let pid = helper
@@ -189,6 +196,7 @@ impl Runtime {
             no_new_privileges: self.security.no_new_privileges && !privileged,
             seccomp: (!privileged).then(|| self.seccomp.clone()),
             join: Some(init),
+            cgroup_tasks: Vec::new(),
         };
         let helper = self.zygote.fork_helper(&spec)?;
         place(helper.pid as u32)?;
