@@ -123,7 +123,9 @@ impl LinuxHost {
             if own_limits.is_some() {
                 Some((&self.pea_cgroups, cgroup.as_str()))
             } else {
-                self.cgroups.exists(handle).then_some((&self.cgroups, handle))
+                self.cgroups
+                    .exists(handle)
+                    .then_some((&self.cgroups, handle))
             },
         );
         // The keeper's mount namespace holds the pea's root now (or nothing does): the host
