@@ -88,6 +88,49 @@ fn create_place_list_and_remove() {
 }
 
 #[test]
+fn a_process_moves_itself_into_every_hierarchy() {
+    let cg = cgroups("self-placement");
+    let _guard = ParentGuard(&cg);
+    let handle = "self-1";
+    cg.create(handle, &Limits::default(), false)
+        .expect("create");
+    let Some(files) = cg.self_placement_files(handle).expect("placement") else {
+        assert_eq!(cg.mode(), Mode::V2, "only v2 leaves the move to the server");
+        return;
+    };
+    // A shell (one thread) writes `0`, itself, into each file, then says so and sleeps.
+    let moves: String = files
+        .iter()
+        .map(|f| format!("echo 0 > {} && ", f.display()))
+        .collect();
+    let mut child = std::process::Command::new("/bin/sh")
+        .arg("-c")
+        .arg(format!("{moves}echo placed && exec sleep 1000"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut said = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().expect("stdout")),
+        &mut said,
+    )
+    .expect("read");
+    assert_eq!(said, "placed\n");
+    let lines = cgroup_lines(child.id());
+    let suffix = format!("/{handle}");
+    // Every v1 hierarchy the process is in (`0::` is a hybrid host's cgroup2 line).
+    let hierarchies = lines.iter().filter(|l| !l.starts_with("0::")).count();
+    let placed = lines.iter().filter(|l| l.ends_with(&suffix)).count();
+    assert_eq!(placed, hierarchies, "{lines:?}");
+    assert!(
+        cg.pids(handle).expect("pids").contains(&child.id()),
+        "{lines:?}"
+    );
+    cg.remove(handle).expect("remove");
+    child.wait().expect("reap");
+}
+
+#[test]
 fn remove_stops_a_fork_loop() {
     let cg = cgroups("forkloop");
     let _guard = ParentGuard(&cg);

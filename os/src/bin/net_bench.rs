@@ -7,7 +7,7 @@
 //!
 //! 1. Create+destroy through the Linux host in the core's effect order, N cycles without and N
 //!    with networking (busybox rootfs from scripts/build-rootfs unless --rootfs is given):
-//!    p50/p90 of each and their ratio.
+//!    p50/p90 of each (and of the create alone) and their ratio.
 //! 2. Network setup+teardown alone.
 //! 3. NetOut insertion: rules added one call per rule to the newest container when 10, 250 and
 //!    --containers (default 1000) containers exist (10 rules each), one bulk call of 10 rules,
@@ -202,27 +202,29 @@ fn bench(host: &LinuxHost, options: &Options) -> Result<(), String> {
     );
     let mut results = Vec::new();
     for with_network in [false, true] {
-        let mut samples = Vec::new();
+        let (mut samples, mut creates) = (Vec::new(), Vec::new());
         for i in 0..options.cycles {
             let handle = format!("bench-{i}");
             let config = network_config(0);
             let network = with_network.then_some(&config);
             let start = Instant::now();
             create(host, &handle, network)?;
+            creates.push(start.elapsed());
             destroy(host, &handle, network)?;
             samples.push(start.elapsed());
         }
         let p50 = percentile(&mut samples, 0.5);
         let p90 = percentile(&mut samples, 0.9);
         println!(
-            "  {:<16} p50 {:>7.2} ms   p90 {:>7.2} ms",
+            "  {:<16} p50 {:>7.2} ms   p90 {:>7.2} ms   create alone p50 {:>7.2} ms",
             if with_network {
                 "with network"
             } else {
                 "without network"
             },
             ms(p50),
-            ms(p90)
+            ms(p90),
+            ms(percentile(&mut creates, 0.5))
         );
         results.push(p50);
     }

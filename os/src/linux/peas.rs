@@ -120,14 +120,12 @@ impl LinuxHost {
             key,
             &request.spec.bind_mounts,
             &self.cgroups,
-            |pid| {
-                if own_limits.is_some() {
-                    self.pea_cgroups.add_process(&cgroup, pid)
-                } else if self.cgroups.exists(handle) {
-                    self.cgroups.add_process(handle, pid)
-                } else {
-                    Ok(())
-                }
+            if own_limits.is_some() {
+                Some((&self.pea_cgroups, cgroup.as_str()))
+            } else {
+                self.cgroups
+                    .exists(handle)
+                    .then_some((&self.cgroups, handle))
             },
         );
         // The keeper's mount namespace holds the pea's root now (or nothing does): the host

@@ -139,16 +139,22 @@ fn spec(options: &Options, handle: String) -> ContainerSpec {
     }
 }
 
-async fn create_destroy(client: &Client, options: &Options) -> BenchResult<Vec<Duration>> {
-    let mut samples = Vec::with_capacity(options.cycles);
+/// Latencies of each cycle: (create+destroy, create alone).
+async fn create_destroy(
+    client: &Client,
+    options: &Options,
+) -> BenchResult<(Vec<Duration>, Vec<Duration>)> {
+    let mut cycles = Vec::with_capacity(options.cycles);
+    let mut creates = Vec::with_capacity(options.cycles);
     for i in 0..options.cycles {
         let handle = format!("bench-cycle-{}-{i}", std::process::id());
         let start = Instant::now();
         client.create(spec(options, handle.clone())).await?;
+        creates.push(start.elapsed());
         client.destroy(&handle).await?;
-        samples.push(start.elapsed());
+        cycles.push(start.elapsed());
     }
-    Ok(samples)
+    Ok((cycles, creates))
 }
 
 async fn run_true(client: &Client, options: &Options) -> BenchResult<Vec<Duration>> {
@@ -456,12 +462,13 @@ async fn bench(options: Options) -> BenchResult<()> {
         return bulk_info_burst(&client, &options, calls).await;
     }
 
-    let mut samples = create_destroy(&client, &options).await?;
+    let (mut samples, mut creates) = create_destroy(&client, &options).await?;
     println!(
-        "create+destroy ({} cycles, networking included): p50 {}  p95 {}",
+        "create+destroy ({} cycles, networking included): p50 {}  p95 {}; create alone: p50 {}",
         options.cycles,
         ms(percentile(&mut samples, 0.5)),
-        ms(percentile(&mut samples, 0.95))
+        ms(percentile(&mut samples, 0.95)),
+        ms(percentile(&mut creates, 0.5))
     );
 
     let mut samples = run_true(&client, &options).await?;

@@ -72,6 +72,9 @@ pub(crate) trait Backend: Send + Sync {
     /// The cgroup filesystems an unprivileged container gets, read-only, at /sys/fs/cgroup.
     fn container_view(&self) -> CgroupView;
     fn add_process(&self, handle: &str, pid: u32) -> HostResult<()>;
+    /// The files a single-threaded process writes `0` into to move itself into the
+    /// container's cgroup (v1's `tasks`), or `None` where only `add_process` places one.
+    fn self_placement_files(&self, handle: &str) -> Option<Vec<PathBuf>>;
     /// Every pid in the container's cgroup and its descendants.
     fn pids(&self, handle: &str) -> HostResult<Vec<u32>>;
     /// Sends SIGKILL to every process in the cgroup, so that nothing escapes by forking.
@@ -127,6 +130,12 @@ pub struct Cgroups {
     config: CgroupConfig,
     /// Per container, so that metrics read only the files that change.
     settings: Mutex<HashMap<String, Settings>>,
+}
+
+/// Moves the calling thread (the whole process, if it has only the one) into the cgroup whose
+/// `tasks` file is `tasks`: see [`Cgroups::self_placement_files`].
+pub fn move_self_into(tasks: &Path) -> HostResult<()> {
+    files::write(tasks, "0")
 }
 
 /// Facts about the machine that the CPU entitlement depends on.
@@ -218,6 +227,19 @@ impl Cgroups {
     pub fn add_process(&self, handle: &str, pid: u32) -> HostResult<()> {
         validate_name(handle)?;
         self.backend.add_process(handle, pid)
+    }
+
+    /// Where a single-threaded process about to start the container moves itself into the
+    /// container's cgroups (see [`move_self_into`]), or `None` when the server must place it
+    /// with [`Cgroups::add_process`] (v2).
+    ///
+    /// Moving another process (`add_process`) write-locks the kernel's global threadgroup
+    /// lock, which waits for an RCU grace period: about 10 ms per container start on a v1 host,
+    /// most of a create. A thread that moves itself through v1's `tasks` file skips that lock
+    /// (the kernel takes it only to keep another process's thread group stable).
+    pub fn self_placement_files(&self, handle: &str) -> HostResult<Option<Vec<PathBuf>>> {
+        validate_name(handle)?;
+        Ok(self.backend.self_placement_files(handle))
     }
 
     /// Every pid in the container's cgroup, nested cgroups included. Empty when the cgroup

@@ -236,6 +236,15 @@ impl Backend for V1 {
         Ok(())
     }
 
+    fn self_placement_files(&self, handle: &str) -> Option<Vec<PathBuf>> {
+        Some(
+            self.hierarchies
+                .iter()
+                .map(|h| self.dir(&h.mount, handle).join("tasks"))
+                .collect(),
+        )
+    }
+
     fn pids(&self, handle: &str) -> HostResult<Vec<u32>> {
         let mut pids = Vec::new();
         files::pids_recursive(&self.dir(&self.primary, handle), &mut pids)?;

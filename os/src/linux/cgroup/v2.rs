@@ -200,6 +200,11 @@ impl Backend for V2 {
         files::write(self.dir(handle).join("cgroup.procs"), &pid.to_string())
     }
 
+    fn self_placement_files(&self, _handle: &str) -> Option<Vec<PathBuf>> {
+        // cgroup2 moves single threads only within threaded subtrees.
+        None
+    }
+
     fn pids(&self, handle: &str) -> HostResult<Vec<u32>> {
         let mut pids = Vec::new();
         files::pids_recursive(&self.dir(handle), &mut pids)?;

@@ -3,11 +3,12 @@
 //!
 //! The helper (single-threaded, forked from the zygote, as host root) reports its pid, binds
 //! the control socket, and clones what the container needs from the host (`HostSources`).
-//! Once the server has moved it into the container's cgroups it enters the namespaces: for an unprivileged
-//! container first its user namespace (the owner of its network namespace) as container root,
-//! so every namespace made after is owned by it; then the network namespace; then it unshares
-//! UTS, IPC, PID and (unprivileged only) cgroup namespaces and forks. The child is PID 1: it
-//! makes its mount namespace, builds the filesystem view, drops to the container's capabilities and seccomp
+//! Once it is in the container's cgroups (moved by the server, or by itself on v1) it enters
+//! the namespaces: for an unprivileged container first its user namespace (the owner of its
+//! network namespace) as container root, so every namespace made after is owned by it; then
+//! the network namespace; then it unshares UTS, IPC, PID and (unprivileged only) cgroup
+//! namespaces and forks. The child is PID 1: it makes its mount namespace, builds the
+//! filesystem view, drops to the container's capabilities and seccomp
 //! filter (unprivileged), names itself `garden-init`, reports readiness and serves requests.
 //! The helper reports init's pid (the server records it) and exits; init lives on without the
 //! server.
@@ -89,6 +90,10 @@ fn run_helper(spec: &InitSpec, channel: &OwnedFd) -> Result<i32, String> {
     std::env::set_current_dir(&spec.rootfs)
         .map_err(|e| format!("entering {}: {e}", spec.rootfs.display()))?;
     // Every namespace and process made from here on must start in the container's cgroups.
+    for tasks in &spec.cgroup_tasks {
+        crate::linux::cgroup::move_self_into(tasks)
+            .map_err(|e| format!("joining the container's cgroup: {e}"))?;
+    }
     let mut buf = Vec::new();
     match protocol::recv::<HelperMessage>(channel.as_raw_fd(), &mut buf) {
         Ok(Some((HelperMessage::Placed, _))) => {}

@@ -127,13 +127,10 @@ impl Runtime {
             no_new_privileges: self.security.no_new_privileges && !config.privileged,
             seccomp: (!config.privileged).then(|| self.seccomp.clone()),
             join: None,
+            cgroup_tasks: Vec::new(),
         };
-        let helper = self.zygote.fork_helper(&spec)?;
-        // Into the container's cgroups before it makes anything, so that init and every
-        // process after it is in them. Dropping the helper (on an error) ends it.
-        if cgroups.exists(handle) {
-            cgroups.add_process(handle, helper.pid as u32)?;
-        }
+        let target = cgroups.exists(handle).then_some((cgroups, handle));
+        let helper = self.fork_placed_helper(spec, target)?;
         let pid = helper
             .proceed()
             .map_err(|e| helper_failure("start init", e))?;
@@ -148,15 +145,15 @@ impl Runtime {
     /// Starts the keeper of a pea (`key`: its directory under the container's, see
     /// `peas::key`): in every namespace of the container's init but a mount namespace of its
     /// own over the pea's root filesystem (mounted at `rootfs_dir(key)`), with the container's
-    /// /etc/hosts and /etc/resolv.conf and confinement. `place` moves the helper into the
-    /// pea's cgroups before it makes anything. Processes are then spawned through `key`.
+    /// /etc/hosts and /etc/resolv.conf and confinement, in the cgroup `cgroup` names (see
+    /// `fork_placed_helper`). Processes are then spawned through `key`.
     pub fn start_pea(
         &self,
         handle: &str,
         key: &str,
         bind_mounts: &[trellis_core::api::BindMount],
         cgroups: &Cgroups,
-        place: impl FnOnce(u32) -> HostResult<()>,
+        cgroup: Option<(&Cgroups, &str)>,
     ) -> HostResult<()> {
         let init = self.init_pid(handle).ok_or_else(|| {
             HostError::Failed(format!("the init of container {handle} is not running"))
@@ -189,9 +186,9 @@ impl Runtime {
             no_new_privileges: self.security.no_new_privileges && !privileged,
             seccomp: (!privileged).then(|| self.seccomp.clone()),
             join: Some(init),
+            cgroup_tasks: Vec::new(),
         };
-        let helper = self.zygote.fork_helper(&spec)?;
-        place(helper.pid as u32)?;
+        let helper = self.fork_placed_helper(spec, cgroup)?;
         let pid = helper
             .proceed()
             .map_err(|e| helper_failure("start pea", e))?;
@@ -199,6 +196,28 @@ impl Runtime {
             .ok_or_else(|| HostError::Failed("the pea's keeper vanished".into()))?;
         write_pid_file(&self.layout.init_pid_file(key), pid, start)
             .map_err(|e| HostError::io("writing the pea keeper's pid file", e))
+    }
+
+    /// Has the zygote fork the helper for `spec`, in the cgroup `cgroup` names (of those
+    /// cgroups, by name) before it makes anything, so that every namespace and process after
+    /// it is in that cgroup: the helper moves itself where it can (cgroup v1), which is much
+    /// cheaper than the server moving it (see `Cgroups::self_placement_files`). Dropping the
+    /// helper (on an error) ends it.
+    fn fork_placed_helper(
+        &self,
+        mut spec: InitSpec,
+        cgroup: Option<(&Cgroups, &str)>,
+    ) -> HostResult<zygote::Helper> {
+        let self_placement = match cgroup {
+            Some((cgroups, name)) => cgroups.self_placement_files(name)?,
+            None => Some(Vec::new()),
+        };
+        spec.cgroup_tasks = self_placement.clone().unwrap_or_default();
+        let helper = self.zygote.fork_helper(&spec)?;
+        if let (None, Some((cgroups, name))) = (self_placement, cgroup) {
+            cgroups.add_process(name, helper.pid as u32)?;
+        }
+        Ok(helper)
     }
 
     /// Whether the container runs in the host's user namespace (it was made privileged).

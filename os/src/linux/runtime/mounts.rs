@@ -61,6 +61,9 @@ pub struct InitSpec {
     /// namespaces it joins (user and network ones come from `netns`) instead of making its own;
     /// only the mount namespace, built over `rootfs` (the pea's image), is its own.
     pub join: Option<i32>,
+    /// The cgroup `tasks` files the helper writes itself into before it makes anything (see
+    /// `Cgroups::self_placement_files`); empty when the server places it.
+    pub cgroup_tasks: Vec<PathBuf>,
 }
 
 /// gdn's masked paths (unprivileged containers), plus runc's /proc/acpi, /proc/asound and

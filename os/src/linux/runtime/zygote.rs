@@ -9,7 +9,9 @@
 //!
 //! 1. server -> zygote: the container's `InitSpec`, with the helper's end of a socket pair;
 //! 2. helper -> server: `Forked { pid }`; the server moves the helper into the container's
-//!    cgroups, since every namespace and process the helper makes must start in them;
+//!    cgroups (on cgroup v1 the helper moves itself, which is much cheaper: see
+//!    `Cgroups::self_placement_files`), since every namespace and process the helper makes
+//!    must start in them;
 //! 3. server -> helper: `Placed`; the helper makes the namespaces and forks init;
 //! 4. helper -> server: `Ready { init }` or `Failed { message }`, and the helper exits.
 //!
