@@ -3,7 +3,7 @@
 
 use crate::api::{Capacity, ContainerInfo, Metrics, NetInResponse, NetOutRule, PortMapping};
 use crate::command::{Command, Input, LeaseId, Output, Reply, RequestId};
-use crate::container::{Container, DurableWaiter, Phase};
+use crate::container::{Container, DurableWaiter, Phase, Timer};
 use crate::effect::{Effect, EffectId, EffectKind, EffectOutput, Observation, Outcome};
 use crate::error::Error;
 use crate::handle;
@@ -134,40 +134,22 @@ impl Core {
         std::mem::take(&mut self.out)
     }
 
-    /// When the core next needs a `Tick`, if ever.
+    /// When the core next needs a `Tick`, if ever. A step at any time fires every timer due
+    /// by then, so after it this is always later than that time.
     pub fn next_deadline(&self) -> Option<Time> {
-        self.containers
-            .values()
-            .flat_map(|c| {
-                let teardown_retry = match &c.phase {
-                    Phase::Destroying(t) if !t.running => t.retry_at,
-                    _ => None,
-                };
-                let expiry = if self.config.bugs.skip_expiry {
-                    None
-                } else {
-                    c.expires_at
-                };
-                [expiry, teardown_retry, c.durability.retry_at]
-            })
-            .flatten()
-            .min()
+        self.timers().map(|(at, _, _)| at).min()
     }
 
-    /// When the core next needs a `Tick` for a retry (teardown or persist), ignoring grace
-    /// timers.
-    pub fn next_retry(&self) -> Option<Time> {
-        self.containers
-            .values()
-            .flat_map(|c| {
-                let teardown_retry = match &c.phase {
-                    Phase::Destroying(t) if !t.running => t.retry_at,
-                    _ => None,
-                };
-                [teardown_retry, c.durability.retry_at]
-            })
-            .flatten()
-            .min()
+    /// Every armed timer: (when, whose, which). The one table `next_deadline` and
+    /// `fire_timers` both read.
+    fn timers(&self) -> impl Iterator<Item = (Time, &str, Timer)> + '_ {
+        let skip_expiry = self.config.bugs.skip_expiry;
+        self.containers.values().flat_map(move |c| {
+            c.timers
+                .iter()
+                .filter(move |(timer, _)| !(skip_expiry && *timer == Timer::Expiry))
+                .map(move |(timer, at)| (at, c.handle.as_str(), timer))
+        })
     }
 
     /// `garden.state` of a container (`creating`, `created`, `destroying`), if the core has it.
@@ -351,10 +333,10 @@ impl Core {
             Phase::Destroying(teardown) => {
                 // A teardown waiting to retry is retried now, for this caller; one that is
                 // running is not started twice.
-                if teardown.running || teardown.retry_at.is_none() {
+                if teardown.running || !c.timers.is_set(Timer::TeardownRetry) {
                     self.reply(request, Err(Error::AlreadyBeingDestroyed));
                 } else {
-                    teardown.retry_at = None;
+                    c.timers.clear(Timer::TeardownRetry);
                     teardown.requesters.push(request);
                     self.advance_teardown(&handle);
                 }
@@ -819,12 +801,12 @@ impl Core {
         if !c.phase.is_usable()
             || d.persisting
             || d.durable >= d.version
-            || d.retry_at.is_some_and(|t| t > now)
+            || c.timers.get(Timer::PersistRetry).is_some_and(|t| t > now)
         {
             return;
         }
         c.durability.persisting = true;
-        c.durability.retry_at = None;
+        c.timers.clear(Timer::PersistRetry);
         c.in_flight += 1;
         let record = Box::new(c.record());
         let version = record.version;
@@ -854,7 +836,7 @@ impl Core {
             let now = self.now;
             let c = self.containers.get_mut(handle).expect("still present");
             if w.expire_if_idle && c.pauses == 0 && c.grace_time == 0 {
-                c.expires_at = Some(now);
+                c.timers.set(Timer::Expiry, now);
             }
         }
     }
@@ -874,7 +856,10 @@ impl Core {
             }
             Err(e) => {
                 c.durability.failures += 1;
-                c.durability.retry_at = Some(now.plus(backoff(c.durability.failures)));
+                c.timers.set(
+                    Timer::PersistRetry,
+                    now.plus(backoff(c.durability.failures)),
+                );
                 if c.durability.failures >= PERSIST_FAILURES_BEFORE_ERROR {
                     let waiters = std::mem::take(&mut c.durability.waiters);
                     for w in waiters {
@@ -1136,40 +1121,35 @@ impl Core {
 
     // ----- timers -----
 
+    /// Fires every timer due by now. Each is disarmed before it acts, so none is left due.
     fn fire_timers(&mut self) {
         let now = self.now;
-        let due: Vec<String> = self
-            .containers
-            .values()
-            .filter(|c| {
-                let expired =
-                    !self.config.bugs.skip_expiry && c.expires_at.is_some_and(|t| t <= now);
-                let retry = match &c.phase {
-                    Phase::Destroying(t) => !t.running && t.retry_at.is_some_and(|r| r <= now),
-                    _ => false,
-                };
-                expired || retry || c.durability.retry_at.is_some_and(|r| r <= now)
-            })
-            .map(|c| c.handle.clone())
+        let due: Vec<(String, Timer)> = self
+            .timers()
+            .filter(|(at, _, _)| *at <= now)
+            .map(|(_, handle, timer)| (handle.to_string(), timer))
             .collect();
-        for handle in due {
-            let c = self.containers.get_mut(&handle).expect("collected above");
-            if c.durability.retry_at.is_some_and(|r| r <= now) {
-                c.durability.retry_at = None;
-                self.persist_if_needed(&handle);
-            }
-            let c = self.containers.get_mut(&handle).expect("collected above");
-            let expired = !self.config.bugs.skip_expiry && c.expires_at.is_some_and(|t| t <= now);
-            if expired && c.pauses == 0 && c.phase.is_usable() {
-                c.expires_at = None;
-                self.begin_teardown(&handle, crate::container::TeardownStep::ALL, None, None);
+        for (handle, timer) in due {
+            let Some(c) = self.containers.get_mut(&handle) else {
+                continue;
+            };
+            if !c.timers.is_set(timer) {
                 continue;
             }
-            if let Phase::Destroying(t) = &mut c.phase {
-                if !t.running && t.retry_at.is_some_and(|r| r <= now) {
-                    t.retry_at = None;
-                    self.advance_teardown(&handle);
+            c.timers.clear(timer);
+            match timer {
+                Timer::PersistRetry => self.persist_if_needed(&handle),
+                Timer::Expiry => {
+                    if c.pauses == 0 && c.phase.is_usable() {
+                        self.begin_teardown(
+                            &handle,
+                            crate::container::TeardownStep::ALL,
+                            None,
+                            None,
+                        );
+                    }
                 }
+                Timer::TeardownRetry => self.advance_teardown(&handle),
             }
         }
     }
@@ -1194,7 +1174,7 @@ impl Core {
                     netout_rules: c.netout_rules.len(),
                     grace_time: c.grace_time,
                     pauses: c.pauses,
-                    expires_at: c.expires_at,
+                    expires_at: c.timers.get(Timer::Expiry),
                     processes: c.processes.iter().cloned().collect(),
                     durable_version: c.durability.durable,
                     version: c.durability.version,
