@@ -688,6 +688,15 @@ impl Sim {
             &self.config,
             &self.core,
         )?;
+        let mapping: Vec<u32> = self
+            .effects
+            .iter()
+            .filter_map(|e| match &e.effect.kind {
+                EffectKind::MapPort { mapping, .. } => Some(mapping.host_port),
+                _ => None,
+            })
+            .collect();
+        check::resource_refusal(&info.command, &result, &self.config, &self.core, &mapping)?;
         if matches!(&result, Err(e) if check::is_bound_refusal(e)) {
             if self.sending != Some(request) {
                 return Err(format!(
