@@ -68,6 +68,25 @@ pub(crate) enum Pending {
     },
 }
 
+impl Pending {
+    /// The container this effect works on outside its create/teardown saga: its teardown waits
+    /// for the effect, so that nothing it removes is re-created behind it.
+    fn outside_saga(&self) -> Option<&str> {
+        match self {
+            Pending::Persist { handle, .. }
+            | Pending::Spawn { handle, .. }
+            | Pending::Stop { handle, .. }
+            | Pending::MapPort { handle, .. }
+            | Pending::NetOut { handle, .. }
+            | Pending::Metrics { handle, .. }
+            | Pending::BulkMetrics { handle, .. } => Some(handle),
+            Pending::CreateStep { .. } | Pending::Teardown { .. } | Pending::Capacity { .. } => {
+                None
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub(crate) struct BulkGather {
     pub waiting: usize,
@@ -168,9 +187,17 @@ impl Core {
 
     // ----- plumbing -----
 
+    /// Sends an effect out and notes what it is for. The container's count of effects in
+    /// flight is kept here and in `outcome`, and nowhere else.
     pub(crate) fn emit(&mut self, kind: EffectKind, pending: Pending) -> EffectId {
         let id = EffectId(self.next_effect);
         self.next_effect += 1;
+        if let Some(c) = pending
+            .outside_saga()
+            .and_then(|handle| self.containers.get_mut(handle))
+        {
+            c.in_flight += 1;
+        }
         self.pending.insert(id, pending);
         self.out.push(Output::Effect(Effect { id, kind }));
         id
@@ -178,6 +205,19 @@ impl Core {
 
     pub(crate) fn reply(&mut self, request: RequestId, result: Result<Reply, Error>) {
         self.out.push(Output::Reply { request, result });
+    }
+
+    /// Sends out an effect that serves a request on a container: the request holds the
+    /// container's grace timer until it is answered.
+    fn emit_for_request(&mut self, kind: EffectKind, pending: Pending) {
+        let handle = pending
+            .outside_saga()
+            .expect("a request's effect works on its container");
+        self.containers
+            .get_mut(handle)
+            .expect("requests are served on containers that exist")
+            .pause();
+        self.emit(kind, pending);
     }
 
     /// Replies to a request that paused `handle`'s timer, ending the pause.
@@ -283,29 +323,17 @@ impl Core {
                 return self.set_grace_time(request, &handle, grace_time)
             }
             Command::Stop { kill, .. } => {
-                let c = self.usable(&handle).expect("checked above");
-                c.pause();
-                c.in_flight += 1;
-                self.emit(
-                    EffectKind::StopProcesses {
-                        handle: handle.clone(),
-                        kill,
-                    },
-                    Pending::Stop { request, handle },
-                );
-                return;
+                let kind = EffectKind::StopProcesses {
+                    handle: handle.clone(),
+                    kill,
+                };
+                return self.emit_for_request(kind, Pending::Stop { request, handle });
             }
             Command::Metrics { .. } => {
-                let c = self.usable(&handle).expect("checked above");
-                c.pause();
-                c.in_flight += 1;
-                self.emit(
-                    EffectKind::ReadMetrics {
-                        handle: handle.clone(),
-                    },
-                    Pending::Metrics { request, handle },
-                );
-                return;
+                let kind = EffectKind::ReadMetrics {
+                    handle: handle.clone(),
+                };
+                return self.emit_for_request(kind, Pending::Metrics { request, handle });
             }
             Command::NetIn {
                 host_port,
@@ -578,10 +606,7 @@ impl Core {
                 self.reply(request, Err(e));
             }
             Ok((assignment, mapping)) => {
-                let c = self.containers.get_mut(handle).expect("caller checked");
-                c.pause();
-                c.in_flight += 1;
-                self.emit(
+                self.emit_for_request(
                     EffectKind::MapPort {
                         handle: handle.to_string(),
                         assignment,
@@ -610,11 +635,10 @@ impl Core {
             self.touch(handle);
             return self.reply(request, Err(e.into()));
         }
-        let c = self.containers.get_mut(handle).expect("caller checked");
-        let assignment = c.network.expect("usable containers have a network");
-        c.pause();
-        c.in_flight += 1;
-        self.emit(
+        let assignment = self.containers[handle]
+            .network
+            .expect("usable containers have a network");
+        self.emit_for_request(
             EffectKind::AddNetOutRules {
                 handle: handle.to_string(),
                 assignment,
@@ -694,11 +718,9 @@ impl Core {
             },
         };
         let c = self.containers.get_mut(handle).expect("caller checked");
-        c.pause();
-        c.in_flight += 1;
         c.processes.insert(process_id.clone());
         let env = c.image_env.iter().chain(&c.spec.env).cloned().collect();
-        self.emit(
+        self.emit_for_request(
             EffectKind::SpawnProcess {
                 handle: handle.to_string(),
                 process_id: process_id.clone(),
@@ -720,7 +742,7 @@ impl Core {
                 continue;
             }
             // A container's handle, or (as guardian answers) a pea's process id.
-            let (handle, effect) = if self.usable(&entry).is_ok() {
+            let (handle, effect) = if self.is_usable(&entry) {
                 let effect = EffectKind::ReadMetrics {
                     handle: entry.clone(),
                 };
@@ -738,7 +760,6 @@ impl Core {
                 gather.entries.insert(entry, Err(missing));
                 continue;
             };
-            self.usable(&handle).expect("checked above").in_flight += 1;
             gather.waiting += 1;
             gather.entries.insert(entry.clone(), Ok(Metrics::default()));
             self.emit(
@@ -807,7 +828,6 @@ impl Core {
         }
         c.durability.persisting = true;
         c.timers.clear(Timer::PersistRetry);
-        c.in_flight += 1;
         let record = Box::new(c.record());
         let version = record.version;
         self.emit(
@@ -847,7 +867,6 @@ impl Core {
             return;
         };
         c.durability.persisting = false;
-        c.in_flight -= 1;
         match outcome {
             Ok(_) => {
                 c.durability.durable = c.durability.durable.max(version);
@@ -880,6 +899,12 @@ impl Core {
         let Some(pending) = self.pending.remove(&effect) else {
             return;
         };
+        if let Some(c) = pending
+            .outside_saga()
+            .and_then(|handle| self.containers.get_mut(handle))
+        {
+            c.in_flight -= 1;
+        }
         match pending {
             Pending::CreateStep { handle, step } => self.create_step_done(&handle, step, outcome),
             Pending::Teardown { handle } => self.teardown_step_done(&handle, outcome),
@@ -907,23 +932,11 @@ impl Core {
             }
             Pending::Stop { request, handle } => {
                 self.effect_finished(&handle);
-                match outcome {
-                    Ok(_) => {
-                        let usable = self
-                            .containers
-                            .get(&handle)
-                            .is_some_and(|c| c.phase.is_usable());
-                        if usable {
-                            self.containers.get_mut(&handle).expect("checked").phase =
-                                Phase::Stopped;
-                            self.unpause_only(&handle);
-                            self.changed_and_reply(&handle, request, Reply::Done);
-                        } else {
-                            self.reply_paused(&handle, request, Ok(Reply::Done));
-                        }
-                    }
-                    Err(e) => self.reply_paused(&handle, request, Err(Error::Host(e))),
-                }
+                // A container destroyed meanwhile has no processes left to stop either.
+                self.finish_change(&handle, request, outcome, Ok(Reply::Done), |c| {
+                    c.phase = Phase::Stopped;
+                    Reply::Done
+                });
             }
             Pending::MapPort {
                 request,
@@ -931,41 +944,21 @@ impl Core {
                 mapping,
             } => {
                 self.effect_finished(&handle);
-                let usable = self
-                    .containers
-                    .get(&handle)
-                    .is_some_and(|c| c.phase.is_usable());
-                match outcome {
-                    Ok(_) if usable => {
-                        self.containers
-                            .get_mut(&handle)
-                            .expect("checked")
-                            .mapped_ports
-                            .push(mapping);
-                        self.unpause_only(&handle);
-                        let reply = Reply::NetIn(NetInResponse {
-                            host_port: mapping.host_port,
-                            container_port: mapping.container_port,
-                        });
-                        self.changed_and_reply(&handle, request, reply);
-                    }
-                    // Destroyed meanwhile, or failed: the host may still forward the port until
-                    // the container's network is torn down, so it stays held until then.
-                    Ok(_) => {
-                        self.hold_port(&handle, mapping.host_port);
-                        self.reply_paused(
-                            &handle,
-                            request,
-                            Err(Error::ContainerNotFound {
-                                handle: handle.clone(),
-                            }),
-                        );
-                    }
-                    Err(e) => {
-                        self.hold_port(&handle, mapping.host_port);
-                        self.reply_paused(&handle, request, Err(Error::Host(e)));
-                    }
+                if outcome.is_err() || !self.is_usable(&handle) {
+                    // The host may still forward the port until the container's network is
+                    // torn down, so it stays held until then.
+                    self.hold_port(&handle, mapping.host_port);
                 }
+                let gone = Err(Error::ContainerNotFound {
+                    handle: handle.clone(),
+                });
+                self.finish_change(&handle, request, outcome, gone, |c| {
+                    c.mapped_ports.push(mapping);
+                    Reply::NetIn(NetInResponse {
+                        host_port: mapping.host_port,
+                        container_port: mapping.container_port,
+                    })
+                });
             }
             Pending::NetOut {
                 request,
@@ -973,29 +966,13 @@ impl Core {
                 rules,
             } => {
                 self.effect_finished(&handle);
-                let usable = self
-                    .containers
-                    .get(&handle)
-                    .is_some_and(|c| c.phase.is_usable());
-                match outcome {
-                    Ok(_) if usable => {
-                        self.containers
-                            .get_mut(&handle)
-                            .expect("checked")
-                            .netout_rules
-                            .extend(rules);
-                        self.unpause_only(&handle);
-                        self.changed_and_reply(&handle, request, Reply::Done);
-                    }
-                    Ok(_) => self.reply_paused(
-                        &handle,
-                        request,
-                        Err(Error::ContainerNotFound {
-                            handle: handle.clone(),
-                        }),
-                    ),
-                    Err(e) => self.reply_paused(&handle, request, Err(Error::Host(e))),
-                }
+                let gone = Err(Error::ContainerNotFound {
+                    handle: handle.clone(),
+                });
+                self.finish_change(&handle, request, outcome, gone, |c| {
+                    c.netout_rules.extend(rules);
+                    Reply::Done
+                });
             }
             Pending::Metrics { request, handle } => {
                 self.effect_finished(&handle);
@@ -1044,6 +1021,35 @@ impl Core {
         }
     }
 
+    fn is_usable(&self, handle: &str) -> bool {
+        self.containers
+            .get(handle)
+            .is_some_and(|c| c.phase.is_usable())
+    }
+
+    /// Answers a request whose effect changes the container's durable state: a success is
+    /// applied to the container (if it is still usable) and answered once stored; a container
+    /// gone meanwhile gets `gone`, a failure the host's error.
+    fn finish_change(
+        &mut self,
+        handle: &str,
+        request: RequestId,
+        outcome: Outcome,
+        gone: Result<Reply, Error>,
+        apply: impl FnOnce(&mut Container) -> Reply,
+    ) {
+        match outcome {
+            Ok(_) if self.is_usable(handle) => {
+                let c = self.containers.get_mut(handle).expect("usable");
+                let reply = apply(c);
+                self.unpause_only(handle);
+                self.changed_and_reply(handle, request, reply);
+            }
+            Ok(_) => self.reply_paused(handle, request, gone),
+            Err(e) => self.reply_paused(handle, request, Err(Error::Host(e))),
+        }
+    }
+
     /// The usable container that runs (or kept) process `process_id`, if one does.
     fn owner_of_process(&self, process_id: &str) -> Option<String> {
         self.containers
@@ -1082,9 +1088,6 @@ impl Core {
 
     /// One of the container's own effects is over; a teardown may have been waiting for it.
     fn effect_finished(&mut self, handle: &str) {
-        if let Some(c) = self.containers.get_mut(handle) {
-            c.in_flight -= 1;
-        }
         self.advance_teardown(handle);
     }
 
