@@ -1,4 +1,4 @@
-//! One container as the core holds it, with its grace timer and its durability bookkeeping.
+//! One container as the core holds it, with its timers and its durability bookkeeping.
 
 use crate::api::{ContainerSpec, NetOutRule, PortMapping};
 use crate::command::{Reply, RequestId};
@@ -7,7 +7,7 @@ use crate::network::NetworkAssignment;
 use crate::properties::{self, Properties};
 use crate::record::{ContainerRecord, RecordState};
 use crate::Time;
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum CreateStep {
@@ -88,7 +88,6 @@ pub(crate) struct Teardown {
     pub steps: VecDeque<TeardownStep>,
     pub running: bool,
     pub attempts: u32,
-    pub retry_at: Option<Time>,
     /// Set when this teardown rolls back a create: that request fails with this cause.
     pub rollback_of: Option<(RequestId, Error)>,
 }
@@ -119,6 +118,44 @@ impl Phase {
     }
 }
 
+/// What a container waits for the clock for. Due timers fire in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Timer {
+    /// A failed record write is tried again.
+    PersistRetry,
+    /// The grace time ran out with nothing holding the container.
+    Expiry,
+    /// A failed teardown step is tried again.
+    TeardownRetry,
+}
+
+/// A container's timers: the one table that both `Core::next_deadline` and `Core::fire_timers`
+/// read, so that a tick fires every timer the deadline promised.
+#[derive(Debug, Default)]
+pub(crate) struct Timers(BTreeMap<Timer, Time>);
+
+impl Timers {
+    pub(crate) fn set(&mut self, timer: Timer, at: Time) {
+        self.0.insert(timer, at);
+    }
+
+    pub(crate) fn clear(&mut self, timer: Timer) {
+        self.0.remove(&timer);
+    }
+
+    pub(crate) fn get(&self, timer: Timer) -> Option<Time> {
+        self.0.get(&timer).copied()
+    }
+
+    pub(crate) fn is_set(&self, timer: Timer) -> bool {
+        self.0.contains_key(&timer)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (Timer, Time)> + '_ {
+        self.0.iter().map(|(timer, at)| (*timer, *at))
+    }
+}
+
 /// A reply held back until the change it acknowledges is durable.
 #[derive(Debug)]
 pub(crate) struct DurableWaiter {
@@ -136,7 +173,6 @@ pub(crate) struct Durability {
     pub durable: u64,
     pub persisting: bool,
     pub failures: u32,
-    pub retry_at: Option<Time>,
     pub waiters: Vec<DurableWaiter>,
 }
 
@@ -162,7 +198,7 @@ pub(crate) struct Container {
     pub phase: Phase,
     /// Requests and leases currently holding the grace timer.
     pub pauses: u32,
-    pub expires_at: Option<Time>,
+    pub timers: Timers,
     /// Effects in flight on this container outside its create/teardown saga; teardown waits
     /// for them so that nothing it removes is re-created behind it.
     pub in_flight: u32,
@@ -193,7 +229,7 @@ impl Container {
 
     pub(crate) fn pause(&mut self) {
         self.pauses += 1;
-        self.expires_at = None;
+        self.timers.clear(Timer::Expiry);
     }
 
     /// The last holder leaving starts a fresh full countdown.
@@ -205,10 +241,10 @@ impl Container {
     }
 
     pub(crate) fn arm(&mut self, now: Time) {
-        self.expires_at = if self.grace_time > 0 && self.phase.is_usable() {
-            Some(now.plus(self.grace_time))
+        if self.grace_time > 0 && self.phase.is_usable() {
+            self.timers.set(Timer::Expiry, now.plus(self.grace_time));
         } else {
-            None
-        };
+            self.timers.clear(Timer::Expiry);
+        }
     }
 }

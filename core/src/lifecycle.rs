@@ -8,7 +8,9 @@
 
 use crate::api::ContainerSpec;
 use crate::command::{Reply, RequestId};
-use crate::container::{Container, CreateStep, Durability, Phase, Teardown, TeardownStep};
+use crate::container::{
+    Container, CreateStep, Durability, Phase, Teardown, TeardownStep, Timer, Timers,
+};
 use crate::effect::{
     storable_spec, EffectKind, EffectOutput, InitConfig, NetworkConfig, Outcome, PluginUpConfig,
 };
@@ -167,7 +169,7 @@ impl Core {
                 done: Vec::new(),
             },
             pauses: 0,
-            expires_at: None,
+            timers: Timers::default(),
             in_flight: 0,
             durability: Durability::default(),
         };
@@ -323,13 +325,12 @@ impl Core {
         rollback_of: Option<(RequestId, Error)>,
     ) {
         let c = self.containers.get_mut(handle).expect("caller checked");
-        c.expires_at = None;
+        c.timers.clear(Timer::Expiry);
         c.phase = Phase::Destroying(Teardown {
             requesters: requester.into_iter().collect(),
             steps: TeardownStep::ordered(steps),
             running: false,
             attempts: 0,
-            retry_at: None,
             rollback_of,
         });
         // Requests waiting for a change to become durable keep waiting: the teardown waits for
@@ -349,7 +350,7 @@ impl Core {
         let Phase::Destroying(t) = &mut c.phase else {
             return;
         };
-        if t.running || t.retry_at.is_some() || in_flight > 0 {
+        if t.running || c.timers.is_set(Timer::TeardownRetry) || in_flight > 0 {
             return;
         }
         let Some(step) = t.steps.front().copied() else {
@@ -400,7 +401,8 @@ impl Core {
             }
             Err(e) => {
                 t.attempts += 1;
-                t.retry_at = Some(now.plus(backoff(t.attempts)));
+                c.timers
+                    .set(Timer::TeardownRetry, now.plus(backoff(t.attempts)));
                 // Callers hear about the failure now; the retries go on without them.
                 let requesters = std::mem::take(&mut t.requesters);
                 let rollback = t.rollback_of.take();

@@ -3,7 +3,7 @@
 
 use crate::api::{Capacity, ContainerInfo, Metrics, NetInResponse, NetOutRule, PortMapping};
 use crate::command::{Command, Input, LeaseId, Output, Reply, RequestId};
-use crate::container::{Container, DurableWaiter, Phase};
+use crate::container::{Container, DurableWaiter, Phase, Timer};
 use crate::effect::{Effect, EffectId, EffectKind, EffectOutput, Observation, Outcome};
 use crate::error::Error;
 use crate::handle;
@@ -66,6 +66,25 @@ pub(crate) enum Pending {
     Capacity {
         request: RequestId,
     },
+}
+
+impl Pending {
+    /// The container this effect works on outside its create/teardown saga: its teardown waits
+    /// for the effect, so that nothing it removes is re-created behind it.
+    fn outside_saga(&self) -> Option<&str> {
+        match self {
+            Pending::Persist { handle, .. }
+            | Pending::Spawn { handle, .. }
+            | Pending::Stop { handle, .. }
+            | Pending::MapPort { handle, .. }
+            | Pending::NetOut { handle, .. }
+            | Pending::Metrics { handle, .. }
+            | Pending::BulkMetrics { handle, .. } => Some(handle),
+            Pending::CreateStep { .. } | Pending::Teardown { .. } | Pending::Capacity { .. } => {
+                None
+            }
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -134,40 +153,22 @@ impl Core {
         std::mem::take(&mut self.out)
     }
 
-    /// When the core next needs a `Tick`, if ever.
+    /// When the core next needs a `Tick`, if ever. A step at any time fires every timer due
+    /// by then, so after it this is always later than that time.
     pub fn next_deadline(&self) -> Option<Time> {
-        self.containers
-            .values()
-            .flat_map(|c| {
-                let teardown_retry = match &c.phase {
-                    Phase::Destroying(t) if !t.running => t.retry_at,
-                    _ => None,
-                };
-                let expiry = if self.config.bugs.skip_expiry {
-                    None
-                } else {
-                    c.expires_at
-                };
-                [expiry, teardown_retry, c.durability.retry_at]
-            })
-            .flatten()
-            .min()
+        self.timers().map(|(at, _, _)| at).min()
     }
 
-    /// When the core next needs a `Tick` for a retry (teardown or persist), ignoring grace
-    /// timers.
-    pub fn next_retry(&self) -> Option<Time> {
-        self.containers
-            .values()
-            .flat_map(|c| {
-                let teardown_retry = match &c.phase {
-                    Phase::Destroying(t) if !t.running => t.retry_at,
-                    _ => None,
-                };
-                [teardown_retry, c.durability.retry_at]
-            })
-            .flatten()
-            .min()
+    /// Every armed timer: (when, whose, which). The one table `next_deadline` and
+    /// `fire_timers` both read.
+    fn timers(&self) -> impl Iterator<Item = (Time, &str, Timer)> + '_ {
+        let skip_expiry = self.config.bugs.skip_expiry;
+        self.containers.values().flat_map(move |c| {
+            c.timers
+                .iter()
+                .filter(move |(timer, _)| !(skip_expiry && *timer == Timer::Expiry))
+                .map(move |(timer, at)| (at, c.handle.as_str(), timer))
+        })
     }
 
     /// `garden.state` of a container (`creating`, `created`, `destroying`), if the core has it.
@@ -186,9 +187,17 @@ impl Core {
 
     // ----- plumbing -----
 
+    /// Sends an effect out and notes what it is for. The container's count of effects in
+    /// flight is kept here and in `outcome`, and nowhere else.
     pub(crate) fn emit(&mut self, kind: EffectKind, pending: Pending) -> EffectId {
         let id = EffectId(self.next_effect);
         self.next_effect += 1;
+        if let Some(c) = pending
+            .outside_saga()
+            .and_then(|handle| self.containers.get_mut(handle))
+        {
+            c.in_flight += 1;
+        }
         self.pending.insert(id, pending);
         self.out.push(Output::Effect(Effect { id, kind }));
         id
@@ -196,6 +205,19 @@ impl Core {
 
     pub(crate) fn reply(&mut self, request: RequestId, result: Result<Reply, Error>) {
         self.out.push(Output::Reply { request, result });
+    }
+
+    /// Sends out an effect that serves a request on a container: the request holds the
+    /// container's grace timer until it is answered.
+    fn emit_for_request(&mut self, kind: EffectKind, pending: Pending) {
+        let handle = pending
+            .outside_saga()
+            .expect("a request's effect works on its container");
+        self.containers
+            .get_mut(handle)
+            .expect("requests are served on containers that exist")
+            .pause();
+        self.emit(kind, pending);
     }
 
     /// Replies to a request that paused `handle`'s timer, ending the pause.
@@ -301,29 +323,17 @@ impl Core {
                 return self.set_grace_time(request, &handle, grace_time)
             }
             Command::Stop { kill, .. } => {
-                let c = self.usable(&handle).expect("checked above");
-                c.pause();
-                c.in_flight += 1;
-                self.emit(
-                    EffectKind::StopProcesses {
-                        handle: handle.clone(),
-                        kill,
-                    },
-                    Pending::Stop { request, handle },
-                );
-                return;
+                let kind = EffectKind::StopProcesses {
+                    handle: handle.clone(),
+                    kill,
+                };
+                return self.emit_for_request(kind, Pending::Stop { request, handle });
             }
             Command::Metrics { .. } => {
-                let c = self.usable(&handle).expect("checked above");
-                c.pause();
-                c.in_flight += 1;
-                self.emit(
-                    EffectKind::ReadMetrics {
-                        handle: handle.clone(),
-                    },
-                    Pending::Metrics { request, handle },
-                );
-                return;
+                let kind = EffectKind::ReadMetrics {
+                    handle: handle.clone(),
+                };
+                return self.emit_for_request(kind, Pending::Metrics { request, handle });
             }
             Command::NetIn {
                 host_port,
@@ -351,10 +361,10 @@ impl Core {
             Phase::Destroying(teardown) => {
                 // A teardown waiting to retry is retried now, for this caller; one that is
                 // running is not started twice.
-                if teardown.running || teardown.retry_at.is_none() {
+                if teardown.running || !c.timers.is_set(Timer::TeardownRetry) {
                     self.reply(request, Err(Error::AlreadyBeingDestroyed));
                 } else {
-                    teardown.retry_at = None;
+                    c.timers.clear(Timer::TeardownRetry);
                     teardown.requesters.push(request);
                     self.advance_teardown(&handle);
                 }
@@ -596,10 +606,7 @@ impl Core {
                 self.reply(request, Err(e));
             }
             Ok((assignment, mapping)) => {
-                let c = self.containers.get_mut(handle).expect("caller checked");
-                c.pause();
-                c.in_flight += 1;
-                self.emit(
+                self.emit_for_request(
                     EffectKind::MapPort {
                         handle: handle.to_string(),
                         assignment,
@@ -628,11 +635,10 @@ impl Core {
             self.touch(handle);
             return self.reply(request, Err(e.into()));
         }
-        let c = self.containers.get_mut(handle).expect("caller checked");
-        let assignment = c.network.expect("usable containers have a network");
-        c.pause();
-        c.in_flight += 1;
-        self.emit(
+        let assignment = self.containers[handle]
+            .network
+            .expect("usable containers have a network");
+        self.emit_for_request(
             EffectKind::AddNetOutRules {
                 handle: handle.to_string(),
                 assignment,
@@ -712,11 +718,9 @@ impl Core {
             },
         };
         let c = self.containers.get_mut(handle).expect("caller checked");
-        c.pause();
-        c.in_flight += 1;
         c.processes.insert(process_id.clone());
         let env = c.image_env.iter().chain(&c.spec.env).cloned().collect();
-        self.emit(
+        self.emit_for_request(
             EffectKind::SpawnProcess {
                 handle: handle.to_string(),
                 process_id: process_id.clone(),
@@ -738,7 +742,7 @@ impl Core {
                 continue;
             }
             // A container's handle, or (as guardian answers) a pea's process id.
-            let (handle, effect) = if self.usable(&entry).is_ok() {
+            let (handle, effect) = if self.is_usable(&entry) {
                 let effect = EffectKind::ReadMetrics {
                     handle: entry.clone(),
                 };
@@ -756,7 +760,6 @@ impl Core {
                 gather.entries.insert(entry, Err(missing));
                 continue;
             };
-            self.usable(&handle).expect("checked above").in_flight += 1;
             gather.waiting += 1;
             gather.entries.insert(entry.clone(), Ok(Metrics::default()));
             self.emit(
@@ -819,13 +822,12 @@ impl Core {
         if !c.phase.is_usable()
             || d.persisting
             || d.durable >= d.version
-            || d.retry_at.is_some_and(|t| t > now)
+            || c.timers.get(Timer::PersistRetry).is_some_and(|t| t > now)
         {
             return;
         }
         c.durability.persisting = true;
-        c.durability.retry_at = None;
-        c.in_flight += 1;
+        c.timers.clear(Timer::PersistRetry);
         let record = Box::new(c.record());
         let version = record.version;
         self.emit(
@@ -854,7 +856,7 @@ impl Core {
             let now = self.now;
             let c = self.containers.get_mut(handle).expect("still present");
             if w.expire_if_idle && c.pauses == 0 && c.grace_time == 0 {
-                c.expires_at = Some(now);
+                c.timers.set(Timer::Expiry, now);
             }
         }
     }
@@ -865,7 +867,6 @@ impl Core {
             return;
         };
         c.durability.persisting = false;
-        c.in_flight -= 1;
         match outcome {
             Ok(_) => {
                 c.durability.durable = c.durability.durable.max(version);
@@ -874,7 +875,10 @@ impl Core {
             }
             Err(e) => {
                 c.durability.failures += 1;
-                c.durability.retry_at = Some(now.plus(backoff(c.durability.failures)));
+                c.timers.set(
+                    Timer::PersistRetry,
+                    now.plus(backoff(c.durability.failures)),
+                );
                 if c.durability.failures >= PERSIST_FAILURES_BEFORE_ERROR {
                     let waiters = std::mem::take(&mut c.durability.waiters);
                     for w in waiters {
@@ -895,6 +899,12 @@ impl Core {
         let Some(pending) = self.pending.remove(&effect) else {
             return;
         };
+        if let Some(c) = pending
+            .outside_saga()
+            .and_then(|handle| self.containers.get_mut(handle))
+        {
+            c.in_flight -= 1;
+        }
         match pending {
             Pending::CreateStep { handle, step } => self.create_step_done(&handle, step, outcome),
             Pending::Teardown { handle } => self.teardown_step_done(&handle, outcome),
@@ -922,23 +932,11 @@ impl Core {
             }
             Pending::Stop { request, handle } => {
                 self.effect_finished(&handle);
-                match outcome {
-                    Ok(_) => {
-                        let usable = self
-                            .containers
-                            .get(&handle)
-                            .is_some_and(|c| c.phase.is_usable());
-                        if usable {
-                            self.containers.get_mut(&handle).expect("checked").phase =
-                                Phase::Stopped;
-                            self.unpause_only(&handle);
-                            self.changed_and_reply(&handle, request, Reply::Done);
-                        } else {
-                            self.reply_paused(&handle, request, Ok(Reply::Done));
-                        }
-                    }
-                    Err(e) => self.reply_paused(&handle, request, Err(Error::Host(e))),
-                }
+                // A container destroyed meanwhile has no processes left to stop either.
+                self.finish_change(&handle, request, outcome, Ok(Reply::Done), |c| {
+                    c.phase = Phase::Stopped;
+                    Reply::Done
+                });
             }
             Pending::MapPort {
                 request,
@@ -946,41 +944,21 @@ impl Core {
                 mapping,
             } => {
                 self.effect_finished(&handle);
-                let usable = self
-                    .containers
-                    .get(&handle)
-                    .is_some_and(|c| c.phase.is_usable());
-                match outcome {
-                    Ok(_) if usable => {
-                        self.containers
-                            .get_mut(&handle)
-                            .expect("checked")
-                            .mapped_ports
-                            .push(mapping);
-                        self.unpause_only(&handle);
-                        let reply = Reply::NetIn(NetInResponse {
-                            host_port: mapping.host_port,
-                            container_port: mapping.container_port,
-                        });
-                        self.changed_and_reply(&handle, request, reply);
-                    }
-                    // Destroyed meanwhile, or failed: the host may still forward the port until
-                    // the container's network is torn down, so it stays held until then.
-                    Ok(_) => {
-                        self.hold_port(&handle, mapping.host_port);
-                        self.reply_paused(
-                            &handle,
-                            request,
-                            Err(Error::ContainerNotFound {
-                                handle: handle.clone(),
-                            }),
-                        );
-                    }
-                    Err(e) => {
-                        self.hold_port(&handle, mapping.host_port);
-                        self.reply_paused(&handle, request, Err(Error::Host(e)));
-                    }
+                if outcome.is_err() || !self.is_usable(&handle) {
+                    // The host may still forward the port until the container's network is
+                    // torn down, so it stays held until then.
+                    self.hold_port(&handle, mapping.host_port);
                 }
+                let gone = Err(Error::ContainerNotFound {
+                    handle: handle.clone(),
+                });
+                self.finish_change(&handle, request, outcome, gone, |c| {
+                    c.mapped_ports.push(mapping);
+                    Reply::NetIn(NetInResponse {
+                        host_port: mapping.host_port,
+                        container_port: mapping.container_port,
+                    })
+                });
             }
             Pending::NetOut {
                 request,
@@ -988,29 +966,13 @@ impl Core {
                 rules,
             } => {
                 self.effect_finished(&handle);
-                let usable = self
-                    .containers
-                    .get(&handle)
-                    .is_some_and(|c| c.phase.is_usable());
-                match outcome {
-                    Ok(_) if usable => {
-                        self.containers
-                            .get_mut(&handle)
-                            .expect("checked")
-                            .netout_rules
-                            .extend(rules);
-                        self.unpause_only(&handle);
-                        self.changed_and_reply(&handle, request, Reply::Done);
-                    }
-                    Ok(_) => self.reply_paused(
-                        &handle,
-                        request,
-                        Err(Error::ContainerNotFound {
-                            handle: handle.clone(),
-                        }),
-                    ),
-                    Err(e) => self.reply_paused(&handle, request, Err(Error::Host(e))),
-                }
+                let gone = Err(Error::ContainerNotFound {
+                    handle: handle.clone(),
+                });
+                self.finish_change(&handle, request, outcome, gone, |c| {
+                    c.netout_rules.extend(rules);
+                    Reply::Done
+                });
             }
             Pending::Metrics { request, handle } => {
                 self.effect_finished(&handle);
@@ -1059,6 +1021,35 @@ impl Core {
         }
     }
 
+    fn is_usable(&self, handle: &str) -> bool {
+        self.containers
+            .get(handle)
+            .is_some_and(|c| c.phase.is_usable())
+    }
+
+    /// Answers a request whose effect changes the container's durable state: a success is
+    /// applied to the container (if it is still usable) and answered once stored; a container
+    /// gone meanwhile gets `gone`, a failure the host's error.
+    fn finish_change(
+        &mut self,
+        handle: &str,
+        request: RequestId,
+        outcome: Outcome,
+        gone: Result<Reply, Error>,
+        apply: impl FnOnce(&mut Container) -> Reply,
+    ) {
+        match outcome {
+            Ok(_) if self.is_usable(handle) => {
+                let c = self.containers.get_mut(handle).expect("usable");
+                let reply = apply(c);
+                self.unpause_only(handle);
+                self.changed_and_reply(handle, request, reply);
+            }
+            Ok(_) => self.reply_paused(handle, request, gone),
+            Err(e) => self.reply_paused(handle, request, Err(Error::Host(e))),
+        }
+    }
+
     /// The usable container that runs (or kept) process `process_id`, if one does.
     fn owner_of_process(&self, process_id: &str) -> Option<String> {
         self.containers
@@ -1097,9 +1088,6 @@ impl Core {
 
     /// One of the container's own effects is over; a teardown may have been waiting for it.
     fn effect_finished(&mut self, handle: &str) {
-        if let Some(c) = self.containers.get_mut(handle) {
-            c.in_flight -= 1;
-        }
         self.advance_teardown(handle);
     }
 
@@ -1136,40 +1124,35 @@ impl Core {
 
     // ----- timers -----
 
+    /// Fires every timer due by now. Each is disarmed before it acts, so none is left due.
     fn fire_timers(&mut self) {
         let now = self.now;
-        let due: Vec<String> = self
-            .containers
-            .values()
-            .filter(|c| {
-                let expired =
-                    !self.config.bugs.skip_expiry && c.expires_at.is_some_and(|t| t <= now);
-                let retry = match &c.phase {
-                    Phase::Destroying(t) => !t.running && t.retry_at.is_some_and(|r| r <= now),
-                    _ => false,
-                };
-                expired || retry || c.durability.retry_at.is_some_and(|r| r <= now)
-            })
-            .map(|c| c.handle.clone())
+        let due: Vec<(String, Timer)> = self
+            .timers()
+            .filter(|(at, _, _)| *at <= now)
+            .map(|(_, handle, timer)| (handle.to_string(), timer))
             .collect();
-        for handle in due {
-            let c = self.containers.get_mut(&handle).expect("collected above");
-            if c.durability.retry_at.is_some_and(|r| r <= now) {
-                c.durability.retry_at = None;
-                self.persist_if_needed(&handle);
-            }
-            let c = self.containers.get_mut(&handle).expect("collected above");
-            let expired = !self.config.bugs.skip_expiry && c.expires_at.is_some_and(|t| t <= now);
-            if expired && c.pauses == 0 && c.phase.is_usable() {
-                c.expires_at = None;
-                self.begin_teardown(&handle, crate::container::TeardownStep::ALL, None, None);
+        for (handle, timer) in due {
+            let Some(c) = self.containers.get_mut(&handle) else {
+                continue;
+            };
+            if !c.timers.is_set(timer) {
                 continue;
             }
-            if let Phase::Destroying(t) = &mut c.phase {
-                if !t.running && t.retry_at.is_some_and(|r| r <= now) {
-                    t.retry_at = None;
-                    self.advance_teardown(&handle);
+            c.timers.clear(timer);
+            match timer {
+                Timer::PersistRetry => self.persist_if_needed(&handle),
+                Timer::Expiry => {
+                    if c.pauses == 0 && c.phase.is_usable() {
+                        self.begin_teardown(
+                            &handle,
+                            crate::container::TeardownStep::ALL,
+                            None,
+                            None,
+                        );
+                    }
                 }
+                Timer::TeardownRetry => self.advance_teardown(&handle),
             }
         }
     }
@@ -1194,7 +1177,7 @@ impl Core {
                     netout_rules: c.netout_rules.len(),
                     grace_time: c.grace_time,
                     pauses: c.pauses,
-                    expires_at: c.expires_at,
+                    expires_at: c.timers.get(Timer::Expiry),
                     processes: c.processes.iter().cloned().collect(),
                     durable_version: c.durability.durable,
                     version: c.durability.version,

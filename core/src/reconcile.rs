@@ -12,7 +12,7 @@
 //! - Allocations come from records, plus whatever leftovers still hold on the host until
 //!   their teardown is done; an address a half-created container held is free again after.
 
-use crate::container::{Container, Durability, Phase, TeardownStep};
+use crate::container::{Container, Durability, Phase, TeardownStep, Timers};
 use crate::effect::{ObservedContainer, ObservedHost};
 use crate::machine::Core;
 use crate::record::{ContainerRecord, RecordState};
@@ -74,7 +74,7 @@ impl Core {
                     RecordState::Stopped => Phase::Stopped,
                 },
                 pauses: 0,
-                expires_at: None,
+                timers: Timers::default(),
                 in_flight: 0,
                 durability: Durability {
                     version: record.version,
@@ -191,7 +191,7 @@ fn leftover(handle: String, incarnation: u64, now: Time) -> Container {
         processes: BTreeSet::new(),
         phase: Phase::Active,
         pauses: 0,
-        expires_at: None,
+        timers: Timers::default(),
         in_flight: 0,
         durability: Durability::default(),
     }

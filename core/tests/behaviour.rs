@@ -125,6 +125,35 @@ fn a_failed_destroy_is_retried_and_can_be_retried_by_the_caller() {
 }
 
 #[test]
+fn a_tick_fires_every_timer_due_by_its_time() {
+    let mut d = Driver::new(Config {
+        default_grace_time: 2 * SECOND,
+        ..Config::default()
+    });
+    d.create("idle");
+    d.create("web");
+    let destroy = d.send(Command::Destroy {
+        handle: "web".into(),
+    });
+    d.answer(|k| matches!(k, EffectKind::RemoveRootfs { .. }));
+    assert!(d.reply(destroy).unwrap().is_err());
+    // Past both the teardown's retry (1 s) and the grace time (2 s): one tick fires both, and
+    // leaves no deadline the server's loop would wake for again at once.
+    d.now = d.now.plus(3 * SECOND);
+    let out = d.core.step(d.now, Input::Tick);
+    d.absorb(out);
+    assert_eq!(d.core.container_state("idle"), Some("destroying"));
+    assert!(d
+        .effects
+        .iter()
+        .any(|e| matches!(&e.kind, EffectKind::RemoveRootfs { handle } if handle == "web")));
+    assert!(d.core.next_deadline().is_none_or(|at| at > d.now));
+    d.answer(|_| false);
+    assert_eq!(d.core.container_state("idle"), None);
+    assert_eq!(d.core.container_state("web"), None);
+}
+
+#[test]
 fn teardown_retries_on_its_own_with_backoff() {
     let mut d = Driver::new(Config::default());
     d.create("web");

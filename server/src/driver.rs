@@ -178,27 +178,19 @@ impl Driver {
 
     /// Runs until every handle is dropped.
     pub async fn run(mut self) {
-        let mut idle_tick = false;
         loop {
-            let sleep_for = self.core.next_deadline().map(|deadline| {
-                let wait = Duration::from_nanos(deadline.0.saturating_sub(now().0));
-                // A deadline the last tick did not clear must not spin the loop.
-                if idle_tick {
-                    wait.max(Duration::from_millis(50))
-                } else {
-                    wait
-                }
-            });
+            // Every step fires all timers due by its time, so the next deadline is always later
+            // than the last step: this loop cannot spin on one.
+            let sleep_for = self
+                .core
+                .next_deadline()
+                .map(|deadline| Duration::from_nanos(deadline.0.saturating_sub(now().0)));
             let message = match sleep_for {
                 Some(wait) => {
                     tokio::select! {
                         m = self.rx.recv() => m,
                         _ = tokio::time::sleep_until((Instant::now() + wait).into()) => {
-                            idle_tick = true;
                             let outputs = self.core.step(now(), Input::Tick);
-                            if !outputs.is_empty() {
-                                idle_tick = false;
-                            }
                             self.dispatch(outputs);
                             continue;
                         }
@@ -206,7 +198,6 @@ impl Driver {
                 }
                 None => self.rx.recv().await,
             };
-            idle_tick = false;
             let Some(message) = message else {
                 return;
             };

@@ -5,10 +5,13 @@
 //! model adopts what the core says and marks nothing it cannot know as certain.
 
 use crate::sim::{RequestInfo, BAD_HANDLES, IN_HOST_NETWORK, LONGEST_HANDLE, SPECIAL_NETWORKS};
+use ipnetwork::Ipv4Network;
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
 use trellis_core::api::ContainerSpec;
 use trellis_core::limits::{self, EnvOwner, LimitExceeded};
-use trellis_core::network::{NetworkAssignment, NetworkError};
+use trellis_core::network::{self, NetworkAssignment, NetworkError, NetworkRequest};
+use trellis_core::ports::PortError;
 use trellis_core::properties::{self, Properties};
 use trellis_core::{Command, Config, Core, CoreView, Error, LeaseId, Reply, Time};
 use trellis_fake::FakeOs;
@@ -424,6 +427,138 @@ pub fn bounds(
         (_, Err(_)) if refusal.is_some() => wrong(),
         _ => Ok(()),
     }
+}
+
+/// Judges a refusal for want of a container slot, an address or a host port against what the
+/// containers the core lists hold, reckoned here without the core's allocators: every container
+/// in any state (creating, created, destroying) keeps what it was given until it is gone, a
+/// port being mapped (`mapping`, from the effects on their way) is held, and nothing else holds
+/// anything. A refusal these holdings do not explain is a leak.
+pub fn resource_refusal(
+    command: &Command,
+    result: &Result<Reply, Error>,
+    config: &Config,
+    core: &Core,
+    mapping: &[u32],
+) -> Result<(), String> {
+    let Err(error) = result else {
+        return Ok(());
+    };
+    let (network, netin): (Option<&str>, Vec<u32>) = match command {
+        Command::Create(spec) => (
+            Some(&spec.network),
+            spec.netin.iter().map(|n| n.host_port).collect(),
+        ),
+        Command::NetIn { host_port, .. } => (None, vec![*host_port]),
+        _ => return Ok(()),
+    };
+    let judged = matches!(
+        error,
+        Error::MaxContainersReached | Error::Network(_) | Error::Port(_)
+    );
+    if !judged {
+        return Ok(());
+    }
+    let view = core.view();
+    let addresses: Vec<NetworkAssignment> =
+        view.containers.iter().filter_map(|c| c.network).collect();
+    let ports: BTreeSet<u32> = view
+        .containers
+        .iter()
+        .flat_map(|c| {
+            c.mapped_ports
+                .iter()
+                .map(|m| m.host_port)
+                .chain(c.held_ports.iter().copied())
+        })
+        .chain(mapping.iter().copied())
+        .collect();
+    let subnet_in_use = |subnet: Ipv4Network| addresses.iter().any(|a| a.subnet == subnet);
+    let ip_in_use = |subnet: Ipv4Network, ip: Ipv4Addr| {
+        addresses
+            .iter()
+            .any(|a| a.subnet == subnet && a.container_ip == ip)
+    };
+    let requested = network.map(network::parse);
+    let explained = match (error, requested) {
+        (Error::MaxContainersReached, _) => {
+            let pool_subnets = pool_subnets(config.network_pool).count() as u64;
+            let max = match config.max_containers {
+                0 => pool_subnets,
+                n => n.min(pool_subnets),
+            };
+            view.containers.len() as u64 >= max
+        }
+        (Error::Network(NetworkError::PoolExhausted { .. }), Some(Ok(NetworkRequest::Pool))) => {
+            pool_subnets(config.network_pool).all(subnet_in_use)
+        }
+        (
+            Error::Network(NetworkError::IpTaken { ip }),
+            Some(Ok(NetworkRequest::Exact { subnet, ip: asked })),
+        ) => *ip == asked && ip_in_use(subnet, asked),
+        (
+            Error::Network(NetworkError::SubnetFull { subnet }),
+            Some(Ok(NetworkRequest::AnyIpIn(asked))),
+        ) => {
+            *subnet == asked
+                && (u32::from(asked.network()) + 1..u32::from(asked.broadcast()) - 1)
+                    .all(|ip| ip_in_use(asked, Ipv4Addr::from(ip)))
+        }
+        (
+            Error::Network(NetworkError::OverlapsSubnet { subnet, existing }),
+            Some(Ok(NetworkRequest::AnyIpIn(asked) | NetworkRequest::Exact { subnet: asked, .. })),
+        ) => {
+            *subnet == asked
+                && existing != subnet
+                && overlap(asked, *existing)
+                && subnet_in_use(*existing)
+        }
+        (
+            Error::Network(NetworkError::OverlapsPool { subnet, .. }),
+            Some(Ok(NetworkRequest::AnyIpIn(asked) | NetworkRequest::Exact { subnet: asked, .. })),
+        ) => *subnet == asked && overlap(asked, config.network_pool),
+        // Refusals of the request itself (unparseable, forbidden) are judged elsewhere.
+        (Error::Network(_), _) => return Ok(()),
+        (Error::Port(PortError::InUse { port }), _) => {
+            // Held by a container, or asked for (or possibly handed out) earlier in the same
+            // request.
+            let earlier = netin.iter().filter(|p| **p == *port).count() > 1
+                || (netin.contains(&0) && pool_ports(config).contains(port));
+            ports.contains(port) || earlier
+        }
+        (Error::Port(PortError::PoolExhausted { .. }), _) => {
+            let free = pool_ports(config).filter(|p| !ports.contains(p)).count();
+            // The request's own earlier mappings may have taken the rest.
+            free < netin.len()
+        }
+        (Error::Port(_), _) => return Ok(()),
+        _ => false,
+    };
+    if explained {
+        return Ok(());
+    }
+    Err(format!(
+        "{} was refused with '{error}', but the containers hold addresses {addresses:?} and \
+         ports {ports:?}",
+        command_name(command)
+    ))
+}
+
+fn overlap(a: Ipv4Network, b: Ipv4Network) -> bool {
+    a.contains(b.network()) || b.contains(a.network())
+}
+
+/// The /30 subnets the pool is carved into.
+fn pool_subnets(pool: Ipv4Network) -> impl Iterator<Item = Ipv4Network> {
+    let base = u32::from(pool.network());
+    let count = 1u32 << (32 - u32::from(pool.prefix())) >> 2;
+    (0..count).map(move |i| {
+        Ipv4Network::new(Ipv4Addr::from(base + 4 * i), 30).expect("a /30 is a valid network")
+    })
+}
+
+fn pool_ports(config: &Config) -> std::ops::Range<u32> {
+    config.port_pool_start..config.port_pool_start + config.port_pool_size
 }
 
 fn command_name(command: &Command) -> String {

@@ -236,9 +236,11 @@ pub(crate) const SPECIAL_NETWORKS: [&str; 5] = [
 pub(crate) const HOST_NETWORK: &str = "192.168.50.0/24";
 pub(crate) const IN_HOST_NETWORK: &str = "192.168.50.4/30";
 
-/// The core's state as a refused request must leave it: everything but when grace timers
-/// expire (an answered request restarts its container's countdown, refused or not).
+/// The core's state as a refused request must leave it: everything but the clock (time passes
+/// between steps without one) and when grace timers expire (an answered request restarts its
+/// container's countdown, refused or not).
 fn without_countdowns(mut view: CoreView) -> CoreView {
+    view.now = Time(0);
     for c in &mut view.containers {
         c.expires_at = None;
     }
@@ -365,13 +367,24 @@ impl Sim {
                 *self
                     .rng
                     .pick(&[SECOND / 100, SECOND / 2, SECOND, 3 * SECOND, 12 * SECOND]);
-            self.now = self.now.plus(nanos);
-            self.feed(Input::Tick)?;
+            self.pass_time(nanos)?;
         } else {
             let (command, attach) = self.random_command();
             self.send_attaching(command, attach)?;
         }
         self.close_leases()
+    }
+
+    /// Lets `nanos` pass as the server's loop sees it: it wakes at each deadline the core
+    /// gives and ticks; the next input arrives at the end.
+    fn pass_time(&mut self, nanos: u64) -> Result<(), String> {
+        let until = self.now.plus(nanos);
+        while let Some(deadline) = self.core.next_deadline().filter(|d| *d <= until) {
+            self.now = self.now.max(deadline);
+            self.feed(Input::Tick)?;
+        }
+        self.now = until;
+        Ok(())
     }
 
     /// Connections that ended release their leases, as the server's connections do.
@@ -675,6 +688,15 @@ impl Sim {
             &self.config,
             &self.core,
         )?;
+        let mapping: Vec<u32> = self
+            .effects
+            .iter()
+            .filter_map(|e| match &e.effect.kind {
+                EffectKind::MapPort { mapping, .. } => Some(mapping.host_port),
+                _ => None,
+            })
+            .collect();
+        check::resource_refusal(&info.command, &result, &self.config, &self.core, &mapping)?;
         if matches!(&result, Err(e) if check::is_bound_refusal(e)) {
             if self.sending != Some(request) {
                 return Err(format!(
@@ -835,6 +857,13 @@ impl Sim {
     }
 
     fn check_step(&mut self) -> Result<(), String> {
+        // A step fires every timer due: otherwise the server's loop would wake again at once.
+        if let Some(deadline) = self.core.next_deadline().filter(|d| *d <= self.now) {
+            return Err(format!(
+                "a step at {} left a deadline at {} (not after it)",
+                self.now.0, deadline.0
+            ));
+        }
         let expired = check::grace(&mut self.model, &self.core, self.now)?;
         self.stats.expiries += expired;
         let view = self.core.view();
@@ -963,8 +992,8 @@ impl Sim {
                 self.close_leases()?;
                 continue;
             }
-            // Only retries may remain; grace timers are left alone (containers may live on).
-            match self.core.next_retry() {
+            // Only timers may remain: retries, and grace times running out.
+            match self.core.next_deadline() {
                 Some(at) => {
                     self.now = self.now.max(at);
                     self.feed(Input::Tick)?;
