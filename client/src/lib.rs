@@ -15,6 +15,8 @@
 //! # Ok(()) }
 //! ```
 
+#![warn(unreachable_pub)]
+
 pub mod cli;
 mod client;
 mod error;

@@ -266,7 +266,7 @@ async fn copy_out(
 }
 
 /// A response body as an `AsyncRead` (StreamOut's tar stream).
-pub struct BodyReader {
+pub(crate) struct BodyReader {
     body: Incoming,
     current: Bytes,
 }

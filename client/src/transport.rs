@@ -49,29 +49,29 @@ impl std::fmt::Display for Target {
 
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
-pub type BoxStream = Box<dyn Stream>;
+pub(crate) type BoxStream = Box<dyn Stream>;
 
-pub type RequestBody = UnsyncBoxBody<Bytes, std::io::Error>;
+pub(crate) type RequestBody = UnsyncBoxBody<Bytes, std::io::Error>;
 
-pub fn json_body(bytes: Vec<u8>) -> RequestBody {
+pub(crate) fn json_body(bytes: Vec<u8>) -> RequestBody {
     Full::new(Bytes::from(bytes))
         .map_err(|never| match never {})
         .boxed_unsync()
 }
 
-pub fn empty_body() -> RequestBody {
+pub(crate) fn empty_body() -> RequestBody {
     json_body(Vec::new())
 }
 
 /// A request body read from an `AsyncRead` piece by piece (StreamIn's tar stream).
-pub struct ReaderBody {
+pub(crate) struct ReaderBody {
     reader: Box<dyn AsyncRead + Send + Unpin>,
     buf: Vec<u8>,
     done: bool,
 }
 
 impl ReaderBody {
-    pub fn new(reader: Box<dyn AsyncRead + Send + Unpin>) -> ReaderBody {
+    pub(crate) fn new(reader: Box<dyn AsyncRead + Send + Unpin>) -> ReaderBody {
         ReaderBody {
             reader,
             buf: vec![0u8; 64 * 1024],
@@ -148,14 +148,14 @@ impl Target {
 }
 
 /// Reads a whole response body.
-pub async fn read_body(response: Response<Incoming>) -> Result<(u16, Bytes), Error> {
+pub(crate) async fn read_body(response: Response<Incoming>) -> Result<(u16, Bytes), Error> {
     let status = response.status().as_u16();
     let body = response.into_body().collect().await?.to_bytes();
     Ok((status, body))
 }
 
 /// The typed error of a non-2xx response body.
-pub fn error_from(status: u16, body: &[u8]) -> Error {
+pub(crate) fn error_from(status: u16, body: &[u8]) -> Error {
     match serde_json::from_slice::<ErrorBody>(body) {
         Ok(e) => Error::from_body(status, e),
         Err(e) => Error::BadResponse {

@@ -1,7 +1,7 @@
 //! The local terminal, for `trellis run --tty` and `trellis shell`: its size, and raw mode.
 
 /// (columns, rows) of the terminal on stdin, if stdin is one.
-pub fn size() -> Option<(u16, u16)> {
+pub(crate) fn size() -> Option<(u16, u16)> {
     // SAFETY: TIOCGWINSZ writes a winsize into the struct we own; fd 0 may be anything.
     let mut ws: libc::winsize = unsafe { std::mem::zeroed() };
     // SAFETY: as above; the ioctl writes only into `ws`.
@@ -10,13 +10,13 @@ pub fn size() -> Option<(u16, u16)> {
 }
 
 /// Raw mode on stdin while alive; the previous settings come back on drop.
-pub struct RawMode {
+pub(crate) struct RawMode {
     saved: libc::termios,
 }
 
 impl RawMode {
     /// `None` when stdin is not a terminal.
-    pub fn enter() -> Option<RawMode> {
+    pub(crate) fn enter() -> Option<RawMode> {
         // SAFETY: plain termios calls on fd 0 with structs we own.
         unsafe {
             if libc::isatty(0) != 1 {

@@ -124,7 +124,11 @@ pub(crate) fn write_tar(selected: Selected, tar: &mut dyn Write) -> HostResult<(
                 header.set_entry_type(tar::EntryType::Directory);
                 header.set_mode(0o755);
                 header.set_size(0);
-                let name = if name == "." { name } else { format!("{name}/") };
+                let name = if name == "." {
+                    name
+                } else {
+                    format!("{name}/")
+                };
                 (name, &[])
             }
             FileNode::File(data) => {
@@ -138,7 +142,11 @@ pub(crate) fn write_tar(selected: Selected, tar: &mut dyn Write) -> HostResult<(
             .append_data(&mut header, &name, data)
             .map_err(failed)?;
     }
-    builder.into_inner().map_err(failed)?.flush().map_err(failed)
+    builder
+        .into_inner()
+        .map_err(failed)?
+        .flush()
+        .map_err(failed)
 }
 
 /// `a/./b//c/` -> `/a/b/c`; `..` is clamped at the root.
@@ -169,4 +177,3 @@ fn ancestors(path: &str) -> Vec<String> {
     }
     out
 }
-

@@ -263,7 +263,12 @@ impl Host for FakeHost {
                 .spec
                 .args
                 .iter()
-                .map(|arg| (arg.clone(), tree.and_then(|t| t.file(arg)).map(<[u8]>::to_vec)))
+                .map(|arg| {
+                    (
+                        arg.clone(),
+                        tree.and_then(|t| t.file(arg)).map(<[u8]>::to_vec),
+                    )
+                })
                 .collect()
         } else {
             Vec::new()
@@ -395,7 +400,10 @@ impl Host for FakeHost {
         self.require_user(to.handle, to.user)?;
         let unpacked = files::read_tar(to.path, tar)?;
         let mut files = lock(&self.files);
-        files.entry(to.handle.to_string()).or_default().add(unpacked);
+        files
+            .entry(to.handle.to_string())
+            .or_default()
+            .add(unpacked);
         Ok(())
     }
 

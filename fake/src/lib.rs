@@ -6,6 +6,7 @@
 //! simulated processes on threads.
 
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 mod files;
 pub mod host;
@@ -15,9 +16,9 @@ mod process;
 mod programs;
 
 pub use host::FakeHost;
+pub use os::{FakeContainer, FakeOs, Fault};
 pub use process::FakeProcess;
 pub use programs::PROGRAMS;
-pub use os::{FakeContainer, FakeOs, Fault};
 
 /// Locks a mutex, taking over one a panicking thread left (the fake's state stays usable).
 fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -43,7 +43,6 @@ pub(crate) fn bridge(
         .map(drop)
 }
 
-
 /// An in-memory pipe with a pipe's blocking: readers wait for data or for every writer to be
 /// gone (EOF); writers wait for room, and fail once every reader is gone.
 #[derive(Clone, Default)]
@@ -213,4 +212,3 @@ impl Drop for PipeReader {
         self.0 .0.changed.notify_all();
     }
 }
-

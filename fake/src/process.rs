@@ -106,11 +106,9 @@ pub(crate) fn signal_status(signal: Signal) -> i32 {
     }
 }
 
-
 /// Why a program stopped early.
 pub(crate) enum Interrupt {
     Signal(Signal),
     /// Its output's reader went away (SIGPIPE).
     BrokenPipe,
 }
-

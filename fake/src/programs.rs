@@ -127,7 +127,6 @@ pub(crate) fn shell_words(script: &str) -> Vec<String> {
     out
 }
 
-
 /// What a simulated program gets: its arguments, environment and pipe ends.
 pub(crate) struct Program {
     pub(crate) name: String,
@@ -146,7 +145,6 @@ pub(crate) struct Program {
     pub(crate) stderr: PipeWriter,
     pub(crate) process: Arc<FakeProcess>,
 }
-
 
 impl Program {
     /// Runs to the end and returns the exit status; the pipe ends close on return.
@@ -350,7 +348,11 @@ impl Program {
     }
 }
 
-pub(crate) fn write_all(pipe: &mut PipeWriter, process: &FakeProcess, data: &[u8]) -> Result<(), Interrupt> {
+pub(crate) fn write_all(
+    pipe: &mut PipeWriter,
+    process: &FakeProcess,
+    data: &[u8],
+) -> Result<(), Interrupt> {
     let mut at = 0;
     while at < data.len() {
         at += pipe.write_interruptible(&data[at..], process)?;

@@ -6,6 +6,7 @@
 //! `trellis_core::api`'s: the core takes them as command inputs and stores them in records.
 
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 pub mod body;
 pub mod duration;

@@ -5,6 +5,8 @@
 //! first request head is read here ([`head`]), routed ([`routes`]), and either served raw
 //! ([`hijack`]) or handed to hyper with the bytes already read put back in front.
 
+#![warn(unreachable_pub)]
+
 pub mod alloc_stats;
 pub mod api;
 pub mod cleanup;

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 use tracing::{info, warn};
-use trellis_core::network::NetworkAssignment;
 use trellis_core::effect::EffectKind;
+use trellis_core::network::NetworkAssignment;
 use trellis_os::{Host, HostError};
 
 /// How many containers are destroyed at once (each teardown waits on the host: an init to
@@ -56,7 +56,12 @@ pub fn destroy_all_containers(host: &dyn Host) -> Result<Destroyed, HostError> {
 fn destroy(host: &dyn Host, handle: &str, network: Option<&NetworkAssignment>) -> bool {
     let handle_of = || handle.to_string();
     let steps = [
-        ("killing its processes", EffectKind::KillContainer { handle: handle_of() }),
+        (
+            "killing its processes",
+            EffectKind::KillContainer {
+                handle: handle_of(),
+            },
+        ),
         (
             "tearing down its network",
             EffectKind::TeardownNetwork {
@@ -64,8 +69,18 @@ fn destroy(host: &dyn Host, handle: &str, network: Option<&NetworkAssignment>) -
                 assignment: network.copied(),
             },
         ),
-        ("removing its cgroup", EffectKind::RemoveCgroup { handle: handle_of() }),
-        ("removing its root filesystem", EffectKind::RemoveRootfs { handle: handle_of() }),
+        (
+            "removing its cgroup",
+            EffectKind::RemoveCgroup {
+                handle: handle_of(),
+            },
+        ),
+        (
+            "removing its root filesystem",
+            EffectKind::RemoveRootfs {
+                handle: handle_of(),
+            },
+        ),
     ];
     let mut finished = true;
     for (what, step) in &steps {
@@ -78,7 +93,9 @@ fn destroy(host: &dyn Host, handle: &str, network: Option<&NetworkAssignment>) -
     }
     // Without its record the container is never served again; what is left of it the core
     // tears down as a leftover.
-    if let Err(error) = host.execute(&EffectKind::DeleteRecord { handle: handle_of() }) {
+    if let Err(error) = host.execute(&EffectKind::DeleteRecord {
+        handle: handle_of(),
+    }) {
         warn!(handle, %error, "destroying a container found at start: deleting its record");
         finished = false;
     }
