@@ -13,6 +13,7 @@
 
 pub mod arp;
 pub mod bandwidth;
+mod deferred;
 pub mod dns;
 pub mod firewall;
 pub mod naming;
@@ -92,10 +93,8 @@ pub struct Networker {
     /// With `--network-plugin`: the plugin wires what the namespace holds.
     plugin: Option<plugin::NetworkPlugin>,
     removal: Arc<Removal>,
-    /// Removals still running after their teardown returned.
-    pending_cleanups: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
-    /// Set by `settle` to cut the cleanups' linger short.
-    expedite_cleanups: Arc<std::sync::atomic::AtomicBool>,
+    /// The deferred parts of removals (and the start's removal of orphaned bridges).
+    deferred: deferred::DeferredWork,
     /// The gratuitous ARP announcers of containers set up recently, stopped at teardown.
     announcers: Mutex<HashMap<String, Arc<arp::StopSignal>>>,
 }
@@ -116,12 +115,6 @@ struct Removal {
 
 /// How long a torn-down container's links, chain and possibly empty bridge stay.
 const BRIDGE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
-
-impl Drop for Networker {
-    fn drop(&mut self) {
-        self.settle();
-    }
-}
 
 /// The host's address as others see it: the first IPv4 address of the interface holding the
 /// default route. Read from the kernel's tables; no packet is sent. `None` without a default
@@ -215,7 +208,7 @@ impl Networker {
             // What cannot be finished now stays retired for the next start; it must not keep
             // this one from serving the containers that are still there.
             if let Err(e) = removal.finish(&state) {
-                eprintln!("network cleanup of {}: {e}", state.handle);
+                tracing::warn!(handle = %state.handle, "network cleanup left for the next start: {e}");
             }
         }
         let mut live_ids = BTreeSet::new();
@@ -234,20 +227,13 @@ impl Networker {
         // the host takes about 0.1 s when thousands exist (this server's and others'), and
         // nothing before serving needs them gone (a create on the subnet takes the bridge's
         // lock and uses the bridge, or waits until it is gone).
+        let deferred = deferred::DeferredWork::start("network-removal");
         let orphans = removal.clone();
-        let remove_orphans = move || {
+        deferred.schedule(std::time::Instant::now(), move || {
             if let Err(e) = orphans.remove_orphan_bridges() {
-                eprintln!("removing bridges left without containers: {e}");
+                tracing::warn!("removing bridges left without containers: {e}");
             }
-        };
-        let mut pending_cleanups = Vec::new();
-        match std::thread::Builder::new()
-            .name("orphan-bridges".into())
-            .spawn(remove_orphans.clone())
-        {
-            Ok(thread) => pending_cleanups.push(thread),
-            Err(_) => remove_orphans(),
-        }
+        });
         let plugin = match &settings.plugin {
             Some(plugin_settings) => Some(plugin::NetworkPlugin::new(
                 plugin_settings.clone(),
@@ -264,8 +250,7 @@ impl Networker {
             no_new_privileges: config.security.no_new_privileges,
             container_sysctls,
             removal,
-            pending_cleanups: std::sync::Mutex::new(pending_cleanups),
-            expedite_cleanups: Default::default(),
+            deferred,
             announcers: Default::default(),
         })
     }
@@ -816,49 +801,28 @@ impl Networker {
         })
     }
 
-    /// Runs [`Removal::finish`] after [`BRIDGE_LINGER`], on a thread of its own; [`Networker::settle`]
-    /// waits for it, and a start after a crash finishes it.
+    /// Runs [`Removal::finish`] on the deferred-work thread after [`BRIDGE_LINGER`]: a create
+    /// on the same subnet soon after (the pool hands the freed subnet out again) then finds
+    /// the bridge in use and it stays, instead of being deleted and made again.
+    /// [`Networker::settle`] waits for it, and a start after a crash finishes it.
     fn finish_removal_later(&self, state: NetworkState) {
         let removal = self.removal.clone();
-        let expedite = self.expedite_cleanups.clone();
-        let cleanup = std::thread::spawn(move || {
-            // Linger first: a create on the same subnet soon after (the pool hands the freed
-            // subnet out again) then finds the bridge in use and it stays, instead of being
-            // deleted and made again.
-            let linger_until = std::time::Instant::now() + BRIDGE_LINGER;
-            while std::time::Instant::now() < linger_until
-                && !expedite.load(std::sync::atomic::Ordering::Relaxed)
-            {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            if let Err(e) = removal.finish(&state) {
-                eprintln!("network cleanup of {}: {e}", state.handle);
-            }
-        });
-        let mut pending = self
-            .pending_cleanups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        pending.retain(|h| !h.is_finished());
-        pending.push(cleanup);
+        self.deferred
+            .schedule(std::time::Instant::now() + BRIDGE_LINGER, move || {
+                match removal.finish(&state) {
+                    Ok(()) => tracing::debug!(handle = %state.handle, "network removal finished"),
+                    Err(e) => tracing::warn!(
+                        handle = %state.handle,
+                        "network cleanup left for the next start: {e}"
+                    ),
+                }
+            });
     }
 
     /// Waits until every link and bridge removal started by a teardown, and the start's
-    /// removal of bridges left empty, is done.
+    /// removal of bridges left empty, is done (without waiting out their linger).
     pub fn settle(&self) {
-        self.expedite_cleanups
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        let pending: Vec<_> = self
-            .pending_cleanups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-            .collect();
-        for handle in pending {
-            let _ = handle.join();
-        }
-        self.expedite_cleanups
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.deferred.settle();
     }
 
     pub fn settings(&self) -> &NetworkSettings {

@@ -400,8 +400,9 @@ fn plugin_properties(properties: &BTreeMap<String, String>) -> BTreeMap<&str, &s
 
 /// A plugin's stderr on success goes to the log, as guardian logs it.
 fn log_stderr(action: &str, handle: &str, stderr: &[u8]) {
-    eprintln!(
-        "network plugin {action} for {handle}: stderr: {}",
+    tracing::info!(
+        handle,
+        "network plugin {action}: stderr: {}",
         String::from_utf8_lossy(stderr).trim()
     );
 }
