@@ -214,7 +214,7 @@ fn host_error(e: EffectError) -> HostError {
     match e.kind {
         EffectErrorKind::ExecutableNotFound => HostError::ExecutableNotFound(e.message),
         EffectErrorKind::InvalidRequest => HostError::Invalid(e.message),
-        EffectErrorKind::Host => HostError::Failed(e.message),
+        EffectErrorKind::Host => HostError::Unexpected(e.message),
     }
 }
 
@@ -233,7 +233,7 @@ impl Host for FakeHost {
             disk: *disk,
         })? {
             EffectOutput::Rootfs { image_env } => Ok(Rootfs { image_env }),
-            other => Err(HostError::Failed(format!(
+            other => Err(HostError::Unexpected(format!(
                 "prepare-rootfs answered {other:?}"
             ))),
         }
@@ -264,7 +264,7 @@ impl Host for FakeHost {
             config: config.clone(),
         })? {
             EffectOutput::NetworkProperties(properties) => Ok(properties),
-            other => Err(HostError::Failed(format!(
+            other => Err(HostError::Unexpected(format!(
                 "connect-network answered {other:?}"
             ))),
         }
@@ -606,7 +606,7 @@ impl Host for FakeHost {
             handle: handle.into(),
         })? {
             EffectOutput::Metrics(m) => Ok(*m),
-            other => Err(HostError::Failed(format!(
+            other => Err(HostError::Unexpected(format!(
                 "read-metrics answered {other:?}"
             ))),
         }
@@ -618,7 +618,7 @@ impl Host for FakeHost {
             process_id: process_id.into(),
         })? {
             EffectOutput::Metrics(m) => Ok(*m),
-            other => Err(HostError::Failed(format!(
+            other => Err(HostError::Unexpected(format!(
                 "read-pea-metrics answered {other:?}"
             ))),
         }
@@ -635,7 +635,7 @@ impl Host for FakeHost {
                 disk_in_bytes,
                 schedulable_disk_in_bytes,
             }),
-            other => Err(HostError::Failed(format!(
+            other => Err(HostError::Unexpected(format!(
                 "read-capacity answered {other:?}"
             ))),
         }
@@ -803,7 +803,7 @@ impl FakeHost {
         if self.os().containers.get(handle).is_some_and(|c| c.rootfs) {
             Ok(())
         } else {
-            Err(HostError::Failed(format!(
+            Err(HostError::Unexpected(format!(
                 "container {handle} has no rootfs"
             )))
         }

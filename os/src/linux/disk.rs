@@ -177,7 +177,7 @@ impl DiskQuotas {
             unmount_all(&scratch)?;
             size += (plan.bytes - available) + (plan.bytes - available) / 8 + (1 << 20);
         }
-        Err(HostError::Failed(format!(
+        Err(HostError::Unexpected(format!(
             "could not size a {} byte scratch filesystem for {handle}",
             plan.bytes
         )))
@@ -341,11 +341,11 @@ fn make_image(image: &Path, size: u64, inodes: Option<u64>) -> HostResult<()> {
         .output()
         .map_err(|e| HostError::io("run mkfs.ext4 (is e2fsprogs installed?)", e))?;
     if !out.status.success() {
-        return Err(HostError::Failed(format!(
-            "mkfs.ext4 {}: {}",
-            image.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+        return Err(HostError::Command {
+            context: format!("make the scratch filesystem {}", image.display()),
+            program: "mkfs.ext4".into(),
+            output: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(())
 }
@@ -775,10 +775,10 @@ mod loopdev {
                 }
             }
         }
-        Err(HostError::Failed(format!(
-            "no free loop device for {}",
-            image.display()
-        )))
+        Err(HostError::sys(
+            format!("no free loop device for {}", image.display()),
+            Errno::EBUSY,
+        ))
     }
 
     /// Detaches the device (lazily, if it is still in use).

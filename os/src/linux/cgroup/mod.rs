@@ -245,7 +245,7 @@ impl Cgroups {
             self.backend.kill_all(handle)?;
             if Instant::now() >= deadline {
                 let pids = self.backend.pids(handle).unwrap_or_default();
-                return Err(HostError::Failed(format!(
+                return Err(HostError::Unexpected(format!(
                     "remove cgroup {handle}: still busy after {REMOVE_TIMEOUT:?} (pids {pids:?})"
                 )));
             }
@@ -364,7 +364,7 @@ pub fn mem_total() -> HostResult<u64> {
         .and_then(|rest| rest.trim().strip_suffix("kB"))
         .and_then(|kb| kb.trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
-        .ok_or_else(|| HostError::Failed("/proc/meminfo has no MemTotal".into()))
+        .ok_or_else(|| HostError::Unexpected("/proc/meminfo has no MemTotal".into()))
 }
 
 pub use trellis_core::api::shares_to_weight;

@@ -39,42 +39,14 @@ use super::naming::log_prefix;
 use super::nftnl::{self, AnonSet, Base, CmpOp, ElemData, Expr, SetKey};
 use crate::host::{HostError, HostResult};
 use ipnetwork::Ipv4Network;
+use nix::errno::Errno;
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
 use trellis_core::api::{IcmpControl, NetOutRule, PortMapping, Protocol};
 
-/// Runs an nft script as one transaction. The seam that keeps the rest testable.
-pub trait NftRunner: Send + Sync {
-    fn run(&self, script: &str) -> Result<(), String>;
-}
-
-/// Runs scripts with the `nft` command (`nft -f -`).
-pub struct NftCommand;
-
-impl NftRunner for NftCommand {
-    fn run(&self, script: &str) -> Result<(), String> {
-        use std::io::Write;
-        use std::process::{Command, Stdio};
-        let mut child = Command::new("nft")
-            .args(["-f", "-"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| format!("run nft: {e}"))?;
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        let written = stdin.write_all(script.as_bytes());
-        drop(stdin);
-        let output = child
-            .wait_with_output()
-            .map_err(|e| format!("wait for nft: {e}"))?;
-        written.map_err(|e| format!("write to nft: {e}"))?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
-        }
-    }
+/// Runs an nft script (`nft -f -`) as one transaction.
+pub fn run_nft(context: &str, script: &str) -> HostResult<()> {
+    crate::linux::command::run_script(context, "nft", &["-f", "-"], script)
 }
 
 /// Deletes every nftables table of the server tagged `tag`: `ip trellis<tag>` and its egress
@@ -87,7 +59,9 @@ pub fn delete_server_tables(tag: &str) {
         let _ = writeln!(script, "delete table {table}");
     }
     if !script.is_empty() {
-        let _ = NftCommand.run(&script);
+        if let Err(e) = run_nft("delete the server's nftables tables", &script) {
+            tracing::warn!("{e}");
+        }
     }
 }
 
@@ -143,7 +117,6 @@ pub struct ContainerRules<'a> {
 pub const ALLOWED_MARK: u32 = 0x0010_0000;
 
 pub struct Firewall {
-    runner: Box<dyn NftRunner>,
     ruleset: Ruleset,
 }
 
@@ -355,7 +328,7 @@ impl Ruleset {
     /// An empty netlink batch for our table.
     fn batch(&self) -> HostResult<nftnl::Batch> {
         let table = self.table.strip_prefix("ip ").ok_or_else(|| {
-            HostError::Failed(format!("table {} is not of the ip family", self.table))
+            HostError::Unexpected(format!("table {} is not of the ip family", self.table))
         })?;
         Ok(nftnl::Batch::new(nftnl::FAMILY_IPV4, table, 1))
     }
@@ -382,7 +355,7 @@ impl Ruleset {
     fn subnet_allow(subnet: Ipv4Network) -> HostResult<Vec<Expr>> {
         let prefix = subnet.prefix();
         if prefix == 0 {
-            return Err(HostError::Failed(format!(
+            return Err(HostError::Unexpected(format!(
                 "invalid container subnet {subnet}"
             )));
         }
@@ -794,18 +767,12 @@ fn merged(mut ranges: Vec<(u32, u32)>) -> Vec<(u32, u32)> {
 }
 
 impl Firewall {
-    pub fn new(runner: Box<dyn NftRunner>, ruleset: Ruleset) -> Firewall {
-        Firewall { runner, ruleset }
-    }
-
-    fn run(&self, what: &str, script: &str) -> HostResult<()> {
-        self.runner
-            .run(script)
-            .map_err(|e| HostError::Failed(format!("{what}: nft: {e}")))
+    pub fn new(ruleset: Ruleset) -> Firewall {
+        Firewall { ruleset }
     }
 
     pub fn install_globals(&self, settings: &FirewallSettings) -> HostResult<()> {
-        self.run("install firewall", &self.ruleset.globals_script(settings))
+        run_nft("install firewall", &self.ruleset.globals_script(settings))
     }
 
     /// Builds the container's table with its create-time NetOut rules, and publishes its
@@ -818,17 +785,16 @@ impl Firewall {
         ports: &[PortMapping],
     ) -> HostResult<()> {
         let [own, shared] = self.ruleset.container_batches(c, netout, ports)?;
-        nftnl::send(own).map_err(|e| {
-            HostError::Failed(format!("set up firewall for {}: nf_tables: {e}", c.handle))
-        })?;
+        let context = || format!("set up firewall for {}", c.handle);
+        nftnl::send(own).map_err(|e| e.context(context()))?;
         nftnl::send(shared).map_err(|e| {
-            if e.contains("File exists") && !ports.is_empty() {
+            if e.errno() == Some(Errno::EEXIST) && !ports.is_empty() {
                 HostError::Invalid(format!(
                     "a host port of {:?} is already mapped to another container",
                     ports.iter().map(|p| p.host_port).collect::<Vec<_>>()
                 ))
             } else {
-                HostError::Failed(format!("set up firewall for {}: nf_tables: {e}", c.handle))
+                e.context(context())
             }
         })
     }
@@ -842,12 +808,7 @@ impl Firewall {
         let Some(batch) = batch else {
             return Ok(());
         };
-        nftnl::send(batch).map_err(|e| {
-            HostError::Failed(format!(
-                "add net-out rules for {}: nf_tables: {e}",
-                c.handle
-            ))
-        })
+        nftnl::send(batch).map_err(|e| e.context(format!("add net-out rules for {}", c.handle)))
     }
 
     /// Publishes one more port mapping: one netlink batch with the same element as
@@ -855,13 +816,13 @@ impl Firewall {
     pub fn map_port(&self, c: &ContainerRules<'_>, mapping: &PortMapping) -> HostResult<()> {
         let batch = self.ruleset.port_batch(c, mapping)?;
         nftnl::send(batch).map_err(|e| {
-            if e.contains("File exists") {
+            if e.errno() == Some(Errno::EEXIST) {
                 HostError::Invalid(format!(
                     "host port {} is already mapped to another container",
                     mapping.host_port
                 ))
             } else {
-                HostError::Failed(format!("map port for {}: nf_tables: {e}", c.handle))
+                e.context(format!("map port for {}", c.handle))
             }
         })
     }
@@ -919,7 +880,7 @@ impl Firewall {
         if script.is_empty() {
             return Ok(());
         }
-        self.run("remove orphaned container chains", &script)
+        run_nft("remove orphaned container chains", &script)
     }
 
     /// Removes the container's egress chain.
@@ -934,9 +895,7 @@ impl Firewall {
     }
 
     fn send_removal(&self, c: &ContainerRules<'_>, batch: nftnl::Batch) -> HostResult<()> {
-        nftnl::send(batch).map_err(|e| {
-            HostError::Failed(format!("remove firewall of {}: nf_tables: {e}", c.handle))
-        })
+        nftnl::send(batch).map_err(|e| e.context(format!("remove firewall of {}", c.handle)))
     }
 }
 

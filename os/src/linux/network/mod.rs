@@ -27,7 +27,7 @@ pub mod sysctl;
 use super::LinuxConfig;
 use crate::host::{HostError, HostResult};
 use crate::layout::Layout;
-use firewall::{ContainerRules, Firewall, FirewallSettings, NftCommand, NftRunner, Ruleset};
+use firewall::{ContainerRules, Firewall, FirewallSettings, Ruleset};
 use naming::LinkNames;
 use nix::fcntl::{Flock, FlockArg};
 use state::{NetworkState, StateStore};
@@ -153,10 +153,6 @@ fn write_sysctl(path: &str, value: &str) -> HostResult<()> {
 
 impl Networker {
     pub fn new(config: &LinuxConfig) -> HostResult<Networker> {
-        Networker::with_runner(config, Box::new(NftCommand))
-    }
-
-    pub fn with_runner(config: &LinuxConfig, runner: Box<dyn NftRunner>) -> HostResult<Networker> {
         let layout = config.layout.clone();
         let settings = config.network.clone();
         if settings.mtu < 68 || settings.mtu > 65535 {
@@ -183,7 +179,7 @@ impl Networker {
         }
         write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
         let container_sysctls = settings.tcp_sysctls.resolve()?;
-        let firewall = Firewall::new(runner, ruleset);
+        let firewall = Firewall::new(ruleset);
         firewall.install_globals(&settings.firewall)?;
         let mut address_holders: HashMap<Ipv4Addr, BTreeSet<String>> = HashMap::new();
         for handle in states.handles()? {
@@ -355,7 +351,7 @@ fn lock_file(path: &std::path::Path) -> HostResult<Flock<std::fs::File>> {
             .open(path)
             .map_err(|e| HostError::io(format!("open {}", path.display()), e))?;
         Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| HostError::Failed(format!("lock {}: {e}", path.display())))
+            .map_err(|(_, e)| HostError::sys(format!("lock {}", path.display()), e))
     }
 }
 
@@ -431,7 +427,10 @@ impl Networker {
                     nl.create_veth(&names.host_veth, &names.container_veth, mtu, &netns_file)?;
                 }
                 let host_end = nl.link(&names.host_veth)?.ok_or_else(|| {
-                    HostError::Failed(format!("veth {} vanished after creation", names.host_veth))
+                    HostError::Unexpected(format!(
+                        "veth {} vanished after creation",
+                        names.host_veth
+                    ))
                 })?;
                 nl.attach_to_bridge(host_end.index, bridge_index, handle)?;
                 nl.forget_neighbour(bridge_index, assignment.container_ip)
@@ -439,11 +438,11 @@ impl Networker {
         }
         netlink::with_netlink(Some(&netns_path), |nl| {
             let lo = nl.link("lo")?.ok_or_else(|| {
-                HostError::Failed("no loopback in the container namespace".into())
+                HostError::Unexpected("no loopback in the container namespace".into())
             })?;
             nl.set_up(lo.index, None)?;
             let link = nl.link(&names.container_veth)?.ok_or_else(|| {
-                HostError::Failed(format!(
+                HostError::Unexpected(format!(
                     "{} is missing from the container's namespace",
                     names.container_veth
                 ))
@@ -528,10 +527,9 @@ impl Networker {
         pid: i32,
         config: &PluginUpConfig,
     ) -> HostResult<BTreeMap<String, String>> {
-        let plugin = self
-            .plugin
-            .as_ref()
-            .ok_or_else(|| HostError::Failed("connect-network without a network plugin".into()))?;
+        let plugin = self.plugin.as_ref().ok_or_else(|| {
+            HostError::Unexpected("connect-network without a network plugin".into())
+        })?;
         let answer = plugin.up(
             handle,
             pid,
@@ -542,7 +540,7 @@ impl Networker {
         let properties = answer.properties.unwrap_or_default();
         if let Some(ip) = properties.get(trellis_core::properties::CONTAINER_IP) {
             let address: Ipv4Addr = ip.parse().map_err(|_| {
-                HostError::Failed(format!(
+                HostError::Unexpected(format!(
                     "network plugin {}: 'up' answered container address {ip:?}, not an IPv4 address",
                     plugin.path()
                 ))
@@ -683,10 +681,9 @@ impl Networker {
     }
 
     fn require_state(&self, handle: &str) -> HostResult<NetworkState> {
-        self.removal
-            .states
-            .load(handle)?
-            .ok_or_else(|| HostError::Failed(format!("container {handle} has no network set up")))
+        self.removal.states.load(handle)?.ok_or_else(|| {
+            HostError::Unexpected(format!("container {handle} has no network set up"))
+        })
     }
 
     pub fn map_port(
@@ -807,16 +804,16 @@ impl Networker {
     /// [`Networker::settle`] waits for it, and a start after a crash finishes it.
     fn finish_removal_later(&self, state: NetworkState) {
         let removal = self.removal.clone();
-        self.deferred
-            .schedule(std::time::Instant::now() + BRIDGE_LINGER, move || {
-                match removal.finish(&state) {
-                    Ok(()) => tracing::debug!(handle = %state.handle, "network removal finished"),
-                    Err(e) => tracing::warn!(
-                        handle = %state.handle,
-                        "network cleanup left for the next start: {e}"
-                    ),
-                }
-            });
+        self.deferred.schedule(
+            std::time::Instant::now() + BRIDGE_LINGER,
+            move || match removal.finish(&state) {
+                Ok(()) => tracing::debug!(handle = %state.handle, "network removal finished"),
+                Err(e) => tracing::warn!(
+                    handle = %state.handle,
+                    "network cleanup left for the next start: {e}"
+                ),
+            },
+        );
     }
 
     /// Waits until every link and bridge removal started by a teardown, and the start's
