@@ -249,7 +249,8 @@ impl Cgroups {
                     "remove cgroup {handle}: still busy after {REMOVE_TIMEOUT:?} (pids {pids:?})"
                 )));
             }
-            // Killed processes leave the cgroup asynchronously.
+            // Killed processes leave the cgroup asynchronously, and rmdir answers EBUSY until
+            // they have: a bounded retry the kernel forces.
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(50));
         }

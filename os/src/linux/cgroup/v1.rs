@@ -247,6 +247,7 @@ impl Backend for V1 {
         let freezer = self.freezer.as_ref().map(|m| self.dir(m, handle));
         if let Some(dir) = freezer.as_ref().filter(|d| d.exists()) {
             let _ = files::write(dir.join("freezer.state"), "FROZEN");
+            // v1's freezer tells nobody when FREEZING turns FROZEN: a bounded poll.
             let deadline = Instant::now() + Duration::from_millis(200);
             while Instant::now() < deadline {
                 match files::read_optional(dir.join("freezer.state"))? {

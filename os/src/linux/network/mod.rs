@@ -3,9 +3,10 @@
 //! default-deny egress firewall, bandwidth limits, and the container's hosts and resolv.conf.
 //!
 //! One file per concern: `netns` (namespaces), `netlink` (links, addresses, routes),
-//! `firewall` (nftables; `nftnl` its netlink encoder for NetOut rules), `bandwidth` (tc), `dns`
+//! `firewall` (nftables; `nftnl` its netlink encoder), `bandwidth` (tc), `dns`
 //! (hosts and resolv.conf), `arp` (announcing a reused address), `naming` (interface and chain
-//! names), `state` (what each container holds, by handle).
+//! names), `state` (what each container holds, by handle), `deferred` (the worker that
+//! finishes removals).
 //!
 //! Setup writes the container's state file first, then creates; teardown finds everything
 //! from that file and removes it, and succeeds when there is nothing left. A failed setup
@@ -372,9 +373,17 @@ impl Networker {
             Some(plugin) => self.try_setup_for_plugin(plugin, handle, config),
             None => self.try_setup(handle, config),
         };
-        if result.is_err() {
-            // Undo whatever part was made; the original error is what the caller needs.
-            let _ = self.teardown(handle, Some(&config.assignment));
+        match &result {
+            Ok(()) => {
+                tracing::debug!(handle, ip = %config.assignment.container_ip, "network set up")
+            }
+            Err(e) => {
+                tracing::debug!(handle, "network setup failed, undoing it: {e}");
+                // Undo whatever part was made; the original error is what the caller needs.
+                if let Err(undo) = self.teardown(handle, Some(&config.assignment)) {
+                    tracing::warn!(handle, "undoing a failed network setup: {undo}");
+                }
+            }
         }
         result
     }

@@ -434,6 +434,8 @@ impl Runtime {
                 if self.signal_all(handle, signal)? == 0 {
                     return Ok(());
                 }
+                // A poll of init's count: waiting without one needs init to answer when its
+                // last process is reaped (a change to init's protocol).
                 let deadline = Instant::now() + Duration::from_secs(1);
                 while Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(10));
