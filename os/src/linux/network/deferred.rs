@@ -1,6 +1,7 @@
 //! One worker thread with a timed queue: work that may wait (the deferred part of a network
-//! removal, removing orphaned bridges at start) runs there when it is due, one job at a time,
-//! instead of on a thread per job that sleeps until then.
+//! removal, removing orphaned bridges at start, a new container's ARP announcements) runs
+//! there when it is due, one job at a time, instead of on a thread per job that sleeps until
+//! then.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};

@@ -6,7 +6,7 @@
 //! `firewall` (nftables; `nftnl` its netlink encoder), `bandwidth` (tc), `dns`
 //! (hosts and resolv.conf), `arp` (announcing a reused address), `naming` (interface and chain
 //! names), `state` (what each container holds, by handle), `deferred` (the worker that
-//! finishes removals).
+//! finishes removals and sends ARP announcements).
 //!
 //! Setup writes the container's state file first, then creates; teardown finds everything
 //! from that file and removes it, and succeeds when there is nothing left. A failed setup
@@ -97,7 +97,7 @@ pub struct Networker {
     /// The deferred parts of removals (and the start's removal of orphaned bridges).
     deferred: deferred::DeferredWork,
     /// The gratuitous ARP announcers of containers set up recently, stopped at teardown.
-    announcers: Mutex<HashMap<String, Arc<arp::StopSignal>>>,
+    announcers: Mutex<HashMap<String, Arc<std::sync::atomic::AtomicBool>>>,
 }
 
 /// What both setup and the deferred part of a removal use.
@@ -461,9 +461,9 @@ impl Networker {
             // Containers sharing the subnet may remember a reused address's old MAC (the
             // host's own entry is forgotten above).
             if let Some(mac) = link.mac {
-                let stop = Arc::new(arp::StopSignal::default());
+                let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
                 arp::Announcer::open(link.index, mac, assignment.container_ip)?
-                    .announce_in_background(stop.clone());
+                    .announce_later(&self.deferred, stop.clone());
                 self.announcers
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -665,7 +665,7 @@ impl Networker {
             .unwrap_or_else(|e| e.into_inner())
             .remove(handle)
         {
-            stop.stop();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         if let Some(state) = self.removal.states.load(handle)? {
             let names = LinkNames::for_id(&self.removal.tag, &state.id);
