@@ -1,7 +1,8 @@
-//! One worker thread with a timed queue: work that may wait (the deferred part of a network
-//! removal, removing orphaned bridges at start, a new container's ARP announcements) runs
-//! there when it is due, one job at a time, instead of on a thread per job that sleeps until
-//! then.
+//! A few worker threads with one timed queue: work that may wait (the deferred part of a
+//! network removal, removing orphaned bridges at start, a new container's ARP announcements)
+//! runs there when it is due, instead of on a thread per job that sleeps until then. More
+//! than one worker because a removal mostly waits for the kernel (RCU grace periods, 10 to
+//! 20 ms each): one worker fell behind a steady stream of destroys.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -15,8 +16,8 @@ struct Queue {
     /// By due time, then by order of scheduling.
     jobs: BTreeMap<(Instant, u64), Job>,
     next_seq: u64,
-    /// A job the worker took and has not finished yet.
-    running: bool,
+    /// Jobs the workers took and have not finished yet.
+    running: usize,
     /// Set by `settle`: run what is queued now, due or not.
     expedite: usize,
     stopping: bool,
@@ -37,33 +38,40 @@ impl Shared {
 
 pub struct DeferredWork {
     shared: Arc<Shared>,
-    worker: Option<JoinHandle<()>>,
+    workers: Vec<JoinHandle<()>>,
 }
 
 impl DeferredWork {
-    /// Starts the worker thread (named `name`). Without one (the thread limit reached), jobs
+    /// Starts `workers` threads (named `name`). Without any (the thread limit reached), jobs
     /// run at once on the thread that schedules them.
-    pub fn start(name: &str) -> DeferredWork {
+    pub fn start(name: &str, workers: usize) -> DeferredWork {
         let shared = Arc::new(Shared::default());
-        let worker = {
+        let mut started = Vec::new();
+        for _ in 0..workers {
             let shared = shared.clone();
-            std::thread::Builder::new()
+            match std::thread::Builder::new()
                 .name(name.into())
                 .spawn(move || work(&shared))
-        };
-        let worker = match worker {
-            Ok(worker) => Some(worker),
-            Err(e) => {
-                tracing::warn!("cannot start the {name} thread, deferred work runs inline: {e}");
-                None
+            {
+                Ok(worker) => started.push(worker),
+                Err(e) => {
+                    tracing::warn!("cannot start a {name} thread: {e}");
+                    break;
+                }
             }
-        };
-        DeferredWork { shared, worker }
+        }
+        if started.is_empty() {
+            tracing::warn!("no {name} thread: deferred work runs inline");
+        }
+        DeferredWork {
+            shared,
+            workers: started,
+        }
     }
 
-    /// Runs `job` on the worker once `at` has come (or at `settle`).
+    /// Runs `job` on a worker once `at` has come (or at `settle`).
     pub fn schedule(&self, at: Instant, job: impl FnOnce() + Send + 'static) {
-        if self.worker.is_none() {
+        if self.workers.is_empty() {
             return job();
         }
         let mut queue = self.shared.lock();
@@ -78,7 +86,7 @@ impl DeferredWork {
         let mut queue = self.shared.lock();
         queue.expedite += 1;
         self.shared.changed.notify_all();
-        while !queue.jobs.is_empty() || queue.running {
+        while !queue.jobs.is_empty() || queue.running > 0 {
             queue = self
                 .shared
                 .changed
@@ -90,12 +98,12 @@ impl DeferredWork {
 }
 
 impl Drop for DeferredWork {
-    /// Finishes what is queued, then stops the worker.
+    /// Finishes what is queued, then stops the workers.
     fn drop(&mut self) {
         self.settle();
         self.shared.lock().stopping = true;
         self.shared.changed.notify_all();
-        if let Some(worker) = self.worker.take() {
+        for worker in self.workers.drain(..) {
             let _ = worker.join();
         }
     }
@@ -112,7 +120,7 @@ fn work(shared: &Shared) {
             .filter(|&at| at <= now || queue.expedite > 0);
         if due.is_some() {
             let (_, job) = queue.jobs.pop_first().expect("a due job");
-            queue.running = true;
+            queue.running += 1;
             drop(queue);
             // A panicking job must not take the worker (and everything queued after it) along.
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
@@ -120,7 +128,7 @@ fn work(shared: &Shared) {
                 tracing::error!("a deferred job panicked");
             }
             queue = shared.lock();
-            queue.running = false;
+            queue.running -= 1;
             shared.changed.notify_all();
             continue;
         }
@@ -151,7 +159,8 @@ mod tests {
 
     #[test]
     fn settle_runs_what_is_not_due_yet_in_due_order() {
-        let work = DeferredWork::start("test-deferred");
+        // One worker: with more, jobs taken in due order may finish in another.
+        let work = DeferredWork::start("test-deferred", 1);
         let (sender, ran) = mpsc::channel();
         let later = Instant::now() + Duration::from_secs(3600);
         for (offset, name) in [(2, "third"), (0, "first"), (1, "second")] {
@@ -168,7 +177,7 @@ mod tests {
 
     #[test]
     fn a_due_job_runs_without_settle() {
-        let work = DeferredWork::start("test-deferred");
+        let work = DeferredWork::start("test-deferred", 2);
         let (sender, ran) = mpsc::channel();
         work.schedule(Instant::now(), move || sender.send(()).unwrap());
         ran.recv().expect("the job runs");
@@ -176,7 +185,7 @@ mod tests {
 
     #[test]
     fn a_panicking_job_leaves_the_worker_running() {
-        let work = DeferredWork::start("test-deferred");
+        let work = DeferredWork::start("test-deferred", 2);
         work.schedule(Instant::now(), || panic!("on purpose"));
         let (sender, ran) = mpsc::channel();
         work.schedule(Instant::now(), move || sender.send(()).unwrap());
@@ -186,7 +195,7 @@ mod tests {
     #[test]
     fn dropping_finishes_what_is_queued() {
         let (sender, ran) = mpsc::channel();
-        let work = DeferredWork::start("test-deferred");
+        let work = DeferredWork::start("test-deferred", 2);
         work.schedule(Instant::now() + Duration::from_secs(3600), move || {
             sender.send(()).unwrap()
         });

@@ -114,6 +114,10 @@ struct Removal {
     address_holders: Mutex<HashMap<Ipv4Addr, BTreeSet<String>>>,
 }
 
+/// Threads finishing removals: enough to keep up with destroys as fast as the server makes
+/// them (each removal waits on several RCU grace periods).
+const DEFERRED_WORKERS: usize = 4;
+
 /// How long a torn-down container's links, chain and possibly empty bridge stay.
 const BRIDGE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -224,7 +228,7 @@ impl Networker {
         // the host takes about 0.1 s when thousands exist (this server's and others'), and
         // nothing before serving needs them gone (a create on the subnet takes the bridge's
         // lock and uses the bridge, or waits until it is gone).
-        let deferred = deferred::DeferredWork::start("network-removal");
+        let deferred = deferred::DeferredWork::start("network-deferred", DEFERRED_WORKERS);
         let orphans = removal.clone();
         deferred.schedule(std::time::Instant::now(), move || {
             if let Err(e) = orphans.remove_orphan_bridges() {
