@@ -4,7 +4,7 @@
 //! and its bridge port are active and is silently dropped, and nothing tells us when both are
 //! (the kernel activates them later, under a lock other link changes contend for); so the
 //! announcement is repeated over the first three seconds, by the networker's deferred-work
-//! thread (see `deferred`). Teardown
+//! threads (see `deferred`). Teardown
 //! stops it: an announcement of a destroyed container's MAC would send its neighbours back to
 //! the old link while the address goes to a new container.
 

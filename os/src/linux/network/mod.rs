@@ -5,8 +5,8 @@
 //! One file per concern: `netns` (namespaces), `netlink` (links, addresses, routes),
 //! `firewall` (nftables; `nftnl` its netlink encoder), `bandwidth` (tc), `dns`
 //! (hosts and resolv.conf), `arp` (announcing a reused address), `naming` (interface and chain
-//! names), `state` (what each container holds, by handle), `deferred` (the worker that
-//! finishes removals and sends ARP announcements).
+//! names), `state` (what each container holds, by handle), `deferred` (the workers that
+//! finish removals and send ARP announcements).
 //!
 //! Setup writes the container's state file first, then creates; teardown finds everything
 //! from that file and removes it, and succeeds when there is nothing left. A failed setup
