@@ -811,7 +811,7 @@ impl Networker {
         })
     }
 
-    /// Runs [`Removal::finish`] on the deferred-work thread after [`BRIDGE_LINGER`]: a create
+    /// Runs [`Removal::finish`] on a deferred-work thread after [`BRIDGE_LINGER`]: a create
     /// on the same subnet soon after (the pool hands the freed subnet out again) then finds
     /// the bridge in use and it stays, instead of being deleted and made again.
     /// [`Networker::settle`] waits for it, and a start after a crash finishes it.
