@@ -136,7 +136,7 @@ fn host_error(e: EffectError) -> HostError {
     match e.kind {
         EffectErrorKind::ExecutableNotFound => HostError::ExecutableNotFound(e.message),
         EffectErrorKind::InvalidRequest => HostError::Invalid(e.message),
-        EffectErrorKind::Host => HostError::Failed(e.message),
+        EffectErrorKind::Host => HostError::Unexpected(e.message),
     }
 }
 
@@ -457,7 +457,7 @@ impl FakeHost {
         if self.os().containers.get(handle).is_some_and(|c| c.rootfs) {
             Ok(())
         } else {
-            Err(HostError::Failed(format!(
+            Err(HostError::Unexpected(format!(
                 "container {handle} has no rootfs"
             )))
         }

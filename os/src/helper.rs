@@ -18,6 +18,7 @@ pub fn run_if_helper(args: &[String]) -> Option<ExitCode> {
             // limit the server started with (see `linux::open_files`).
             // SAFETY: the zygote has just started; it has no other thread.
             if let Err(e) = unsafe { crate::linux::open_files::restore_inherited_soft_limit() } {
+                // A process of its own, without the server's subscriber: its stderr is the log.
                 eprintln!("trellis zygote: restoring the open-file limit: {e}");
             }
             Some(crate::linux::runtime::zygote::zygote_main(args))

@@ -30,12 +30,33 @@ pub enum HostError {
         #[source]
         source: std::io::Error,
     },
-    /// Any other failure of the host, described.
+    /// A system call, or a request to the kernel over netlink, failed with `source`.
+    #[error("{context}: {source}")]
+    Sys {
+        context: String,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    /// A program the host runs (nft, tc, mkfs, a plugin) failed; `output` is what it said.
+    #[error("{context}: {program}: {output}")]
+    Command {
+        context: String,
+        program: String,
+        output: String,
+    },
+    /// The host is not in a state this code can work with (corrupt state, an object gone
+    /// right after its creation, a helper that answered out of turn or went away), described.
     #[error("{0}")]
-    Failed(String),
+    Unexpected(String),
     /// A `docker://` image could not be had.
     #[error(transparent)]
     Image(#[from] crate::linux::registry::RegistryError),
+    /// The `--image-plugin` failed.
+    #[error(transparent)]
+    ImagePlugin(#[from] crate::linux::image_plugin::ImagePluginError),
+    /// The `--network-plugin` failed.
+    #[error(transparent)]
+    NetworkPlugin(#[from] crate::linux::network::plugin::PluginError),
 }
 
 impl HostError {
@@ -43,6 +64,54 @@ impl HostError {
         HostError::Io {
             context: context.into(),
             source,
+        }
+    }
+
+    pub fn sys(context: impl Into<String>, source: nix::errno::Errno) -> HostError {
+        HostError::Sys {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// The errno the failure carries, for callers that treat one specially (EEXIST, ENOENT,
+    /// EBUSY...).
+    pub fn errno(&self) -> Option<nix::errno::Errno> {
+        match self {
+            HostError::Sys { source, .. } => Some(*source),
+            HostError::Io { source, .. } => source.raw_os_error().map(nix::errno::Errno::from_raw),
+            _ => None,
+        }
+    }
+
+    /// The same failure, with what was being done when it happened put in front.
+    pub fn context(self, outer: impl std::fmt::Display) -> HostError {
+        let prefixed = |inner: String| format!("{outer}: {inner}");
+        match self {
+            HostError::ExecutableNotFound(m) => HostError::ExecutableNotFound(prefixed(m)),
+            HostError::Invalid(m) => HostError::Invalid(prefixed(m)),
+            HostError::ProcessNotFound(m) => HostError::ProcessNotFound(prefixed(m)),
+            HostError::Io { context, source } => HostError::Io {
+                context: prefixed(context),
+                source,
+            },
+            HostError::Sys { context, source } => HostError::Sys {
+                context: prefixed(context),
+                source,
+            },
+            HostError::Command {
+                context,
+                program,
+                output,
+            } => HostError::Command {
+                context: prefixed(context),
+                program,
+                output,
+            },
+            HostError::Unexpected(m) => HostError::Unexpected(prefixed(m)),
+            plugin @ (HostError::Image(_)
+            | HostError::ImagePlugin(_)
+            | HostError::NetworkPlugin(_)) => plugin,
         }
     }
 
@@ -56,9 +125,13 @@ impl HostError {
             HostError::Image(crate::linux::registry::RegistryError::InvalidUri { .. }) => {
                 EffectErrorKind::InvalidRequest
             }
-            HostError::Io { .. } | HostError::Failed(_) | HostError::Image(_) => {
-                EffectErrorKind::Host
-            }
+            HostError::Io { .. }
+            | HostError::Sys { .. }
+            | HostError::Command { .. }
+            | HostError::Unexpected(_)
+            | HostError::Image(_)
+            | HostError::ImagePlugin(_)
+            | HostError::NetworkPlugin(_) => EffectErrorKind::Host,
         }
     }
 }

@@ -1,5 +1,6 @@
-//! NetOut rules inserted through nf_tables netlink against the same rules inserted with the
-//! `nft` script they used to be (needs root, nft and iproute2's `ip netns`).
+//! The firewall's transactions sent as nf_tables netlink batches against the same
+//! transactions rendered as `nft` scripts: both must leave the kernel in the same state
+//! (needs root, nft and iproute2's `ip netns`).
 //!
 //! Safety: everything happens in a network namespace this test creates and removes; the host's
 //! ruleset is never touched and no packet is sent.
@@ -8,8 +9,7 @@ use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::process::{Command, Stdio};
 use trellis_core::api::{IcmpControl, IpRange, NetOutRule, PortRange, Protocol};
-use trellis_os::linux::network::firewall::{ContainerRules, NftCommand, NftRunner, Ruleset};
-use trellis_os::linux::network::nftnl;
+use trellis_os::linux::network::firewall::{self, run_nft, ContainerRules, Ruleset, Transaction};
 
 /// A network namespace of our own, removed on drop.
 struct Netns(String);
@@ -216,9 +216,8 @@ fn netlink_insertion_matches_the_nft_script() {
     };
     let rules = variants();
     let (a, b) = ns.run(|| {
-        let nft = NftCommand;
         let setup = egress_chain("a") + &egress_chain("b");
-        nft.run(&setup).expect("create the chains");
+        run_nft("create the chains", &setup).expect("create the chains");
         // One call per rule, then all of them in one call.
         let calls: Vec<&[NetOutRule]> = rules
             .iter()
@@ -226,13 +225,14 @@ fn netlink_insertion_matches_the_nft_script() {
             .chain([&rules[..]])
             .collect();
         for rules in calls {
-            let script = ruleset.netout_script(&container("a"), rules).unwrap();
-            nft.run(&script).expect("nft inserts");
-            let batch = ruleset
-                .netout_batch(&container("b"), rules)
-                .unwrap()
-                .expect("a batch");
-            nftnl::send(batch).expect("netlink inserts");
+            let insertion = |chain| {
+                ruleset
+                    .netout_insertion(&container(chain), rules)
+                    .unwrap()
+                    .expect("rules to insert")
+            };
+            run_nft("insert", &insertion("a").script()).expect("nft inserts");
+            firewall::send(&insertion("b")).expect("netlink inserts");
         }
         (nft_list("a"), nft_list("b"))
     });
@@ -260,18 +260,23 @@ fn a_failed_batch_inserts_nothing_and_says_why() {
         ip: "10.254.0.1".parse().unwrap(),
     };
     ns.run(|| {
-        NftCommand.run(&egress_chain("a")).unwrap();
+        run_nft("create the chain", &egress_chain("a")).unwrap();
         // No such chain: the kernel refuses and nothing is left behind.
-        let batch = ruleset
-            .netout_batch(&rules("missing"), &variants())
+        let insertion = ruleset
+            .netout_insertion(&rules("missing"), &variants())
             .unwrap()
             .unwrap();
-        let error = nftnl::send(batch).unwrap_err();
-        assert!(error.contains("No such file or directory"), "{error}");
+        let error = firewall::send(&insertion).unwrap_err();
+        assert_eq!(error.errno(), Some(nix::errno::Errno::ENOENT), "{error}");
         assert_eq!(nft_list("a").lines().count(), 5);
         let sets = Command::new("nft").args(["list", "sets"]).output().unwrap();
         assert!(!String::from_utf8_lossy(&sets.stdout).contains("__set"));
     });
+}
+
+/// Transactions as one `nft` script.
+fn scripts(transactions: &[Transaction]) -> String {
+    transactions.iter().map(Transaction::script).collect()
 }
 
 /// Everything in the namespace: our table and the containers' tables.
@@ -286,8 +291,9 @@ fn nft_list_table() -> String {
 }
 
 /// A container's setup and teardown sent as netlink batches leave the kernel exactly as the
-/// `nft` scripts they replace: the scripts run in one namespace, the batches in another, both
-/// tables built by the same globals script, compared after every step.
+/// same transactions run as `nft` scripts: the scripts run in one namespace, the batches (by
+/// the `Firewall` production uses) in another, both tables built by the same globals script,
+/// compared after every step.
 #[test]
 fn container_setup_and_teardown_match_the_nft_scripts() {
     use trellis_core::api::PortMapping;
@@ -355,12 +361,12 @@ fn container_setup_and_teardown_match_the_nft_scripts() {
         vec![mapping(61003, 80)],
         vec![mapping(61004, 65535)],
     ];
-    let firewall = || Firewall::new(Box::new(NftCommand), ruleset.clone());
+    let firewall = || Firewall::new(ruleset.clone());
 
     // Each step: the script in `old`, the batch in `new`, then the two tables.
     let step = |script: &(dyn Fn() -> String + Sync), batch: &(dyn Fn(&Firewall) + Sync)| {
         let a = old.run(|| {
-            NftCommand.run(&script()).expect("the script applies");
+            run_nft("step", &script()).expect("the script applies");
             nft_list_table()
         });
         let b = new.run(|| {
@@ -376,9 +382,11 @@ fn container_setup_and_teardown_match_the_nft_scripts() {
     for i in 0..containers.len() {
         let listed = step(
             &|| {
-                ruleset
-                    .container_script(&rules(i), &netout[i], &ports[i])
-                    .unwrap()
+                scripts(
+                    &ruleset
+                        .container_setup(&rules(i), &netout[i], &ports[i])
+                        .unwrap(),
+                )
             },
             &|f| f.add_container(&rules(i), &netout[i], &ports[i]).unwrap(),
         );
@@ -390,27 +398,52 @@ fn container_setup_and_teardown_match_the_nft_scripts() {
     // Re-running a setup rebuilds the chain in place.
     step(
         &|| {
-            ruleset
-                .container_script(&rules(1), &netout[1], &ports[1])
-                .unwrap()
+            scripts(
+                &ruleset
+                    .container_setup(&rules(1), &netout[1], &ports[1])
+                    .unwrap(),
+            )
         },
         &|f| f.add_container(&rules(1), &netout[1], &ports[1]).unwrap(),
     );
     // A port mapped to a running container, and unmapped.
     let listed = step(
-        &|| ruleset.port_script(&rules(0), &mapping(62005, 7)).unwrap(),
+        &|| {
+            ruleset
+                .port_mapping(&rules(0), &mapping(62005, 7))
+                .unwrap()
+                .script()
+        },
         &|f| f.map_port(&rules(0), &mapping(62005, 7)).unwrap(),
     );
     assert!(listed.contains("62005 : 10.254.0.2 . 7"), "{listed}");
     step(
-        &|| ruleset.ports_removal_script(&rules(0), &[mapping(62005, 7)]),
+        &|| {
+            scripts(
+                ruleset
+                    .ports_removal(&rules(0), &[mapping(62005, 7)])
+                    .unwrap()
+                    .as_slice(),
+            )
+        },
         &|f| f.remove_ports(&rules(0), &[mapping(62005, 7)]).unwrap(),
     );
     // Removal in its two parts: the port mappings, then the rest.
     let ruleset = &ruleset;
     let remove = |c: ContainerRules<'static>, ports: Vec<PortMapping>, forget: bool| {
         step(
-            &|| ruleset.ports_removal_script(&c, &ports) + &ruleset.removal_script(&c, forget),
+            &|| {
+                let mut removal: Vec<Transaction> = ruleset
+                    .ports_removal(&c, &ports)
+                    .unwrap()
+                    .into_iter()
+                    .collect();
+                removal.push(ruleset.chain_removal(&c));
+                if forget {
+                    removal.push(ruleset.address_removal(&c).unwrap());
+                }
+                scripts(&removal)
+            },
             &|f| {
                 f.remove_ports(&c, &ports).unwrap();
                 f.remove_container(&c).unwrap();

@@ -103,7 +103,7 @@ impl Depot {
         for (path, record) in paths.iter().zip(loaded) {
             match record {
                 Some(record) => records.push(record),
-                None => eprintln!("trellis: ignoring unreadable record {}", path.display()),
+                None => tracing::warn!("ignoring unreadable record {}", path.display()),
             }
         }
         records.sort_by(|a, b| a.handle.cmp(&b.handle));

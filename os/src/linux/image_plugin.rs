@@ -300,7 +300,7 @@ impl PluginRootfs {
         match fs::read(path) {
             Ok(bytes) => serde_json::from_slice(&bytes)
                 .map(Some)
-                .map_err(|e| HostError::Failed(format!("reading {}: {e}", path.display()))),
+                .map_err(|e| HostError::io(format!("reading {}", path.display()), e.into())),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(HostError::io(format!("reading {}", path.display()), e)),
         }
@@ -317,12 +317,6 @@ impl PluginRootfs {
             fs::rename(&tmp, path)
         })();
         written.map_err(|e| HostError::io(format!("writing {}", path.display()), e))
-    }
-}
-
-impl From<ImagePluginError> for HostError {
-    fn from(e: ImagePluginError) -> HostError {
-        HostError::Failed(e.to_string())
     }
 }
 

@@ -6,6 +6,7 @@
 
 pub mod cgroup;
 pub mod cleanup;
+pub mod command;
 pub mod depot;
 pub mod disk;
 pub mod image;
@@ -168,7 +169,7 @@ impl LinuxHost {
         config: &PluginUpConfig,
     ) -> HostResult<std::collections::BTreeMap<String, String>> {
         let pid = self.runtime.init_pid(handle).ok_or_else(|| {
-            HostError::Failed(format!("container {handle} has no running init to network"))
+            HostError::Unexpected(format!("container {handle} has no running init to network"))
         })?;
         self.network.connect(handle, pid, config)
     }

@@ -98,7 +98,7 @@ impl RootfsManager {
         }
         for path in probes {
             self.idmapped_tree(&path).map_err(|e| {
-                HostError::Failed(format!(
+                HostError::Unexpected(format!(
                     "id-mapped mounts do not work for {} ({e}); unprivileged containers need \
                      them (Linux 5.12 or later, on a filesystem that supports them: ext4, xfs, \
                      btrfs, tmpfs, ...)",
@@ -280,7 +280,7 @@ impl RootfsManager {
             // The plugin's delete, the mounts and the directory: nothing stays of a failure.
             return Err(match self.remove(handle) {
                 Ok(()) => e,
-                Err(cleanup) => HostError::Failed(format!("{e} (and cleaning up: {cleanup})")),
+                Err(cleanup) => HostError::Unexpected(format!("{e} (and cleaning up: {cleanup})")),
             });
         }
         Ok(Rootfs {
@@ -394,7 +394,7 @@ pub fn remove_container_files(layout: &Layout, disk: &DiskQuotas, handle: &str) 
 fn mount_plugin_rootfs(rootfs: &Path, answer: &PluginAnswer) -> HostResult<()> {
     let root = Path::new(answer.root_path());
     if !root.is_absolute() {
-        return Err(HostError::Failed(format!(
+        return Err(HostError::Unexpected(format!(
             "the image plugin answered no absolute root.path ({:?})",
             answer.root_path()
         )));

@@ -267,11 +267,12 @@ impl Cgroups {
             self.backend.kill_all(handle)?;
             if Instant::now() >= deadline {
                 let pids = self.backend.pids(handle).unwrap_or_default();
-                return Err(HostError::Failed(format!(
+                return Err(HostError::Unexpected(format!(
                     "remove cgroup {handle}: still busy after {REMOVE_TIMEOUT:?} (pids {pids:?})"
                 )));
             }
-            // Killed processes leave the cgroup asynchronously.
+            // Killed processes leave the cgroup asynchronously, and rmdir answers EBUSY until
+            // they have: a bounded retry the kernel forces.
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(50));
         }
@@ -386,7 +387,7 @@ pub fn mem_total() -> HostResult<u64> {
         .and_then(|rest| rest.trim().strip_suffix("kB"))
         .and_then(|kb| kb.trim().parse::<u64>().ok())
         .map(|kb| kb * 1024)
-        .ok_or_else(|| HostError::Failed("/proc/meminfo has no MemTotal".into()))
+        .ok_or_else(|| HostError::Unexpected("/proc/meminfo has no MemTotal".into()))
 }
 
 pub use trellis_core::api::shares_to_weight;

@@ -73,7 +73,7 @@ impl V1 {
             .or_else(|| memory.clone())
             .or_else(|| freezer.clone())
             .or_else(|| hierarchies.first().map(|h| h.mount.clone()))
-            .ok_or_else(|| HostError::Failed("no cgroup v1 hierarchy is mounted".into()))?;
+            .ok_or_else(|| HostError::Unexpected("no cgroup v1 hierarchy is mounted".into()))?;
         Ok(V1 {
             parent: parent.to_string(),
             memory,
@@ -157,7 +157,7 @@ impl V1 {
                 .map(|f| dir.join(f))
                 .find(|f| f.exists())
                 .ok_or_else(|| {
-                    HostError::Failed(
+                    HostError::Unexpected(
                         "a block IO weight needs blkio.weight or blkio.bfq.weight, which this \
                          kernel offers only with the BFQ IO scheduler"
                             .into(),
@@ -178,7 +178,7 @@ impl V1 {
 
     fn need(&self, mount: &Option<PathBuf>, controller: &str, handle: &str) -> HostResult<PathBuf> {
         mount.as_ref().map(|m| self.dir(m, handle)).ok_or_else(|| {
-            HostError::Failed(format!(
+            HostError::Unexpected(format!(
                 "the {controller} cgroup controller is not mounted, so its limit cannot be applied"
             ))
         })
@@ -256,6 +256,7 @@ impl Backend for V1 {
         let freezer = self.freezer.as_ref().map(|m| self.dir(m, handle));
         if let Some(dir) = freezer.as_ref().filter(|d| d.exists()) {
             let _ = files::write(dir.join("freezer.state"), "FROZEN");
+            // v1's freezer tells nobody when FREEZING turns FROZEN: a bounded poll.
             let deadline = Instant::now() + Duration::from_millis(200);
             while Instant::now() < deadline {
                 match files::read_optional(dir.join("freezer.state"))? {
@@ -301,7 +302,7 @@ impl Backend for V1 {
         for h in &self.hierarchies {
             let dir = h.mount.join(&self.parent);
             if !files::subdirs(&dir)?.is_empty() || !files::remove_tree(&dir)? {
-                return Err(HostError::Failed(format!(
+                return Err(HostError::Unexpected(format!(
                     "{} still has containers",
                     dir.display()
                 )));

@@ -36,7 +36,7 @@ pub struct V2 {
 impl V2 {
     pub fn new(root: &Path, parent: &str) -> HostResult<V2> {
         if !root.join("cgroup.procs").exists() {
-            return Err(HostError::Failed(format!(
+            return Err(HostError::Unexpected(format!(
                 "{} is not a cgroup2 mount",
                 root.display()
             )));
@@ -166,7 +166,7 @@ fn need(dir: &Path, file: &str, controller: &str) -> HostResult<PathBuf> {
     if path.exists() {
         Ok(path)
     } else {
-        Err(HostError::Failed(format!(
+        Err(HostError::Unexpected(format!(
             "the {controller} cgroup controller is not available, so its limit cannot be applied"
         )))
     }
@@ -246,7 +246,7 @@ impl Backend for V2 {
         self.parent_ready.store(false, Ordering::Release);
         let dir = self.root.join(&self.parent);
         if !files::subdirs(&dir)?.is_empty() || !files::remove_tree(&dir)? {
-            return Err(HostError::Failed(format!(
+            return Err(HostError::Unexpected(format!(
                 "{} still has containers",
                 dir.display()
             )));

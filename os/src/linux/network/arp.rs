@@ -3,15 +3,18 @@
 //! The kernel's own announcement on link up (`arp_notify`) goes out before the veth's queue
 //! and its bridge port are active and is silently dropped, and nothing tells us when both are
 //! (the kernel activates them later, under a lock other link changes contend for); so the
-//! announcement is repeated over the first three seconds, from a thread of its own. Teardown
+//! announcement is repeated over the first three seconds, by the networker's deferred-work
+//! threads (see `deferred`). Teardown
 //! stops it: an announcement of a destroyed container's MAC would send its neighbours back to
 //! the old link while the address goes to a new container.
 
+use super::deferred::DeferredWork;
 use crate::host::{HostError, HostResult};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 const ETH_P_ARP: u16 = 0x0806;
 const BROADCAST: [u8; 6] = [0xff; 6];
@@ -99,42 +102,21 @@ impl Announcer {
         }
     }
 
-    /// Sends the announcements on a thread of their own; setup does not wait. A failed send
-    /// only means the neighbours learn the new MAC when their entries expire.
-    /// Announces on the schedule until done or `stop` is set.
-    pub fn announce_in_background(self, stop: Arc<StopSignal>) {
-        std::thread::spawn(move || {
-            for delay in SCHEDULE {
-                if stop.wait(delay) {
-                    return;
+    /// Queues the announcements on `work`, on the schedule; setup does not wait. Each is
+    /// skipped once `stop` is set. A failed send only means the neighbours learn the new MAC
+    /// when their entries expire.
+    pub fn announce_later(self, work: &DeferredWork, stop: Arc<AtomicBool>) {
+        let announcer = Arc::new(self);
+        let mut at = Instant::now();
+        for delay in SCHEDULE {
+            at += delay;
+            let (announcer, stop) = (announcer.clone(), stop.clone());
+            work.schedule(at, move || {
+                if !stop.load(Ordering::Relaxed) {
+                    let _ = announcer.send();
                 }
-                let _ = self.send();
-            }
-        });
-    }
-}
-
-/// Tells a background announcer to stop (and wakes it at once).
-#[derive(Default)]
-pub struct StopSignal {
-    stopped: Mutex<bool>,
-    wake: Condvar,
-}
-
-impl StopSignal {
-    pub fn stop(&self) {
-        *self.stopped.lock().unwrap_or_else(|e| e.into_inner()) = true;
-        self.wake.notify_all();
-    }
-
-    /// Waits up to `timeout`; true if stopped.
-    fn wait(&self, timeout: Duration) -> bool {
-        let stopped = self.stopped.lock().unwrap_or_else(|e| e.into_inner());
-        let (stopped, _) = self
-            .wake
-            .wait_timeout_while(stopped, timeout, |s| !*s)
-            .unwrap_or_else(|e| e.into_inner());
-        *stopped
+            });
+        }
     }
 }
 

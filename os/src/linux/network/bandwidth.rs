@@ -9,7 +9,7 @@
 //! rtnetlink has no builders for tbf or mirred, so this drives the `tc` command (iproute2), in
 //! one `tc -batch` run.
 
-use crate::host::{HostError, HostResult};
+use crate::host::HostResult;
 use trellis_core::api::BandwidthLimits;
 
 /// Queueing delay a tbf may add before it drops; generous enough that a burst of a few MTUs
@@ -31,30 +31,7 @@ pub fn tc_batch(host_veth: &str, ifb: &str, limits: &BandwidthLimits, mtu: u32) 
 }
 
 pub fn run_tc_batch(batch: &str) -> HostResult<()> {
-    use std::io::Write;
-    use std::process::{Command, Stdio};
-    let mut child = Command::new("tc")
-        .args(["-batch", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| HostError::io("run tc", e))?;
-    let mut stdin = child.stdin.take().expect("piped stdin");
-    let written = stdin.write_all(batch.as_bytes());
-    drop(stdin);
-    let output = child
-        .wait_with_output()
-        .map_err(|e| HostError::io("wait for tc", e))?;
-    written.map_err(|e| HostError::io("write to tc", e))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(HostError::Failed(format!(
-            "tc: {}",
-            String::from_utf8_lossy(&output.stderr).trim()
-        )))
-    }
+    crate::linux::command::run_script("limit bandwidth", "tc", &["-batch", "-"], batch)
 }
 
 #[cfg(test)]

@@ -3,9 +3,10 @@
 //! default-deny egress firewall, bandwidth limits, and the container's hosts and resolv.conf.
 //!
 //! One file per concern: `netns` (namespaces), `netlink` (links, addresses, routes),
-//! `firewall` (nftables; `nftnl` its netlink encoder for NetOut rules), `bandwidth` (tc), `dns`
+//! `firewall` (nftables; `nftnl` its netlink encoder), `bandwidth` (tc), `dns`
 //! (hosts and resolv.conf), `arp` (announcing a reused address), `naming` (interface and chain
-//! names), `state` (what each container holds, by handle).
+//! names), `state` (what each container holds, by handle), `deferred` (the workers that
+//! finish removals and send ARP announcements).
 //!
 //! Setup writes the container's state file first, then creates; teardown finds everything
 //! from that file and removes it, and succeeds when there is nothing left. A failed setup
@@ -13,6 +14,7 @@
 
 pub mod arp;
 pub mod bandwidth;
+mod deferred;
 pub mod dns;
 pub mod firewall;
 pub mod naming;
@@ -26,7 +28,7 @@ pub mod sysctl;
 use super::LinuxConfig;
 use crate::host::{HostError, HostResult};
 use crate::layout::Layout;
-use firewall::{ContainerRules, Firewall, FirewallSettings, NftCommand, NftRunner, Ruleset};
+use firewall::{ContainerRules, Firewall, FirewallSettings, Ruleset};
 use naming::LinkNames;
 use nix::fcntl::{Flock, FlockArg};
 use state::{NetworkState, StateStore};
@@ -92,12 +94,10 @@ pub struct Networker {
     /// With `--network-plugin`: the plugin wires what the namespace holds.
     plugin: Option<plugin::NetworkPlugin>,
     removal: Arc<Removal>,
-    /// Removals still running after their teardown returned.
-    pending_cleanups: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
-    /// Set by `settle` to cut the cleanups' linger short.
-    expedite_cleanups: Arc<std::sync::atomic::AtomicBool>,
+    /// The deferred parts of removals (and the start's removal of orphaned bridges).
+    deferred: deferred::DeferredWork,
     /// The gratuitous ARP announcers of containers set up recently, stopped at teardown.
-    announcers: Mutex<HashMap<String, Arc<arp::StopSignal>>>,
+    announcers: Mutex<HashMap<String, Arc<std::sync::atomic::AtomicBool>>>,
 }
 
 /// What both setup and the deferred part of a removal use.
@@ -114,14 +114,12 @@ struct Removal {
     address_holders: Mutex<HashMap<Ipv4Addr, BTreeSet<String>>>,
 }
 
+/// Threads finishing removals: enough to keep up with destroys as fast as the server makes
+/// them (each removal waits on several RCU grace periods).
+const DEFERRED_WORKERS: usize = 4;
+
 /// How long a torn-down container's links, chain and possibly empty bridge stay.
 const BRIDGE_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
-
-impl Drop for Networker {
-    fn drop(&mut self) {
-        self.settle();
-    }
-}
 
 /// The host's address as others see it: the first IPv4 address of the interface holding the
 /// default route. Read from the kernel's tables; no packet is sent. `None` without a default
@@ -160,10 +158,6 @@ fn write_sysctl(path: &str, value: &str) -> HostResult<()> {
 
 impl Networker {
     pub fn new(config: &LinuxConfig) -> HostResult<Networker> {
-        Networker::with_runner(config, Box::new(NftCommand))
-    }
-
-    pub fn with_runner(config: &LinuxConfig, runner: Box<dyn NftRunner>) -> HostResult<Networker> {
         let layout = config.layout.clone();
         let settings = config.network.clone();
         if settings.mtu < 68 || settings.mtu > 65535 {
@@ -190,7 +184,7 @@ impl Networker {
         }
         write_sysctl("/proc/sys/net/ipv4/ip_forward", "1")?;
         let container_sysctls = settings.tcp_sysctls.resolve()?;
-        let firewall = Firewall::new(runner, ruleset);
+        let firewall = Firewall::new(ruleset);
         firewall.install_globals(&settings.firewall)?;
         let mut address_holders: HashMap<Ipv4Addr, BTreeSet<String>> = HashMap::new();
         for handle in states.handles()? {
@@ -215,7 +209,7 @@ impl Networker {
             // What cannot be finished now stays retired for the next start; it must not keep
             // this one from serving the containers that are still there.
             if let Err(e) = removal.finish(&state) {
-                eprintln!("network cleanup of {}: {e}", state.handle);
+                tracing::warn!(handle = %state.handle, "network cleanup left for the next start: {e}");
             }
         }
         let mut live_ids = BTreeSet::new();
@@ -234,20 +228,13 @@ impl Networker {
         // the host takes about 0.1 s when thousands exist (this server's and others'), and
         // nothing before serving needs them gone (a create on the subnet takes the bridge's
         // lock and uses the bridge, or waits until it is gone).
+        let deferred = deferred::DeferredWork::start("network-deferred", DEFERRED_WORKERS);
         let orphans = removal.clone();
-        let remove_orphans = move || {
+        deferred.schedule(std::time::Instant::now(), move || {
             if let Err(e) = orphans.remove_orphan_bridges() {
-                eprintln!("removing bridges left without containers: {e}");
+                tracing::warn!("removing bridges left without containers: {e}");
             }
-        };
-        let mut pending_cleanups = Vec::new();
-        match std::thread::Builder::new()
-            .name("orphan-bridges".into())
-            .spawn(remove_orphans.clone())
-        {
-            Ok(thread) => pending_cleanups.push(thread),
-            Err(_) => remove_orphans(),
-        }
+        });
         let plugin = match &settings.plugin {
             Some(plugin_settings) => Some(plugin::NetworkPlugin::new(
                 plugin_settings.clone(),
@@ -264,8 +251,7 @@ impl Networker {
             no_new_privileges: config.security.no_new_privileges,
             container_sysctls,
             removal,
-            pending_cleanups: std::sync::Mutex::new(pending_cleanups),
-            expedite_cleanups: Default::default(),
+            deferred,
             announcers: Default::default(),
         })
     }
@@ -370,7 +356,7 @@ fn lock_file(path: &std::path::Path) -> HostResult<Flock<std::fs::File>> {
             .open(path)
             .map_err(|e| HostError::io(format!("open {}", path.display()), e))?;
         Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| HostError::Failed(format!("lock {}: {e}", path.display())))
+            .map_err(|(_, e)| HostError::sys(format!("lock {}", path.display()), e))
     }
 }
 
@@ -391,9 +377,17 @@ impl Networker {
             Some(plugin) => self.try_setup_for_plugin(plugin, handle, config),
             None => self.try_setup(handle, config),
         };
-        if result.is_err() {
-            // Undo whatever part was made; the original error is what the caller needs.
-            let _ = self.teardown(handle, Some(&config.assignment));
+        match &result {
+            Ok(()) => {
+                tracing::debug!(handle, ip = %config.assignment.container_ip, "network set up")
+            }
+            Err(e) => {
+                tracing::debug!(handle, "network setup failed, undoing it: {e}");
+                // Undo whatever part was made; the original error is what the caller needs.
+                if let Err(undo) = self.teardown(handle, Some(&config.assignment)) {
+                    tracing::warn!(handle, "undoing a failed network setup: {undo}");
+                }
+            }
         }
         result
     }
@@ -446,7 +440,10 @@ impl Networker {
                     nl.create_veth(&names.host_veth, &names.container_veth, mtu, &netns_file)?;
                 }
                 let host_end = nl.link(&names.host_veth)?.ok_or_else(|| {
-                    HostError::Failed(format!("veth {} vanished after creation", names.host_veth))
+                    HostError::Unexpected(format!(
+                        "veth {} vanished after creation",
+                        names.host_veth
+                    ))
                 })?;
                 nl.attach_to_bridge(host_end.index, bridge_index, handle)?;
                 nl.forget_neighbour(bridge_index, assignment.container_ip)
@@ -454,11 +451,11 @@ impl Networker {
         }
         netlink::with_netlink(Some(&netns_path), |nl| {
             let lo = nl.link("lo")?.ok_or_else(|| {
-                HostError::Failed("no loopback in the container namespace".into())
+                HostError::Unexpected("no loopback in the container namespace".into())
             })?;
             nl.set_up(lo.index, None)?;
             let link = nl.link(&names.container_veth)?.ok_or_else(|| {
-                HostError::Failed(format!(
+                HostError::Unexpected(format!(
                     "{} is missing from the container's namespace",
                     names.container_veth
                 ))
@@ -468,9 +465,9 @@ impl Networker {
             // Containers sharing the subnet may remember a reused address's old MAC (the
             // host's own entry is forgotten above).
             if let Some(mac) = link.mac {
-                let stop = Arc::new(arp::StopSignal::default());
+                let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
                 arp::Announcer::open(link.index, mac, assignment.container_ip)?
-                    .announce_in_background(stop.clone());
+                    .announce_later(&self.deferred, stop.clone());
                 self.announcers
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
@@ -543,10 +540,9 @@ impl Networker {
         pid: i32,
         config: &PluginUpConfig,
     ) -> HostResult<BTreeMap<String, String>> {
-        let plugin = self
-            .plugin
-            .as_ref()
-            .ok_or_else(|| HostError::Failed("connect-network without a network plugin".into()))?;
+        let plugin = self.plugin.as_ref().ok_or_else(|| {
+            HostError::Unexpected("connect-network without a network plugin".into())
+        })?;
         let answer = plugin.up(
             handle,
             pid,
@@ -557,7 +553,7 @@ impl Networker {
         let properties = answer.properties.unwrap_or_default();
         if let Some(ip) = properties.get(trellis_core::properties::CONTAINER_IP) {
             let address: Ipv4Addr = ip.parse().map_err(|_| {
-                HostError::Failed(format!(
+                HostError::Unexpected(format!(
                     "network plugin {}: 'up' answered container address {ip:?}, not an IPv4 address",
                     plugin.path()
                 ))
@@ -673,7 +669,7 @@ impl Networker {
             .unwrap_or_else(|e| e.into_inner())
             .remove(handle)
         {
-            stop.stop();
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         if let Some(state) = self.removal.states.load(handle)? {
             let names = LinkNames::for_id(&self.removal.tag, &state.id);
@@ -698,10 +694,9 @@ impl Networker {
     }
 
     fn require_state(&self, handle: &str) -> HostResult<NetworkState> {
-        self.removal
-            .states
-            .load(handle)?
-            .ok_or_else(|| HostError::Failed(format!("container {handle} has no network set up")))
+        self.removal.states.load(handle)?.ok_or_else(|| {
+            HostError::Unexpected(format!("container {handle} has no network set up"))
+        })
     }
 
     pub fn map_port(
@@ -816,49 +811,28 @@ impl Networker {
         })
     }
 
-    /// Runs [`Removal::finish`] after [`BRIDGE_LINGER`], on a thread of its own; [`Networker::settle`]
-    /// waits for it, and a start after a crash finishes it.
+    /// Runs [`Removal::finish`] on a deferred-work thread after [`BRIDGE_LINGER`]: a create
+    /// on the same subnet soon after (the pool hands the freed subnet out again) then finds
+    /// the bridge in use and it stays, instead of being deleted and made again.
+    /// [`Networker::settle`] waits for it, and a start after a crash finishes it.
     fn finish_removal_later(&self, state: NetworkState) {
         let removal = self.removal.clone();
-        let expedite = self.expedite_cleanups.clone();
-        let cleanup = std::thread::spawn(move || {
-            // Linger first: a create on the same subnet soon after (the pool hands the freed
-            // subnet out again) then finds the bridge in use and it stays, instead of being
-            // deleted and made again.
-            let linger_until = std::time::Instant::now() + BRIDGE_LINGER;
-            while std::time::Instant::now() < linger_until
-                && !expedite.load(std::sync::atomic::Ordering::Relaxed)
-            {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            if let Err(e) = removal.finish(&state) {
-                eprintln!("network cleanup of {}: {e}", state.handle);
-            }
-        });
-        let mut pending = self
-            .pending_cleanups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        pending.retain(|h| !h.is_finished());
-        pending.push(cleanup);
+        self.deferred.schedule(
+            std::time::Instant::now() + BRIDGE_LINGER,
+            move || match removal.finish(&state) {
+                Ok(()) => tracing::debug!(handle = %state.handle, "network removal finished"),
+                Err(e) => tracing::warn!(
+                    handle = %state.handle,
+                    "network cleanup left for the next start: {e}"
+                ),
+            },
+        );
     }
 
     /// Waits until every link and bridge removal started by a teardown, and the start's
-    /// removal of bridges left empty, is done.
+    /// removal of bridges left empty, is done (without waiting out their linger).
     pub fn settle(&self) {
-        self.expedite_cleanups
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        let pending: Vec<_> = self
-            .pending_cleanups
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain(..)
-            .collect();
-        for handle in pending {
-            let _ = handle.join();
-        }
-        self.expedite_cleanups
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        self.deferred.settle();
     }
 
     pub fn settings(&self) -> &NetworkSettings {

@@ -7,6 +7,7 @@
 
 use crate::host::{HostError, HostResult};
 use futures_util::TryStreamExt;
+use nix::errno::Errno;
 use nix::sched::{setns, CloneFlags};
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{InfoData, InfoVeth};
@@ -37,10 +38,7 @@ pub fn with_netlink<T: Send>(
                         HostError::io(format!("open network namespace {}", path.display()), e)
                     })?;
                     setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|e| {
-                        HostError::Failed(format!(
-                            "enter network namespace {}: {e}",
-                            path.display()
-                        ))
+                        HostError::sys(format!("enter network namespace {}", path.display()), e)
                     })?;
                 }
                 let runtime = tokio::runtime::Builder::new_current_thread()
@@ -54,24 +52,27 @@ pub fn with_netlink<T: Send>(
                 work(&Netlink { runtime, handle })
             })
             .join()
-            .map_err(|_| HostError::Failed("netlink thread panicked".into()))?
+            .map_err(|_| HostError::Unexpected("netlink thread panicked".into()))?
     })
 }
 
+/// The kernel's refusal as its errno (matchable by callers); anything else rtnetlink reports
+/// (a message it could not decode, a closed connection) described.
 fn failed(what: impl std::fmt::Display, e: rtnetlink::Error) -> HostError {
-    HostError::Failed(format!("{what}: {e}"))
-}
-
-fn errno(e: &rtnetlink::Error) -> Option<i32> {
-    match e {
-        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
-        _ => None,
+    match errno(&e) {
+        Some(errno) => HostError::sys(what.to_string(), errno),
+        None => HostError::Unexpected(format!("{what}: netlink: {e}")),
     }
 }
 
-const ENODEV: i32 = 19;
-const ENOENT: i32 = 2;
-const EEXIST: i32 = 17;
+fn errno(e: &rtnetlink::Error) -> Option<Errno> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) if m.raw_code() != 0 => {
+            Some(Errno::from_raw(-m.raw_code()))
+        }
+        _ => None,
+    }
+}
 
 /// What we read back from a link.
 #[derive(Debug, Clone, Default)]
@@ -125,7 +126,7 @@ impl Netlink {
         });
         match result {
             Ok(message) => Ok(message.map(Link::from)),
-            Err(e) if errno(&e) == Some(ENODEV) => Ok(None),
+            Err(e) if errno(&e) == Some(Errno::ENODEV) => Ok(None),
             Err(e) => Err(failed(format!("look up link {name}"), e)),
         }
     }
@@ -156,12 +157,12 @@ impl Netlink {
             .build();
         match self.block(self.handle.link().add(message).execute()) {
             Ok(()) => {}
-            Err(e) if errno(&e) == Some(EEXIST) => {}
+            Err(e) if errno(&e) == Some(Errno::EEXIST) => {}
             Err(e) => return Err(failed(format!("create bridge {name}"), e)),
         }
         self.link(name)?
             .map(|l| l.index)
-            .ok_or_else(|| HostError::Failed(format!("bridge {name} vanished after creation")))
+            .ok_or_else(|| HostError::Unexpected(format!("bridge {name} vanished after creation")))
     }
 
     /// Creates a veth pair whose `peer` end is born in the namespace `peer_netns`. Its MAC is
@@ -223,7 +224,7 @@ impl Netlink {
                 .execute(),
         ) {
             Ok(()) => Ok(()),
-            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+            Err(e) if errno(&e) == Some(Errno::EEXIST) => Ok(()),
             Err(e) => Err(failed(format!("add address {ip}/{prefix}"), e)),
         }
     }
@@ -253,7 +254,7 @@ impl Netlink {
             .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
         match self.block(self.handle.neighbours().del(message).execute()) {
             Ok(()) => Ok(()),
-            Err(e) if matches!(errno(&e), Some(ENOENT) | Some(ENODEV)) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(Errno::ENOENT) | Some(Errno::ENODEV)) => Ok(()),
             Err(e) => Err(failed(format!("forget the neighbour entry of {ip}"), e)),
         }
     }
@@ -265,7 +266,7 @@ impl Netlink {
         };
         match self.block(self.handle.link().del(link.index).execute()) {
             Ok(()) => Ok(()),
-            Err(e) if matches!(errno(&e), Some(ENODEV) | Some(ENOENT)) => Ok(()),
+            Err(e) if matches!(errno(&e), Some(Errno::ENODEV) | Some(Errno::ENOENT)) => Ok(()),
             Err(e) => Err(failed(format!("delete link {name}"), e)),
         }
     }
@@ -280,7 +281,7 @@ impl Netlink {
         let index = self
             .link(name)?
             .map(|l| l.index)
-            .ok_or_else(|| HostError::Failed(format!("ifb {name} vanished after creation")))?;
+            .ok_or_else(|| HostError::Unexpected(format!("ifb {name} vanished after creation")))?;
         self.set_up(index, None)?;
         Ok(index)
     }

@@ -56,12 +56,12 @@ pub fn create(path: &Path, owner: Option<&IdMapping>) -> HostResult<()> {
             MsFlags::MS_BIND,
             None::<&str>,
         )
-        .map_err(|e| HostError::Failed(format!("bind {source} at {}: {e}", path.display())));
+        .map_err(|e| HostError::sys(format!("bind {source} at {}", path.display()), e));
     }
     let target = path.to_path_buf();
     std::thread::spawn(move || -> HostResult<()> {
         unshare(CloneFlags::CLONE_NEWNET)
-            .map_err(|e| HostError::Failed(format!("unshare network namespace: {e}")))?;
+            .map_err(|e| HostError::sys("unshare network namespace", e))?;
         let own = format!("/proc/self/task/{}/ns/net", nix::unistd::gettid());
         mount(
             Some(own.as_str()),
@@ -70,10 +70,10 @@ pub fn create(path: &Path, owner: Option<&IdMapping>) -> HostResult<()> {
             MsFlags::MS_BIND,
             None::<&str>,
         )
-        .map_err(|e| HostError::Failed(format!("bind {} at {}: {e}", own, target.display())))
+        .map_err(|e| HostError::sys(format!("bind {own} at {}", target.display()), e))
     })
     .join()
-    .map_err(|_| HostError::Failed("network namespace thread panicked".into()))?
+    .map_err(|_| HostError::Unexpected("network namespace thread panicked".into()))?
 }
 
 /// Writes sysctls of the network namespace at `netns` (names as under /proc/sys), from one
@@ -87,7 +87,7 @@ pub fn write_sysctls(netns: &Path, sysctls: &[(String, String)]) -> HostResult<(
     let sysctls = sysctls.to_vec();
     std::thread::spawn(move || -> HostResult<()> {
         nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
-            .map_err(|e| HostError::Failed(format!("joining the network namespace: {e}")))?;
+            .map_err(|e| HostError::sys("join the network namespace", e))?;
         for (name, value) in sysctls {
             let path = format!("/proc/sys/{name}");
             std::fs::write(&path, &value)
@@ -96,7 +96,7 @@ pub fn write_sysctls(netns: &Path, sysctls: &[(String, String)]) -> HostResult<(
         Ok(())
     })
     .join()
-    .map_err(|_| HostError::Failed("sysctl thread panicked".into()))?
+    .map_err(|_| HostError::Unexpected("sysctl thread panicked".into()))?
 }
 
 /// The bytes `interface` in the namespace at `netns` received and sent (`/proc/net/dev` as a
@@ -111,14 +111,14 @@ pub fn interface_counters(
     std::thread::spawn(
         move || -> HostResult<Option<trellis_core::api::NetworkStat>> {
             nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
-                .map_err(|e| HostError::Failed(format!("joining the network namespace: {e}")))?;
+                .map_err(|e| HostError::sys("join the network namespace", e))?;
             let text = std::fs::read_to_string("/proc/thread-self/net/dev")
                 .map_err(|e| HostError::io("read /proc/thread-self/net/dev", e))?;
             Ok(parse_net_dev(&text, &interface))
         },
     )
     .join()
-    .map_err(|_| HostError::Failed("network counters thread panicked".into()))?
+    .map_err(|_| HostError::Unexpected("network counters thread panicked".into()))?
 }
 
 /// `interface`'s received and sent bytes from /proc/net/dev's text (received bytes are the
@@ -145,7 +145,7 @@ pub fn remove(path: &Path) -> HostResult<()> {
     // A file can carry stacked mounts after a crash between two creates; take them all off.
     while is_namespace(path) {
         umount2(path, MntFlags::MNT_DETACH)
-            .map_err(|e| HostError::Failed(format!("unmount {}: {e}", path.display())))?;
+            .map_err(|e| HostError::sys(format!("unmount {}", path.display()), e))?;
     }
     super::state::remove_file_if_exists(path)
 }

@@ -14,6 +14,7 @@
 //! of it or none. Every message asks for an ACK and each one is checked. No `unsafe`: the
 //! socket is nix's.
 
+use crate::host::{HostError, HostResult};
 use std::time::Duration;
 
 const NLMSG_ERROR: u16 = 2;
@@ -658,8 +659,8 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends a finished batch on a fresh nf_tables netlink socket (in the calling thread's network
 /// namespace) and checks an ACK for every message that asked for one. The first error the
-/// kernel reports is returned as its errno text.
-pub fn send(batch: Batch) -> Result<(), String> {
+/// kernel reports is returned with its errno.
+pub fn send(batch: Batch) -> HostResult<()> {
     use nix::sys::socket::{
         bind, recv, send as send_bytes, setsockopt, socket, sockopt, AddressFamily, MsgFlags,
         NetlinkAddr, SockFlag, SockProtocol, SockType,
@@ -672,12 +673,12 @@ pub fn send(batch: Batch) -> Result<(), String> {
         SockFlag::SOCK_CLOEXEC,
         SockProtocol::NetlinkNetFilter,
     )
-    .map_err(|e| format!("open nf_tables netlink socket: {e}"))?;
+    .map_err(|e| HostError::sys("open nf_tables netlink socket", e))?;
     bind(fd.as_raw_fd(), &NetlinkAddr::new(0, 0))
-        .map_err(|e| format!("bind nf_tables netlink socket: {e}"))?;
+        .map_err(|e| HostError::sys("bind nf_tables netlink socket", e))?;
     let timeout = nix::sys::time::TimeVal::new(ANSWER_TIMEOUT.as_secs() as _, 0);
     setsockopt(&fd, sockopt::ReceiveTimeout, &timeout)
-        .map_err(|e| format!("set netlink receive timeout: {e}"))?;
+        .map_err(|e| HostError::sys("set netlink receive timeout", e))?;
     // The whole batch goes in one datagram, which must fit the send buffer.
     if bytes.len() + 4096 > 200_000 {
         let size = bytes.len() * 2 + 65536;
@@ -685,18 +686,26 @@ pub fn send(batch: Batch) -> Result<(), String> {
             .or_else(|_| setsockopt(&fd, sockopt::SndBuf, &size));
     }
     let sent = send_bytes(fd.as_raw_fd(), &bytes, MsgFlags::empty())
-        .map_err(|e| format!("send nf_tables batch: {e}"))?;
+        .map_err(|e| HostError::sys("send nf_tables batch", e))?;
     if sent != bytes.len() {
-        return Err(format!("sent {sent} of {} bytes", bytes.len()));
+        return Err(HostError::Unexpected(format!(
+            "sent {sent} of {} bytes of an nf_tables batch",
+            bytes.len()
+        )));
     }
     let mut buf = vec![0u8; 1 << 16];
     while !waiting.is_empty() {
         let n = recv(fd.as_raw_fd(), &mut buf, MsgFlags::empty())
-            .map_err(|e| format!("read nf_tables answer: {e}"))?;
-        for answer in parse_answers(&buf[..n])? {
+            .map_err(|e| HostError::sys("read nf_tables answer", e))?;
+        for answer in parse_answers(&buf[..n]).map_err(HostError::Unexpected)? {
             match answer {
                 (seq, 0) => waiting.retain(|&s| s != seq),
-                (_, errno) => return Err(nix::errno::Errno::from_raw(errno).desc().to_string()),
+                (_, errno) => {
+                    return Err(HostError::sys(
+                        "nf_tables",
+                        nix::errno::Errno::from_raw(errno),
+                    ))
+                }
             }
         }
     }

@@ -78,12 +78,6 @@ pub enum PluginError {
     },
 }
 
-impl From<PluginError> for HostError {
-    fn from(e: PluginError) -> HostError {
-        HostError::Failed(e.to_string())
-    }
-}
-
 #[derive(Serialize)]
 struct UpInputs<'a> {
     #[serde(rename = "Pid")]
@@ -247,7 +241,7 @@ impl NetworkPlugin {
         let path = self.state_file(handle);
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                HostError::Failed(format!("network plugin state {}: {e}", path.display()))
+                HostError::io(format!("network plugin state {}", path.display()), e.into())
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(HostError::io(format!("read {}", path.display()), e)),
@@ -283,7 +277,7 @@ impl NetworkPlugin {
         netout: &[NetOutRule],
     ) -> HostResult<UpOutputs> {
         let mut state = self.load(handle)?.ok_or_else(|| {
-            HostError::Failed(format!(
+            HostError::Unexpected(format!(
                 "container {handle} has no network namespace set up"
             ))
         })?;
@@ -312,7 +306,7 @@ impl NetworkPlugin {
 
     fn container_ip(&self, handle: &str) -> HostResult<(PluginState, String)> {
         let state = self.load(handle)?.ok_or_else(|| {
-            HostError::Failed(format!("container {handle} has no network set up"))
+            HostError::Unexpected(format!("container {handle} has no network set up"))
         })?;
         let ip = state
             .container_ip
@@ -400,8 +394,9 @@ fn plugin_properties(properties: &BTreeMap<String, String>) -> BTreeMap<&str, &s
 
 /// A plugin's stderr on success goes to the log, as guardian logs it.
 fn log_stderr(action: &str, handle: &str, stderr: &[u8]) {
-    eprintln!(
-        "network plugin {action} for {handle}: stderr: {}",
+    tracing::info!(
+        handle,
+        "network plugin {action}: stderr: {}",
         String::from_utf8_lossy(stderr).trim()
     );
 }

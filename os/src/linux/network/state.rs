@@ -48,7 +48,10 @@ impl StateStore {
         let path = self.path(handle);
         match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                HostError::Failed(format!("corrupt network state {}: {e}", path.display()))
+                HostError::io(
+                    format!("corrupt network state {}", path.display()),
+                    e.into(),
+                )
             }),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(HostError::io(format!("read {}", path.display()), e)),

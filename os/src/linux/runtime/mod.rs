@@ -78,7 +78,7 @@ impl Runtime {
         // SAFETY: prctl with integer arguments.
         unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };
         let seccomp =
-            seccomp::Profile::unprivileged().map_err(|e| HostError::Failed(e.to_string()))?;
+            seccomp::Profile::unprivileged().map_err(|e| HostError::Unexpected(e.to_string()))?;
         let zygote = zygote::Zygote::new(helper);
         Ok(Runtime {
             zygote,
@@ -99,7 +99,7 @@ impl Runtime {
         }
         let rootfs = self.layout.rootfs_dir(handle);
         if !rootfs.is_dir() {
-            return Err(HostError::Failed(format!(
+            return Err(HostError::Unexpected(format!(
                 "start init: the root filesystem of {handle} is not prepared"
             )));
         }
@@ -136,7 +136,7 @@ impl Runtime {
             .map_err(|e| helper_failure("start init", e))?;
         // Init's pid is recorded with its start time, so a reused pid is never taken for it.
         let start = process_start_time(pid)
-            .ok_or_else(|| HostError::Failed("the container's init vanished".into()))?;
+            .ok_or_else(|| HostError::Unexpected("the container's init vanished".into()))?;
         write_pid_file(&self.layout.init_pid_file(handle), pid, start)
             .map_err(|e| HostError::io("writing the init pid file", e))?;
         Ok(())
@@ -156,7 +156,7 @@ impl Runtime {
         cgroup: Option<(&Cgroups, &str)>,
     ) -> HostResult<()> {
         let init = self.init_pid(handle).ok_or_else(|| {
-            HostError::Failed(format!("the init of container {handle} is not running"))
+            HostError::Unexpected(format!("the init of container {handle} is not running"))
         })?;
         let privileged = is_privileged(init)?;
         check_bind_sources(bind_mounts.iter())?;
@@ -193,7 +193,7 @@ impl Runtime {
             .proceed()
             .map_err(|e| helper_failure("start pea", e))?;
         let start = process_start_time(pid)
-            .ok_or_else(|| HostError::Failed("the pea's keeper vanished".into()))?;
+            .ok_or_else(|| HostError::Unexpected("the pea's keeper vanished".into()))?;
         write_pid_file(&self.layout.init_pid_file(key), pid, start)
             .map_err(|e| HostError::io("writing the pea keeper's pid file", e))
     }
@@ -223,7 +223,7 @@ impl Runtime {
     /// Whether the container runs in the host's user namespace (it was made privileged).
     pub fn privileged(&self, handle: &str) -> HostResult<bool> {
         let init = self.init_pid(handle).ok_or_else(|| {
-            HostError::Failed(format!("the init of container {handle} is not running"))
+            HostError::Unexpected(format!("the init of container {handle} is not running"))
         })?;
         is_privileged(init)
     }
@@ -234,7 +234,7 @@ impl Runtime {
         if let Some(keeper) = self.init_pidfd(key) {
             let _ = pidfd_send_signal(keeper.as_fd(), libc::SIGKILL);
             wait_gone(keeper.as_fd(), Duration::from_secs(30)).map_err(|_| {
-                HostError::Failed(format!("the keeper {key} did not die after SIGKILL"))
+                HostError::Unexpected(format!("the keeper {key} did not die after SIGKILL"))
             })?;
             reap(keeper.as_fd());
         }
@@ -261,7 +261,7 @@ impl Runtime {
         }
         if let Some(init) = init {
             wait_gone(init.as_fd(), Duration::from_secs(30)).map_err(|_| {
-                HostError::Failed(format!("the init of {handle} did not die after SIGKILL"))
+                HostError::Unexpected(format!("the init of {handle} did not die after SIGKILL"))
             })?;
             reap(init.as_fd());
         }
@@ -297,7 +297,7 @@ impl Runtime {
         // They belong to the user init runs as (the container's root), as init's own pipes
         // would, so that init may hand them on to the process's user.
         let init = self.init_pid(request.handle).ok_or_else(|| {
-            HostError::Failed(format!(
+            HostError::Unexpected(format!(
                 "the init of container {} is not running",
                 request.handle
             ))
@@ -453,6 +453,8 @@ impl Runtime {
                 if self.signal_all(handle, signal)? == 0 {
                     return Ok(());
                 }
+                // A poll of init's count: waiting without one needs init to answer when its
+                // last process is reaped (a change to init's protocol).
                 let deadline = Instant::now() + Duration::from_secs(1);
                 while Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(10));
@@ -624,10 +626,10 @@ fn check_bind_sources<'a>(
 /// check) is the request's fault; anything else is the host's, named by `what`.
 fn helper_failure(what: &str, error: HostError) -> HostError {
     match error {
-        HostError::Failed(message) if message.starts_with("bind mount source") => {
+        HostError::Unexpected(message) if message.starts_with("bind mount source") => {
             HostError::Invalid(message)
         }
-        HostError::Failed(message) => HostError::Failed(format!("{what}: {message}")),
+        HostError::Unexpected(message) => HostError::Unexpected(format!("{what}: {message}")),
         other => other,
     }
 }
@@ -643,7 +645,7 @@ fn process_ids(pid: i32) -> HostResult<(u32, u32)> {
             .find_map(|l| l.strip_prefix(key))
             .and_then(|rest| rest.split_whitespace().nth(1))
             .and_then(|v| v.parse::<u32>().ok())
-            .ok_or_else(|| HostError::Failed(format!("no {key} line in {status_path}")))
+            .ok_or_else(|| HostError::Unexpected(format!("no {key} line in {status_path}")))
     };
     Ok((effective("Uid:")?, effective("Gid:")?))
 }
@@ -658,7 +660,7 @@ struct InitSocket {
 impl InitSocket {
     fn connect(&self) -> HostResult<OwnedFd> {
         let not_running = || {
-            HostError::Failed(format!(
+            HostError::Unexpected(format!(
                 "the init of container {} is not running",
                 self.handle
             ))
@@ -690,7 +692,7 @@ fn receive(conn: &OwnedFd) -> HostResult<(Reply, Vec<OwnedFd>)> {
     let mut buf = Vec::new();
     match protocol::recv::<Reply>(conn.as_raw_fd(), &mut buf) {
         Ok(Some(r)) => Ok(r),
-        Ok(None) => Err(HostError::Failed(
+        Ok(None) => Err(HostError::Unexpected(
             "the container's init closed the connection (is the container being destroyed?)".into(),
         )),
         Err(e) => Err(HostError::io("reading from the container's init", e)),
@@ -703,9 +705,9 @@ fn unexpected(reply: Reply) -> HostError {
             FailureKind::ExecutableNotFound => HostError::ExecutableNotFound(message),
             FailureKind::Invalid => HostError::Invalid(message),
             FailureKind::ProcessNotFound => HostError::ProcessNotFound(message),
-            FailureKind::Failed => HostError::Failed(message),
+            FailureKind::Failed => HostError::Unexpected(message),
         },
-        other => HostError::Failed(format!("unexpected answer from init: {other:?}")),
+        other => HostError::Unexpected(format!("unexpected answer from init: {other:?}")),
     }
 }
 
@@ -717,7 +719,7 @@ fn process_io((reply, fds): (Reply, Vec<OwnedFd>)) -> HostResult<ProcessIo> {
     };
     let expected = 2 + usize::from(has_stdin) + usize::from(has_stderr);
     if fds.len() != expected {
-        return Err(HostError::Failed(format!(
+        return Err(HostError::Unexpected(format!(
             "init sent {} process descriptors instead of {expected}",
             fds.len()
         )));

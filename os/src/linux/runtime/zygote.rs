@@ -117,8 +117,8 @@ impl Helper {
             .map_err(|e| HostError::io("releasing the init helper", e))?;
         match receive(&self.channel)? {
             HelperMessage::Ready { init } => Ok(init),
-            HelperMessage::Failed { message } => Err(HostError::Failed(message)),
-            other => Err(HostError::Failed(format!(
+            HelperMessage::Failed { message } => Err(HostError::Unexpected(message)),
+            other => Err(HostError::Unexpected(format!(
                 "unexpected message from the init helper: {other:?}"
             ))),
         }
@@ -129,7 +129,7 @@ fn receive(channel: &OwnedFd) -> HostResult<HelperMessage> {
     let mut buf = Vec::new();
     match protocol::recv::<HelperMessage>(channel.as_raw_fd(), &mut buf) {
         Ok(Some((message, _))) => Ok(message),
-        Ok(None) => Err(HostError::Failed(
+        Ok(None) => Err(HostError::Unexpected(
             "the container init helper died while starting".into(),
         )),
         Err(e) => Err(HostError::io("reading from the container init helper", e)),
@@ -207,8 +207,8 @@ impl Zygote {
         drop(helper_end);
         match receive(&channel)? {
             HelperMessage::Forked { pid } => Ok(Helper { pid, channel }),
-            HelperMessage::Failed { message } => Err(HostError::Failed(message)),
-            other => Err(HostError::Failed(format!(
+            HelperMessage::Failed { message } => Err(HostError::Unexpected(message)),
+            other => Err(HostError::Unexpected(format!(
                 "unexpected message from the init helper: {other:?}"
             ))),
         }
