@@ -26,8 +26,8 @@ pub(super) fn walk_usage(dir: &Path) -> HostResult<ImageUsage> {
         seen: HashSet<u64>,
         usage: ImageUsage,
     }
-    // SAFETY (both uses): the Dir owns the fd and outlives the borrow.
     fn fd_of(dir: &Dir) -> BorrowedFd<'_> {
+        // SAFETY: the Dir owns the fd and outlives the borrow (tied to `dir`'s lifetime).
         unsafe { BorrowedFd::borrow_raw(dir.as_raw_fd()) }
     }
     /// Counts `dir`'s entries and returns its subdirectories' names.

@@ -13,7 +13,7 @@
 //! CVE-2024-21626 escaped runc. Runs under the container's seccomp filter (unprivileged), so it
 //! uses only syscalls the filter allows (no `close_range`).
 
-use super::protocol::FailureKind;
+use super::protocol::Failure;
 use crate::linux::security::capabilities;
 use crate::users::{self, ExecUser};
 use nix::sys::signal::{sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
@@ -24,57 +24,6 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use trellis_core::api::{ProcessSpec, ResourceLimits};
-
-pub struct Failure {
-    pub kind: FailureKind,
-    pub message: String,
-}
-
-impl Failure {
-    fn invalid(message: impl Into<String>) -> Failure {
-        Failure {
-            kind: FailureKind::Invalid,
-            message: message.into(),
-        }
-    }
-    fn failed(message: impl Into<String>) -> Failure {
-        Failure {
-            kind: FailureKind::Failed,
-            message: message.into(),
-        }
-    }
-    fn not_found(message: impl Into<String>) -> Failure {
-        Failure {
-            kind: FailureKind::ExecutableNotFound,
-            message: message.into(),
-        }
-    }
-
-    pub fn encode(&self) -> Vec<u8> {
-        let tag = match self.kind {
-            FailureKind::ExecutableNotFound => b'N',
-            FailureKind::Invalid => b'I',
-            FailureKind::ProcessNotFound => b'P',
-            FailureKind::Failed => b'F',
-        };
-        let mut out = vec![tag];
-        out.extend_from_slice(self.message.as_bytes());
-        out
-    }
-
-    pub fn decode(bytes: &[u8]) -> Failure {
-        let kind = match bytes.first() {
-            Some(b'N') => FailureKind::ExecutableNotFound,
-            Some(b'I') => FailureKind::Invalid,
-            Some(b'P') => FailureKind::ProcessNotFound,
-            _ => FailureKind::Failed,
-        };
-        Failure {
-            kind,
-            message: String::from_utf8_lossy(bytes.get(1..).unwrap_or_default()).into_owned(),
-        }
-    }
-}
 
 /// Writes the failure to the report pipe and ends the child.
 pub fn fail(report: &OwnedFd, failure: Failure) -> ! {

@@ -2,7 +2,8 @@
 //! The child's root is the container's root, so `..` and symlinks (absolute ones and chains)
 //! resolve inside the container, and the user's own permissions apply.
 
-use super::child::{become_user, fail, reset_signals, resolve_user, user_path, Failure};
+use super::child::{become_user, fail, reset_signals, resolve_user, user_path};
+use super::protocol::Failure;
 use super::protocol::FailureKind;
 use std::fs::File;
 use std::io::{self, Read, Write};

@@ -21,7 +21,7 @@
 
 use super::keeper::{Keeper, PreForked};
 use super::mounts::{self, HostSources, InitSpec};
-use super::protocol;
+use super::protocol::{self, Failure};
 use super::zygote::HelperMessage;
 use crate::linux::security::{capabilities, userns, Confinement};
 use nix::fcntl::OFlag;
@@ -35,6 +35,9 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 const SOCKET_NAME: &str = "init.sock";
+
+/// What init writes to its ready pipe once it serves; anything else is an encoded `Failure`.
+const READY: &[u8] = b"ok";
 
 /// What a pea's keeper is called (`comm`), so that init tells it from the processes it stops.
 pub const PEA_KEEPER_NAME: &str = "garden-pea";
@@ -50,14 +53,14 @@ pub fn helper_main(spec: &InitSpec, channel: OwnedFd) -> i32 {
             report(&HelperMessage::Ready { init });
             0
         }
-        Err(message) => {
-            report(&HelperMessage::Failed { message });
+        Err(Failure { kind, message }) => {
+            report(&HelperMessage::Failed { kind, message });
             1
         }
     }
 }
 
-fn run_helper(spec: &InitSpec, channel: &OwnedFd) -> Result<i32, String> {
+fn run_helper(spec: &InitSpec, channel: &OwnedFd) -> Result<i32, Failure> {
     protocol::send(
         channel.as_raw_fd(),
         &HelperMessage::Forked {
@@ -160,14 +163,13 @@ fn run_helper(spec: &InitSpec, channel: &OwnedFd) -> Result<i32, String> {
             drop(container_mnt);
             let mut status = Vec::new();
             let _ = std::fs::File::from(ready_r).read_to_end(&mut status);
-            if status != b"ok" {
+            if status != READY {
                 let _ = nix::sys::signal::kill(child, Signal::SIGKILL);
                 let _ = waitpid(child, None);
-                let message = String::from_utf8_lossy(&status).into_owned();
-                return Err(if message.is_empty() {
-                    "container init died while starting".to_string()
+                return Err(if status.is_empty() {
+                    "container init died while starting".into()
                 } else {
-                    message
+                    Failure::decode(&status)
                 });
             }
             Ok(child.as_raw())
@@ -308,29 +310,26 @@ fn init_main(
         } else {
             set_name("garden-init");
         }
-        Ok::<_, String>(pea)
+        Ok::<_, Failure>(pea)
     })();
+    let mut failed = |failure: Failure| {
+        let _ = ready.write_all(&failure.encode());
+        1
+    };
     let pea = match setup {
         Ok(pea) => pea,
-        Err(message) => {
-            let _ = ready.write_all(message.as_bytes());
-            return 1;
-        }
+        Err(failure) => return failed(failure),
     };
     let mut mask = SigSet::empty();
     mask.add(Signal::SIGCHLD);
     if mask.thread_block().is_err() {
-        let _ = ready.write_all(b"blocking SIGCHLD failed");
-        return 1;
+        return failed("blocking SIGCHLD failed".into());
     }
     let sigfd = match SignalFd::with_flags(&mask, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK) {
         Ok(fd) => fd,
-        Err(e) => {
-            let _ = ready.write_all(format!("signalfd: {e}").as_bytes());
-            return 1;
-        }
+        Err(e) => return failed(format!("signalfd: {e}").into()),
     };
-    let _ = ready.write_all(b"ok");
+    let _ = ready.write_all(READY);
     drop(ready);
     let keeper = Keeper::new(listener, sigfd, spec.confinement.is_privileged());
     match pea {

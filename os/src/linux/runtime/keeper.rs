@@ -16,8 +16,9 @@
 //!
 //! Under the container's seccomp filter init uses only syscalls the filter allows.
 
-use super::child::{exec_process, ChildStdio, Failure};
+use super::child::{exec_process, ChildStdio};
 use super::files;
+use super::protocol::Failure;
 use super::protocol::{self, FailureKind, ProcessStatus, Reply, Request};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;

@@ -38,7 +38,7 @@ use crate::layout::Layout;
 use mounts::InitSpec;
 use nix::fcntl::OFlag;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, UnixAddr};
-use protocol::{FailureKind, Reply, Request};
+use protocol::{Reply, Request};
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
@@ -622,13 +622,10 @@ fn check_bind_sources<'a>(
     Ok(())
 }
 
-/// A start helper's failure: a bind mount it could not make (the source vanished since the
-/// check) is the request's fault; anything else is the host's, named by `what`.
+/// A start helper's failure, named by `what` when it is the host's (one that is the request's
+/// fault, as a bind mount whose source vanished since the check, says so by its kind).
 fn helper_failure(what: &str, error: HostError) -> HostError {
     match error {
-        HostError::Unexpected(message) if message.starts_with("bind mount source") => {
-            HostError::Invalid(message)
-        }
         HostError::Unexpected(message) => HostError::Unexpected(format!("{what}: {message}")),
         other => other,
     }
@@ -701,12 +698,7 @@ fn receive(conn: &OwnedFd) -> HostResult<(Reply, Vec<OwnedFd>)> {
 
 fn unexpected(reply: Reply) -> HostError {
     match reply {
-        Reply::Failed { kind, message } => match kind {
-            FailureKind::ExecutableNotFound => HostError::ExecutableNotFound(message),
-            FailureKind::Invalid => HostError::Invalid(message),
-            FailureKind::ProcessNotFound => HostError::ProcessNotFound(message),
-            FailureKind::Failed => HostError::Unexpected(message),
-        },
+        Reply::Failed { kind, message } => protocol::host_error(kind, message),
         other => HostError::Unexpected(format!("unexpected answer from init: {other:?}")),
     }
 }
@@ -826,6 +818,7 @@ fn wait_gone(pidfd: BorrowedFd<'_>, timeout: Duration) -> io::Result<()> {
 /// Reaps the process if it is our child (it is once its helper has exited, as we are the
 /// subreaper); otherwise its parent does.
 fn reap(pidfd: BorrowedFd<'_>) {
+    // SAFETY: siginfo_t is plain data, valid all zero.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: waitid on a pidfd with a zeroed siginfo we own.
     unsafe {

@@ -22,6 +22,7 @@
 //! read-only paths (/proc/sys, /proc/sysrq-trigger, ...), and their cgroups read-only at
 //! /sys/fs/cgroup. Privileged containers get none of these, and /proc read-write.
 
+use super::protocol::Failure;
 use crate::linux::cgroup::CgroupView;
 use crate::linux::mount_api::{
     self, Resolve, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC, MOUNT_ATTR_NOSUID, MOUNT_ATTR_RDONLY,
@@ -113,7 +114,7 @@ fn context(what: impl std::fmt::Display) -> impl FnOnce(std::io::Error) -> Strin
 }
 
 impl HostSources {
-    pub fn open(spec: &InitSpec) -> Result<HostSources, String> {
+    pub fn open(spec: &InitSpec) -> Result<HostSources, Failure> {
         let mut binds = Vec::new();
         for bind in spec
             .bind_mounts
@@ -122,10 +123,10 @@ impl HostSources {
         {
             let src = Path::new(&bind.src_path);
             let meta = fs::metadata(src).map_err(|e| {
-                format!(
+                Failure::invalid(format!(
                     "bind mount source {} does not exist on the host: {e}",
                     bind.src_path
-                )
+                ))
             })?;
             binds.push(PreparedBind {
                 tree: mount_api::clone_tree(src, true)
@@ -210,7 +211,7 @@ fn check_device_fd(fd: &OwnedFd, node: DeviceNode) -> Result<(), String> {
 
 /// Builds the container's filesystem view. Runs in init (PID 1 of the new PID namespace), in
 /// its own mount namespace; on return the process's root is the container's rootfs.
-pub fn build(spec: &InitSpec, sources: HostSources) -> Result<(), String> {
+pub fn build(spec: &InitSpec, sources: HostSources) -> Result<(), Failure> {
     let unprivileged = !spec.confinement.is_privileged();
     mount(
         None::<&str>,
@@ -320,10 +321,12 @@ pub fn build(spec: &InitSpec, sources: HostSources) -> Result<(), String> {
             libc::O_PATH,
             Resolve::InRoot,
         )
-        .map_err(context(format_args!(
-            "bind mount source {} (in the container)",
-            bind.src_path
-        )))?;
+        .map_err(|e| {
+            Failure::invalid(format!(
+                "bind mount source {} (in the container): {e}",
+                bind.src_path
+            ))
+        })?;
         let is_dir = is_dir(&src, &bind.src_path)?;
         binds.push(PreparedBind {
             tree: mount_api::clone_tree_of(src.as_fd(), true)

@@ -3,6 +3,7 @@
 //!
 //! One connection per request, one answer per request.
 
+use crate::host::HostError;
 use nix::cmsg_space;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
 use serde::{Deserialize, Serialize};
@@ -59,6 +60,87 @@ pub enum FailureKind {
     Invalid,
     ProcessNotFound,
     Failed,
+}
+
+/// A start or spawn that failed inside a helper process, and whose fault it is: the kind
+/// crosses the process boundary with the message, so the server never guesses it from text.
+pub struct Failure {
+    pub kind: FailureKind,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn invalid(message: impl Into<String>) -> Failure {
+        Failure {
+            kind: FailureKind::Invalid,
+            message: message.into(),
+        }
+    }
+    pub fn failed(message: impl Into<String>) -> Failure {
+        Failure {
+            kind: FailureKind::Failed,
+            message: message.into(),
+        }
+    }
+    pub fn not_found(message: impl Into<String>) -> Failure {
+        Failure {
+            kind: FailureKind::ExecutableNotFound,
+            message: message.into(),
+        }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let tag = match self.kind {
+            FailureKind::ExecutableNotFound => b'N',
+            FailureKind::Invalid => b'I',
+            FailureKind::ProcessNotFound => b'P',
+            FailureKind::Failed => b'F',
+        };
+        let mut out = vec![tag];
+        out.extend_from_slice(self.message.as_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Failure {
+        let kind = match bytes.first() {
+            Some(b'N') => FailureKind::ExecutableNotFound,
+            Some(b'I') => FailureKind::Invalid,
+            Some(b'P') => FailureKind::ProcessNotFound,
+            _ => FailureKind::Failed,
+        };
+        Failure {
+            kind,
+            message: String::from_utf8_lossy(bytes.get(1..).unwrap_or_default()).into_owned(),
+        }
+    }
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Failure {
+        Failure::failed(message)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Failure {
+        Failure::failed(message)
+    }
+}
+
+impl From<Failure> for HostError {
+    fn from(failure: Failure) -> HostError {
+        host_error(failure.kind, failure.message)
+    }
+}
+
+/// The host error a failure of `kind` is.
+pub fn host_error(kind: FailureKind, message: String) -> HostError {
+    match kind {
+        FailureKind::ExecutableNotFound => HostError::ExecutableNotFound(message),
+        FailureKind::Invalid => HostError::Invalid(message),
+        FailureKind::ProcessNotFound => HostError::ProcessNotFound(message),
+        FailureKind::Failed => HostError::Unexpected(message),
+    }
 }
 
 /// A process init keeps, and its exit status once it has one.
@@ -134,4 +216,20 @@ pub fn recv<T: for<'de> Deserialize<'de>>(
     }
     let message = serde_json::from_slice(&buf[..len]).map_err(io::Error::other)?;
     Ok(Some((message, fds)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failure_keeps_whose_fault_it_is_across_the_ready_pipe() {
+        let sent = Failure::invalid("bind mount source /gone does not exist on the host");
+        let received = Failure::decode(&sent.encode());
+        assert_eq!(received.kind, FailureKind::Invalid);
+        assert_eq!(received.message, sent.message);
+        assert!(matches!(HostError::from(received), HostError::Invalid(m) if m == sent.message));
+        let host = HostError::from(Failure::from("signalfd: EMFILE"));
+        assert!(matches!(host, HostError::Unexpected(_)), "{host:?}");
+    }
 }

@@ -21,7 +21,7 @@
 
 use super::init;
 use super::mounts::InitSpec;
-use super::protocol;
+use super::protocol::{self, FailureKind};
 use crate::host::{HostError, HostResult};
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType};
 use serde::{Deserialize, Serialize};
@@ -37,7 +37,7 @@ pub enum HelperMessage {
     Forked { pid: i32 },
     Placed,
     Ready { init: i32 },
-    Failed { message: String },
+    Failed { kind: FailureKind, message: String },
 }
 
 /// The zygote's `main` (`args`: its command line, whose last argument is the number of its
@@ -75,6 +75,7 @@ pub fn zygote_main(args: &[String]) -> ExitCode {
                 let _ = protocol::send(
                     channel.as_raw_fd(),
                     &HelperMessage::Failed {
+                        kind: FailureKind::Failed,
                         message: format!("the zygote could not fork: {e}"),
                     },
                     &[],
@@ -117,7 +118,7 @@ impl Helper {
             .map_err(|e| HostError::io("releasing the init helper", e))?;
         match receive(&self.channel)? {
             HelperMessage::Ready { init } => Ok(init),
-            HelperMessage::Failed { message } => Err(HostError::Unexpected(message)),
+            HelperMessage::Failed { kind, message } => Err(protocol::host_error(kind, message)),
             other => Err(HostError::Unexpected(format!(
                 "unexpected message from the init helper: {other:?}"
             ))),
@@ -207,7 +208,7 @@ impl Zygote {
         drop(helper_end);
         match receive(&channel)? {
             HelperMessage::Forked { pid } => Ok(Helper { pid, channel }),
-            HelperMessage::Failed { message } => Err(HostError::Unexpected(message)),
+            HelperMessage::Failed { kind, message } => Err(protocol::host_error(kind, message)),
             other => Err(HostError::Unexpected(format!(
                 "unexpected message from the init helper: {other:?}"
             ))),
