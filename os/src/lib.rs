@@ -4,6 +4,8 @@
 //! methods serve process streams and files. The Linux implementation lives here; `trellis-fake`
 //! provides an in-memory one.
 
+#![warn(unreachable_pub)]
+
 pub mod helper;
 pub mod host;
 pub mod layout;

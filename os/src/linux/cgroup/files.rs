@@ -4,13 +4,13 @@ use crate::host::{HostError, HostResult};
 use std::io::{ErrorKind, Read, Write};
 use std::path::Path;
 
-pub fn read(path: impl AsRef<Path>) -> HostResult<String> {
+pub(super) fn read(path: impl AsRef<Path>) -> HostResult<String> {
     let path = path.as_ref();
     read_small(path).map_err(|e| HostError::io(format!("read {}", path.display()), e))
 }
 
 /// Like [`read`], but a missing file is `None` (a controller that is not enabled).
-pub fn read_optional(path: impl AsRef<Path>) -> HostResult<Option<String>> {
+pub(super) fn read_optional(path: impl AsRef<Path>) -> HostResult<Option<String>> {
     let path = path.as_ref();
     match read_small(path) {
         Ok(text) => Ok(Some(text)),
@@ -41,7 +41,7 @@ fn read_small(path: &Path) -> std::io::Result<String> {
 }
 
 /// Writes `value` in a single write(2): cgroup files take one value per write.
-pub fn write(path: impl AsRef<Path>, value: &str) -> HostResult<()> {
+pub(super) fn write(path: impl AsRef<Path>, value: &str) -> HostResult<()> {
     let path = path.as_ref();
     std::fs::OpenOptions::new()
         .write(true)
@@ -51,7 +51,7 @@ pub fn write(path: impl AsRef<Path>, value: &str) -> HostResult<()> {
 }
 
 /// A single unsigned number; `max` (v2) reads as `None`.
-pub fn parse_u64_or_max(text: &str) -> Option<u64> {
+pub(super) fn parse_u64_or_max(text: &str) -> Option<u64> {
     let text = text.trim();
     if text == "max" {
         None
@@ -62,7 +62,7 @@ pub fn parse_u64_or_max(text: &str) -> Option<u64> {
 
 /// `key value` lines (memory.stat, cpu.stat, memory.events, memory.oom_control): calls `each`
 /// for every well-formed line.
-pub fn for_each_pair(text: &str, mut each: impl FnMut(&str, u64)) {
+pub(super) fn for_each_pair(text: &str, mut each: impl FnMut(&str, u64)) {
     for line in text.lines() {
         let mut fields = line.split_ascii_whitespace();
         if let (Some(key), Some(value)) = (fields.next(), fields.next()) {
@@ -74,7 +74,7 @@ pub fn for_each_pair(text: &str, mut each: impl FnMut(&str, u64)) {
 }
 
 /// The value of `key` in a `key value` file.
-pub fn pair(text: &str, key: &str) -> Option<u64> {
+pub(super) fn pair(text: &str, key: &str) -> Option<u64> {
     let mut found = None;
     for_each_pair(text, |k, v| {
         if k == key {
@@ -85,12 +85,12 @@ pub fn pair(text: &str, key: &str) -> Option<u64> {
 }
 
 /// Every pid listed in a `cgroup.procs` file.
-pub fn parse_pids(text: &str, into: &mut Vec<u32>) {
+pub(super) fn parse_pids(text: &str, into: &mut Vec<u32>) {
     into.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
 }
 
 /// Collects the pids of `dir` and of every cgroup below it (none when `dir` is not a cgroup).
-pub fn pids_recursive(dir: &Path, into: &mut Vec<u32>) -> HostResult<()> {
+pub(super) fn pids_recursive(dir: &Path, into: &mut Vec<u32>) -> HostResult<()> {
     match std::fs::read_to_string(dir.join("cgroup.procs")) {
         Ok(text) => parse_pids(&text, into),
         Err(e)
@@ -112,7 +112,7 @@ pub fn pids_recursive(dir: &Path, into: &mut Vec<u32>) -> HostResult<()> {
 }
 
 /// The names of the directories in `dir` (child cgroups); empty when `dir` is missing.
-pub fn subdirs(dir: &Path) -> HostResult<Vec<String>> {
+pub(super) fn subdirs(dir: &Path) -> HostResult<Vec<String>> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
@@ -134,7 +134,7 @@ pub fn subdirs(dir: &Path) -> HostResult<Vec<String>> {
 /// Removes the cgroup `dir` and its descendants, deepest first. `Ok(false)` when a cgroup is
 /// still busy (it has processes, or the kernel has not released them yet). A path that is not
 /// a directory is no cgroup (a control file of the parent) and is left alone.
-pub fn remove_tree(dir: &Path) -> HostResult<bool> {
+pub(super) fn remove_tree(dir: &Path) -> HostResult<bool> {
     match std::fs::symlink_metadata(dir) {
         Ok(meta) if meta.is_dir() => {}
         Ok(_) => return Ok(true),
@@ -155,7 +155,7 @@ pub fn remove_tree(dir: &Path) -> HostResult<bool> {
 }
 
 /// Makes the directory; an existing one is fine.
-pub fn mkdir(dir: &Path) -> HostResult<bool> {
+pub(super) fn mkdir(dir: &Path) -> HostResult<bool> {
     match std::fs::create_dir(dir) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(false),

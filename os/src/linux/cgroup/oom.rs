@@ -16,7 +16,7 @@ use trellis_core::effect::Observation;
 
 /// What to open to hear about a container's OOM kills.
 #[derive(Debug, Clone)]
-pub enum Source {
+pub(crate) enum Source {
     /// The container's v1 memory cgroup directory.
     V1 { dir: PathBuf },
     /// The container's v2 `memory.events`.
@@ -63,14 +63,14 @@ struct Watches {
     by_handle: HashMap<String, u64>,
 }
 
-pub struct OomWatcher {
+pub(super) struct OomWatcher {
     epoll: Epoll,
     stop: EventFd,
     watches: Mutex<Watches>,
 }
 
 impl OomWatcher {
-    pub fn new() -> HostResult<OomWatcher> {
+    pub(super) fn new() -> HostResult<OomWatcher> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(errno("epoll_create"))?;
         let stop = EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
             .map_err(errno("eventfd"))?;
@@ -89,7 +89,7 @@ impl OomWatcher {
 
     /// Starts listening for `handle`'s OOM kills. Idempotent; failures only cost the events.
     /// Opening happens outside the lock, so that a start registers many containers at once.
-    pub fn watch(&self, handle: &str, source: Source) {
+    pub(super) fn watch(&self, handle: &str, source: Source) {
         if self.lock().by_handle.contains_key(handle) {
             return;
         }
@@ -118,7 +118,7 @@ impl OomWatcher {
         watches.by_token.insert(token, watch);
     }
 
-    pub fn unwatch(&self, handle: &str) {
+    pub(super) fn unwatch(&self, handle: &str) {
         let mut watches = self.lock();
         if let Some(token) = watches.by_handle.remove(handle) {
             if let Some(watch) = watches.by_token.remove(&token) {
@@ -128,7 +128,7 @@ impl OomWatcher {
     }
 
     /// Runs the listening thread until the watcher is stopped.
-    pub fn start(this: &Arc<OomWatcher>, sink: ObservationSink) {
+    pub(super) fn start(this: &Arc<OomWatcher>, sink: ObservationSink) {
         let watcher = Arc::clone(this);
         let spawned = std::thread::Builder::new()
             .name("oom-watcher".into())
@@ -137,7 +137,7 @@ impl OomWatcher {
         drop(spawned);
     }
 
-    pub fn stop(&self) {
+    pub(super) fn stop(&self) {
         let _ = self.stop.write(1);
     }
 

@@ -46,13 +46,13 @@ struct LoopConfig {
 }
 
 /// An attached loop device, open; dropping it closes it.
-pub struct Device {
+pub(super) struct Device {
     pub path: PathBuf,
     _file: File,
 }
 
 /// Attaches `image` to a free loop device with autoclear set.
-pub fn attach(image: &Path) -> HostResult<Device> {
+pub(super) fn attach(image: &Path) -> HostResult<Device> {
     let backing = OpenOptions::new()
         .read(true)
         .write(true)
@@ -130,7 +130,7 @@ pub fn attach(image: &Path) -> HostResult<Device> {
 }
 
 /// Detaches the device (lazily, if it is still in use).
-pub fn detach(path: &Path) -> HostResult<()> {
+pub(super) fn detach(path: &Path) -> HostResult<()> {
     let device = match OpenOptions::new().read(true).open(path) {
         Ok(device) => device,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),

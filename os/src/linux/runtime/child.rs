@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use trellis_core::api::{ProcessSpec, ResourceLimits};
 
 /// Writes the failure to the report pipe and ends the child.
-pub fn fail(report: &OwnedFd, failure: Failure) -> ! {
+pub(super) fn fail(report: &OwnedFd, failure: Failure) -> ! {
     // Written through the borrowed descriptor: a dup could fail (EMFILE), and a panic in a
     // forked child must never happen.
     let bytes = failure.encode();
@@ -37,7 +37,7 @@ pub fn fail(report: &OwnedFd, failure: Failure) -> ! {
 }
 
 /// Undoes what init changed for itself: blocked signals, ignored SIGPIPE (Rust's runtime).
-pub fn reset_signals() {
+pub(super) fn reset_signals() {
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     for sig in Signal::iterator() {
         if sig != Signal::SIGKILL && sig != Signal::SIGSTOP {
@@ -48,7 +48,7 @@ pub fn reset_signals() {
 }
 
 /// The stdio a process gets.
-pub enum ChildStdio {
+pub(super) enum ChildStdio {
     Pipes {
         stdin: OwnedFd,
         stdout: OwnedFd,
@@ -59,7 +59,7 @@ pub enum ChildStdio {
     },
 }
 
-pub fn resolve_user(user: &str) -> Result<ExecUser, Failure> {
+pub(super) fn resolve_user(user: &str) -> Result<ExecUser, Failure> {
     users::resolve(Path::new("/"), user).map_err(Failure::invalid)
 }
 
@@ -162,7 +162,7 @@ fn rlimits(limits: &ResourceLimits) -> Vec<(nix::sys::resource::Resource, u64, &
 
 /// Switches to the user: supplementary groups always (so the server's never leak), then gid,
 /// then uid.
-pub fn become_user(user: &ExecUser) -> Result<(), Failure> {
+pub(super) fn become_user(user: &ExecUser) -> Result<(), Failure> {
     let groups: Vec<Gid> = user
         .supplementary_gids
         .iter()
@@ -192,7 +192,7 @@ fn dup_onto(fd: RawFd, target: RawFd) -> Result<(), Failure> {
 }
 
 /// Becomes the process described by `spec`. Never returns.
-pub fn exec_process(
+pub(super) fn exec_process(
     spec: &ProcessSpec,
     base_env: &[String],
     stdio: ChildStdio,
@@ -313,13 +313,13 @@ fn prepare_and_exec(
 }
 
 /// Resolves a files-API path: absolute, or relative to the user's home.
-pub fn user_path(path: &str, user: &ExecUser) -> PathBuf {
+pub(super) fn user_path(path: &str, user: &ExecUser) -> PathBuf {
     absolute(path, &user.home)
 }
 
 /// Closes every descriptor but stdio and `keep`, listed from /proc/self/fd (a file-stream or
 /// process child must hold nothing else of init's: the control socket, other processes' pipes).
-pub fn close_all_except(keep: &[RawFd]) {
+pub(super) fn close_all_except(keep: &[RawFd]) {
     let open: Vec<RawFd> = match std::fs::read_dir("/proc/self/fd") {
         Ok(entries) => entries
             .flatten()

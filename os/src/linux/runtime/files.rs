@@ -43,7 +43,7 @@ fn failed(prefix: &str, message: String) -> Failure {
     }
 }
 
-pub fn stream_in(path: &str, user: &str, data: OwnedFd, report: OwnedFd) -> ! {
+pub(super) fn stream_in(path: &str, user: &str, data: OwnedFd, report: OwnedFd) -> ! {
     let prefix = "error streaming in";
     let result = (|| {
         let user = as_user(user, prefix)?;
@@ -150,7 +150,7 @@ fn set_xattr(path: &Path, name: &[u8], value: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
-pub fn stream_out(path: &str, user: &str, data: OwnedFd, report: OwnedFd) -> ! {
+pub(super) fn stream_out(path: &str, user: &str, data: OwnedFd, report: OwnedFd) -> ! {
     let prefix = "error streaming out";
     let result = (|| {
         let user = as_user(user, prefix)?;

@@ -35,7 +35,7 @@ use trellis_core::api::ProcessSpec;
 /// How much of a terminal's output the relay moves at a time.
 const RELAY_CHUNK: usize = 64 * 1024;
 
-pub struct Keeper {
+pub(super) struct Keeper {
     listener: OwnedFd,
     sigfd: SignalFd,
     /// Processes narrow their capabilities by their user (see `child`).
@@ -58,14 +58,14 @@ enum OneProcess {
 /// A child forked before its process is known, by a pea's keeper while it is still in the
 /// pea's mount namespace: it confines itself as init's children are confined and waits for
 /// `PeaStart`.
-pub struct PreForked {
+pub(super) struct PreForked {
     pid: i32,
     channel: OwnedFd,
 }
 
 impl PreForked {
     /// Forks the child; it runs `confine` (failing, it exits) and waits.
-    pub fn fork(
+    pub(super) fn fork(
         confine: impl FnOnce() -> Result<(), String>,
         privileged: bool,
     ) -> Result<PreForked, String> {
@@ -193,7 +193,7 @@ enum Watched {
 }
 
 impl Keeper {
-    pub fn new(listener: OwnedFd, sigfd: SignalFd, privileged: bool) -> Keeper {
+    pub(super) fn new(listener: OwnedFd, sigfd: SignalFd, privileged: bool) -> Keeper {
         Keeper {
             listener,
             sigfd,
@@ -206,12 +206,12 @@ impl Keeper {
     }
 
     /// The keeper of a pea, whose process `pea` becomes: it ends when that is forgotten.
-    pub fn for_one_process(mut self, pea: PreForked) -> Keeper {
+    pub(super) fn for_one_process(mut self, pea: PreForked) -> Keeper {
         self.one_process = Some(OneProcess::Waiting(pea));
         self
     }
 
-    pub fn serve(mut self) -> i32 {
+    pub(super) fn serve(mut self) -> i32 {
         loop {
             if matches!(self.one_process, Some(OneProcess::Started))
                 && self.children.is_empty()

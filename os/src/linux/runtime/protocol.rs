@@ -12,10 +12,10 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use trellis_core::api::ProcessSpec;
 
 /// The largest message either side sends (env and args included).
-pub const MAX_MESSAGE: usize = 1 << 20;
+pub(super) const MAX_MESSAGE: usize = 1 << 20;
 
 #[derive(Debug, Serialize, Deserialize)]
-pub enum Request {
+pub(super) enum Request {
     /// Start a process; answers `Process` with its descriptors once it has exec'd.
     Spawn {
         id: String,
@@ -49,7 +49,7 @@ pub enum Request {
 /// A pea's keeper to the process it forked in advance (see `keeper::PreForked`): become this.
 /// Its descriptors follow: `[stdin, stdout, stderr, report]`, or `[tty slave, report]`.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct PeaStart {
+pub(super) struct PeaStart {
     pub spec: Box<ProcessSpec>,
     pub env: Vec<String>,
 }
@@ -134,7 +134,7 @@ impl From<Failure> for HostError {
 }
 
 /// The host error a failure of `kind` is.
-pub fn host_error(kind: FailureKind, message: String) -> HostError {
+pub(super) fn host_error(kind: FailureKind, message: String) -> HostError {
     match kind {
         FailureKind::ExecutableNotFound => HostError::ExecutableNotFound(message),
         FailureKind::Invalid => HostError::Invalid(message),
@@ -145,13 +145,13 @@ pub fn host_error(kind: FailureKind, message: String) -> HostError {
 
 /// A process init keeps, and its exit status once it has one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProcessStatus {
+pub(super) struct ProcessStatus {
     pub id: String,
     pub exit_status: Option<i32>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub enum Reply {
+pub(super) enum Reply {
     /// A process's descriptors follow: `[stdin?, stdout, stderr?, exit]`, stdin and stderr as
     /// the flags say (no stdin once it was closed; no stderr with a TTY). `exit` is a pipe that
     /// yields the exit status (i32, native byte order) once the process has exited.
@@ -170,7 +170,7 @@ pub enum Reply {
     },
 }
 
-pub fn send<T: Serialize>(sock: RawFd, message: &T, fds: &[RawFd]) -> io::Result<()> {
+pub(super) fn send<T: Serialize>(sock: RawFd, message: &T, fds: &[RawFd]) -> io::Result<()> {
     let body = serde_json::to_vec(message).map_err(io::Error::other)?;
     let iov = [IoSlice::new(&body)];
     let rights = [ControlMessage::ScmRights(fds)];
@@ -185,7 +185,7 @@ pub fn send<T: Serialize>(sock: RawFd, message: &T, fds: &[RawFd]) -> io::Result
 }
 
 /// Receives one message; `Ok(None)` when the peer has closed the connection.
-pub fn recv<T: for<'de> Deserialize<'de>>(
+pub(super) fn recv<T: for<'de> Deserialize<'de>>(
     sock: RawFd,
     buf: &mut Vec<u8>,
 ) -> io::Result<Option<(T, Vec<OwnedFd>)>> {
