@@ -19,6 +19,7 @@ use crate::handle;
 use crate::limits::{self, EnvOwner};
 use crate::machine::{backoff, with_room_for_events, Core, Pending};
 use crate::network;
+use crate::ports::Port;
 use crate::properties;
 use std::collections::BTreeSet;
 
@@ -103,43 +104,34 @@ impl Core {
         if let Some(reason) = spec.netout_rules.iter().find_map(|r| r.validate().err()) {
             return Err(Error::InvalidNetOutRule { reason });
         }
-        if let Some(bad) = spec
-            .netin
-            .iter()
-            .find(|n| n.host_port > 65535 || n.container_port > 65535)
-        {
-            return Err(Error::InvalidSpec {
-                reason: format!(
-                    "port mapping {}:{} is out of range",
-                    bad.host_port, bad.container_port
-                ),
-            });
+        let mut requested_ports = Vec::with_capacity(spec.netin.len());
+        for netin in &spec.netin {
+            match (
+                Port::optional(netin.host_port),
+                Port::optional(netin.container_port),
+            ) {
+                (Ok(host), Ok(container)) => requested_ports.push((host, container)),
+                _ => {
+                    return Err(Error::InvalidSpec {
+                        reason: format!(
+                            "port mapping {}:{} is out of range",
+                            netin.host_port, netin.container_port
+                        ),
+                    })
+                }
+            }
         }
 
         let wanted = network::parse(&spec.network)?;
         let assignment = self.network.allocate(wanted)?;
         let mut mapped_ports = Vec::new();
         // With a network plugin the spec's NetIn goes to the plugin's `up`, which maps them.
-        let spec_netin = if self.config.network_plugin {
-            &[][..]
-        } else {
-            &spec.netin[..]
-        };
-        for netin in spec_netin {
-            let taken = if netin.host_port == 0 {
-                self.ports.acquire_any()
-            } else {
-                self.ports.acquire(netin.host_port)
-            };
-            match taken {
-                Ok(host_port) => mapped_ports.push(crate::api::PortMapping {
-                    host_port,
-                    container_port: if netin.container_port == 0 {
-                        host_port
-                    } else {
-                        netin.container_port
-                    },
-                }),
+        if self.config.network_plugin {
+            requested_ports.clear();
+        }
+        for (host, container) in requested_ports {
+            match self.ports.map(host, container) {
+                Ok(mapping) => mapped_ports.push(mapping),
                 Err(e) => {
                     self.release_admitted(assignment, &mapped_ports);
                     return Err(e.into());

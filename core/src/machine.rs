@@ -9,7 +9,7 @@ use crate::error::Error;
 use crate::handle;
 use crate::limits::{self, EnvOwner, LimitExceeded};
 use crate::network::{NetworkAllocator, NetworkAssignment};
-use crate::ports::PortAllocator;
+use crate::ports::{Port, PortAllocator};
 use crate::properties::{self, Properties};
 use crate::record::{self, ContainerRecord};
 use crate::rng::Rng;
@@ -567,11 +567,7 @@ impl Core {
 
     fn net_in(&mut self, request: RequestId, handle: &str, host_port: u32, container_port: u32) {
         let result = (|| {
-            if container_port > 65535 {
-                return Err(Error::Port(crate::ports::PortError::OutOfRange {
-                    port: container_port,
-                }));
-            }
+            let container_port = Port::optional(container_port)?;
             // Measured with the widest ports: which one the pool hands out is not known yet.
             self.check_record_growth(handle, |record| {
                 record.mapped_ports.push(PortMapping {
@@ -582,23 +578,8 @@ impl Core {
             let assignment = self.containers[handle]
                 .network
                 .expect("usable containers have a network");
-            let host_port = if host_port == 0 {
-                self.ports.acquire_any()?
-            } else {
-                self.ports.acquire(host_port)?
-            };
-            let container_port = if container_port == 0 {
-                host_port
-            } else {
-                container_port
-            };
-            Ok((
-                assignment,
-                PortMapping {
-                    host_port,
-                    container_port,
-                },
-            ))
+            let mapping = self.ports.map(Port::optional(host_port)?, container_port)?;
+            Ok((assignment, mapping))
         })();
         match result {
             Err(e) => {
@@ -1184,7 +1165,7 @@ impl Core {
                 })
                 .collect(),
             allocations: self.network.allocations(),
-            ports_taken: self.ports.taken().collect(),
+            ports_taken: self.ports.taken().map(u32::from).collect(),
             effects_in_flight: self.pending.len(),
             leases: self.leases.len(),
         }

@@ -34,12 +34,11 @@ impl Core {
             let mut claimed = Vec::new();
             if ports_ok {
                 for m in &record.mapped_ports {
-                    match core.ports.acquire(m.host_port) {
-                        Ok(p) => claimed.push(p),
-                        Err(_) => {
-                            ports_ok = false;
-                            break;
-                        }
+                    if core.ports.hold(m.host_port) {
+                        claimed.push(m.host_port);
+                    } else {
+                        ports_ok = false;
+                        break;
                     }
                 }
             }
@@ -106,7 +105,7 @@ impl Core {
                 .copied()
                 .collect();
             for mapping in unrecorded {
-                if self.ports.acquire(mapping.host_port).is_ok() {
+                if self.ports.hold(mapping.host_port) {
                     self.containers
                         .get_mut(&handle)
                         .expect("listed above")
@@ -140,7 +139,7 @@ impl Core {
                 }
             }
             for mapping in observed.ports {
-                if self.ports.acquire(mapping.host_port).is_ok() {
+                if self.ports.hold(mapping.host_port) {
                     container.held_ports.push(mapping.host_port);
                 }
             }
