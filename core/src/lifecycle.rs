@@ -15,7 +15,7 @@ use crate::effect::{
     storable_spec, EffectKind, EffectOutput, InitConfig, NetworkConfig, Outcome, PluginUpConfig,
 };
 use crate::error::Error;
-use crate::handle;
+use crate::handle::{self, Handle};
 use crate::limits::{self, EnvOwner};
 use crate::machine::{backoff, with_room_for_events, Core, Pending};
 use crate::network;
@@ -28,8 +28,8 @@ impl Core {
         match self.admit(request, &spec) {
             Err(e) => self.reply(request, Err(e)),
             Ok(container) => {
-                let handle = container.handle.clone();
-                self.containers.insert(handle.clone(), container);
+                let handle = container.handle.to_string();
+                self.containers.insert(container.handle.clone(), container);
                 // The first step gets the image with its credentials; nothing stores them.
                 self.emit(
                     EffectKind::PrepareRootfs {
@@ -55,19 +55,19 @@ impl Core {
         let handle = if spec.handle.is_empty() {
             loop {
                 let generated = self.rng.uuid();
-                if !self.containers.contains_key(&generated) {
+                if !self.containers.contains_key(generated.as_str()) {
                     break generated;
                 }
             }
         } else {
             spec.handle.clone()
         };
-        handle::validate(&handle).map_err(|reason| Error::InvalidHandle {
-            handle: handle.clone(),
-            reason,
-        })?;
+        let handle = Handle::new(handle.clone())
+            .map_err(|reason| Error::InvalidHandle { handle, reason })?;
         if self.containers.contains_key(&handle) {
-            return Err(Error::HandleInUse { handle });
+            return Err(Error::HandleInUse {
+                handle: handle.into(),
+            });
         }
         if spec.privileged && self.config.disable_privileged_containers {
             return Err(Error::PrivilegedContainersDisabled);
@@ -143,7 +143,7 @@ impl Core {
             handle: handle.clone(),
             incarnation: 0,
             spec: ContainerSpec {
-                handle,
+                handle: handle.into(),
                 ..storable_spec(spec)
             },
             properties: spec.properties.clone(),
