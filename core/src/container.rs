@@ -3,6 +3,7 @@
 use crate::api::{ContainerSpec, NetOutRule, PortMapping};
 use crate::command::{Reply, RequestId};
 use crate::error::Error;
+use crate::handle::Handle;
 use crate::network::NetworkAssignment;
 use crate::properties::{self, Properties};
 use crate::record::{ContainerRecord, RecordState};
@@ -178,7 +179,7 @@ pub(crate) struct Durability {
 
 #[derive(Debug)]
 pub(crate) struct Container {
-    pub handle: String,
+    pub handle: Handle,
     /// Distinguishes this container from earlier ones with the same handle.
     pub incarnation: u64,
     pub spec: ContainerSpec,
@@ -208,7 +209,7 @@ pub(crate) struct Container {
 impl Container {
     pub(crate) fn record(&self) -> ContainerRecord {
         ContainerRecord {
-            handle: self.handle.clone(),
+            handle: self.handle.to_string(),
             spec: self.spec.clone(),
             properties: self.properties.clone(),
             grace_time: self.grace_time,

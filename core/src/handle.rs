@@ -23,7 +23,66 @@
 //!   `web.v2`, `memoryhog.1`) are fine.
 
 use crate::record;
+use std::borrow::Borrow;
+use std::fmt;
+use std::ops::Deref;
 use thiserror::Error;
+
+/// A container's handle, admitted under the rule above. The core keys its containers by
+/// `Handle`; it reads as a `&str` everywhere else.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Handle(String);
+
+impl Handle {
+    /// Admits a handle a client asked for.
+    pub fn new(handle: String) -> Result<Handle, InvalidName> {
+        validate(&handle)?;
+        Ok(Handle(handle))
+    }
+
+    /// A handle the host already has things under (a record, a leftover found at
+    /// reconciliation): it was admitted when that container was created, and whatever it is,
+    /// the core must be able to name it to tear it down.
+    pub(crate) fn existing(handle: String) -> Handle {
+        Handle(handle)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Deref for Handle {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for Handle {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for Handle {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Handle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<Handle> for String {
+    fn from(handle: Handle) -> String {
+        handle.0
+    }
+}
 
 /// The longest file name Linux filesystems allow (`NAME_MAX`).
 pub const FILE_NAME_MAX: usize = 255;
@@ -272,6 +331,20 @@ mod tests {
             Err(InvalidName::TooLong { len: 256, max: 255 })
         );
         assert_eq!(validate_process_id("a/b"), Err(InvalidName::Slash));
+    }
+
+    #[test]
+    fn a_handle_is_admitted_only_under_the_rule_and_reads_as_a_str() {
+        assert_eq!(
+            Handle::new("pids.max".into()),
+            Err(InvalidName::CgroupFileName)
+        );
+        assert_eq!(Handle::new("a/b".into()), Err(InvalidName::Slash));
+        let handle = Handle::new("web.v2".into()).unwrap();
+        assert_eq!(&*handle, "web.v2");
+        assert_eq!(handle.to_string(), "web.v2");
+        let by_handle: std::collections::BTreeMap<Handle, u32> = [(handle, 1)].into();
+        assert_eq!(by_handle.get("web.v2"), Some(&1), "looked up by &str");
     }
 
     #[test]

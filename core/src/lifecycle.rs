@@ -15,10 +15,11 @@ use crate::effect::{
     storable_spec, EffectKind, EffectOutput, InitConfig, NetworkConfig, Outcome, PluginUpConfig,
 };
 use crate::error::Error;
-use crate::handle;
+use crate::handle::{self, Handle};
 use crate::limits::{self, EnvOwner};
 use crate::machine::{backoff, with_room_for_events, Core, Pending};
 use crate::network;
+use crate::ports::Port;
 use crate::properties;
 use std::collections::BTreeSet;
 
@@ -27,8 +28,8 @@ impl Core {
         match self.admit(request, &spec) {
             Err(e) => self.reply(request, Err(e)),
             Ok(container) => {
-                let handle = container.handle.clone();
-                self.containers.insert(handle.clone(), container);
+                let handle = container.handle.to_string();
+                self.containers.insert(container.handle.clone(), container);
                 // The first step gets the image with its credentials; nothing stores them.
                 self.emit(
                     EffectKind::PrepareRootfs {
@@ -54,19 +55,19 @@ impl Core {
         let handle = if spec.handle.is_empty() {
             loop {
                 let generated = self.rng.uuid();
-                if !self.containers.contains_key(&generated) {
+                if !self.containers.contains_key(generated.as_str()) {
                     break generated;
                 }
             }
         } else {
             spec.handle.clone()
         };
-        handle::validate(&handle).map_err(|reason| Error::InvalidHandle {
-            handle: handle.clone(),
-            reason,
-        })?;
+        let handle = Handle::new(handle.clone())
+            .map_err(|reason| Error::InvalidHandle { handle, reason })?;
         if self.containers.contains_key(&handle) {
-            return Err(Error::HandleInUse { handle });
+            return Err(Error::HandleInUse {
+                handle: handle.into(),
+            });
         }
         if spec.privileged && self.config.disable_privileged_containers {
             return Err(Error::PrivilegedContainersDisabled);
@@ -103,43 +104,34 @@ impl Core {
         if let Some(reason) = spec.netout_rules.iter().find_map(|r| r.validate().err()) {
             return Err(Error::InvalidNetOutRule { reason });
         }
-        if let Some(bad) = spec
-            .netin
-            .iter()
-            .find(|n| n.host_port > 65535 || n.container_port > 65535)
-        {
-            return Err(Error::InvalidSpec {
-                reason: format!(
-                    "port mapping {}:{} is out of range",
-                    bad.host_port, bad.container_port
-                ),
-            });
+        let mut requested_ports = Vec::with_capacity(spec.netin.len());
+        for netin in &spec.netin {
+            match (
+                Port::optional(netin.host_port),
+                Port::optional(netin.container_port),
+            ) {
+                (Ok(host), Ok(container)) => requested_ports.push((host, container)),
+                _ => {
+                    return Err(Error::InvalidSpec {
+                        reason: format!(
+                            "port mapping {}:{} is out of range",
+                            netin.host_port, netin.container_port
+                        ),
+                    })
+                }
+            }
         }
 
         let wanted = network::parse(&spec.network)?;
         let assignment = self.network.allocate(wanted)?;
         let mut mapped_ports = Vec::new();
         // With a network plugin the spec's NetIn goes to the plugin's `up`, which maps them.
-        let spec_netin = if self.config.network_plugin {
-            &[][..]
-        } else {
-            &spec.netin[..]
-        };
-        for netin in spec_netin {
-            let taken = if netin.host_port == 0 {
-                self.ports.acquire_any()
-            } else {
-                self.ports.acquire(netin.host_port)
-            };
-            match taken {
-                Ok(host_port) => mapped_ports.push(crate::api::PortMapping {
-                    host_port,
-                    container_port: if netin.container_port == 0 {
-                        host_port
-                    } else {
-                        netin.container_port
-                    },
-                }),
+        if self.config.network_plugin {
+            requested_ports.clear();
+        }
+        for (host, container) in requested_ports {
+            match self.ports.map(host, container) {
+                Ok(mapping) => mapped_ports.push(mapping),
                 Err(e) => {
                     self.release_admitted(assignment, &mapped_ports);
                     return Err(e.into());
@@ -151,7 +143,7 @@ impl Core {
             handle: handle.clone(),
             incarnation: 0,
             spec: ContainerSpec {
-                handle,
+                handle: handle.into(),
                 ..storable_spec(spec)
             },
             properties: spec.properties.clone(),

@@ -6,10 +6,10 @@ use crate::command::{Command, Input, LeaseId, Output, Reply, RequestId};
 use crate::container::{Container, DurableWaiter, Phase, Timer};
 use crate::effect::{Effect, EffectId, EffectKind, EffectOutput, Observation, Outcome};
 use crate::error::Error;
-use crate::handle;
+use crate::handle::{self, Handle};
 use crate::limits::{self, EnvOwner, LimitExceeded};
 use crate::network::{NetworkAllocator, NetworkAssignment};
-use crate::ports::PortAllocator;
+use crate::ports::{Port, PortAllocator};
 use crate::properties::{self, Properties};
 use crate::record::{self, ContainerRecord};
 use crate::rng::Rng;
@@ -100,13 +100,13 @@ pub struct Core {
     next_effect: u64,
     next_lease: u64,
     pub(crate) next_incarnation: u64,
-    pub(crate) containers: BTreeMap<String, Container>,
+    pub(crate) containers: BTreeMap<Handle, Container>,
     pub(crate) network: NetworkAllocator,
     pub(crate) ports: PortAllocator,
     pub(crate) pending: BTreeMap<EffectId, Pending>,
     /// Lease -> (handle, incarnation): a lease outliving its container must not touch a new
     /// container that took the same handle.
-    leases: BTreeMap<LeaseId, (String, u64)>,
+    leases: BTreeMap<LeaseId, (Handle, u64)>,
     bulk: BTreeMap<RequestId, BulkGather>,
     out: Vec<Output>,
 }
@@ -252,8 +252,11 @@ impl Core {
     fn new_lease(&mut self, handle: &str) -> LeaseId {
         let lease = LeaseId(self.next_lease);
         self.next_lease += 1;
-        let incarnation = self.containers.get(handle).map_or(0, |c| c.incarnation);
-        self.leases.insert(lease, (handle.to_string(), incarnation));
+        let holder = match self.containers.get_key_value(handle) {
+            Some((handle, c)) => (handle.clone(), c.incarnation),
+            None => (Handle::existing(handle.to_string()), 0),
+        };
+        self.leases.insert(lease, holder);
         lease
     }
 
@@ -311,7 +314,7 @@ impl Core {
                 .map(Reply::Property)
                 .ok_or(Error::PropertyNotFound { key }),
             Command::CurrentLimits { .. } => Ok(Reply::Limits(Box::new(
-                self.containers[&handle].spec.limits.clone(),
+                self.containers[handle.as_str()].spec.limits.clone(),
             ))),
             Command::SetProperty { key, value, .. } => {
                 return self.change_property(request, &handle, key, Some(value));
@@ -353,7 +356,7 @@ impl Core {
     }
 
     fn destroy(&mut self, request: RequestId, handle: String) {
-        let Some(c) = self.containers.get_mut(&handle) else {
+        let Some(c) = self.containers.get_mut(handle.as_str()) else {
             return self.reply(request, Err(Error::ContainerNotFound { handle }));
         };
         match &mut c.phase {
@@ -383,7 +386,7 @@ impl Core {
             .values()
             .filter(|c| properties::state_matches(c.phase.garden_state(), filter))
             .filter(|c| properties::matches(&self.all_properties(&c.handle), filter))
-            .map(|c| c.handle.clone())
+            .map(|c| c.handle.to_string())
             .collect()
     }
 
@@ -567,11 +570,7 @@ impl Core {
 
     fn net_in(&mut self, request: RequestId, handle: &str, host_port: u32, container_port: u32) {
         let result = (|| {
-            if container_port > 65535 {
-                return Err(Error::Port(crate::ports::PortError::OutOfRange {
-                    port: container_port,
-                }));
-            }
+            let container_port = Port::optional(container_port)?;
             // Measured with the widest ports: which one the pool hands out is not known yet.
             self.check_record_growth(handle, |record| {
                 record.mapped_ports.push(PortMapping {
@@ -582,23 +581,8 @@ impl Core {
             let assignment = self.containers[handle]
                 .network
                 .expect("usable containers have a network");
-            let host_port = if host_port == 0 {
-                self.ports.acquire_any()?
-            } else {
-                self.ports.acquire(host_port)?
-            };
-            let container_port = if container_port == 0 {
-                host_port
-            } else {
-                container_port
-            };
-            Ok((
-                assignment,
-                PortMapping {
-                    host_port,
-                    container_port,
-                },
-            ))
+            let mapping = self.ports.map(Port::optional(host_port)?, container_port)?;
+            Ok((assignment, mapping))
         })();
         match result {
             Err(e) => {
@@ -923,7 +907,7 @@ impl Core {
                         self.reply(request, Ok(Reply::ProcessStarted { process_id, lease }));
                     }
                     Err(e) => {
-                        if let Some(c) = self.containers.get_mut(&handle) {
+                        if let Some(c) = self.containers.get_mut(handle.as_str()) {
                             c.processes.remove(&process_id);
                         }
                         self.reply_paused(&handle, request, Err(Error::Host(e)));
@@ -1055,7 +1039,7 @@ impl Core {
         self.containers
             .iter()
             .find(|(_, c)| c.phase.is_usable() && c.processes.contains(process_id))
-            .map(|(handle, _)| handle.clone())
+            .map(|(handle, _)| handle.to_string())
     }
 
     fn metrics_result(&self, handle: &str, outcome: Outcome) -> Result<Metrics, Error> {
@@ -1103,12 +1087,12 @@ impl Core {
     fn observed(&mut self, observation: Observation) {
         match observation {
             Observation::ProcessExited { handle, process_id } => {
-                if let Some(c) = self.containers.get_mut(&handle) {
+                if let Some(c) = self.containers.get_mut(handle.as_str()) {
                     c.processes.remove(&process_id);
                 }
             }
             Observation::OutOfMemory { handle } => {
-                let Some(c) = self.containers.get_mut(&handle) else {
+                let Some(c) = self.containers.get_mut(handle.as_str()) else {
                     return;
                 };
                 if c.events.iter().any(|e| e == OUT_OF_MEMORY) {
@@ -1133,7 +1117,7 @@ impl Core {
             .map(|(_, handle, timer)| (handle.to_string(), timer))
             .collect();
         for (handle, timer) in due {
-            let Some(c) = self.containers.get_mut(&handle) else {
+            let Some(c) = self.containers.get_mut(handle.as_str()) else {
                 continue;
             };
             if !c.timers.is_set(timer) {
@@ -1167,7 +1151,7 @@ impl Core {
                 .containers
                 .values()
                 .map(|c| ContainerView {
-                    handle: c.handle.clone(),
+                    handle: c.handle.to_string(),
                     state: c.phase.garden_state(),
                     stopped: matches!(c.phase, Phase::Stopped),
                     network: c.network,
@@ -1184,7 +1168,7 @@ impl Core {
                 })
                 .collect(),
             allocations: self.network.allocations(),
-            ports_taken: self.ports.taken().collect(),
+            ports_taken: self.ports.taken().map(u32::from).collect(),
             effects_in_flight: self.pending.len(),
             leases: self.leases.len(),
         }

@@ -14,6 +14,7 @@
 
 use crate::container::{Container, Durability, Phase, TeardownStep, Timers};
 use crate::effect::{ObservedContainer, ObservedHost};
+use crate::handle::Handle;
 use crate::machine::Core;
 use crate::record::{ContainerRecord, RecordState};
 use crate::{Config, Time};
@@ -26,7 +27,7 @@ impl Core {
     pub fn restore(config: Config, now: Time, records: Vec<ContainerRecord>) -> Core {
         let mut core = Core::new(config, now);
         for record in records {
-            if core.containers.contains_key(&record.handle) {
+            if core.containers.contains_key(record.handle.as_str()) {
                 continue;
             }
             let network_ok = core.network.claim(record.network).is_ok();
@@ -34,12 +35,11 @@ impl Core {
             let mut claimed = Vec::new();
             if ports_ok {
                 for m in &record.mapped_ports {
-                    match core.ports.acquire(m.host_port) {
-                        Ok(p) => claimed.push(p),
-                        Err(_) => {
-                            ports_ok = false;
-                            break;
-                        }
+                    if core.ports.hold(m.host_port) {
+                        claimed.push(m.host_port);
+                    } else {
+                        ports_ok = false;
+                        break;
                     }
                 }
             }
@@ -52,7 +52,7 @@ impl Core {
             let sound = network_ok && ports_ok;
             core.next_incarnation += 1;
             let container = Container {
-                handle: record.handle.clone(),
+                handle: Handle::existing(record.handle.clone()),
                 incarnation: core.next_incarnation,
                 spec: record.spec,
                 properties: record.properties,
@@ -82,17 +82,24 @@ impl Core {
                     ..Durability::default()
                 },
             };
-            core.containers.insert(record.handle, container);
+            core.containers.insert(container.handle.clone(), container);
         }
         core
     }
 
     pub(crate) fn reconcile(&mut self, host: ObservedHost) {
         let now = self.now;
-        let recorded: Vec<String> = self.containers.keys().cloned().collect();
+        let recorded: Vec<Handle> = self.containers.keys().cloned().collect();
         for handle in recorded {
-            let observed = host.containers.get(&handle).cloned().unwrap_or_default();
-            let c = self.containers.get_mut(&handle).expect("listed above");
+            let observed = host
+                .containers
+                .get(handle.as_str())
+                .cloned()
+                .unwrap_or_default();
+            let c = self
+                .containers
+                .get_mut(handle.as_str())
+                .expect("listed above");
             // Only freshly restored containers are judged; anything else is already in motion.
             if !(c.phase.is_usable() && c.in_flight == 0 && c.pauses == 0) {
                 continue;
@@ -106,9 +113,9 @@ impl Core {
                 .copied()
                 .collect();
             for mapping in unrecorded {
-                if self.ports.acquire(mapping.host_port).is_ok() {
+                if self.ports.hold(mapping.host_port) {
                     self.containers
-                        .get_mut(&handle)
+                        .get_mut(handle.as_str())
                         .expect("listed above")
                         .held_ports
                         .push(mapping.host_port);
@@ -117,7 +124,10 @@ impl Core {
             // The processes outlived the server: their ids stay taken until their exits are
             // observed, also in a container about to be torn down (its kill reports them).
             let processes = self.bugs_aside(observed_processes(&observed));
-            let c = self.containers.get_mut(&handle).expect("listed above");
+            let c = self
+                .containers
+                .get_mut(handle.as_str())
+                .expect("listed above");
             c.processes = processes;
             // A clashing record was loaded without its network.
             if c.network.is_some() && observed.complete() {
@@ -127,7 +137,7 @@ impl Core {
             }
         }
         for (handle, observed) in host.containers {
-            if self.containers.contains_key(&handle) || !observed.anything() {
+            if self.containers.contains_key(handle.as_str()) || !observed.anything() {
                 continue;
             }
             self.next_incarnation += 1;
@@ -140,11 +150,11 @@ impl Core {
                 }
             }
             for mapping in observed.ports {
-                if self.ports.acquire(mapping.host_port).is_ok() {
+                if self.ports.hold(mapping.host_port) {
                     container.held_ports.push(mapping.host_port);
                 }
             }
-            self.containers.insert(handle.clone(), container);
+            self.containers.insert(container.handle.clone(), container);
             self.begin_teardown(&handle, TeardownStep::ALL, None, None);
         }
     }
@@ -178,7 +188,7 @@ fn leftover(handle: String, incarnation: u64, now: Time) -> Container {
             handle: handle.clone(),
             ..Default::default()
         },
-        handle,
+        handle: Handle::existing(handle),
         properties: Default::default(),
         grace_time: 0,
         network: None,

@@ -4,7 +4,7 @@
 use proptest::prelude::*;
 use std::collections::BTreeSet;
 use trellis_core::network::{NetworkAllocator, NetworkAssignment, NetworkRequest};
-use trellis_core::ports::PortAllocator;
+use trellis_core::ports::{Port, PortAllocator};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -90,13 +90,13 @@ proptest! {
         let mut held = BTreeSet::new();
         for (take, n) in ops {
             if take {
-                let got = if n == 0 { ports.acquire_any() } else { ports.acquire(61000 + n) };
+                let got = if n == 0 { ports.acquire_any() } else { ports.acquire(Port::new(61000 + n).unwrap()) };
                 if let Ok(p) = got {
                     prop_assert!(held.insert(p), "port {} handed out twice", p);
                 }
             } else if let Some(&p) = held.iter().nth(n as usize % held.len().max(1)) {
                 held.remove(&p);
-                ports.release(p);
+                ports.release(p.into());
             }
             prop_assert_eq!(ports.taken().collect::<BTreeSet<_>>(), held.clone());
         }

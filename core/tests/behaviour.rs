@@ -3,7 +3,7 @@
 mod support;
 
 use support::Driver;
-use trellis_core::api::{BindMount, ContainerSpec, ProcessSpec};
+use trellis_core::api::{BindMount, ContainerSpec, NetIn, NetInResponse, ProcessSpec};
 use trellis_core::effect::{EffectError, EffectErrorKind, EffectKind, EffectOutput};
 use trellis_core::{Command, Config, Error, Input, Reply, SECOND};
 
@@ -449,4 +449,47 @@ fn bulk_metrics_answer_for_a_peas_process_id_by_its_container() {
         entries["nothing"],
         Err(Error::ContainerNotFound { .. })
     ));
+}
+
+#[test]
+fn ports_out_of_range_are_refused_with_gardens_errors_and_take_nothing() {
+    let mut d = Driver::new(Config::default());
+    d.create("web");
+    for (host_port, container_port, message) in [
+        (0, 70000, "host port 70000 is out of range (1-65535)"),
+        (65536, 0, "host port 65536 is out of range (1-65535)"),
+    ] {
+        let r = d.send(Command::NetIn {
+            handle: "web".into(),
+            host_port,
+            container_port,
+        });
+        assert_eq!(d.reply(r).unwrap().unwrap_err().to_string(), message);
+    }
+    let r = d.send(Command::Create(Box::new(ContainerSpec {
+        handle: "bad-port".into(),
+        netin: vec![NetIn {
+            host_port: 8080,
+            container_port: 65536,
+        }],
+        ..Default::default()
+    })));
+    assert!(matches!(
+        d.reply(r),
+        Some(Err(Error::InvalidSpec { reason })) if reason == "port mapping 8080:65536 is out of range"
+    ));
+    assert!(d.core.view().ports_taken.is_empty());
+    let r = d.send(Command::NetIn {
+        handle: "web".into(),
+        host_port: 65535,
+        container_port: 0,
+    });
+    d.answer(|_| false);
+    assert_eq!(
+        d.reply(r),
+        Some(Ok(Reply::NetIn(NetInResponse {
+            host_port: 65535,
+            container_port: 65535,
+        })))
+    );
 }
