@@ -7,6 +7,7 @@
 //! come back as later inputs. Same inputs, same outputs.
 
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 pub mod api;
 pub mod command;

@@ -1176,7 +1176,7 @@ impl Core {
 }
 
 /// The event text gdn reports after an OOM kill.
-pub const OUT_OF_MEMORY: &str = "Out of memory";
+pub(crate) const OUT_OF_MEMORY: &str = "Out of memory";
 
 /// A record with room for what the host may add to it unasked: the OOM event (recorded once).
 /// Bounds are checked on this, so that no record outgrows them later.

@@ -5,6 +5,7 @@
 //! give the same `trace` hash on any machine.
 
 #![forbid(unsafe_code)]
+#![warn(unreachable_pub)]
 
 pub mod check;
 mod rng;
