@@ -609,8 +609,9 @@ impl TestServer {
         self.layout().cgroup_parent()
     }
 
-    /// Each Linux test server has a parent cgroup (named by its depot) and a firewall table
-    /// (named by its tag) of its own: removes both once its containers are gone.
+    /// Each Linux test server has parent cgroups (named by its depot: its containers' and its
+    /// peas') and a firewall table (named by its tag) of its own: removes them once its
+    /// containers are gone.
     fn remove_host_leftovers(&self) {
         if self.options.backend != Backend::Linux {
             return;
@@ -621,6 +622,10 @@ impl TestServer {
         let options = trellis_os::linux::cgroup::CgroupOptions::new(self.cgroup_parent());
         if let Ok(cgroups) = trellis_os::linux::cgroup::Cgroups::with_options(options) {
             let _ = cgroups.remove_parent();
+        }
+        // And the parent of its peas' own cgroups, beside it.
+        if let Ok(pea_cgroups) = trellis_os::linux::peas::cgroups(&self.layout()) {
+            let _ = pea_cgroups.remove_parent();
         }
     }
 }
