@@ -81,7 +81,7 @@ impl FakeHost {
     }
 
     fn os(&self) -> MutexGuard<'_, FakeOs> {
-        self.os.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.os)
     }
 
     /// Applies an effect to the model, without faults.
@@ -107,15 +107,11 @@ impl FakeHost {
     }
 
     fn forget_processes(&self, handle: &str) -> Vec<Arc<FakeProcess>> {
-        self.processes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(handle)
-            .unwrap_or_default()
+        lock(&self.processes).remove(handle).unwrap_or_default()
     }
 
     fn kept(&self) -> MutexGuard<'_, BTreeMap<(String, String), Kept>> {
-        self.kept.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.kept)
     }
 
     fn with_kept<T>(
@@ -303,9 +299,7 @@ impl Host for FakeHost {
             stderr: program_stderr,
             process: process.clone(),
         };
-        self.processes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        lock(&self.processes)
             .entry(request.handle.to_string())
             .or_default()
             .push(process.clone());
@@ -320,18 +314,12 @@ impl Host for FakeHost {
             .spawn(move || {
                 let finished = program.process.clone();
                 let code = program.run();
-                os.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .end_process(&handle, &process_id);
-                if let Some(list) = registry
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .get_mut(&handle)
-                {
+                lock(&os).end_process(&handle, &process_id);
+                if let Some(list) = lock(&registry).get_mut(&handle) {
                     list.retain(|p| !Arc::ptr_eq(p, &finished));
                 }
                 finished.finish(code);
-                let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
+                let mut kept = lock(&kept);
                 if let Some(k) = kept.get_mut(&(handle, process_id)) {
                     if Arc::ptr_eq(&k.process, &finished) {
                         k.status = Some(code);
@@ -438,12 +426,7 @@ impl FakeHost {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(handle)
-            .is_some_and(|users| {
-                users
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .contains(user)
-            });
+            .is_some_and(|users| lock(&users).contains(user));
         if known {
             Ok(())
         } else {

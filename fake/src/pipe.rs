@@ -1,6 +1,7 @@
 //! Pipes for fake processes: in-memory pipes a signal can interrupt, and the threads that
 //! bridge them to the OS pipes the server reads.
 
+use crate::lock;
 use crate::process::{FakeProcess, Interrupt};
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -70,7 +71,7 @@ impl Pipe {
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, PipeState> {
-        self.0.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.0.state)
     }
 
     pub(crate) fn writer(&self) -> PipeWriter {

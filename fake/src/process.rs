@@ -1,5 +1,6 @@
 //! A fake process's state: the signal it was sent, its exit status, and waiting for them.
 
+use crate::lock;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use trellis_core::api::{Signal, WindowSize};
@@ -20,7 +21,7 @@ pub(crate) struct SimulatedState {
 
 impl FakeProcess {
     pub(crate) fn lock(&self) -> MutexGuard<'_, SimulatedState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     pub(crate) fn deliver(&self, signal: Signal) {

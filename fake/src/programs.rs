@@ -23,6 +23,7 @@
 //! 128+N (143 for terminate, 137 for kill), like a shell would. With a TTY, stderr is merged
 //! into stdout.
 
+use crate::lock;
 use crate::pipe::{PipeReader, PipeWriter};
 use crate::process::{signal_status, FakeProcess, Interrupt};
 use std::sync::{Arc, Mutex};
@@ -186,7 +187,7 @@ impl Program {
                     if u == "root" {
                         return Some(0);
                     }
-                    let users = self.users.lock().unwrap_or_else(|e| e.into_inner());
+                    let users = lock(&self.users);
                     users.iter().position(|x| x == u).map(|i| 1000 + i)
                 });
                 match known {
@@ -203,10 +204,7 @@ impl Program {
             }
             "adduser" => match args.last() {
                 Some(user) if !user.starts_with('-') => {
-                    self.users
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(user.clone());
+                    lock(&self.users).insert(user.clone());
                     Ok(0)
                 }
                 _ => Ok(1),
