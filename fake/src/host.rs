@@ -426,7 +426,7 @@ impl FakeHost {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(handle)
-            .is_some_and(|users| lock(&users).contains(user));
+            .is_some_and(|users| lock(users).contains(user));
         if known {
             Ok(())
         } else {
