@@ -9,16 +9,18 @@
 #![forbid(unsafe_code)]
 #![warn(unreachable_pub)]
 
+mod admission;
 pub mod api;
 pub mod command;
 mod container;
 pub mod effect;
 pub mod error;
 pub mod handle;
-mod lifecycle;
+mod lease;
 pub mod limits;
 mod machine;
 pub mod network;
+mod outbox;
 pub mod ports;
 pub mod properties;
 mod reconcile;

@@ -12,7 +12,7 @@
 //! - Allocations come from records, plus whatever leftovers still hold on the host until
 //!   their teardown is done; an address a half-created container held is free again after.
 
-use crate::container::{Container, Durability, Phase, TeardownStep, Timers};
+use crate::container::{Container, Phase, TeardownStep};
 use crate::effect::{ObservedContainer, ObservedHost};
 use crate::handle::Handle;
 use crate::machine::Core;
@@ -51,44 +51,35 @@ impl Core {
             }
             let sound = network_ok && ports_ok;
             core.next_incarnation += 1;
-            let container = Container {
-                handle: Handle::existing(record.handle.clone()),
-                incarnation: core.next_incarnation,
-                spec: record.spec,
-                properties: record.properties,
-                grace_time: record.grace_time,
-                network: sound.then_some(record.network),
-                mapped_ports: if sound {
-                    record.mapped_ports
-                } else {
-                    Vec::new()
-                },
-                held_ports: Vec::new(),
-                netout_rules: record.netout_rules,
-                image_env: record.image_env,
-                created_at: record.created_at,
-                events: record.events,
-                processes: BTreeSet::new(),
-                phase: match record.state {
-                    RecordState::Active => Phase::Active,
-                    RecordState::Stopped => Phase::Stopped,
-                },
-                pauses: 0,
-                timers: Timers::default(),
-                in_flight: 0,
-                durability: Durability {
-                    version: record.version,
-                    durable: record.version,
-                    ..Durability::default()
-                },
+            let phase = match record.state {
+                RecordState::Active => Phase::Active,
+                RecordState::Stopped => Phase::Stopped,
             };
+            let handle = Handle::existing(record.handle.clone());
+            let mut container = Container::new(
+                handle,
+                core.next_incarnation,
+                record.spec,
+                phase,
+                record.created_at,
+            );
+            container.properties = record.properties;
+            container.grace_time = record.grace_time;
+            if sound {
+                container.network = Some(record.network);
+                container.mapped_ports = record.mapped_ports;
+            }
+            container.netout_rules = record.netout_rules;
+            container.image_env = record.image_env;
+            container.events = record.events;
+            container.durability.version = record.version;
+            container.durability.durable = record.version;
             core.containers.insert(container.handle.clone(), container);
         }
         core
     }
 
     pub(crate) fn reconcile(&mut self, host: ObservedHost) {
-        let now = self.now;
         let recorded: Vec<Handle> = self.containers.keys().cloned().collect();
         for handle in recorded {
             let observed = host
@@ -96,44 +87,28 @@ impl Core {
                 .get(handle.as_str())
                 .cloned()
                 .unwrap_or_default();
-            let c = self
-                .containers
-                .get_mut(handle.as_str())
-                .expect("listed above");
+            let processes = self.bugs_aside(observed_processes(&observed));
+            let (containers, mut cx) = self.split();
+            let c = containers.get_mut(&handle).expect("listed above");
             // Only freshly restored containers are judged; anything else is already in motion.
-            if !(c.phase.is_usable() && c.in_flight == 0 && c.pauses == 0) {
+            if !(c.phase.is_usable() && c.effects_in_flight() == 0 && c.pauses == 0) {
                 continue;
             }
             // A port mapped just before the crash, whose answer was lost, is held so that it is
             // not handed to anyone else while the host forwards it here.
-            let unrecorded: Vec<_> = observed
-                .ports
-                .iter()
-                .filter(|p| !c.mapped_ports.contains(p))
-                .copied()
-                .collect();
-            for mapping in unrecorded {
-                if self.ports.hold(mapping.host_port) {
-                    self.containers
-                        .get_mut(handle.as_str())
-                        .expect("listed above")
-                        .held_ports
-                        .push(mapping.host_port);
+            for mapping in &observed.ports {
+                if !c.mapped_ports.contains(mapping) && cx.ports.hold(mapping.host_port) {
+                    c.held_ports.push(mapping.host_port);
                 }
             }
             // The processes outlived the server: their ids stay taken until their exits are
             // observed, also in a container about to be torn down (its kill reports them).
-            let processes = self.bugs_aside(observed_processes(&observed));
-            let c = self
-                .containers
-                .get_mut(handle.as_str())
-                .expect("listed above");
             c.processes = processes;
             // A clashing record was loaded without its network.
             if c.network.is_some() && observed.complete() {
-                c.arm(now);
+                c.arm(cx.now);
             } else {
-                self.begin_teardown(&handle, TeardownStep::ALL, None, None);
+                c.begin_teardown(&mut cx, TeardownStep::ALL, None, None);
             }
         }
         for (handle, observed) in host.containers {
@@ -141,7 +116,7 @@ impl Core {
                 continue;
             }
             self.next_incarnation += 1;
-            let mut container = leftover(handle.clone(), self.next_incarnation, now);
+            let mut container = leftover(handle.clone(), self.next_incarnation, self.now);
             container.processes = self.bugs_aside(observed_processes(&observed));
             // What the leftover holds on the host stays taken until its teardown is done.
             if let Some(assignment) = observed.network {
@@ -155,7 +130,9 @@ impl Core {
                 }
             }
             self.containers.insert(container.handle.clone(), container);
-            self.begin_teardown(&handle, TeardownStep::ALL, None, None);
+            self.with_container(&handle, |c, cx| {
+                c.begin_teardown(cx, TeardownStep::ALL, None, None)
+            });
         }
     }
 }
@@ -182,27 +159,15 @@ impl Core {
 
 /// A container known only from what it left on the host.
 fn leftover(handle: String, incarnation: u64, now: Time) -> Container {
-    Container {
+    let spec = crate::api::ContainerSpec {
+        handle: handle.clone(),
+        ..Default::default()
+    };
+    Container::new(
+        Handle::existing(handle),
         incarnation,
-        spec: crate::api::ContainerSpec {
-            handle: handle.clone(),
-            ..Default::default()
-        },
-        handle: Handle::existing(handle),
-        properties: Default::default(),
-        grace_time: 0,
-        network: None,
-        mapped_ports: Vec::new(),
-        held_ports: Vec::new(),
-        netout_rules: Vec::new(),
-        image_env: Vec::new(),
-        created_at: now,
-        events: Vec::new(),
-        processes: BTreeSet::new(),
-        phase: Phase::Active,
-        pauses: 0,
-        timers: Timers::default(),
-        in_flight: 0,
-        durability: Durability::default(),
-    }
+        spec,
+        Phase::Active,
+        now,
+    )
 }
