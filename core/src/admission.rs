@@ -10,7 +10,7 @@ use crate::error::Error;
 use crate::handle::Handle;
 use crate::limits::{self, EnvOwner};
 use crate::machine::{with_room_for_events, Core};
-use crate::network::{self, NetworkAssignment};
+use crate::network::{self, NetworkAssignment, NetworkRequest};
 use crate::ports::Port;
 use crate::properties;
 
@@ -51,54 +51,12 @@ impl Core {
         if self.containers.len() as u64 >= self.max_containers() {
             return Err(Error::MaxContainersReached);
         }
-        let grace_time = match spec.grace_time {
-            0 => self.config.default_grace_time,
-            g => u64::try_from(g).map_err(|_| Error::NegativeGraceTime { nanos: g })?,
-        };
-        if let Some(key) = spec.properties.keys().find(|k| properties::is_reserved(k)) {
-            return Err(Error::ReservedProperty { key: key.clone() });
-        }
-        limits::check_properties(spec.properties.iter())?;
-        limits::check_env(EnvOwner::Container, &spec.env)?;
-        limits::check_bind_mounts(spec.bind_mounts.len())?;
-        limits::check_netout_rules(spec.netout_rules.len())?;
-        if let Some(bad) = spec.env.iter().find(|e| !e.contains('=')) {
-            return Err(Error::InvalidSpec {
-                reason: format!("environment entry '{bad}' is not KEY=VALUE"),
-            });
-        }
-        for mount in &spec.bind_mounts {
-            if mount.src_path.is_empty() || !mount.dst_path.starts_with('/') {
-                return Err(Error::InvalidSpec {
-                    reason: format!(
-                        "bind mount '{}' -> '{}' needs a source and an absolute destination",
-                        mount.src_path, mount.dst_path
-                    ),
-                });
-            }
-        }
-        if let Some(reason) = spec.netout_rules.iter().find_map(|r| r.validate().err()) {
-            return Err(Error::InvalidNetOutRule { reason });
-        }
-        let mut requested_ports = Vec::with_capacity(spec.netin.len());
-        for netin in &spec.netin {
-            match (
-                Port::optional(netin.host_port),
-                Port::optional(netin.container_port),
-            ) {
-                (Ok(host), Ok(container)) => requested_ports.push((host, container)),
-                _ => {
-                    return Err(Error::InvalidSpec {
-                        reason: format!(
-                            "port mapping {}:{} is out of range",
-                            netin.host_port, netin.container_port
-                        ),
-                    })
-                }
-            }
-        }
-
-        let wanted = network::parse(&spec.network)?;
+        let ValidSpec {
+            grace_time,
+            mut requested_ports,
+            network: wanted,
+        } = spec.validate()?;
+        let grace_time = grace_time.unwrap_or(self.config.default_grace_time);
         let assignment = self.network.allocate(wanted)?;
         let mut mapped_ports = Vec::new();
         // With a network plugin the spec's NetIn goes to the plugin's `up`, which maps them.
@@ -145,5 +103,73 @@ impl Core {
             self.ports.release(m.host_port);
         }
         self.network.release(assignment);
+    }
+}
+
+/// What a valid create spec asks for, read once.
+struct ValidSpec {
+    /// `None`: the server's default.
+    grace_time: Option<u64>,
+    /// NetIn's (host, container) ports; `None` asks the pool (host) or means the same
+    /// (container).
+    requested_ports: Vec<(Option<Port>, Option<Port>)>,
+    network: NetworkRequest,
+}
+
+impl ContainerSpec {
+    /// The checks a create spec passes on its own, whatever else exists.
+    fn validate(&self) -> Result<ValidSpec, Error> {
+        let grace_time = match self.grace_time {
+            0 => None,
+            g => Some(u64::try_from(g).map_err(|_| Error::NegativeGraceTime { nanos: g })?),
+        };
+        if let Some(key) = self.properties.keys().find(|k| properties::is_reserved(k)) {
+            return Err(Error::ReservedProperty { key: key.clone() });
+        }
+        limits::check_properties(self.properties.iter())?;
+        limits::check_env(EnvOwner::Container, &self.env)?;
+        limits::check_bind_mounts(self.bind_mounts.len())?;
+        limits::check_netout_rules(self.netout_rules.len())?;
+        if let Some(bad) = self.env.iter().find(|e| !e.contains('=')) {
+            return Err(Error::InvalidSpec {
+                reason: format!("environment entry '{bad}' is not KEY=VALUE"),
+            });
+        }
+        for mount in &self.bind_mounts {
+            if mount.src_path.is_empty() || !mount.dst_path.starts_with('/') {
+                return Err(Error::InvalidSpec {
+                    reason: format!(
+                        "bind mount '{}' -> '{}' needs a source and an absolute destination",
+                        mount.src_path, mount.dst_path
+                    ),
+                });
+            }
+        }
+        if let Some(reason) = self.netout_rules.iter().find_map(|r| r.validate().err()) {
+            return Err(Error::InvalidNetOutRule { reason });
+        }
+        let mut requested_ports = Vec::with_capacity(self.netin.len());
+        for netin in &self.netin {
+            match (
+                Port::optional(netin.host_port),
+                Port::optional(netin.container_port),
+            ) {
+                (Ok(host), Ok(container)) => requested_ports.push((host, container)),
+                _ => {
+                    return Err(Error::InvalidSpec {
+                        reason: format!(
+                            "port mapping {}:{} is out of range",
+                            netin.host_port, netin.container_port
+                        ),
+                    })
+                }
+            }
+        }
+
+        Ok(ValidSpec {
+            grace_time,
+            requested_ports,
+            network: network::parse(&self.network)?,
+        })
     }
 }

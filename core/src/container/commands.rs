@@ -248,7 +248,13 @@ impl Container {
     fn run(&mut self, cx: &mut Ctx<'_>, request: RequestId, spec: ProcessSpec) {
         // A stopped container still runs new processes, as with gdn: Stop only ends the
         // processes that were running.
-        let process_id = match self.check_process(&spec) {
+        let asked = spec.validate().and_then(|id| match id {
+            Some(id) if self.processes.contains(&id) => {
+                Err(Error::ProcessIdInUse { process_id: id })
+            }
+            id => Ok(id),
+        });
+        let process_id = match asked {
             Err(e) => return self.reply_now(cx, request, Err(e)),
             Ok(Some(id)) => id,
             Ok(None) => loop {
@@ -279,38 +285,36 @@ impl Container {
             },
         );
     }
+}
 
-    /// Checks a process spec; answers the id it asks for, if it asks for one.
-    fn check_process(&self, spec: &ProcessSpec) -> Result<Option<String>, Error> {
-        if spec.path.is_empty() {
+impl ProcessSpec {
+    /// The checks a process spec passes on its own; answers the id it asks for, if it asks
+    /// for one.
+    fn validate(&self) -> Result<Option<String>, Error> {
+        if self.path.is_empty() {
             return Err(Error::InvalidProcessSpec {
                 reason: "no path to run".into(),
             });
         }
-        if !spec.bind_mounts.is_empty() && spec.image.uri.is_empty() {
+        if !self.bind_mounts.is_empty() && self.image.uri.is_empty() {
             return Err(Error::InvalidProcessSpec {
                 reason: "bind mounts are only supported for processes with their own image".into(),
             });
         }
-        limits::check_env(EnvOwner::Process, &spec.env)?;
-        limits::check_bind_mounts(spec.bind_mounts.len())?;
-        if let Some(bad) = spec.env.iter().find(|e| !e.contains('=')) {
+        limits::check_env(EnvOwner::Process, &self.env)?;
+        limits::check_bind_mounts(self.bind_mounts.len())?;
+        if let Some(bad) = self.env.iter().find(|e| !e.contains('=')) {
             return Err(Error::InvalidProcessSpec {
                 reason: format!("environment entry '{bad}' is not KEY=VALUE"),
             });
         }
-        if spec.id.is_empty() {
+        if self.id.is_empty() {
             return Ok(None);
         }
-        handle::validate_process_id(&spec.id).map_err(|reason| Error::InvalidProcessId {
-            process_id: spec.id.clone(),
+        handle::validate_process_id(&self.id).map_err(|reason| Error::InvalidProcessId {
+            process_id: self.id.clone(),
             reason,
         })?;
-        if self.processes.contains(&spec.id) {
-            return Err(Error::ProcessIdInUse {
-                process_id: spec.id.clone(),
-            });
-        }
-        Ok(Some(spec.id.clone()))
+        Ok(Some(self.id.clone()))
     }
 }
