@@ -19,8 +19,8 @@
 //! wait's deadline passes. The last process to end is a child of init or of a pea's keeper
 //! (a process's children outlive it only as orphans, which init adopts), so SIGCHLD wakes init
 //! for it: a pea's keeper passes its own SIGCHLD on to init, which is not its process's parent.
-//! Watching every process through a pidfd would not need that, but gdn's seccomp filter, which
-//! init runs under, forbids `pidfd_open`.
+//! Watching every process through a pidfd would not need that, but the seccomp filter of an
+//! unprivileged container (gdn's), which init runs under, forbids `pidfd_open`.
 //!
 //! Under the container's seccomp filter init uses only syscalls the filter allows.
 
