@@ -337,6 +337,49 @@ fn stop_terminates_every_process_but_init() {
     t.destroy("st");
 }
 
+/// A process of its own image (a pea): its parent is its keeper, not the container's init.
+fn pea(script: &str) -> ProcessSpec {
+    ProcessSpec {
+        image: trellis_core::api::ImageRef {
+            uri: rootfs_tar().to_string_lossy().into_owned(),
+            ..Default::default()
+        },
+        ..sh(script)
+    }
+}
+
+#[test]
+fn a_wait_for_no_processes_ends_with_the_last_one_or_at_its_timeout() {
+    let t = host("await");
+    t.create("aw");
+    let runtime = &t.host.runtime;
+    // Without a deadline: a wait that missed the last exit would never end.
+    let forever = Duration::MAX;
+    assert_eq!(runtime.await_no_processes("aw", forever).unwrap(), 0);
+
+    // An orphan that init adopts, and a pea's process (whose exit init hears of from the
+    // pea's keeper), the last to end.
+    let mut orphaning = t.spawn("aw", sh("sleep 1 & exit 0"), &[]).unwrap();
+    let mut last = t.spawn("aw", pea("sleep 2; exit 5"), &[]).unwrap();
+    assert_eq!(orphaning.wait(), 0);
+    assert_eq!(runtime.await_no_processes("aw", forever).unwrap(), 0);
+    assert_eq!(last.wait(), 5);
+
+    // Processes that never end: the count once the timeout has passed (the pea's keeper is
+    // not counted).
+    let mut sleeping = t.spawn("aw", sh("exec sleep 1000"), &[]).unwrap();
+    let mut sleeping_pea = t.spawn("aw", pea("exec sleep 1000"), &[]).unwrap();
+    assert_eq!(
+        runtime
+            .await_no_processes("aw", Duration::from_millis(100))
+            .unwrap(),
+        2
+    );
+    t.host.stop_processes("aw", true).unwrap();
+    assert_eq!((sleeping.wait(), sleeping_pea.wait()), (137, 137));
+    t.destroy("aw");
+}
+
 fn tar_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
     for (name, data) in entries {

@@ -165,6 +165,30 @@ async fn a_peas_exit_status_output_and_signals_reach_the_client() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn stop_ends_a_peas_process_with_the_containers() {
+    let c = create_default().await;
+    let script = |status: i32| {
+        format!("trap 'exit {status}' TERM; echo ready; while true; do sleep 0.1; done")
+    };
+    let (io, process_out) = trellis_tests::collect::stdout_collector();
+    let mut process = c.run(sh(&script(3)), io).await.expect("run");
+    let (io, pea_out) = trellis_tests::collect::stdout_collector();
+    let mut pea_process = c.run(pea(&script(4)), io).await.expect("run");
+    // Stop only once both trap TERM.
+    assert!(
+        eventually(Duration::from_secs(20), || async {
+            process_out.len() >= 6 && pea_out.len() >= 6
+        })
+        .await
+    );
+    c.stop(false).await.expect("stop");
+    assert_eq!(process.wait().await.expect("wait"), 3);
+    assert_eq!(pea_process.wait().await.expect("wait"), 4);
+    let left = ok(&c, "ps -o comm").await;
+    assert!(!left.contains("sleep"), "nothing outlives the stop: {left}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_missing_executable_fails_the_run_and_leaves_no_pea() {
     let c = create_default().await;
     let err = run_with(

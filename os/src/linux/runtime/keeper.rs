@@ -14,6 +14,14 @@
 //! from the pty master into a pipe, so that every process's output is a pipe the server can
 //! read without consuming what it has not delivered yet.
 //!
+//! A stop waits for the container to have no process left but init (`AwaitNoProcesses`):
+//! init parks the request and counts again whenever it wakes, until none is left or the
+//! wait's deadline passes. The last process to end is a child of init or of a pea's keeper
+//! (a process's children outlive it only as orphans, which init adopts), so SIGCHLD wakes init
+//! for it: a pea's keeper passes its own SIGCHLD on to init, which is not its process's parent.
+//! Watching every process through a pidfd would not need that, but the seccomp filter of an
+//! unprivileged container (gdn's), which init runs under, forbids `pidfd_open`.
+//!
 //! Under the container's seccomp filter init uses only syscalls the filter allows.
 
 use super::child::{exec_process, ChildStdio};
@@ -30,6 +38,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 use std::collections::HashMap;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::time::{Duration, Instant};
 use trellis_core::api::ProcessSpec;
 
 /// How much of a terminal's output the relay moves at a time.
@@ -42,6 +51,8 @@ pub(super) struct Keeper {
     privileged: bool,
     /// Accepted connections whose request has not arrived yet.
     waiting: Vec<OwnedFd>,
+    /// `AwaitNoProcesses` requests not answered yet.
+    awaiting_no_processes: Vec<NoProcessesWait>,
     children: HashMap<i32, Child>,
     buf: Vec<u8>,
     /// A pea's keeper serves its one process and ends once that is forgotten (released, or
@@ -127,6 +138,13 @@ fn become_process(start: protocol::PeaStart, fds: Vec<OwnedFd>, privileged: bool
     exec_process(&start.spec, &start.env, stdio, report, privileged)
 }
 
+/// A connection waiting for the container to have no process but init, until `deadline`
+/// (none when the timeout reaches beyond what the clock can tell).
+struct NoProcessesWait {
+    conn: OwnedFd,
+    deadline: Option<Instant>,
+}
+
 /// A child of init: a process or a file stream.
 enum Child {
     Process(Box<ProcessEntry>),
@@ -187,6 +205,8 @@ enum Watched {
     Listener,
     Signals,
     Waiting(RawFd),
+    /// The connection of a wait for no process: readable once the waiter has gone.
+    AwaitingNoProcesses(RawFd),
     Report(i32),
     MasterReadable(i32),
     RelayWritable(i32),
@@ -199,6 +219,7 @@ impl Keeper {
             sigfd,
             privileged,
             waiting: Vec::new(),
+            awaiting_no_processes: Vec::new(),
             children: HashMap::new(),
             buf: Vec::new(),
             one_process: None,
@@ -216,6 +237,7 @@ impl Keeper {
             if matches!(self.one_process, Some(OneProcess::Started))
                 && self.children.is_empty()
                 && self.waiting.is_empty()
+                && self.awaiting_no_processes.is_empty()
             {
                 return 0;
             }
@@ -230,6 +252,10 @@ impl Keeper {
             for conn in &self.waiting {
                 let raw = conn.as_raw_fd();
                 watched.push((raw, PollFlags::POLLIN, Watched::Waiting(raw)));
+            }
+            for wait in &self.awaiting_no_processes {
+                let raw = wait.conn.as_raw_fd();
+                watched.push((raw, PollFlags::POLLIN, Watched::AwaitingNoProcesses(raw)));
             }
             for (pid, child) in &self.children {
                 if let Some(report) = child.report() {
@@ -258,7 +284,7 @@ impl Keeper {
                 // SAFETY: every descriptor stays open until the poll returns.
                 .map(|(raw, flags, _)| PollFd::new(unsafe { BorrowedFd::borrow_raw(*raw) }, *flags))
                 .collect();
-            match poll(&mut fds, PollTimeout::NONE) {
+            match poll(&mut fds, self.poll_timeout()) {
                 Ok(_) => {}
                 Err(Errno::EINTR) | Err(_) => continue,
             }
@@ -273,6 +299,9 @@ impl Keeper {
                 match what {
                     Watched::Signals => self.reap(),
                     Watched::Waiting(raw) => self.take_request(raw),
+                    Watched::AwaitingNoProcesses(raw) => self
+                        .awaiting_no_processes
+                        .retain(|wait| wait.conn.as_raw_fd() != raw),
                     Watched::Report(pid) => self.read_report(pid),
                     Watched::MasterReadable(pid) => self.relay_read(pid),
                     Watched::RelayWritable(pid) => self.relay_write(pid),
@@ -283,11 +312,49 @@ impl Keeper {
                     }
                 }
             }
+            self.answer_no_process_waits();
         }
+    }
+
+    /// Until the earliest deadline of a wait for no process, rounded up to the millisecond
+    /// (so the loop does not wake just before it); no timeout without one.
+    fn poll_timeout(&self) -> PollTimeout {
+        let Some(earliest) = self
+            .awaiting_no_processes
+            .iter()
+            .filter_map(|wait| wait.deadline)
+            .min()
+        else {
+            return PollTimeout::NONE;
+        };
+        let left = earliest.saturating_duration_since(Instant::now());
+        u64::try_from(left.as_nanos().div_ceil(1_000_000))
+            .ok()
+            .and_then(|ms| PollTimeout::try_from(ms).ok())
+            .unwrap_or(PollTimeout::MAX)
+    }
+
+    /// Counts the container's processes for the waits for no process (on every wake, as
+    /// survivors may have forked): answers all of them once none is left, else those whose
+    /// deadline has passed, with the count.
+    fn answer_no_process_waits(&mut self) {
+        if self.awaiting_no_processes.is_empty() {
+            return;
+        }
+        let count = live_processes();
+        let now = Instant::now();
+        self.awaiting_no_processes.retain(|wait| {
+            let due = count == 0 || wait.deadline.is_some_and(|deadline| deadline <= now);
+            if due {
+                reply(&wait.conn, &Reply::Remaining { count }, &[]);
+            }
+            !due
+        });
     }
 
     fn reap(&mut self) {
         while self.sigfd.read_signal().ok().flatten().is_some() {}
+        let mut reaped = false;
         loop {
             match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => self.exited(pid.as_raw(), code),
@@ -297,6 +364,12 @@ impl Keeper {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
                 Ok(_) => continue,
             }
+            reaped = true;
+        }
+        if reaped && self.one_process.is_some() {
+            // Init (PID 1 of the container's PID namespace) waits for the pea's process in a
+            // stop but is not its parent; its blocked SIGCHLD reaches it even from inside.
+            let _ = nix::sys::signal::kill(Pid::from_raw(1), Signal::SIGCHLD);
         }
     }
 
@@ -460,6 +533,12 @@ impl Keeper {
                 self.reap();
                 let count = live_processes();
                 reply(&conn, &Reply::Remaining { count }, &[]);
+            }
+            Request::AwaitNoProcesses { timeout_ms } => {
+                // Answered at the end of this turn of the loop if none is left already.
+                let deadline = Instant::now().checked_add(Duration::from_millis(timeout_ms));
+                self.awaiting_no_processes
+                    .push(NoProcessesWait { conn, deadline });
             }
             Request::List => {
                 let processes = self

@@ -57,8 +57,11 @@ pub struct Runtime {
     zygote: zygote::Zygote,
 }
 
-/// How long a stop keeps sending SIGTERM (once a second) before it turns to SIGKILL.
+/// How many times a stop sends SIGTERM (each `STOP_ROUND` apart) before it turns to SIGKILL.
 const TERM_ROUNDS: u32 = 10;
+
+/// How long a stop waits for the processes to go after each signal.
+const STOP_ROUND: Duration = Duration::from_secs(1);
 
 /// A process's output pipes (and a TTY's) hold this much before the process waits: the most
 /// the kernel lets a pipe have without CAP_SYS_RESOURCE (fs.pipe-max-size).
@@ -438,7 +441,8 @@ impl Runtime {
     }
 
     /// SIGTERM to every process but init, re-sent each second for up to 10 s, then SIGKILL
-    /// (SIGKILL at once with `kill`); returns when none remain.
+    /// (SIGKILL at once with `kill`); returns when none remain. Between signals init answers
+    /// as soon as the last one has gone.
     pub fn stop_processes(&self, handle: &str, kill: bool, _cgroups: &Cgroups) -> HostResult<()> {
         if !self.init_running(handle) {
             return Ok(());
@@ -450,17 +454,10 @@ impl Runtime {
         };
         for &(signal, rounds) in phases {
             for _ in 0..rounds {
-                if self.signal_all(handle, signal)? == 0 {
+                if self.signal_all(handle, signal)? == 0
+                    || self.await_no_processes(handle, STOP_ROUND)? == 0
+                {
                     return Ok(());
-                }
-                // A poll of init's count: waiting without one needs init to answer when its
-                // last process is reaped (a change to init's protocol).
-                let deadline = Instant::now() + Duration::from_secs(1);
-                while Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(10));
-                    if self.signal_all(handle, 0)? == 0 {
-                        return Ok(());
-                    }
                 }
             }
         }
@@ -468,7 +465,19 @@ impl Runtime {
     }
 
     fn signal_all(&self, handle: &str, signal: i32) -> HostResult<usize> {
-        match self.request(handle, &Request::SignalAll { signal }, &[])? {
+        self.remaining(handle, &Request::SignalAll { signal })
+    }
+
+    /// Waits until no process but init (and the keepers of peas) is left in the container, for
+    /// at most `timeout`; returns how many are left.
+    pub fn await_no_processes(&self, handle: &str, timeout: Duration) -> HostResult<usize> {
+        let timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.remaining(handle, &Request::AwaitNoProcesses { timeout_ms })
+    }
+
+    /// Init's answer to a request that counts the container's processes.
+    fn remaining(&self, handle: &str, request: &Request) -> HostResult<usize> {
+        match self.request(handle, request, &[])? {
             Reply::Remaining { count } => Ok(count),
             other => Err(unexpected(other)),
         }

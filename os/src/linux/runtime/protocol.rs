@@ -38,6 +38,9 @@ pub(super) enum Request {
     Release { id: String },
     /// Send `signal` to every process but init (0 only counts); answers `Remaining`.
     SignalAll { signal: i32 },
+    /// Answers `Remaining` as soon as no process but init (and the keepers of peas) is left,
+    /// or with how many are left once `timeout_ms` has passed.
+    AwaitNoProcesses { timeout_ms: u64 },
     /// The processes init keeps; answers `Processes`.
     List,
     /// Unpack the tar read from the fd sent along (a pipe) at `path`, as `user`.
