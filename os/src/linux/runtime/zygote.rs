@@ -77,9 +77,10 @@ pub fn zygote_main(args: &[String]) -> ExitCode {
         };
         let mut fds = fds.into_iter();
         let Some(channel) = fds.next() else { continue };
-        let cgroup = fds.next();
-        let cgroup = cgroup.as_ref().map(AsFd::as_fd);
-        // SAFETY: the zygote is single-threaded.
+        let cgroup_dir = fds.next();
+        let cgroup = cgroup_dir.as_ref().map(AsFd::as_fd);
+        // SAFETY: the zygote is single-threaded, and the helper calls no pthread function
+        // that names a thread.
         match unsafe { fork_helper(cgroup, &mut kernel_lacks_clone_into_cgroup) } {
             Ok(Forked::Helper { in_cgroup }) => {
                 // SAFETY: restoring the default so the helper can wait for its init.
@@ -115,13 +116,13 @@ enum Forked {
 /// out not to know `CLONE_INTO_CGROUP`, so that later helpers go straight to the fork.
 ///
 /// # Safety
-/// As for `fork`: the caller must be single-threaded.
+/// As for [`fork_into_cgroup`] in a single-threaded caller.
 unsafe fn fork_helper(
     cgroup: Option<BorrowedFd<'_>>,
     kernel_lacks_it: &mut bool,
 ) -> nix::Result<Forked> {
     if let Some(cgroup) = cgroup.filter(|_| !*kernel_lacks_it) {
-        // SAFETY: the caller is single-threaded.
+        // SAFETY: as the caller promises.
         match unsafe { fork_into_cgroup(cgroup) } {
             Ok(ForkResult::Child) => return Ok(Forked::Helper { in_cgroup: true }),
             Ok(ForkResult::Parent { .. }) => return Ok(Forked::Zygote),
@@ -173,8 +174,9 @@ const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 /// As for `fork`, and more: this is the raw system call, so the C library runs none of its
 /// fork handling in the child. The caller must be single-threaded (no lock can then be held
 /// by another thread), or the child must call only async-signal-safe functions until it
-/// execs or exits. The child's C-library thread data keeps the parent's thread id, which
-/// nothing but pthread mutexes of the error-checking and recursive kinds looks at.
+/// execs or exits. The child's C-library thread data keeps the parent's thread id: only
+/// pthread functions that name a thread by its handle (mutex ownership checks, signalling or
+/// scheduling a thread) look at it, and the child must call none of them.
 pub unsafe fn fork_into_cgroup(cgroup: BorrowedFd<'_>) -> nix::Result<ForkResult> {
     let mut args = CloneArgs {
         flags: CLONE_INTO_CGROUP,
