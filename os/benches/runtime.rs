@@ -1,7 +1,10 @@
 //! Container runtime figures straight through the `Host` trait (no HTTP): create+destroy
 //! latency (rootfs, cgroup, init; no network) of unprivileged containers and of privileged ones
-//! (what confinement costs), run of `true`, stdout throughput of one process, and 50 parallel
-//! creates. As root: `cargo bench -p trellis-os --bench runtime`.
+//! (what confinement costs), an init's start on a quiet host, run of `true`, stdout throughput
+//! of one process, and 50 parallel creates.
+//! As root: `cargo bench -p trellis-os --bench runtime`.
+//! `TRELLIS_BENCH_CGROUP2=<a cgroup2 mount>` gives the containers v2 cgroups there whatever the
+//! host's mode (on a hybrid host, /sys/fs/cgroup/unified: no controllers, so default limits).
 //! (The end-to-end `bench` against a running server reports the same figures over HTTP.)
 
 use std::io::Read;
@@ -9,6 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use trellis_core::api::{Limits, ProcessSpec};
 use trellis_core::effect::InitConfig;
+use trellis_os::linux::cgroup::{CgroupOptions, Cgroups, Mode};
 use trellis_os::{Host, Layout, LinuxConfig, LinuxHost, SpawnRequest};
 
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
@@ -21,10 +25,19 @@ fn create(host: &LinuxHost, handle: &str) {
 }
 
 fn create_as(host: &LinuxHost, handle: &str, privileged: bool) {
+    prepare(host, handle, privileged);
+    start_init(host, handle, privileged);
+}
+
+/// A create's rootfs and cgroup.
+fn prepare(host: &LinuxHost, handle: &str, privileged: bool) {
     host.prepare_rootfs(handle, &Default::default(), privileged, &Default::default())
         .unwrap();
     host.create_cgroup(handle, &Limits::default(), privileged)
         .unwrap();
+}
+
+fn start_init(host: &LinuxHost, handle: &str, privileged: bool) {
     let config = InitConfig {
         hostname: handle.into(),
         privileged,
@@ -71,7 +84,7 @@ fn main() {
         .status()
         .unwrap()
         .success());
-    let host = LinuxHost::new(LinuxConfig {
+    let mut host = LinuxHost::new(LinuxConfig {
         cgroup: Default::default(),
         layout: Layout::new(base.join("depot"), base.join("state"), base.join("run")),
         default_rootfs: rootfs.to_string_lossy().into_owned(),
@@ -82,6 +95,13 @@ fn main() {
         image_plugins: Default::default(),
     })
     .unwrap();
+    if let Some(root) = std::env::var_os("TRELLIS_BENCH_CGROUP2") {
+        let mut options = CgroupOptions::new(host.layout.cgroup_parent());
+        options.mode = Some(Mode::V2);
+        options.v2_root = PathBuf::from(root);
+        println!("v2 cgroups at {}", options.v2_root.display());
+        host.cgroups = Cgroups::with_options(options).unwrap();
+    }
 
     for (kind, privileged) in [("unprivileged", false), ("privileged", true)] {
         let mut lifecycle = Vec::new();
@@ -98,6 +118,25 @@ fn main() {
             percentile(&mut lifecycle, 0.95)
         );
     }
+
+    // A start on a quiet host: a kernel lock that moving a process into a cgroup takes waits
+    // for an RCU grace period, unless another move took it moments before (as back-to-back
+    // creates do).
+    let mut starts = Vec::new();
+    for i in 0..50 {
+        let handle = format!("bench-quiet-{i}");
+        prepare(&host, &handle, false);
+        std::thread::sleep(Duration::from_millis(100));
+        let start = Instant::now();
+        start_init(&host, &handle, false);
+        starts.push(start.elapsed());
+        destroy(&host, &handle);
+    }
+    println!(
+        "start init on a quiet host (100 ms apart): p50 {:?} p95 {:?}",
+        percentile(&mut starts, 0.5),
+        percentile(&mut starts, 0.95)
+    );
 
     create(&host, "runner");
     let truth = ProcessSpec {

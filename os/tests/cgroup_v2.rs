@@ -12,21 +12,6 @@ use trellis_core::api::{Limits, MemoryLimits};
 use trellis_os::linux::cgroup::{CgroupConfig, CgroupOptions, Cgroups, Mode};
 use trellis_os::linux::security::devices::AllowRule;
 
-/// The first cgroup2 mount in /proc/self/mountinfo.
-fn cgroup2_root() -> PathBuf {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
-    mountinfo
-        .lines()
-        .find_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            if after.split_whitespace().next()? != "cgroup2" {
-                return None;
-            }
-            before.split_whitespace().nth(4).map(PathBuf::from)
-        })
-        .expect("a cgroup2 mount (hybrid hosts have one at /sys/fs/cgroup/unified)")
-}
-
 fn cgroups(test: &str) -> (Cgroups, PathBuf) {
     cgroups_with(test, CgroupConfig::default())
 }
@@ -63,17 +48,7 @@ fn v2_create_place_list_kill_and_remove() {
     assert_eq!(cg.handles().expect("handles"), vec![handle.to_string()]);
 
     let mut child = spawn_in(&cg, handle, &["sh", "-c", "sleep 1000 & sleep 1000"]);
-    let cgroup = std::fs::read_to_string(format!("/proc/{}/cgroup", child.id())).expect("read");
-    let relative = parent
-        .join(handle)
-        .strip_prefix(cgroup2_root())
-        .expect("under the root")
-        .display()
-        .to_string();
-    assert!(
-        cgroup.lines().any(|l| l == format!("0::/{relative}")),
-        "{cgroup}"
-    );
+    assert_eq!(v2_cgroup_of(child.id()), Some(parent.join(handle)));
     wait_for("both sleeps", Duration::from_secs(5), || {
         cg.pids(handle).expect("pids").len() >= 3
     });

@@ -1,8 +1,9 @@
-//! Helpers for the cgroup tests: unique parents, processes started inside a cgroup, waiting
-//! on conditions with a deadline.
+//! Helpers for the cgroup tests: unique parents, the cgroup2 mount, processes started inside a
+//! cgroup, waiting on conditions with a deadline.
 #![allow(dead_code)]
 
 use std::io::Write;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -17,6 +18,28 @@ pub fn unique_parent(test: &str) -> String {
         test,
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// The first cgroup2 mount in /proc/self/mountinfo.
+pub fn cgroup2_root() -> PathBuf {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    mountinfo
+        .lines()
+        .find_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            if after.split_whitespace().next()? != "cgroup2" {
+                return None;
+            }
+            before.split_whitespace().nth(4).map(PathBuf::from)
+        })
+        .expect("a cgroup2 mount (hybrid hosts have one at /sys/fs/cgroup/unified)")
+}
+
+/// The cgroup2 directory of process `pid` (its `0::` line), if it still runs.
+pub fn v2_cgroup_of(pid: u32) -> Option<PathBuf> {
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
+    let path = cgroups.lines().find_map(|l| l.strip_prefix("0::/"))?;
+    Some(cgroup2_root().join(path))
 }
 
 /// Starts `argv` inside the container's cgroup before it runs anything: the shell waits for a

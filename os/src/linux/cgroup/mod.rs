@@ -24,6 +24,8 @@ use oom::OomWatcher;
 use resources::Resources;
 pub use resources::{CgroupConfig, IoMax};
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -73,8 +75,11 @@ pub(crate) trait Backend: Send + Sync {
     fn container_view(&self) -> CgroupView;
     fn add_process(&self, handle: &str, pid: u32) -> HostResult<()>;
     /// The files a single-threaded process writes `0` into to move itself into the
-    /// container's cgroup (v1's `tasks`), or `None` where only `add_process` places one.
+    /// container's cgroup (v1's `tasks`), or `None` where it cannot (v2).
     fn self_placement_files(&self, handle: &str) -> Option<Vec<PathBuf>>;
+    /// The container's cgroup directory, for a process to be forked straight into it
+    /// (cgroup2's `CLONE_INTO_CGROUP`), or `None` where that cannot be (v1).
+    fn fork_target_dir(&self, handle: &str) -> Option<PathBuf>;
     /// Every pid in the container's cgroup and its descendants.
     fn pids(&self, handle: &str) -> HostResult<Vec<u32>>;
     /// Sends SIGKILL to every process in the cgroup, so that nothing escapes by forking.
@@ -230,8 +235,9 @@ impl Cgroups {
     }
 
     /// Where a single-threaded process about to start the container moves itself into the
-    /// container's cgroups (see [`move_self_into`]), or `None` when the server must place it
-    /// with [`Cgroups::add_process`] (v2).
+    /// container's cgroups (see [`move_self_into`]), or `None` on v2, where it is forked
+    /// straight into them ([`Cgroups::fork_target`]) or, on a kernel too old for that, placed
+    /// by the server ([`Cgroups::add_process`]).
     ///
     /// Moving another process (`add_process`) write-locks the kernel's global threadgroup
     /// lock, which waits for an RCU grace period: about 10 ms per container start on a v1 host,
@@ -240,6 +246,27 @@ impl Cgroups {
     pub fn self_placement_files(&self, handle: &str) -> HostResult<Option<Vec<PathBuf>>> {
         validate_name(handle)?;
         Ok(self.backend.self_placement_files(handle))
+    }
+
+    /// The container's cgroup directory, opened, for a single-threaded process to fork the
+    /// process that starts the container straight into it (`clone3` with
+    /// `CLONE_INTO_CGROUP`, cgroup2 only, Linux 5.7 and later), or `None` on v1 (where that
+    /// process moves itself, see [`Cgroups::self_placement_files`]).
+    ///
+    /// A process forked into its cgroup is never migrated, so it skips the threadgroup lock
+    /// that [`Cgroups::add_process`] takes (the v2 counterpart of v1's cheap self-move).
+    pub fn fork_target(&self, handle: &str) -> HostResult<Option<OwnedFd>> {
+        validate_name(handle)?;
+        let Some(dir) = self.backend.fork_target_dir(handle) else {
+            return Ok(None);
+        };
+        // O_RDONLY and O_CLOEXEC come with `File::open`; a cgroup is a directory.
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&dir)
+            .map(|dir| Some(OwnedFd::from(dir)))
+            .map_err(|e| HostError::io(format!("opening the cgroup {}", dir.display()), e))
     }
 
     /// Every pid in the container's cgroup, nested cgroups included. Empty when the cgroup

@@ -245,6 +245,11 @@ impl Backend for V1 {
         )
     }
 
+    fn fork_target_dir(&self, _handle: &str) -> Option<PathBuf> {
+        // CLONE_INTO_CGROUP takes only a cgroup2 directory.
+        None
+    }
+
     fn pids(&self, handle: &str) -> HostResult<Vec<u32>> {
         let mut pids = Vec::new();
         files::pids_recursive(&self.dir(&self.primary, handle), &mut pids)?;

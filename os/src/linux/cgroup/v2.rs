@@ -205,6 +205,10 @@ impl Backend for V2 {
         None
     }
 
+    fn fork_target_dir(&self, handle: &str) -> Option<PathBuf> {
+        Some(self.dir(handle))
+    }
+
     fn pids(&self, handle: &str) -> HostResult<Vec<u32>> {
         let mut pids = Vec::new();
         files::pids_recursive(&self.dir(handle), &mut pids)?;

@@ -3,7 +3,7 @@
 //!
 //! The helper (single-threaded, forked from the zygote, as host root) reports its pid, binds
 //! the control socket, and clones what the container needs from the host (`HostSources`).
-//! Once it is in the container's cgroups (moved by the server, or by itself on v1) it enters
+//! Once it is in the container's cgroups (forked there, or moved: see `zygote`) it enters
 //! the namespaces: for an unprivileged container first its user namespace (the owner of its
 //! network namespace) as container root, so every namespace made after is owned by it; then
 //! the network namespace; then it unshares UTS, IPC, PID and (unprivileged only) cgroup
@@ -42,13 +42,14 @@ const READY: &[u8] = b"ok";
 /// What a pea's keeper is called (`comm`), so that init tells it from the processes it stops.
 pub const PEA_KEEPER_NAME: &str = "garden-pea";
 
-/// A helper forked by the zygote for one container (see `zygote`): reports to the server on
-/// `channel`, and returns its exit code.
-pub fn helper_main(spec: &InitSpec, channel: OwnedFd) -> i32 {
+/// A helper forked by the zygote for one container (see `zygote`; `in_cgroup`: forked
+/// straight into the container's cgroup): reports to the server on `channel`, and returns its
+/// exit code.
+pub fn helper_main(spec: &InitSpec, channel: OwnedFd, in_cgroup: bool) -> i32 {
     let report = |message: &HelperMessage| {
         let _ = protocol::send(channel.as_raw_fd(), message, &[]);
     };
-    match run_helper(spec, &channel) {
+    match run_helper(spec, &channel, in_cgroup) {
         Ok(init) => {
             report(&HelperMessage::Ready { init });
             0
@@ -60,11 +61,12 @@ pub fn helper_main(spec: &InitSpec, channel: OwnedFd) -> i32 {
     }
 }
 
-fn run_helper(spec: &InitSpec, channel: &OwnedFd) -> Result<i32, Failure> {
+fn run_helper(spec: &InitSpec, channel: &OwnedFd, in_cgroup: bool) -> Result<i32, Failure> {
     protocol::send(
         channel.as_raw_fd(),
         &HelperMessage::Forked {
             pid: nix::unistd::getpid().as_raw(),
+            in_cgroup,
         },
         &[],
     )

@@ -203,21 +203,28 @@ impl Runtime {
 
     /// Has the zygote fork the helper for `spec`, in the cgroup `cgroup` names (of those
     /// cgroups, by name) before it makes anything, so that every namespace and process after
-    /// it is in that cgroup: the helper moves itself where it can (cgroup v1), which is much
-    /// cheaper than the server moving it (see `Cgroups::self_placement_files`). Dropping the
-    /// helper (on an error) ends it.
+    /// it is in that cgroup. The server moving it is much dearer (see
+    /// `Cgroups::self_placement_files`) than what is tried first: on cgroup v1 the helper
+    /// moves itself; on v2 the zygote forks it straight into the cgroup
+    /// (`Cgroups::fork_target`), and only a kernel without that leaves the move to the server.
+    /// Dropping the helper (on an error) ends it.
     fn fork_placed_helper(
         &self,
         mut spec: InitSpec,
         cgroup: Option<(&Cgroups, &str)>,
     ) -> HostResult<zygote::Helper> {
-        let self_placement = match cgroup {
-            Some((cgroups, name)) => cgroups.self_placement_files(name)?,
-            None => Some(Vec::new()),
+        let (self_placement, fork_target) = match cgroup {
+            Some((cgroups, name)) => (
+                cgroups.self_placement_files(name)?,
+                cgroups.fork_target(name)?,
+            ),
+            None => (Some(Vec::new()), None),
         };
         spec.cgroup_tasks = self_placement.clone().unwrap_or_default();
-        let helper = self.zygote.fork_helper(&spec)?;
-        if let (None, Some((cgroups, name))) = (self_placement, cgroup) {
+        let helper = self
+            .zygote
+            .fork_helper(&spec, fork_target.as_ref().map(AsFd::as_fd))?;
+        if let (None, false, Some((cgroups, name))) = (self_placement, helper.in_cgroup, cgroup) {
             cgroups.add_process(name, helper.pid as u32)?;
         }
         Ok(helper)
