@@ -99,3 +99,81 @@ pub fn return_freed_memory_to_the_system() {
         );
     }
 }
+
+/// Freed bytes (as [`CountingAlloc`] counts them) after which free heap pages are handed back.
+const FREED_BEFORE_RELEASE: u64 = 16 << 20;
+
+/// How often [`release_free_pages_after_churn`] looks at the counters.
+const RELEASE_PERIOD: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Hands the free pages inside the allocator's heaps back to the system. The trim threshold
+/// only shrinks a heap from its top; pages freed below a block still in use stay resident.
+/// After a round of 250 containers x 4 processes the server held about 100 MB of such pages
+/// around 1.4 MB of live heap, more after each round; this gives them back.
+pub fn release_free_pages() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns unused memory; it is safe to call from any thread.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Runs for the server's life: releases free heap pages once enough was freed since the last
+/// release (a round of containers ending), and never while the heap only grows or idles.
+/// Without [`CountingAlloc`] installed nothing is counted, and nothing is released.
+pub async fn release_free_pages_after_churn() {
+    let mut released_at = freed_bytes();
+    let mut tick = tokio::time::interval(RELEASE_PERIOD);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let freed = freed_bytes();
+        if freed.saturating_sub(released_at) >= FREED_BEFORE_RELEASE {
+            released_at = freed;
+            // It walks every heap: not on a thread that serves requests.
+            let _ = tokio::task::spawn_blocking(release_free_pages).await;
+        }
+    }
+}
+
+fn freed_bytes() -> u64 {
+    let stats = heap_stats();
+    stats.total_bytes.saturating_sub(stats.live_bytes)
+}
+
+#[cfg(all(test, target_os = "linux", target_env = "gnu"))]
+mod tests {
+    use super::*;
+
+    fn resident_bytes() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").expect("status");
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS");
+        kib * 1024
+    }
+
+    #[test]
+    fn free_pages_below_a_live_block_go_back_to_the_system() {
+        // 64 MiB of mid-sized blocks (below the mmap threshold: they come from the heap),
+        // touched, each followed by a small block that stays: freeing the large ones leaves
+        // free pages the trim threshold cannot reach, under the small ones.
+        let mut large = Vec::new();
+        let mut pinned = Vec::new();
+        for _ in 0..(64 << 20) / (32 << 10) {
+            large.push(vec![1u8; 32 << 10]);
+            pinned.push(Box::new(0u64));
+        }
+        drop(large);
+        let before = resident_bytes();
+        release_free_pages();
+        let after = resident_bytes();
+        assert!(
+            before.saturating_sub(after) >= 32 << 20,
+            "resident {before} -> {after} bytes"
+        );
+        drop(pinned);
+    }
+}

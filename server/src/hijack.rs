@@ -48,6 +48,11 @@ pub async fn serve(
     .await
 }
 
+/// How much of a client's messages on a process connection is read at a time. The buffer
+/// lives as long as the connection, which mostly idles: with a thousand attached processes a
+/// 64 KiB one was most of the server's memory, and stdin's rate does not need it.
+const CLIENT_READ_BYTES: usize = 8 * 1024;
+
 async fn fail(mut io: BoxIo, error: ApiError) {
     warn!(status = error.status(), kind = error.kind_name(), error = %error, "request failed");
     let _ = io.write_all(&hijack_error(&error)).await;
@@ -189,7 +194,7 @@ async fn process_connection(
     decoder.push(&buffered);
     let exit = entry.wait_exit_and_drained();
     tokio::pin!(exit);
-    let mut chunk = vec![0u8; 64 * 1024];
+    let mut chunk = vec![0u8; CLIENT_READ_BYTES];
     let client_gone = 'serve: loop {
         loop {
             match decoder.next_message() {

@@ -126,6 +126,7 @@ pub async fn run(mut args: ServerArgs) -> Result<(), StartError> {
             }
         })?;
     tokio::spawn(driver.run());
+    tokio::spawn(crate::alloc_stats::release_free_pages_after_churn());
     let mut state = State::new(core, host, processes);
     // As gdn: 0 is no limit.
     state.header_timeout = Some(args.read_header_timeout).filter(|t| !t.is_zero());
