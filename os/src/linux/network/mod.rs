@@ -844,8 +844,7 @@ fn delete_bridge_if_unused(nl: &netlink::Netlink, bridge: &str) -> HostResult<()
     let Some(link) = nl.link(bridge)? else {
         return Ok(());
     };
-    let in_use = nl.links()?.iter().any(|l| l.controller == Some(link.index));
-    if in_use {
+    if nl.has_ports(link.index)? {
         Ok(())
     } else {
         nl.delete_link(bridge)

@@ -144,6 +144,28 @@ impl Netlink {
         .map_err(|e| failed("list links", e))
     }
 
+    /// Whether any link is attached to the bridge `index`. The kernel filters the dump by
+    /// controller, so its cost does not grow with the host's links (a dump of all of them
+    /// per teardown parsed every container's links).
+    pub fn has_ports(&self, index: u32) -> HostResult<bool> {
+        let mut request = self.handle.link().get();
+        request
+            .message_mut()
+            .attributes
+            .push(LinkAttribute::Controller(index));
+        let ports = self
+            .block(async {
+                request
+                    .execute()
+                    .map_ok(Link::from)
+                    .try_collect::<Vec<_>>()
+                    .await
+            })
+            .map_err(|e| failed(format!("list the ports of bridge {index}"), e))?;
+        // Checked again here, in case a kernel answers the dump unfiltered.
+        Ok(ports.iter().any(|l| l.controller == Some(index)))
+    }
+
     /// Creates a bridge (multicast snooping off, a fixed random MAC, the given MTU), unless
     /// it exists; returns its index either way.
     pub fn ensure_bridge(&self, name: &str, mac: [u8; 6], mtu: u32) -> HostResult<u32> {

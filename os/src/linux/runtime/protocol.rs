@@ -272,7 +272,12 @@ mod tests {
             let sent = Reply::Remaining { count: size };
             let padding = "x".repeat(size);
             let (extra_r, _extra_w) = nix::unistd::pipe().expect("pipe");
-            send(a.as_raw_fd(), &(sent, padding.clone()), &[extra_r.as_raw_fd()]).expect("send");
+            send(
+                a.as_raw_fd(),
+                &(sent, padding.clone()),
+                &[extra_r.as_raw_fd()],
+            )
+            .expect("send");
             let ((received, text), fds) = recv::<(Reply, String)>(b.as_raw_fd(), &mut buf)
                 .expect("recv")
                 .expect("a message");
@@ -281,7 +286,9 @@ mod tests {
             assert_eq!(fds.len(), 1, "the descriptor came along");
         }
         drop(a);
-        assert!(recv::<Reply>(b.as_raw_fd(), &mut buf).expect("recv").is_none());
+        assert!(recv::<Reply>(b.as_raw_fd(), &mut buf)
+            .expect("recv")
+            .is_none());
     }
 
     #[test]
