@@ -337,6 +337,77 @@ fn stop_terminates_every_process_but_init() {
     t.destroy("st");
 }
 
+/// A Stop still ends the processes of a container whose init an older binary started (the
+/// server was upgraded under it): such an init hangs up on the wait it does not know. Here a
+/// stand-in at init's socket passes every other request on to the real init.
+#[test]
+fn stop_works_with_an_init_that_does_not_know_the_wait() {
+    use nix::sys::socket::{
+        accept, bind, connect, listen, recv, send, socket, AddressFamily, Backlog, MsgFlags,
+        SockFlag, SockType, UnixAddr,
+    };
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let t = host("stopold");
+    t.create("so");
+    let mut parent = t
+        .spawn(
+            "so",
+            sh("trap 'exit 42' TERM; while true; do sleep 0.1; done"),
+            &[],
+        )
+        .unwrap();
+    let socket_path = t.host.layout.init_socket("so");
+    let real = socket_path.with_file_name("real-init.sock");
+    std::fs::rename(&socket_path, &real).unwrap();
+    let seqpacket = || {
+        socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket")
+    };
+    let listener = seqpacket();
+    bind(listener.as_raw_fd(), &UnixAddr::new(&socket_path).unwrap()).unwrap();
+    listen(&listener, Backlog::new(16).unwrap()).unwrap();
+    let waits_refused = Arc::new(AtomicUsize::new(0));
+    let refused = waits_refused.clone();
+    let real_address = UnixAddr::new(&real).unwrap();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 1 << 16];
+        while let Ok(conn) = accept(&listener) {
+            let Ok(n) = recv(conn.as_raw_fd(), &mut buf, MsgFlags::empty()) else {
+                continue;
+            };
+            if String::from_utf8_lossy(&buf[..n]).contains("AwaitNoProcesses") {
+                refused.fetch_add(1, Ordering::SeqCst);
+                continue;
+            }
+            let upstream = seqpacket();
+            connect(upstream.as_raw_fd(), &real_address).expect("connect to init");
+            send(upstream.as_raw_fd(), &buf[..n], MsgFlags::empty()).expect("to init");
+            let m = recv(upstream.as_raw_fd(), &mut buf, MsgFlags::empty()).expect("from init");
+            let _ = send(conn.as_raw_fd(), &buf[..m], MsgFlags::empty());
+        }
+    });
+
+    t.host.stop_processes("so", false).unwrap();
+    assert_eq!(parent.wait(), 42);
+    assert!(
+        waits_refused.load(Ordering::SeqCst) >= 1,
+        "the wait was tried"
+    );
+
+    std::fs::remove_file(&socket_path).unwrap();
+    std::fs::rename(&real, &socket_path).unwrap();
+    assert_eq!(t.ok("so", "echo alive"), "alive\n");
+    t.destroy("so");
+}
+
 /// A process of its own image (a pea): its parent is its keeper, not the container's init.
 fn pea(script: &str) -> ProcessSpec {
     ProcessSpec {

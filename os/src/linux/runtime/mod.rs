@@ -461,10 +461,17 @@ impl Runtime {
         };
         for &(signal, rounds) in phases {
             for _ in 0..rounds {
-                if self.signal_all(handle, signal)? == 0
-                    || self.await_no_processes(handle, STOP_ROUND)? == 0
-                {
+                if self.signal_all(handle, signal)? == 0 {
                     return Ok(());
+                }
+                match self.await_no_processes(handle, STOP_ROUND) {
+                    Ok(0) => return Ok(()),
+                    Ok(_) => {}
+                    // An init that an older binary started (the server was upgraded under
+                    // its containers) does not know the wait and hangs up: the round passes
+                    // as a pause, and the next signal's count tells (or fails, if init is
+                    // gone).
+                    Err(_) => std::thread::sleep(STOP_ROUND),
                 }
             }
         }
