@@ -9,7 +9,7 @@ use crate::effect::storable_spec;
 use crate::error::Error;
 use crate::handle::Handle;
 use crate::limits::{self, EnvOwner};
-use crate::machine::{with_room_for_events, Core};
+use crate::machine::Core;
 use crate::network::{self, NetworkAssignment, NetworkRequest};
 use crate::ports::Port;
 use crate::properties;
@@ -88,7 +88,7 @@ impl Core {
         container.mapped_ports = mapped_ports;
         container.netout_rules = spec.netout_rules.clone();
         // The image's env is not known yet; it is measured when the rootfs answers.
-        if let Err(e) = limits::check_record(&with_room_for_events(container.record())) {
+        if let Err(e) = limits::check_record(&container.record().with_room_for_events()) {
             self.release_admitted(assignment, &container.mapped_ports);
             return Err(e.into());
         }

@@ -1,7 +1,7 @@
 //! Errors the core answers requests with, and the class of Garden error each one is (the
 //! wire names and HTTP statuses of those classes are `trellis_proto`'s).
 
-use crate::effect::{EffectError, EffectErrorKind};
+use crate::effect::{EffectError, EffectErrorKind, EffectOutput};
 use crate::handle::{self, InvalidName};
 use crate::limits::LimitExceeded;
 use crate::network::NetworkError;
@@ -71,6 +71,14 @@ pub enum ErrorKind {
 }
 
 impl Error {
+    /// The host answered an effect with an output of another effect's kind.
+    pub(crate) fn unexpected_output(effect: &str, output: EffectOutput) -> Error {
+        Error::Host(EffectError::new(
+            EffectErrorKind::Host,
+            format!("host answered {effect} with {output:?}"),
+        ))
+    }
+
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::ContainerNotFound { .. } => ErrorKind::ContainerNotFound,

@@ -15,9 +15,8 @@ use crate::network::{NetworkAllocator, NetworkAssignment};
 use crate::outbox::{CoreEvent, Outbox, Owner};
 use crate::ports::PortAllocator;
 use crate::properties::{self, Properties};
-use crate::record::ContainerRecord;
 use crate::rng::Rng;
-use crate::{Config, Time, SECOND};
+use crate::{Config, Time};
 use std::collections::BTreeMap;
 
 /// The entries of a bulk metrics request, gathered as their reads come back.
@@ -320,7 +319,7 @@ impl Core {
                         schedulable_disk_in_bytes,
                         max_containers: self.max_containers(),
                     })),
-                    Ok(other) => Err(unexpected_output("read-capacity", other)),
+                    Ok(other) => Err(Error::unexpected_output("read-capacity", other)),
                     Err(e) => Err(Error::Host(e)),
                 };
                 self.out.reply(request, result);
@@ -386,30 +385,6 @@ impl Core {
             leases: self.leases.len(),
         }
     }
-}
-
-/// The event text gdn reports after an OOM kill.
-pub(crate) const OUT_OF_MEMORY: &str = "Out of memory";
-
-/// A record with room for what the host may add to it unasked: the OOM event (recorded once).
-/// Bounds are checked on this, so that no record outgrows them later.
-pub(crate) fn with_room_for_events(mut record: ContainerRecord) -> ContainerRecord {
-    if !record.events.iter().any(|e| e == OUT_OF_MEMORY) {
-        record.events.push(OUT_OF_MEMORY.to_string());
-    }
-    record
-}
-
-pub(crate) fn unexpected_output(effect: &str, output: EffectOutput) -> Error {
-    Error::Host(crate::effect::EffectError::new(
-        crate::effect::EffectErrorKind::Host,
-        format!("host answered {effect} with {output:?}"),
-    ))
-}
-
-/// Retry delay after `attempts` failures: 1 s, 2 s, 4 s ... capped at 64 s.
-pub(crate) fn backoff(attempts: u32) -> u64 {
-    SECOND << attempts.saturating_sub(1).min(6)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -87,10 +87,24 @@ pub fn is_temp_file_name(name: &str) -> bool {
     name.starts_with(TEMP_PREFIX) && name.ends_with(&format!("{FILE_SUFFIX}{TEMP_SUFFIX}"))
 }
 
-/// Whether a file in the records directory holds a record (hidden names never do: no handle is
-/// hidden).
+/// Whether a file in the records directory holds a record: not a temporary file (whose prefix
+/// no handle may start with, see `handle::validate`), and named like a record.
 pub fn is_record_file_name(name: &str) -> bool {
-    !crate::handle::is_hidden(name) && name.ends_with(FILE_SUFFIX)
+    !name.starts_with(TEMP_PREFIX) && name.ends_with(FILE_SUFFIX)
+}
+
+/// The event text gdn reports after an OOM kill.
+pub(crate) const OUT_OF_MEMORY_EVENT: &str = "Out of memory";
+
+impl ContainerRecord {
+    /// The record with room for what the host may add to it unasked: the OOM event (recorded
+    /// once). Bounds are checked on this, so that no record outgrows them later.
+    pub(crate) fn with_room_for_events(mut self) -> ContainerRecord {
+        if !self.events.iter().any(|e| e == OUT_OF_MEMORY_EVENT) {
+            self.events.push(OUT_OF_MEMORY_EVENT.to_string());
+        }
+        self
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@ use crate::effect::EffectKind;
 use crate::error::Error;
 use crate::handle;
 use crate::limits::{self, EnvOwner, LimitExceeded};
-use crate::machine::with_room_for_events;
 use crate::ports::Port;
 use crate::properties;
 use crate::record::{self, ContainerRecord};
@@ -151,7 +150,7 @@ impl Container {
 
     /// Refuses a change that would take the record over [`limits::MAX_RECORD_BYTES`],
     /// measured as the record will be with the change and everything in flight in it, and with
-    /// room for what the host may yet add ([`with_room_for_events`]). A record already over
+    /// room for what the host may yet add ([`ContainerRecord::with_room_for_events`]). A record already over
     /// the bound (stored before the bound existed) may still shrink.
     fn check_record_growth(
         &self,
@@ -159,7 +158,7 @@ impl Container {
     ) -> Result<(), LimitExceeded> {
         let (rules, mappings) = self.in_flight_additions();
         let current = || {
-            let mut record = with_room_for_events(self.record());
+            let mut record = self.record().with_room_for_events();
             record.netout_rules.extend(rules.iter().cloned());
             record.mapped_ports.extend(mappings.iter().copied());
             record

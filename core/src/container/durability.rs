@@ -1,11 +1,11 @@
 //! A container's durability: each change bumps its version, one record write is in flight at a
 //! time, and a reply that acknowledges a change waits until the change is stored.
 
+use super::timers::backoff;
 use super::{Container, Ctx, Task, Timer};
 use crate::command::{Reply, RequestId};
 use crate::effect::{EffectKind, Outcome};
 use crate::error::Error;
-use crate::machine::backoff;
 
 /// Persist failures before waiting requests are told their change is not durable.
 const PERSIST_FAILURES_BEFORE_ERROR: u32 = 3;

@@ -6,6 +6,7 @@
 //! reconciliation) runs its steps in a fixed order; a failed step is retried with backoff, so a
 //! container is never left half-removed and never shown as healthy.
 
+use super::timers::backoff;
 use super::{Container, CreateStep, Ctx, Phase, Task, Teardown, TeardownStep, Timer};
 use crate::api::{ContainerSpec, ImageRef};
 use crate::command::{Reply, RequestId};
@@ -13,7 +14,6 @@ use crate::effect::{EffectKind, EffectOutput, InitConfig, NetworkConfig, Outcome
 use crate::error::Error;
 use crate::handle;
 use crate::limits::{self, EnvOwner};
-use crate::machine::{backoff, with_room_for_events};
 use crate::record::RecordState;
 
 impl Container {
@@ -36,7 +36,7 @@ impl Container {
     /// like the container's own.
     fn check_image_env(&self) -> Result<(), Error> {
         limits::check_env(EnvOwner::Image, &self.image_env)?;
-        limits::check_record(&with_room_for_events(self.record()))?;
+        limits::check_record(&self.record().with_room_for_events())?;
         Ok(())
     }
 

@@ -5,8 +5,8 @@ use crate::api::{Metrics, NetInResponse};
 use crate::command::{Reply, RequestId};
 use crate::effect::{EffectId, EffectOutput, Outcome};
 use crate::error::Error;
-use crate::machine::{unexpected_output, OUT_OF_MEMORY};
 use crate::outbox::CoreEvent;
+use crate::record::OUT_OF_MEMORY_EVENT;
 
 impl Container {
     /// An effect of this container's finished. One it no longer waits for changes nothing.
@@ -118,7 +118,7 @@ impl Container {
                     crate::api::entitlement_over(metrics.cpu_entitlement, age);
                 Ok(*metrics)
             }
-            Ok(other) => Err(unexpected_output("read-metrics", other)),
+            Ok(other) => Err(Error::unexpected_output("read-metrics", other)),
             Err(e) => Err(Error::Host(e)),
         }
     }
@@ -129,10 +129,10 @@ impl Container {
 
     /// The kernel killed a process for want of memory: an event, recorded once.
     pub(crate) fn out_of_memory(&mut self, cx: &mut Ctx<'_>) {
-        if self.events.iter().any(|e| e == OUT_OF_MEMORY) {
+        if self.events.iter().any(|e| e == OUT_OF_MEMORY_EVENT) {
             return;
         }
-        self.events.push(OUT_OF_MEMORY.to_string());
+        self.events.push(OUT_OF_MEMORY_EVENT.to_string());
         if self.phase.is_usable() {
             self.changed(cx);
         }

@@ -2,7 +2,7 @@
 //! read, so that a tick fires every timer the deadline promised.
 
 use super::{Container, Ctx, TeardownStep};
-use crate::Time;
+use crate::{Time, SECOND};
 use std::collections::BTreeMap;
 
 /// What a container waits for the clock for. Due timers fire in this order.
@@ -86,4 +86,9 @@ impl Container {
             self.timers.clear(Timer::Expiry);
         }
     }
+}
+
+/// Retry delay after `attempts` failures: 1 s, 2 s, 4 s ... capped at 64 s.
+pub(crate) fn backoff(attempts: u32) -> u64 {
+    SECOND << attempts.saturating_sub(1).min(6)
 }
