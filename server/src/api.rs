@@ -28,6 +28,9 @@ use trellis_proto::messages::{
 };
 use trellis_proto::{LimitKind, Route};
 
+/// How long a client may take to send a request head, unless `--read-header-timeout` says.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// How long a client may take to send a JSON body, or between two pieces of a tar stream.
 pub const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -47,7 +50,7 @@ impl State {
             core,
             host,
             processes,
-            header_timeout: Some(crate::server::HEADER_TIMEOUT),
+            header_timeout: Some(HEADER_TIMEOUT),
             next_request: AtomicU64::new(1),
         }
     }

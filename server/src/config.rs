@@ -397,7 +397,7 @@ fn parse_file_flag(value: &str) -> Result<PathBuf, String> {
 /// starting with `-` is written on gdn's command line).
 fn unquote_go_flag(value: &str) -> Result<String, String> {
     if value.starts_with('"') {
-        crate::config_file::go_unquote(value)
+        crate::go_literal::unquote(value)
     } else {
         Ok(value.to_string())
     }

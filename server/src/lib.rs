@@ -19,6 +19,7 @@ pub mod driver;
 #[cfg(any(fuzzing, test))]
 pub mod fuzzing;
 pub mod gdn_flags;
+mod go_literal;
 pub mod head;
 pub mod hijack;
 pub mod lager;

@@ -17,9 +17,6 @@ use tracing::{debug, error, info, warn};
 use trellis_os::Host;
 use trellis_proto::Route;
 
-/// How long a client may take to send a request head, unless `--read-header-timeout` says.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
-
 /// How long shutdown waits for in-flight plain requests.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 

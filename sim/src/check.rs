@@ -4,7 +4,6 @@
 //! the core's internals, except where a crash leaves an outcome genuinely unknown; then the
 //! model adopts what the core says and marks nothing it cannot know as certain.
 
-use crate::sim::{RequestInfo, BAD_HANDLES, IN_HOST_NETWORK, LONGEST_HANDLE, SPECIAL_NETWORKS};
 use ipnetwork::Ipv4Network;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -15,6 +14,37 @@ use trellis_core::ports::PortError;
 use trellis_core::properties::{self, Properties};
 use trellis_core::{Command, Config, Core, CoreView, Error, LeaseId, Reply, Time};
 use trellis_fake::FakeOs;
+
+/// Handles no host object can be named after (`handle_is_usable` says why); the core
+/// must refuse them.
+pub(crate) const BAD_HANDLES: [&str; 9] = [
+    ".hidden",
+    "tasks",
+    "notify_on_release",
+    "release_agent",
+    "cgroup.procs",
+    "memory.limit_in_bytes",
+    "pids.max",
+    "a/b",
+    "..",
+];
+
+/// Networks no container may have on any host, and one inside the host network some seeds
+/// configure.
+pub(crate) const SPECIAL_NETWORKS: [&str; 5] = [
+    "127.0.0.1",
+    "169.254.3.0/24",
+    "224.0.0.0/24",
+    "0.0.0.0/8",
+    "255.255.255.252/30",
+];
+pub(crate) const HOST_NETWORK: &str = "192.168.50.0/24";
+pub(crate) const IN_HOST_NETWORK: &str = "192.168.50.4/30";
+
+/// The longest handle a Linux host can name everything after, reckoned here independently of
+/// the core: the longest name made from a handle, the record's temporary file
+/// `.<handle>.json.tmp`, must fit in a file name (255 bytes).
+pub(crate) const LONGEST_HANDLE: usize = 255 - ".".len() - ".json.tmp".len();
 
 #[derive(Debug, Default)]
 pub struct Model {
@@ -32,25 +62,25 @@ impl Model {
     }
 
     /// A request was in flight when the server crashed: its effect is now unknown.
-    pub(crate) fn lost_in_crash(&mut self, info: &RequestInfo) {
-        let Some(handle) = info.command.handle() else {
+    /// `target`: the model container it was aimed at; `paused`: whether the core paused that
+    /// container's timer for it.
+    pub(crate) fn lost_in_crash(&mut self, command: &Command, target: Option<u64>, paused: bool) {
+        let Some(handle) = command.handle() else {
             return;
         };
         let Some(m) = self
             .containers
             .get_mut(handle)
-            .filter(|m| Some(m.id) == info.target)
+            .filter(|m| Some(m.id) == target)
         else {
             return;
         };
-        match &info.command {
+        match command {
             Command::Destroy { .. } => m.destroy_requested = true,
-            Command::SetProperty { key, .. } | Command::RemoveProperty { key, .. }
-                if info.paused =>
-            {
+            Command::SetProperty { key, .. } | Command::RemoveProperty { key, .. } if paused => {
                 m.uncertain.insert(key.clone());
             }
-            Command::SetGraceTime { .. } if info.paused => m.grace_uncertain = true,
+            Command::SetGraceTime { .. } if paused => m.grace_uncertain = true,
             _ => {}
         }
     }

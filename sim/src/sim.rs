@@ -3,7 +3,10 @@
 //! crashing and restarting from its records. After every step the checks in `check` run
 //! against an independent model of what clients were told.
 
-use crate::check::{self, Model, ModelContainer};
+use crate::check::{
+    self, Model, ModelContainer, BAD_HANDLES, HOST_NETWORK, IN_HOST_NETWORK, LONGEST_HANDLE,
+    SPECIAL_NETWORKS,
+};
 use crate::rng::SimRng;
 use std::collections::{BTreeMap, BTreeSet};
 use trellis_core::api::{
@@ -210,32 +213,6 @@ const HANDLES: [&str; 8] = ["h0", "h1", "h2", "h3", "h4", "h5", "h6", "h7"];
 const KEYS: [&str; 3] = ["a", "b", "c"];
 const VALUES: [&str; 3] = ["1", "2", ""];
 
-/// Handles no host object can be named after (`check::handle_is_usable` says why); the core
-/// must refuse them.
-pub(crate) const BAD_HANDLES: [&str; 9] = [
-    ".hidden",
-    "tasks",
-    "notify_on_release",
-    "release_agent",
-    "cgroup.procs",
-    "memory.limit_in_bytes",
-    "pids.max",
-    "a/b",
-    "..",
-];
-
-/// Networks no container may have on any host, and one inside the host network some seeds
-/// configure.
-pub(crate) const SPECIAL_NETWORKS: [&str; 5] = [
-    "127.0.0.1",
-    "169.254.3.0/24",
-    "224.0.0.0/24",
-    "0.0.0.0/8",
-    "255.255.255.252/30",
-];
-pub(crate) const HOST_NETWORK: &str = "192.168.50.0/24";
-pub(crate) const IN_HOST_NETWORK: &str = "192.168.50.4/30";
-
 /// The core's state as a refused request must leave it: everything but the clock (time passes
 /// between steps without one) and when grace timers expire (an answered request restarts its
 /// container's countdown, refused or not).
@@ -246,11 +223,6 @@ fn without_countdowns(mut view: CoreView) -> CoreView {
     }
     view
 }
-
-/// The longest handle a Linux host can name everything after, reckoned here independently of
-/// the core: the longest name made from a handle, the record's temporary file
-/// `.<handle>.json.tmp`, must fit in a file name (255 bytes).
-pub(crate) const LONGEST_HANDLE: usize = 255 - ".".len() - ".json.tmp".len();
 
 /// The keys large property values go under.
 fn big_key(i: u64) -> String {
@@ -910,7 +882,8 @@ impl Sim {
         self.closing.clear();
         self.spawned.clear();
         for (_, info) in std::mem::take(&mut self.requests) {
-            self.model.lost_in_crash(&info);
+            self.model
+                .lost_in_crash(&info.command, info.target, info.paused);
         }
         // The processes outlive the server, and some end while it is down: their keepers
         // hold their exits.
