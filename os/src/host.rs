@@ -48,15 +48,14 @@ pub enum HostError {
     /// right after its creation, a helper that answered out of turn or went away), described.
     #[error("{0}")]
     Unexpected(String),
-    /// A `docker://` image could not be had.
-    #[error(transparent)]
-    Image(#[from] crate::linux::registry::RegistryError),
-    /// The `--image-plugin` failed.
-    #[error(transparent)]
-    ImagePlugin(#[from] crate::linux::image_plugin::ImagePluginError),
-    /// The `--network-plugin` failed.
-    #[error(transparent)]
-    NetworkPlugin(#[from] crate::linux::network::plugin::PluginError),
+    /// Something the host relies on failed: an image registry, the `--image-plugin`, the
+    /// `--network-plugin`. `source` is that component's own typed error (the component
+    /// converts it, saying how the core should treat it), so this module names no adapter.
+    #[error("{source}")]
+    Component {
+        kind: EffectErrorKind,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl HostError {
@@ -109,9 +108,7 @@ impl HostError {
                 output,
             },
             HostError::Unexpected(m) => HostError::Unexpected(prefixed(m)),
-            plugin @ (HostError::Image(_)
-            | HostError::ImagePlugin(_)
-            | HostError::NetworkPlugin(_)) => plugin,
+            component @ HostError::Component { .. } => component,
         }
     }
 
@@ -122,16 +119,11 @@ impl HostError {
             HostError::Invalid(_) | HostError::ProcessNotFound(_) => {
                 EffectErrorKind::InvalidRequest
             }
-            HostError::Image(crate::linux::registry::RegistryError::InvalidUri { .. }) => {
-                EffectErrorKind::InvalidRequest
-            }
+            HostError::Component { kind, .. } => *kind,
             HostError::Io { .. }
             | HostError::Sys { .. }
             | HostError::Command { .. }
-            | HostError::Unexpected(_)
-            | HostError::Image(_)
-            | HostError::ImagePlugin(_)
-            | HostError::NetworkPlugin(_) => EffectErrorKind::Host,
+            | HostError::Unexpected(_) => EffectErrorKind::Host,
         }
     }
 }

@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use thiserror::Error;
 use trellis_core::api::{DiskLimits, DiskScope, DiskStat, ImageRef};
+use trellis_core::EffectErrorKind;
 
 /// One plugin command line: the binary and the extra arguments that go before the action.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -95,6 +96,15 @@ pub enum ImagePluginError {
         stdout: String,
         problem: String,
     },
+}
+
+impl From<ImagePluginError> for HostError {
+    fn from(e: ImagePluginError) -> HostError {
+        HostError::Component {
+            kind: EffectErrorKind::Host,
+            source: Box::new(e),
+        }
+    }
 }
 
 /// What `create` answers (the parts of an OCI runtime spec guardian uses).

@@ -27,6 +27,7 @@ use oci_client::errors::{OciDistributionError, OciErrorCode};
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use trellis_core::api::ImageRef;
+use trellis_core::EffectErrorKind;
 
 /// Docker Hub's registry endpoint: gdn's default `--docker-registry`.
 pub const DOCKER_HUB: &str = "registry-1.docker.io";
@@ -127,6 +128,19 @@ pub enum RegistryError {
         #[source]
         source: std::io::Error,
     },
+}
+
+impl From<RegistryError> for HostError {
+    fn from(e: RegistryError) -> HostError {
+        HostError::Component {
+            kind: match &e {
+                // The request named no image this host could look for.
+                RegistryError::InvalidUri { .. } => EffectErrorKind::InvalidRequest,
+                _ => EffectErrorKind::Host,
+            },
+            source: Box::new(e),
+        }
+    }
 }
 
 /// What went wrong talking to the registry.
@@ -462,6 +476,19 @@ pub fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_uri_naming_no_image_is_the_request_s_fault_a_failed_pull_the_host_s() {
+        let bad = HostError::from(RegistryError::InvalidUri {
+            uri: "docker:///".into(),
+        });
+        assert_eq!(bad.effect_kind(), EffectErrorKind::InvalidRequest);
+        assert!(bad.to_string().contains("invalid image URI"), "{bad}");
+        let failed = HostError::from(RegistryError::NoLayers {
+            image: "127.0.0.1:5000/x".into(),
+        });
+        assert_eq!(failed.effect_kind(), EffectErrorKind::Host);
+    }
 
     fn settings(default: &str, insecure: &[&str]) -> RegistrySettings {
         RegistrySettings {

@@ -30,6 +30,7 @@ use std::process::{Command, Stdio};
 use thiserror::Error;
 use trellis_core::api::{NetIn, NetOutRule, PortMapping};
 use trellis_core::network::NetworkAssignment;
+use trellis_core::EffectErrorKind;
 
 /// gdn's `--network-plugin` and `--network-plugin-extra-arg`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +77,15 @@ pub enum PluginError {
         asked: PortMapping,
         answered: PortMapping,
     },
+}
+
+impl From<PluginError> for HostError {
+    fn from(e: PluginError) -> HostError {
+        HostError::Component {
+            kind: EffectErrorKind::Host,
+            source: Box::new(e),
+        }
+    }
 }
 
 #[derive(Serialize)]
