@@ -13,7 +13,6 @@ use std::io::{self, BufReader, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use trellis_core::api::ImageRef;
 
 /// What a container's overlay is made of.
 #[derive(Debug, Clone)]
@@ -282,26 +281,8 @@ fn pick_platform(manifests: &[Descriptor]) -> Option<&Descriptor> {
         .or_else(|| manifests.first())
 }
 
-/// Resolves `docker://` and `oci://` URIs to unpacked layers.
-pub fn resolve(
-    layout: &Layout,
-    uri: &str,
-    image: &ImageRef,
-    locks: &UnpackLocks,
-    registry: &super::registry::RegistrySettings,
-) -> HostResult<ResolvedImage> {
-    if let Some(rest) = uri.strip_prefix("oci://") {
-        let (path, tag) = match rest.split_once('#') {
-            Some((p, t)) => (p, Some(t)),
-            None => (rest, None),
-        };
-        return resolve_oci_layout(layout, Path::new(path), tag, locks);
-    }
-    super::registry::resolve(layout, uri, image, locks, registry)
-}
-
 /// An OCI image layout directory (`index.json`, `blobs/sha256/...`).
-fn resolve_oci_layout(
+pub fn resolve_oci_layout(
     layout: &Layout,
     dir: &Path,
     tag: Option<&str>,

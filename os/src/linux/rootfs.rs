@@ -24,6 +24,7 @@ use super::disk::DiskQuotas;
 use super::image::{self, ResolvedImage};
 use super::image_plugin::{self, ImagePluginSettings, PluginAnswer, PluginRootfs};
 use super::mount_api;
+use super::registry;
 use super::security::userns;
 use super::LinuxConfig;
 use crate::host::{HostCapacity, HostError, HostResult, Rootfs};
@@ -43,7 +44,7 @@ pub struct RootfsManager {
     layout: Layout,
     default_rootfs: String,
     /// How `docker://` images are pulled.
-    registry: super::registry::RegistrySettings,
+    registry: registry::RegistrySettings,
     /// One lock per image being unpacked, so concurrent creates unpack it once.
     unpacking: Arc<Mutex<HashMap<String, Arc<Mutex<()>>>>>,
     /// Makes the scratch dir (a size-limited filesystem when the spec limits disk).
@@ -289,8 +290,15 @@ impl RootfsManager {
     }
 
     fn resolve(&self, uri: &str, image: &ImageRef) -> HostResult<ResolvedImage> {
-        if uri.starts_with("docker://") || uri.starts_with("oci://") {
-            return image::resolve(&self.layout, uri, image, &self.unpacking, &self.registry);
+        if let Some(rest) = uri.strip_prefix("oci://") {
+            let (path, tag) = match rest.split_once('#') {
+                Some((p, t)) => (p, Some(t)),
+                None => (rest, None),
+            };
+            return image::resolve_oci_layout(&self.layout, Path::new(path), tag, &self.unpacking);
+        }
+        if uri.starts_with("docker://") {
+            return registry::resolve(&self.layout, uri, image, &self.unpacking, &self.registry);
         }
         let path = uri.strip_prefix("raw://").unwrap_or(uri);
         let path = Path::new(path);

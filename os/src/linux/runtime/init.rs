@@ -19,10 +19,9 @@
 //! ends of their output pipes so that output survives a server restart instead of killing the
 //! writer with SIGPIPE. Under the seccomp filter init uses only syscalls the filter allows.
 
-use super::keeper::{Keeper, PreForked};
+use super::keeper::{Keeper, PreForked, PEA_KEEPER_NAME};
 use super::mounts::{self, HostSources, InitSpec};
-use super::protocol::{self, Failure};
-use super::zygote::HelperMessage;
+use super::protocol::{self, Failure, HelperMessage};
 use crate::linux::security::{capabilities, userns, Confinement};
 use nix::fcntl::OFlag;
 use nix::sched::{setns, unshare, CloneFlags};
@@ -38,9 +37,6 @@ const SOCKET_NAME: &str = "init.sock";
 
 /// What init writes to its ready pipe once it serves; anything else is an encoded `Failure`.
 const READY: &[u8] = b"ok";
-
-/// What a pea's keeper is called (`comm`), so that init tells it from the processes it stops.
-pub const PEA_KEEPER_NAME: &str = "garden-pea";
 
 /// A helper forked by the zygote for one container (see `zygote`; `in_cgroup`: forked
 /// straight into the container's cgroup): reports to the server on `channel`, and returns its

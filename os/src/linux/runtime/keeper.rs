@@ -41,6 +41,9 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 use trellis_core::api::ProcessSpec;
 
+/// What a pea's keeper is called (`comm`), so that init tells it from the processes it stops.
+pub(super) const PEA_KEEPER_NAME: &str = "garden-pea";
+
 /// How much of a terminal's output the relay moves at a time.
 const RELAY_CHUNK: usize = 64 * 1024;
 
@@ -958,7 +961,7 @@ fn live_processes() -> usize {
         .filter(|pid| *pid != 1)
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .map_or(true, |comm| comm.trim_end() != super::init::PEA_KEEPER_NAME)
+                .map_or(true, |comm| comm.trim_end() != PEA_KEEPER_NAME)
         })
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -173,6 +173,25 @@ pub(super) enum Reply {
     },
 }
 
+/// What a container's start helper and the server say to each other (see `zygote`).
+#[derive(Debug, Serialize, Deserialize)]
+pub(super) enum HelperMessage {
+    /// `in_cgroup`: the zygote forked the helper straight into the container's cgroup, so
+    /// nobody needs to move it.
+    Forked {
+        pid: i32,
+        in_cgroup: bool,
+    },
+    Placed,
+    Ready {
+        init: i32,
+    },
+    Failed {
+        kind: FailureKind,
+        message: String,
+    },
+}
+
 pub(super) fn send<T: Serialize>(sock: RawFd, message: &T, fds: &[RawFd]) -> io::Result<()> {
     let body = serde_json::to_vec(message).map_err(io::Error::other)?;
     let iov = [IoSlice::new(&body)];

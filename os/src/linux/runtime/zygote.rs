@@ -24,36 +24,16 @@
 
 use super::init;
 use super::mounts::InitSpec;
-use super::protocol::{self, FailureKind};
+use super::protocol::{self, FailureKind, HelperMessage};
 use crate::host::{HostError, HostResult};
 use nix::errno::Errno;
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockType};
 use nix::unistd::{ForkResult, Pid};
-use serde::{Deserialize, Serialize};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::process::ExitCode;
 use std::sync::Mutex;
 
 pub const SUBCOMMAND: &str = "__trellis-zygote";
-
-/// What a helper and the server say to each other.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum HelperMessage {
-    /// `in_cgroup`: the zygote forked the helper straight into the container's cgroup, so
-    /// nobody needs to move it.
-    Forked {
-        pid: i32,
-        in_cgroup: bool,
-    },
-    Placed,
-    Ready {
-        init: i32,
-    },
-    Failed {
-        kind: FailureKind,
-        message: String,
-    },
-}
 
 /// The zygote's `main` (`args`: its command line, whose last argument is the number of its
 /// control socket's descriptor): fork a helper for every spec received, until the server goes
