@@ -235,19 +235,18 @@ pub fn build_env(
 mod tests {
     use super::*;
 
-    fn root_with(passwd: Option<&str>, group: Option<&str>) -> std::path::PathBuf {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "trellis-users-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, std::sync::atomic::Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(dir.join("etc")).unwrap();
+    /// A root filesystem with these /etc files; removed when the guard drops.
+    fn root_with(passwd: Option<&str>, group: Option<&str>) -> tempfile::TempDir {
+        let dir = tempfile::Builder::new()
+            .prefix("trellis-users-")
+            .tempdir()
+            .unwrap();
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
         if let Some(p) = passwd {
-            std::fs::write(dir.join("etc/passwd"), p).unwrap();
+            std::fs::write(dir.path().join("etc/passwd"), p).unwrap();
         }
         if let Some(g) = group {
-            std::fs::write(dir.join("etc/group"), g).unwrap();
+            std::fs::write(dir.path().join("etc/group"), g).unwrap();
         }
         dir
     }
@@ -258,7 +257,8 @@ mod tests {
 
     #[test]
     fn names_numbers_and_groups_resolve_like_runc() {
-        let root = root_with(Some(PASSWD), Some(GROUP));
+        let dir = root_with(Some(PASSWD), Some(GROUP));
+        let root = dir.path();
         let alice = resolve(&root, "alice").unwrap();
         assert_eq!(
             (alice.uid, alice.gid, alice.home.as_str()),
@@ -295,7 +295,8 @@ mod tests {
 
     #[test]
     fn root_works_without_a_passwd_file() {
-        let root = root_with(None, None);
+        let dir = root_with(None, None);
+        let root = dir.path();
         let r = resolve(&root, "root").unwrap();
         assert_eq!((r.uid, r.gid, r.home.as_str()), (0, 0, "/"));
         assert!(resolve(&root, "alice").is_err());

@@ -2,34 +2,15 @@
 //! running a shell script in a container to completion.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use trellis_client::{Container, ProcessIo};
 use trellis_core::api::ProcessSpec;
 use trellis_tests::{Backend, TestServer};
 
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("the repository root")
-        .to_path_buf()
-}
-
-/// The busybox rootfs (scripts/build-rootfs), built once per test binary.
-pub fn rootfs() -> &'static PathBuf {
-    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
-    ROOTFS.get_or_init(|| {
-        let dir =
-            std::env::temp_dir().join(format!("trellis-limits-rootfs-{}", std::process::id()));
-        let status = std::process::Command::new(repo_root().join("scripts/build-rootfs"))
-            .arg(&dir)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("run scripts/build-rootfs");
-        assert!(status.success(), "scripts/build-rootfs failed");
-        dir
-    })
+/// The busybox rootfs (scripts/build-rootfs), shared with the other black-box tests.
+pub fn rootfs() -> &'static Path {
+    trellis_tests::images::busybox_rootfs()
 }
 
 pub fn linux_server() -> TestServer {
