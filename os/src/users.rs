@@ -259,36 +259,36 @@ mod tests {
     fn names_numbers_and_groups_resolve_like_runc() {
         let dir = root_with(Some(PASSWD), Some(GROUP));
         let root = dir.path();
-        let alice = resolve(&root, "alice").unwrap();
+        let alice = resolve(root, "alice").unwrap();
         assert_eq!(
             (alice.uid, alice.gid, alice.home.as_str()),
             (1001, 1010, "/home/alice")
         );
         assert_eq!(alice.supplementary_gids, vec![1011]);
-        let r = resolve(&root, "").unwrap();
+        let r = resolve(root, "").unwrap();
         assert_eq!(
             (r.uid, r.gid, r.home.as_str(), r.supplementary_gids.clone()),
             (0, 0, "/root", vec![10])
         );
-        let n = resolve(&root, "1001:1002").unwrap();
+        let n = resolve(root, "1001:1002").unwrap();
         assert_eq!((n.uid, n.gid, n.supplementary_gids.len()), (1001, 1002, 0));
-        let g = resolve(&root, "alice:staff").unwrap();
+        let g = resolve(root, "alice:staff").unwrap();
         assert_eq!((g.uid, g.gid, g.supplementary_gids.len()), (1001, 50, 0));
-        let unknown = resolve(&root, "5000").unwrap();
+        let unknown = resolve(root, "5000").unwrap();
         assert_eq!(
             (unknown.uid, unknown.gid, unknown.home.as_str()),
             (5000, 0, "/")
         );
         assert_eq!(
-            resolve(&root, "batman").unwrap_err(),
+            resolve(root, "batman").unwrap_err(),
             "unable to find user batman: no matching entries in passwd file"
         );
         assert_eq!(
-            resolve(&root, "alice:nogroup").unwrap_err(),
+            resolve(root, "alice:nogroup").unwrap_err(),
             "unable to find group nogroup: no matching entries in group file"
         );
         assert_eq!(
-            resolve(&root, "4294967295").unwrap_err(),
+            resolve(root, "4294967295").unwrap_err(),
             "uids and gids must be in range 0-2147483647"
         );
     }
@@ -297,9 +297,9 @@ mod tests {
     fn root_works_without_a_passwd_file() {
         let dir = root_with(None, None);
         let root = dir.path();
-        let r = resolve(&root, "root").unwrap();
+        let r = resolve(root, "root").unwrap();
         assert_eq!((r.uid, r.gid, r.home.as_str()), (0, 0, "/"));
-        assert!(resolve(&root, "alice").is_err());
+        assert!(resolve(root, "alice").is_err());
     }
 
     #[test]
